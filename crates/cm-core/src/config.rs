@@ -1,0 +1,355 @@
+//! Serde config structs for the EDM teacher's math and the consistency
+//! recipes (CD, CT, iCT), with the papers' defaults, TOML loading that names
+//! the failing field, and validation on load.
+//!
+//! The files under `configs/core/` are these structs written out; the other
+//! crates embed them as sections of their own configs and load them through
+//! [`parse_toml`] / [`load_toml`].
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+use crate::metric::MetricConfig;
+use crate::noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
+use crate::precond::{ConsistencyParameterization, EdmPreconditioning, NoiseConditioning};
+use crate::schedule::{
+    CtAdaptiveSchedule, Discretization, DiscretizationSchedule, FixedSchedule,
+    IctExponentialSchedule,
+};
+use crate::sigmas::KarrasGrid;
+use crate::weighting::Weighting;
+
+/// A config that can check its own values.
+pub trait Validate {
+    /// Returns the first invalid field, by its dotted path, with the value
+    /// found and what was expected.
+    fn validate(&self) -> Result<()>;
+}
+
+/// Parses TOML `text` into `T` and validates it. `origin` (a path or other
+/// label) is named in errors, together with the dotted path of the field that
+/// failed, e.g. `schedule.s1`.
+pub fn parse_toml<T: DeserializeOwned + Validate>(text: &str, origin: &str) -> Result<T> {
+    let de = toml::Deserializer::new(text);
+    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        CoreError::Parse {
+            origin: origin.to_string(),
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    value.validate()?;
+    Ok(value)
+}
+
+/// Reads, parses and validates a TOML config file.
+pub fn load_toml<T: DeserializeOwned + Validate>(path: impl AsRef<Path>) -> Result<T> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_toml(&text, &path.display().to_string())
+}
+
+fn check_sigma_data(field: &str, sigma_data: f64) -> Result<()> {
+    if !(sigma_data.is_finite() && sigma_data > 0.0) {
+        return Err(CoreError::invalid(field, sigma_data, "a finite number > 0"));
+    }
+    Ok(())
+}
+
+/// The EDM teacher's math (Karras et al. 2022, Table 1): preconditioning,
+/// training noise distribution and sampling grid.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdmConfig {
+    /// Data standard deviation.
+    pub sigma_data: f64,
+    /// Smallest sampling noise level.
+    pub sigma_min: f64,
+    /// Largest sampling noise level.
+    pub sigma_max: f64,
+    /// Sampling grid exponent.
+    pub rho: f64,
+    /// Mean of the training `ln sigma`.
+    pub p_mean: f64,
+    /// Standard deviation of the training `ln sigma`.
+    pub p_std: f64,
+}
+
+impl Default for EdmConfig {
+    /// EDM's values: sd = 0.5, sigma in [0.002, 80], rho = 7, P_mean = -1.2, P_std = 1.2.
+    fn default() -> Self {
+        let grid = KarrasGrid::default();
+        let noise = LognormalSigma::default();
+        EdmConfig {
+            sigma_data: 0.5,
+            sigma_min: grid.sigma_min,
+            sigma_max: grid.sigma_max,
+            rho: grid.rho,
+            p_mean: noise.p_mean,
+            p_std: noise.p_std,
+        }
+    }
+}
+
+impl EdmConfig {
+    /// The preconditioning.
+    pub fn preconditioning(&self) -> EdmPreconditioning {
+        EdmPreconditioning {
+            sigma_data: self.sigma_data,
+        }
+    }
+
+    /// The sampling grid.
+    pub fn grid(&self) -> KarrasGrid {
+        KarrasGrid {
+            sigma_min: self.sigma_min,
+            sigma_max: self.sigma_max,
+            rho: self.rho,
+        }
+    }
+
+    /// The training noise-level distribution.
+    pub fn noise(&self) -> LognormalSigma {
+        LognormalSigma {
+            p_mean: self.p_mean,
+            p_std: self.p_std,
+        }
+    }
+
+    /// Validates with a dotted-path prefix (`""` at the root, `"edm."` in a section).
+    pub fn validate_at(&self, prefix: &str) -> Result<()> {
+        check_sigma_data(&format!("{prefix}sigma_data"), self.sigma_data)?;
+        self.grid().validate(prefix)?;
+        self.noise().validate(prefix)
+    }
+}
+
+impl Validate for EdmConfig {
+    fn validate(&self) -> Result<()> {
+        self.validate_at("")
+    }
+}
+
+/// The consistency function's parameterization and noise range (CM, Section 5
+/// and Appendix C).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// Data standard deviation.
+    pub sigma_data: f64,
+    /// `eps`: the boundary `f(x, eps) = x`.
+    pub sigma_min: f64,
+    /// `T`: one-step sampling starts from `T z`.
+    pub sigma_max: f64,
+    /// Grid exponent.
+    pub rho: f64,
+    /// How `t` is encoded for the network.
+    pub noise_conditioning: NoiseConditioning,
+}
+
+impl Default for ConsistencyConfig {
+    /// CM's values: sd = 0.5, eps = 0.002, T = 80, rho = 7, `c_noise = ln(t)/4`.
+    fn default() -> Self {
+        let grid = KarrasGrid::default();
+        ConsistencyConfig {
+            sigma_data: 0.5,
+            sigma_min: grid.sigma_min,
+            sigma_max: grid.sigma_max,
+            rho: grid.rho,
+            noise_conditioning: NoiseConditioning::Edm,
+        }
+    }
+}
+
+impl ConsistencyConfig {
+    /// The boundary-respecting parameterization.
+    pub fn parameterization(&self) -> ConsistencyParameterization {
+        ConsistencyParameterization {
+            sigma_data: self.sigma_data,
+            sigma_min: self.sigma_min,
+            noise_conditioning: self.noise_conditioning,
+        }
+    }
+
+    /// The training / sampling grid.
+    pub fn grid(&self) -> KarrasGrid {
+        KarrasGrid {
+            sigma_min: self.sigma_min,
+            sigma_max: self.sigma_max,
+            rho: self.rho,
+        }
+    }
+
+    /// Validates with a dotted-path prefix.
+    pub fn validate_at(&self, prefix: &str) -> Result<()> {
+        check_sigma_data(&format!("{prefix}sigma_data"), self.sigma_data)?;
+        self.grid().validate(prefix)
+    }
+}
+
+/// A discretization schedule as written in a config, selected by `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScheduleConfig {
+    /// `kind = "fixed"`: [`FixedSchedule`].
+    Fixed(FixedSchedule),
+    /// `kind = "ct_adaptive"`: [`CtAdaptiveSchedule`].
+    CtAdaptive(CtAdaptiveSchedule),
+    /// `kind = "ict_exponential"`: [`IctExponentialSchedule`].
+    IctExponential(IctExponentialSchedule),
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig::Fixed(FixedSchedule::default())
+    }
+}
+
+impl ScheduleConfig {
+    /// Validates with a dotted-path prefix.
+    pub fn validate_at(&self, prefix: &str) -> Result<()> {
+        match self {
+            ScheduleConfig::Fixed(s) => s.validate(prefix),
+            ScheduleConfig::CtAdaptive(s) => s.validate(prefix),
+            ScheduleConfig::IctExponential(s) => s.validate(prefix),
+        }
+    }
+}
+
+impl DiscretizationSchedule for ScheduleConfig {
+    fn at(&self, step: u64) -> Discretization {
+        match self {
+            ScheduleConfig::Fixed(s) => s.at(step),
+            ScheduleConfig::CtAdaptive(s) => s.at(step),
+            ScheduleConfig::IctExponential(s) => s.at(step),
+        }
+    }
+}
+
+/// How the pair index `n` is drawn, selected by `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IndexSamplerConfig {
+    /// `kind = "uniform"`: [`UniformIndex`].
+    Uniform(UniformIndex),
+    /// `kind = "lognormal"`: [`LognormalIndex`] (iCT).
+    Lognormal(LognormalIndex),
+}
+
+impl Default for IndexSamplerConfig {
+    fn default() -> Self {
+        IndexSamplerConfig::Uniform(UniformIndex {})
+    }
+}
+
+impl IndexSamplerConfig {
+    /// Validates with a dotted-path prefix.
+    pub fn validate_at(&self, prefix: &str) -> Result<()> {
+        match self {
+            IndexSamplerConfig::Uniform(_) => Ok(()),
+            IndexSamplerConfig::Lognormal(s) => s.validate(prefix),
+        }
+    }
+}
+
+impl IndexSampler for IndexSamplerConfig {
+    fn probabilities(&self, grid: &[f64]) -> Vec<f64> {
+        match self {
+            IndexSamplerConfig::Uniform(s) => s.probabilities(grid),
+            IndexSamplerConfig::Lognormal(s) => s.probabilities(grid),
+        }
+    }
+
+    fn sample(&self, grid: &[f64], batch: i64, device: tch::Device) -> tch::Tensor {
+        match self {
+            IndexSamplerConfig::Uniform(s) => s.sample(grid, batch, device),
+            IndexSamplerConfig::Lognormal(s) => s.sample(grid, batch, device),
+        }
+    }
+}
+
+/// Everything a consistency objective (CD, CT, iCT) takes from cm-core: the
+/// parameterization, the discretization schedule, how pairs are drawn, the
+/// loss weighting and the distance metric. Missing sections take the values
+/// of [`ConsistencyRecipe::cd`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyRecipe {
+    /// `lambda(t_n)`.
+    pub weighting: Weighting,
+    /// Parameterization and noise range.
+    pub consistency: ConsistencyConfig,
+    /// `N(k)` and `mu(k)`.
+    pub schedule: ScheduleConfig,
+    /// How the pair index is drawn.
+    pub noise: IndexSamplerConfig,
+    /// `d(x, y)`.
+    pub metric: MetricConfig,
+}
+
+impl Default for ConsistencyRecipe {
+    fn default() -> Self {
+        ConsistencyRecipe::cd()
+    }
+}
+
+impl ConsistencyRecipe {
+    /// Consistency distillation as in the CM paper's CIFAR-10 runs (N = 18,
+    /// mu = 0.95, uniform pairs and weights), with pseudo-Huber in place of
+    /// LPIPS, whose pretrained VGG weights cannot be had here.
+    pub fn cd() -> Self {
+        ConsistencyRecipe {
+            weighting: Weighting::Uniform,
+            consistency: ConsistencyConfig::default(),
+            schedule: ScheduleConfig::Fixed(FixedSchedule::default()),
+            noise: IndexSamplerConfig::Uniform(UniformIndex {}),
+            metric: MetricConfig::PseudoHuber { c: None },
+        }
+    }
+
+    /// Consistency training as in the CM paper's CIFAR-10 runs (adaptive
+    /// N(k), mu(k) with s0 = 2, s1 = 150, mu0 = 0.9), with squared L2 in
+    /// place of LPIPS: the starting point of the iCT ablation.
+    pub fn ct() -> Self {
+        ConsistencyRecipe {
+            schedule: ScheduleConfig::CtAdaptive(CtAdaptiveSchedule::default()),
+            metric: MetricConfig::L2,
+            ..ConsistencyRecipe::cd()
+        }
+    }
+
+    /// Improved consistency training (Song & Dhariwal 2023): no EMA target
+    /// (mu = 0 through the exponential curriculum), pseudo-Huber, `1/(t_{n+1}
+    /// - t_n)` weighting and discrete lognormal pairs.
+    pub fn ict() -> Self {
+        ConsistencyRecipe {
+            weighting: Weighting::InverseStep,
+            consistency: ConsistencyConfig::default(),
+            schedule: ScheduleConfig::IctExponential(IctExponentialSchedule::default()),
+            noise: IndexSamplerConfig::Lognormal(LognormalIndex::default()),
+            metric: MetricConfig::PseudoHuber { c: None },
+        }
+    }
+
+    /// Validates with a dotted-path prefix.
+    pub fn validate_at(&self, prefix: &str) -> Result<()> {
+        self.consistency
+            .validate_at(&format!("{prefix}consistency."))?;
+        self.schedule.validate_at(&format!("{prefix}schedule."))?;
+        self.noise.validate_at(&format!("{prefix}noise."))?;
+        self.metric.validate(&format!("{prefix}metric."))
+    }
+}
+
+impl Validate for ConsistencyRecipe {
+    fn validate(&self) -> Result<()> {
+        self.validate_at("")
+    }
+}

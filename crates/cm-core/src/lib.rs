@@ -1,0 +1,46 @@
+//! cm-core: the mathematics shared by every cm-rs objective and sampler, on
+//! `tch` tensors.
+//!
+//! - [`precond`]: EDM preconditioning (Karras et al. 2022, Table 1) and the
+//!   consistency-model boundary scalings (Song et al. 2023, Eq. 6), behind
+//!   [`Parameterization`].
+//! - [`sigmas`]: Karras noise grids, descending for sampling and ascending
+//!   `t_1..t_N` for consistency training.
+//! - [`schedule`]: `N(k)` and `mu(k)` over training, behind
+//!   [`DiscretizationSchedule`]: fixed, CT adaptive, iCT exponential.
+//! - [`noise`]: which noise levels a loss is evaluated at, behind
+//!   [`IndexSampler`]: uniform pairs, iCT lognormal pairs, EDM lognormal sigma.
+//! - [`weighting`]: `lambda(t_n)`, behind [`LossWeighting`].
+//! - [`metric`]: `d(x, y)`, behind [`DistanceMetric`]: squared L2, L1,
+//!   pseudo-Huber, and any learned feature-space metric.
+//! - [`config`]: serde configs with the papers' defaults, validated on load.
+//!
+//! Noise levels that vary per example are `[B]` tensors; grid values and
+//! hyper-parameters are `f64`.
+
+pub mod config;
+pub mod error;
+pub mod metric;
+pub mod noise;
+pub mod precond;
+pub mod schedule;
+pub mod sigmas;
+pub mod weighting;
+
+pub use config::{
+    load_toml, parse_toml, ConsistencyConfig, ConsistencyRecipe, EdmConfig, IndexSamplerConfig,
+    ScheduleConfig, Validate,
+};
+pub use error::{CoreError, Result};
+pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
+pub use noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
+pub use precond::{
+    append_dims, ConsistencyParameterization, EdmPreconditioning, NoiseConditioning,
+    Parameterization, Scalings,
+};
+pub use schedule::{
+    CtAdaptiveSchedule, Discretization, DiscretizationSchedule, FixedSchedule,
+    IctExponentialSchedule,
+};
+pub use sigmas::{adjacent_pairs, grid_tensor, KarrasGrid};
+pub use weighting::{BoundWeighting, LossWeighting, Weighting};

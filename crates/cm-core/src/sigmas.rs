@@ -1,0 +1,125 @@
+//! Karras noise-level grids (Karras et al. 2022, Eq. 5; Song et al. 2023,
+//! Section 5): the descending sampling grid with a final 0, and the ascending
+//! training grid `t_1 < ... < t_N` consistency models are trained on.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{CoreError, Result};
+
+/// The noise range `[sigma_min, sigma_max]` and the exponent `rho` that
+/// concentrates Karras grid points near `sigma_min`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KarrasGrid {
+    /// Smallest noise level (`eps` of the CM paper).
+    pub sigma_min: f64,
+    /// Largest noise level (`T` of the CM paper).
+    pub sigma_max: f64,
+    /// Grid exponent (7 in EDM and CM).
+    pub rho: f64,
+}
+
+impl Default for KarrasGrid {
+    /// EDM / CM values: `sigma_min = 0.002`, `sigma_max = 80`, `rho = 7`.
+    fn default() -> Self {
+        KarrasGrid {
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            rho: 7.0,
+        }
+    }
+}
+
+impl KarrasGrid {
+    /// Checks `0 < sigma_min < sigma_max` (finite) and `rho > 0`; `prefix` is
+    /// the dotted path of the struct in its config, used in the error.
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let f = |name: &str| format!("{prefix}{name}");
+        if !(self.sigma_min.is_finite() && self.sigma_min > 0.0) {
+            return Err(CoreError::invalid(
+                f("sigma_min"),
+                self.sigma_min,
+                "a finite number > 0",
+            ));
+        }
+        if !(self.sigma_max.is_finite() && self.sigma_max > self.sigma_min) {
+            return Err(CoreError::invalid(
+                f("sigma_max"),
+                self.sigma_max,
+                format!("a finite number > sigma_min = {}", self.sigma_min),
+            ));
+        }
+        if !(self.rho.is_finite() && self.rho > 0.0) {
+            return Err(CoreError::invalid(
+                f("rho"),
+                self.rho,
+                "a finite number > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The noise level a fraction `u` of the way from `sigma_min` (u = 0) to
+    /// `sigma_max` (u = 1) in `sigma^(1/rho)` space:
+    /// `(sigma_min^(1/rho) + u (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho`.
+    pub fn interpolate(&self, u: f64) -> f64 {
+        let inv_rho = 1.0 / self.rho;
+        let lo = self.sigma_min.powf(inv_rho);
+        let hi = self.sigma_max.powf(inv_rho);
+        (lo + u * (hi - lo)).powf(self.rho)
+    }
+
+    /// The EDM sampling grid for `n` steps (Karras et al. 2022, Eq. 5):
+    /// `t_i = (T^(1/rho) + i/(n-1) (eps^(1/rho) - T^(1/rho)))^rho` for
+    /// `i = 0..n-1`, descending from `sigma_max` to `sigma_min`, then `t_n = 0`;
+    /// `n + 1` values. `n = 1` gives `[sigma_max, 0]`. The end points are set
+    /// exactly (the powers do not round-trip in floating point).
+    pub fn sampling_sigmas(&self, n: usize) -> Result<Vec<f64>> {
+        if n == 0 {
+            return Err(CoreError::invalid("steps", n, "at least 1 sampling step"));
+        }
+        let mut sigmas: Vec<f64> = if n == 1 {
+            vec![self.sigma_max]
+        } else {
+            (0..n)
+                .map(|i| self.interpolate(1.0 - i as f64 / (n - 1) as f64))
+                .collect()
+        };
+        sigmas[0] = self.sigma_max;
+        if n > 1 {
+            sigmas[n - 1] = self.sigma_min;
+        }
+        sigmas.push(0.0);
+        Ok(sigmas)
+    }
+
+    /// The consistency training grid with `n` points (Song et al. 2023,
+    /// Section 5): `t_i = (eps^(1/rho) + (i-1)/(n-1) (T^(1/rho) - eps^(1/rho)))^rho`
+    /// for `i = 1..n`, ascending; `t_1 = sigma_min` and `t_n = sigma_max`
+    /// exactly. Needs `n >= 2` (one adjacent pair).
+    pub fn training_sigmas(&self, n: usize) -> Result<Vec<f64>> {
+        if n < 2 {
+            return Err(CoreError::invalid("n", n, "at least 2 grid points"));
+        }
+        let mut sigmas: Vec<f64> = (0..n)
+            .map(|i| self.interpolate(i as f64 / (n - 1) as f64))
+            .collect();
+        sigmas[0] = self.sigma_min;
+        sigmas[n - 1] = self.sigma_max;
+        Ok(sigmas)
+    }
+}
+
+/// Turns a grid into a 1-D float tensor on `device`.
+pub fn grid_tensor(sigmas: &[f64], kind: Kind, device: Device) -> Tensor {
+    Tensor::from_slice(sigmas).to_kind(kind).to_device(device)
+}
+
+/// For 0-based pair indices `n` (shape `[B]`, int64) into an ascending grid,
+/// returns `(t_n, t_{n+1})`, each of shape `[B]`.
+pub fn adjacent_pairs(grid: &Tensor, index: &Tensor) -> (Tensor, Tensor) {
+    (
+        grid.index_select(0, index),
+        grid.index_select(0, &(index + 1)),
+    )
+}

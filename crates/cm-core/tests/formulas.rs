@@ -1,0 +1,270 @@
+//! cm-core's formulas against values computed independently by
+//! `tests/fixtures/make_fixtures.py` (pure Python `math`, from the papers):
+//! EDM and CM scalings, Karras grids, CT and iCT schedules, lognormal pair
+//! probabilities and the distance metrics.
+
+mod common;
+
+use cm_core::{
+    ConsistencyParameterization, CtAdaptiveSchedule, DiscretizationSchedule, DistanceMetric,
+    EdmPreconditioning, IctExponentialSchedule, IndexSampler, KarrasGrid, LognormalIndex,
+    NoiseConditioning, Parameterization, PseudoHuber, SquaredL2, L1,
+};
+use common::{assert_close, fixtures, floats, to_vec};
+use serde_json::Value;
+use tch::Tensor;
+
+fn column(rows: &Value, key: &str) -> Vec<f64> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[key].as_f64().unwrap())
+        .collect()
+}
+
+fn sigmas() -> Tensor {
+    Tensor::from_slice(&floats(&fixtures()["sigmas"]))
+}
+
+#[test]
+fn edm_preconditioning_matches_reference() {
+    let fx = fixtures();
+    let edm = EdmPreconditioning { sigma_data: 0.5 };
+    let s = edm.scalings(&sigmas());
+    let rows = &fx["edm"];
+    assert_close(
+        &to_vec(&s.c_skip),
+        &column(rows, "c_skip"),
+        1e-12,
+        0.0,
+        "c_skip",
+    );
+    assert_close(
+        &to_vec(&s.c_out),
+        &column(rows, "c_out"),
+        1e-12,
+        0.0,
+        "c_out",
+    );
+    assert_close(&to_vec(&s.c_in), &column(rows, "c_in"), 1e-12, 0.0, "c_in");
+    assert_close(
+        &to_vec(&s.c_noise),
+        &column(rows, "c_noise"),
+        1e-12,
+        0.0,
+        "c_noise",
+    );
+    let w = edm.loss_weight(&sigmas());
+    assert_close(
+        &to_vec(&w),
+        &column(rows, "loss_weight"),
+        1e-12,
+        0.0,
+        "loss_weight",
+    );
+}
+
+#[test]
+fn consistency_scalings_match_reference() {
+    let fx = fixtures();
+    let rows = &fx["cm"];
+    for (conditioning, key) in [
+        (NoiseConditioning::Edm, "c_noise_edm"),
+        (NoiseConditioning::Adm, "c_noise_adm"),
+    ] {
+        let p = ConsistencyParameterization {
+            sigma_data: 0.5,
+            sigma_min: 0.002,
+            noise_conditioning: conditioning,
+        };
+        let s = p.scalings(&sigmas());
+        assert_close(
+            &to_vec(&s.c_skip),
+            &column(rows, "c_skip"),
+            1e-12,
+            0.0,
+            "c_skip",
+        );
+        // c_out is exactly 0 at t = eps: compare with an absolute floor.
+        assert_close(
+            &to_vec(&s.c_out),
+            &column(rows, "c_out"),
+            1e-12,
+            1e-15,
+            "c_out",
+        );
+        assert_close(&to_vec(&s.c_in), &column(rows, "c_in"), 1e-12, 0.0, "c_in");
+        assert_close(&to_vec(&s.c_noise), &column(rows, key), 1e-12, 0.0, key);
+    }
+}
+
+#[test]
+fn karras_grids_match_reference() {
+    let fx = fixtures();
+    let grid = KarrasGrid::default();
+    for (n, want) in fx["sampling_grid"].as_object().unwrap() {
+        let n: usize = n.parse().unwrap();
+        let got = grid.sampling_sigmas(n).unwrap();
+        assert_close(
+            &got,
+            &floats(want),
+            1e-12,
+            0.0,
+            &format!("sampling grid n={n}"),
+        );
+    }
+    for (n, want) in fx["training_grid"].as_object().unwrap() {
+        let n: usize = n.parse().unwrap();
+        let got = grid.training_sigmas(n).unwrap();
+        assert_close(
+            &got,
+            &floats(want),
+            1e-12,
+            0.0,
+            &format!("training grid n={n}"),
+        );
+    }
+}
+
+#[test]
+fn ct_adaptive_schedule_matches_reference_code() {
+    let fx = fixtures();
+    let cases = [
+        (
+            "ct_cifar10",
+            CtAdaptiveSchedule {
+                s0: 2,
+                s1: 150,
+                mu0: 0.9,
+                total_steps: 800_000,
+            },
+        ),
+        (
+            "ct_imagenet64",
+            CtAdaptiveSchedule {
+                s0: 2,
+                s1: 200,
+                mu0: 0.95,
+                total_steps: 800_000,
+            },
+        ),
+    ];
+    for (key, schedule) in cases {
+        for row in fx[key].as_array().unwrap() {
+            let k = row["k"].as_u64().unwrap();
+            let d = schedule.at(k);
+            assert_eq!(d.n as u64, row["n"].as_u64().unwrap(), "{key} N({k})");
+            assert_close(
+                &[d.mu],
+                &[row["mu"].as_f64().unwrap()],
+                1e-12,
+                0.0,
+                &format!("{key} mu({k})"),
+            );
+        }
+    }
+    // By hand, from algorithms.md: k = 0 gives N = 2 and mu = 0.9^2 = 0.81.
+    let start = CtAdaptiveSchedule::default().at(0);
+    assert_eq!(start.n, 2);
+    assert!((start.mu - 0.81).abs() < 1e-12);
+    // Past the end the schedule stays at s1 + 1.
+    assert_eq!(CtAdaptiveSchedule::default().at(5_000_000).n, 151);
+}
+
+#[test]
+fn ict_curriculum_matches_reference() {
+    let fx = fixtures();
+    let cases = [
+        (
+            "ict",
+            IctExponentialSchedule {
+                s0: 10,
+                s1: 1280,
+                total_steps: 400_000,
+            },
+        ),
+        (
+            "ict_uneven",
+            IctExponentialSchedule {
+                s0: 10,
+                s1: 1000,
+                total_steps: 1000,
+            },
+        ),
+    ];
+    for (key, schedule) in cases {
+        for row in fx[key].as_array().unwrap() {
+            let k = row["k"].as_u64().unwrap();
+            let d = schedule.at(k);
+            assert_eq!(d.n as u64, row["n"].as_u64().unwrap(), "{key} N({k})");
+            assert_eq!(d.mu, 0.0, "iCT uses no EMA target");
+        }
+    }
+    // K' = floor(400000 / (log2(128) + 1)) = 50000, by hand.
+    assert_eq!(IctExponentialSchedule::default().stage_length(), 50_000);
+    assert_eq!(IctExponentialSchedule::default().at(u64::MAX).n, 1281);
+}
+
+#[test]
+fn lognormal_pair_probabilities_match_erf_formula() {
+    let fx = fixtures();
+    let sampler = LognormalIndex::default();
+    let grid = KarrasGrid::default();
+    for (n, want) in fx["lognormal_probs"].as_object().unwrap() {
+        let n: usize = n.parse().unwrap();
+        let probs = sampler.probabilities(&grid.training_sigmas(n).unwrap());
+        assert_eq!(probs.len(), n - 1);
+        let total: f64 = probs.iter().sum();
+        assert!(
+            (total - 1.0).abs() < 1e-12,
+            "n={n}: probabilities sum to {total}"
+        );
+        // The reference uses plain erf differences; in the upper tail they
+        // cancel to ~1e-16 absolute, which bounds the agreement there.
+        assert_close(
+            &probs,
+            &floats(want),
+            1e-9,
+            1e-15,
+            &format!("lognormal probs n={n}"),
+        );
+    }
+}
+
+#[test]
+fn distance_metrics_match_reference() {
+    let fx = fixtures();
+    for (name, case) in fx["distances"].as_object().unwrap() {
+        let dim = case["dim"].as_u64().unwrap() as usize;
+        let scale = case["scale"].as_f64().unwrap();
+        // Rebuild the same deterministic batch as make_fixtures.py.
+        let (b, d) = (3usize, dim);
+        let mut x = Vec::with_capacity(b * d);
+        let mut y = Vec::with_capacity(b * d);
+        for j in 0..b {
+            for i in 0..d {
+                let xv = (0.37 * i as f64 + 0.1 * j as f64).sin();
+                x.push(xv);
+                y.push(xv + scale * (0.11 * i as f64 * (j + 1) as f64 + 0.3).cos());
+            }
+        }
+        let x = Tensor::from_slice(&x).reshape([b as i64, 3, 2, 2]);
+        let y = Tensor::from_slice(&y).reshape([b as i64, 3, 2, 2]);
+        let huber = PseudoHuber::for_dim(dim);
+        assert!((huber.c - case["c"].as_f64().unwrap()).abs() < 1e-15);
+        let metrics: [(&str, &dyn DistanceMetric); 3] =
+            [("l2", &SquaredL2), ("l1", &L1), ("pseudo_huber", &huber)];
+        for (key, metric) in metrics {
+            let got = to_vec(&metric.distance(&x, &y));
+            // The reference's textbook pseudo-Huber cancels in the "near"
+            // case; agreement is bounded by ~1e-16 / c there.
+            assert_close(
+                &got,
+                &floats(&case[key]),
+                1e-9,
+                1e-14,
+                &format!("{key} ({name})"),
+            );
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! `cargo xtask`: the cm-rs task runner. It installs libtorch, then runs cargo
+//! with the environment `tch` needs. It orchestrates; the crates do the work
+//! (rust-analyzer's xtask pattern: no dependencies of its own).
+
+mod libtorch;
+
+use std::env;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use libtorch::{Flavor, Libtorch, Source};
+
+const HELP: &str = "\
+cargo xtask: the cm-rs task runner
+
+USAGE:
+    cargo xtask <COMMAND> [--cuda] [-- <extra cargo arguments>]
+
+COMMANDS:
+    setup    Install libtorch 2.13.0 (what tch 0.26 builds against) from the PyPI
+             `torch` wheel into the per-user cache (CPU subset by default, the
+             full CUDA stack with --cuda). Idempotent: a second run is instant.
+    env      Print the shell exports that let plain `cargo` build the workspace.
+    test     Set-up, then the whole test suite (README's test command).
+    bench    Set-up, then the criterion benchmarks (reports in target/criterion).
+    help     Print this help.
+
+OPTIONS:
+    --cuda   Use the CUDA libtorch (also: CM_RS_CUDA=1). Builds go to
+             target/cuda so CPU and CUDA builds do not evict each other.
+
+ENVIRONMENT:
+    LIBTORCH        Use this libtorch 2.13.0 folder instead of installing one.
+    CM_RS_CACHE     Cache folder (default $XDG_CACHE_HOME/cm-rs or ~/.cache/cm-rs).
+    CM_RS_PYTHON    Python used to run pip (default python3).
+
+The training pipelines (`cargo xtask train-cd`, ...) arrive with the
+distillation and training issues; see README.md.
+";
+
+fn main() -> ExitCode {
+    match run(env::args().skip(1).collect()) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("xtask error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parsed command line: the command, `--cuda`, and what follows `--`.
+#[derive(Debug)]
+struct Args {
+    command: String,
+    cuda: bool,
+    passthrough: Vec<String>,
+}
+
+fn parse(args: Vec<String>) -> Result<Args, String> {
+    let mut command = None;
+    let mut cuda = env::var("CM_RS_CUDA").is_ok_and(|v| v == "1" || v == "true");
+    let mut iter = args.into_iter();
+    let mut passthrough = Vec::new();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--" => {
+                passthrough.extend(iter.by_ref());
+            }
+            "--cuda" => cuda = true,
+            "-h" | "--help" => command = Some("help".to_string()),
+            flag if flag.starts_with('-') => {
+                return Err(format!("unknown option `{flag}` (try `cargo xtask help`)"))
+            }
+            name if command.is_none() => command = Some(name.to_string()),
+            extra => {
+                return Err(format!(
+                    "unexpected argument `{extra}`; pass cargo arguments after `--`"
+                ))
+            }
+        }
+    }
+    Ok(Args {
+        command: command.unwrap_or_else(|| "help".into()),
+        cuda,
+        passthrough,
+    })
+}
+
+fn run(raw: Vec<String>) -> Result<ExitCode, String> {
+    let args = parse(raw)?;
+    let flavor = if args.cuda { Flavor::Cuda } else { Flavor::Cpu };
+    match args.command.as_str() {
+        "help" => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "setup" => {
+            let started = Instant::now();
+            let torch = libtorch::ensure(flavor)?;
+            let how = match torch.source {
+                Source::UserEnv => "from LIBTORCH",
+                Source::Cached => "already installed",
+                Source::Installed => "installed",
+            };
+            eprintln!(
+                "xtask: libtorch {} ({:?}) {how}: {} [{:.3}s]",
+                libtorch::TORCH_VERSION,
+                torch.flavor,
+                torch.dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "env" => {
+            let torch = libtorch::ensure(flavor)?;
+            println!(
+                "export LIBTORCH={}",
+                shell_quote(&torch.dir.to_string_lossy())
+            );
+            if let Some(dir) = cuda_target_dir(&torch) {
+                println!(
+                    "export CARGO_TARGET_DIR={}",
+                    shell_quote(&dir.to_string_lossy())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "test" => {
+            let torch = libtorch::ensure(flavor)?;
+            let started = Instant::now();
+            let mut code = cargo(
+                &torch,
+                &["test", "--workspace", "--all-targets"],
+                &args.passthrough,
+            )?;
+            if code.success() {
+                code = cargo(&torch, &["test", "--workspace", "--doc"], &args.passthrough)?;
+            }
+            eprintln!(
+                "xtask: test suite finished in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(exit(code))
+        }
+        "bench" => {
+            let torch = libtorch::ensure(flavor)?;
+            let code = cargo(&torch, &["bench", "--workspace"], &args.passthrough)?;
+            Ok(exit(code))
+        }
+        other => Err(format!("unknown command `{other}`\n\n{HELP}")),
+    }
+}
+
+fn exit(status: std::process::ExitStatus) -> ExitCode {
+    if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
+    }
+}
+
+/// CUDA builds link a different libtorch: give them their own target folder
+/// unless the user chose one.
+fn cuda_target_dir(torch: &Libtorch) -> Option<PathBuf> {
+    if torch.flavor != Flavor::Cuda || env::var_os("CARGO_TARGET_DIR").is_some() {
+        return None;
+    }
+    Some(workspace_root().join("target").join("cuda"))
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Runs cargo with `LIBTORCH` pointing at `torch`. Binaries get an rpath to
+/// `torch/lib` from the crates' build scripts, so no loader variable is set.
+fn cargo(
+    torch: &Libtorch,
+    args: &[&str],
+    passthrough: &[String],
+) -> Result<std::process::ExitStatus, String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root())
+        .args(args)
+        .args(passthrough)
+        .env("LIBTORCH", &torch.dir)
+        // torch-sys prefers a Python torch when this is set; we want ours.
+        .env_remove("LIBTORCH_USE_PYTORCH");
+    if let Some(dir) = cuda_target_dir(torch) {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    eprintln!(
+        "xtask: LIBTORCH={} cargo {}",
+        torch.dir.display(),
+        args.iter()
+            .map(|s| s.to_string())
+            .chain(passthrough.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    cmd.status()
+        .map_err(|e| format!("cannot run {}: {e}", PathBuf::from(cargo).display()))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_command_flags_and_passthrough() {
+        let a = parse(strings(&["test", "--cuda", "--", "-p", "cm-core"])).unwrap();
+        assert_eq!(a.command, "test");
+        assert!(a.cuda);
+        assert_eq!(a.passthrough, strings(&["-p", "cm-core"]));
+        assert_eq!(parse(vec![]).unwrap().command, "help");
+    }
+
+    #[test]
+    fn rejects_unknown_flags_and_stray_arguments() {
+        assert!(parse(strings(&["test", "--fast"]))
+            .unwrap_err()
+            .contains("--fast"));
+        assert!(parse(strings(&["test", "cm-core"]))
+            .unwrap_err()
+            .contains("cm-core"));
+    }
+
+    #[test]
+    fn shell_quote_escapes_single_quotes() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}
