@@ -146,11 +146,19 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         }
         "bench" => {
             let torch = libtorch::ensure(flavor)?;
-            let code = cargo(&torch, &["bench", "--workspace"], &args.passthrough)?;
+            let code = cargo(&torch, &["bench"], &args.passthrough)?;
             Ok(exit(code))
         }
         other => Err(format!("unknown command `{other}`\n\n{HELP}")),
     }
+}
+
+/// True when the user picked packages with `-p` / `--package`; otherwise
+/// xtask's cargo commands cover the whole workspace.
+fn picks_package(passthrough: &[String]) -> bool {
+    passthrough
+        .iter()
+        .any(|a| a == "-p" || a == "--package" || a.starts_with("--package="))
 }
 
 fn exit(status: std::process::ExitStatus) -> ExitCode {
@@ -175,18 +183,23 @@ fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-/// Runs cargo with `LIBTORCH` pointing at `torch`. Binaries get an rpath to
-/// `torch/lib` from the crates' build scripts, so no loader variable is set.
+/// Runs `cargo <args> [--workspace] <passthrough>` with `LIBTORCH` pointing
+/// at `torch`. Binaries get an rpath to `torch/lib` from the crates' build
+/// scripts, so no loader variable is set.
 fn cargo(
     torch: &Libtorch,
     args: &[&str],
     passthrough: &[String],
 ) -> Result<std::process::ExitStatus, String> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if !picks_package(passthrough) {
+        args.push("--workspace".into());
+    }
+    args.extend(passthrough.iter().cloned());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .args(args)
-        .args(passthrough)
+        .args(&args)
         .env("LIBTORCH", &torch.dir)
         // torch-sys prefers a Python torch when this is set; we want ours.
         .env_remove("LIBTORCH_USE_PYTORCH");
@@ -235,6 +248,13 @@ mod tests {
         assert!(parse(strings(&["test", "cm-core"]))
             .unwrap_err()
             .contains("cm-core"));
+    }
+
+    #[test]
+    fn package_selection_replaces_workspace() {
+        assert!(picks_package(&strings(&["-p", "cm-core"])));
+        assert!(picks_package(&strings(&["--package=cm-core"])));
+        assert!(!picks_package(&strings(&["--no-fail-fast"])));
     }
 
     #[test]

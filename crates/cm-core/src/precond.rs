@@ -30,10 +30,13 @@ impl Scalings {
         x * append_dims(&self.c_in, x.dim())
     }
 
-    /// `c_skip(t) x + c_out(t) raw`, the parameterized output.
+    /// `c_skip(t) x + c_out(t) raw`, the parameterized output (one fused
+    /// multiply-add into the first product, no third temporary).
     pub fn combine(&self, x: &Tensor, raw: &Tensor) -> Tensor {
         let ndim = x.dim();
-        x * append_dims(&self.c_skip, ndim) + raw * append_dims(&self.c_out, ndim)
+        let mut out = x * append_dims(&self.c_skip, ndim);
+        let _ = out.addcmul_(raw, &append_dims(&self.c_out, ndim));
+        out
     }
 }
 
