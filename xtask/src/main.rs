@@ -130,13 +130,9 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         "test" => {
             let torch = libtorch::ensure(flavor)?;
             let started = Instant::now();
-            let mut code = cargo(
-                &torch,
-                &["test", "--workspace", "--all-targets"],
-                &args.passthrough,
-            )?;
+            let mut code = cargo(&torch, &["test", "--all-targets"], &args.passthrough)?;
             if code.success() {
-                code = cargo(&torch, &["test", "--workspace", "--doc"], &args.passthrough)?;
+                code = cargo(&torch, &["test", "--doc"], &args.passthrough)?;
             }
             eprintln!(
                 "xtask: test suite finished in {:.1}s",
