@@ -1,7 +1,32 @@
-//! cm-nets: the networks consistency models and their teachers are built from.
+//! cm-nets: the networks consistency models and their teachers are built
+//! from, on `tch`.
 //!
-//! This crate will hold, on `tch`: an ADM / EDM-style U-Net (DhariwalUNet,
-//! SongUNet), a DiT with adaLN-Zero conditioning, and a residual MLP for 2-D toy
-//! data, behind one network trait (scaled input, `c_noise`, optional class
-//! labels, train/eval mode), with safetensors checkpoints. It is delivered by
-//! the cm-nets issue; until then the crate is intentionally empty.
+//! - [`UNet`]: an ADM / EDM-style U-Net (`DhariwalUNet`, with `SongUNet`'s
+//!   options), for 1 or 3 channels at 28, 32 or 64 pixels.
+//! - [`DiT`]: a Diffusion Transformer with adaLN-Zero conditioning.
+//! - [`ResidualMlp`]: a residual MLP for 2-D toy data.
+//!
+//! All implement [`Network`]: `F(x_in, c_noise, class, train)` with the
+//! output shaped like the input; cm-core's parameterizations wrap them.
+//! [`Model`] owns a network's `VarStore` and config and reads and writes
+//! strict safetensors checkpoints with a TOML config sidecar. Configs are
+//! serde structs ([`NetConfig`]) with named presets ([`NetConfig::preset`],
+//! `configs/nets/*.toml`).
+
+pub mod checkpoint;
+pub mod config;
+pub mod dit;
+pub mod error;
+pub mod layers;
+pub mod mlp;
+pub mod network;
+pub mod unet;
+
+pub use checkpoint::{sidecar_path, write_atomic};
+pub use config::{DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, PRESETS};
+pub use dit::DiT;
+pub use error::{NetError, Result};
+pub use layers::NoiseEmbedding;
+pub use mlp::ResidualMlp;
+pub use network::{Model, Network};
+pub use unet::UNet;

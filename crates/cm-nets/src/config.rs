@@ -1,0 +1,419 @@
+//! Network configs: serde structs with sensible defaults, separate from the
+//! weights, validated on load, and the named presets written out under
+//! `configs/nets/`.
+
+use serde::{Deserialize, Serialize};
+
+use cm_core::{CoreError, Validate};
+
+use crate::layers::NoiseEmbedding;
+
+/// How the U-Net changes resolution between levels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    /// Fixed box filter: 2x2 average pooling down, nearest-neighbour up, then
+    /// a 3x3 convolution (EDM's `resample_filter = [1, 1]`).
+    #[default]
+    Filter,
+    /// Learned: a strided 3x3 convolution down, a 4x4 transposed convolution
+    /// (stride 2) up.
+    Learned,
+}
+
+/// An ADM / EDM-style U-Net (Dhariwal & Nichol 2021; EDM's `DhariwalUNet`,
+/// with `SongUNet`'s options: Fourier embedding, `skip_scale`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UNetConfig {
+    /// Image channels in and out (1 or 3).
+    pub in_channels: usize,
+    /// Image side (square images), divisible by `2^(levels - 1)`.
+    pub resolution: usize,
+    /// Base channel count.
+    pub model_channels: usize,
+    /// Channel multiplier per resolution level.
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level (the decoder has one more).
+    pub num_res_blocks: usize,
+    /// Resolutions at which blocks add self-attention.
+    pub attn_resolutions: Vec<usize>,
+    /// Channels per attention head (heads = channels / this, at least 1).
+    pub channels_per_head: usize,
+    /// Dropout before each block's second convolution.
+    pub dropout: f64,
+    /// How levels change resolution.
+    pub resample: Resample,
+    /// Noise-level embedding.
+    pub noise_embedding: NoiseEmbedding,
+    /// Standard deviation of the Fourier frequencies (16 in NCSN++, small in iCT).
+    pub fourier_scale: f64,
+    /// Embedding width = `model_channels * emb_mult`.
+    pub emb_mult: usize,
+    /// Number of classes; 0 for an unconditional network.
+    pub num_classes: usize,
+    /// Scale applied after each residual sum (1 in ADM, sqrt(1/2) in NCSN++).
+    pub skip_scale: f64,
+    /// Scale-shift conditioning `norm(x) (1 + scale) + shift`, else additive.
+    pub scale_shift: bool,
+}
+
+impl Default for UNetConfig {
+    /// A small 1x28x28 U-Net (the Fashion-MNIST CPU preset).
+    fn default() -> Self {
+        UNetConfig {
+            in_channels: 1,
+            resolution: 28,
+            model_channels: 24,
+            channel_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![7],
+            channels_per_head: 64,
+            dropout: 0.1,
+            resample: Resample::Filter,
+            noise_embedding: NoiseEmbedding::Positional,
+            fourier_scale: 16.0,
+            emb_mult: 4,
+            num_classes: 0,
+            skip_scale: 1.0,
+            scale_shift: true,
+        }
+    }
+}
+
+/// A Diffusion Transformer (Peebles & Xie 2023): patchify, 2-D sin-cos
+/// positions, adaLN-Zero blocks conditioned on noise level and class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiTConfig {
+    /// Image channels in and out (1 or 3).
+    pub in_channels: usize,
+    /// Image side, divisible by `patch_size`.
+    pub resolution: usize,
+    /// Patch side.
+    pub patch_size: usize,
+    /// Token width.
+    pub hidden_size: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Attention heads (divides `hidden_size`).
+    pub num_heads: usize,
+    /// MLP width = `hidden_size * mlp_ratio`.
+    pub mlp_ratio: f64,
+    /// Dropout on the attention and MLP branches.
+    pub dropout: f64,
+    /// Width of the noise-level embedding before its MLP (256 in DiT).
+    pub frequency_embedding_size: usize,
+    /// Noise-level embedding.
+    pub noise_embedding: NoiseEmbedding,
+    /// Standard deviation of the Fourier frequencies.
+    pub fourier_scale: f64,
+    /// Number of classes; 0 for an unconditional network.
+    pub num_classes: usize,
+}
+
+impl Default for DiTConfig {
+    /// A small 1x28x28 DiT (the Fashion-MNIST CPU preset).
+    fn default() -> Self {
+        DiTConfig {
+            in_channels: 1,
+            resolution: 28,
+            patch_size: 4,
+            hidden_size: 128,
+            depth: 6,
+            num_heads: 4,
+            mlp_ratio: 4.0,
+            dropout: 0.0,
+            frequency_embedding_size: 256,
+            noise_embedding: NoiseEmbedding::Positional,
+            fourier_scale: 16.0,
+            num_classes: 0,
+        }
+    }
+}
+
+/// A residual MLP with a noise-level embedding, for 2-D toy data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Data dimension (2 for the toy distributions).
+    pub dim: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Residual blocks.
+    pub depth: usize,
+    /// Width of the noise-level embedding.
+    pub emb_channels: usize,
+    /// Noise-level embedding.
+    pub noise_embedding: NoiseEmbedding,
+    /// Standard deviation of the Fourier frequencies.
+    pub fourier_scale: f64,
+    /// Dropout inside the residual blocks.
+    pub dropout: f64,
+    /// Number of classes; 0 for an unconditional network.
+    pub num_classes: usize,
+}
+
+impl Default for MlpConfig {
+    /// The 2-D toy preset.
+    fn default() -> Self {
+        MlpConfig {
+            dim: 2,
+            hidden: 128,
+            depth: 3,
+            emb_channels: 64,
+            noise_embedding: NoiseEmbedding::Positional,
+            fourier_scale: 16.0,
+            dropout: 0.0,
+            num_classes: 0,
+        }
+    }
+}
+
+/// Any cm-nets network, selected by `arch` in TOML.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "snake_case")]
+pub enum NetConfig {
+    /// `arch = "unet"`.
+    Unet(UNetConfig),
+    /// `arch = "dit"`.
+    Dit(DiTConfig),
+    /// `arch = "mlp"`.
+    Mlp(MlpConfig),
+}
+
+/// The named presets, as in `configs/nets/<name>.toml`.
+pub const PRESETS: &[&str] = &[
+    "toy-mlp",
+    "fmnist-unet",
+    "fmnist-dit",
+    "cifar10-unet",
+    "imagenet64-adm",
+];
+
+impl NetConfig {
+    /// A named preset (see [`PRESETS`]); `None` for an unknown name.
+    ///
+    /// - `toy-mlp`: 2-D toy data, 4 residual blocks of width 128.
+    /// - `fmnist-unet`, `fmnist-dit`: 1x28x28 (Fashion-MNIST, MNIST), sized
+    ///   for training on 2 CPU cores (see docs/nets.md for step times).
+    /// - `cifar10-unet`: 3x32x32, NCSN++/DDPM++-like width (128 channels,
+    ///   multipliers 2,2,2, 4 blocks, attention at 16, dropout 0.3, Fourier
+    ///   embedding with iCT's small scale), for GPUs.
+    /// - `imagenet64-adm`: 3x64x64 class-conditional ADM (192 channels,
+    ///   multipliers 1,2,3,4, 3 blocks, attention at 32, 16, 8), for GPUs.
+    pub fn preset(name: &str) -> Option<NetConfig> {
+        Some(match name {
+            "toy-mlp" => NetConfig::Mlp(MlpConfig::default()),
+            "fmnist-unet" => NetConfig::Unet(UNetConfig::default()),
+            "fmnist-dit" => NetConfig::Dit(DiTConfig::default()),
+            "cifar10-unet" => NetConfig::Unet(UNetConfig {
+                in_channels: 3,
+                resolution: 32,
+                model_channels: 128,
+                channel_mult: vec![2, 2, 2],
+                num_res_blocks: 4,
+                attn_resolutions: vec![16],
+                dropout: 0.3,
+                noise_embedding: NoiseEmbedding::Fourier,
+                fourier_scale: 0.02,
+                skip_scale: std::f64::consts::FRAC_1_SQRT_2,
+                ..UNetConfig::default()
+            }),
+            "imagenet64-adm" => NetConfig::Unet(UNetConfig {
+                in_channels: 3,
+                resolution: 64,
+                model_channels: 192,
+                channel_mult: vec![1, 2, 3, 4],
+                num_res_blocks: 3,
+                attn_resolutions: vec![32, 16, 8],
+                dropout: 0.1,
+                num_classes: 1000,
+                ..UNetConfig::default()
+            }),
+            _ => return None,
+        })
+    }
+
+    /// The shape of one sample, `[C, H, W]` or `[dim]`.
+    pub fn sample_shape(&self) -> Vec<i64> {
+        match self {
+            NetConfig::Unet(c) => vec![
+                c.in_channels as i64,
+                c.resolution as i64,
+                c.resolution as i64,
+            ],
+            NetConfig::Dit(c) => vec![
+                c.in_channels as i64,
+                c.resolution as i64,
+                c.resolution as i64,
+            ],
+            NetConfig::Mlp(c) => vec![c.dim as i64],
+        }
+    }
+
+    /// Number of classes (0 = unconditional). Label `num_classes` is the null
+    /// class used by classifier-free guidance.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            NetConfig::Unet(c) => c.num_classes,
+            NetConfig::Dit(c) => c.num_classes,
+            NetConfig::Mlp(c) => c.num_classes,
+        }
+    }
+}
+
+fn invalid(field: &str, value: impl std::fmt::Debug, expected: impl Into<String>) -> CoreError {
+    CoreError::invalid(field, format!("{value:?}"), expected)
+}
+
+fn check_positive(field: &str, value: usize) -> cm_core::Result<()> {
+    if value == 0 {
+        return Err(invalid(field, value, "at least 1"));
+    }
+    Ok(())
+}
+
+fn check_dropout(value: f64) -> cm_core::Result<()> {
+    if !(0.0..1.0).contains(&value) {
+        return Err(invalid("dropout", value, "a probability in [0, 1)"));
+    }
+    Ok(())
+}
+
+fn check_embedding(kind: NoiseEmbedding, scale: f64) -> cm_core::Result<()> {
+    if kind == NoiseEmbedding::Fourier && !(scale.is_finite() && scale > 0.0) {
+        return Err(invalid("fourier_scale", scale, "a finite number > 0"));
+    }
+    Ok(())
+}
+
+fn check_channels(channels: usize) -> cm_core::Result<()> {
+    if channels != 1 && channels != 3 {
+        return Err(invalid("in_channels", channels, "1 (grey) or 3 (RGB)"));
+    }
+    Ok(())
+}
+
+impl Validate for UNetConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        check_channels(self.in_channels)?;
+        check_positive("model_channels", self.model_channels)?;
+        check_positive("num_res_blocks", self.num_res_blocks)?;
+        check_positive("channels_per_head", self.channels_per_head)?;
+        check_positive("emb_mult", self.emb_mult)?;
+        if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
+            return Err(invalid(
+                "channel_mult",
+                &self.channel_mult,
+                "a non-empty list of positive multipliers",
+            ));
+        }
+        if !self.model_channels.is_multiple_of(2) {
+            return Err(invalid(
+                "model_channels",
+                self.model_channels,
+                "an even number (the noise embedding is [cos, sin])",
+            ));
+        }
+        let levels = self.channel_mult.len() as u32;
+        let factor = 1usize << (levels - 1);
+        if self.resolution == 0 || !self.resolution.is_multiple_of(factor) {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!("a multiple of 2^(levels-1) = {factor} for {levels} levels (pad 28 -> 32 for 4 levels)"),
+            ));
+        }
+        let level_res: Vec<usize> = (0..levels).map(|l| self.resolution >> l).collect();
+        if let Some(r) = self
+            .attn_resolutions
+            .iter()
+            .find(|r| !level_res.contains(r))
+        {
+            return Err(invalid(
+                "attn_resolutions",
+                r,
+                format!("one of the level resolutions {level_res:?}"),
+            ));
+        }
+        check_dropout(self.dropout)?;
+        check_embedding(self.noise_embedding, self.fourier_scale)?;
+        if !(self.skip_scale.is_finite() && self.skip_scale > 0.0) {
+            return Err(invalid(
+                "skip_scale",
+                self.skip_scale,
+                "a finite number > 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for DiTConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        check_channels(self.in_channels)?;
+        check_positive("patch_size", self.patch_size)?;
+        check_positive("depth", self.depth)?;
+        check_positive("num_heads", self.num_heads)?;
+        if self.resolution == 0 || !self.resolution.is_multiple_of(self.patch_size) {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!("a multiple of patch_size = {}", self.patch_size),
+            ));
+        }
+        if self.hidden_size == 0
+            || !self.hidden_size.is_multiple_of(2 * self.num_heads)
+            || !self.hidden_size.is_multiple_of(4)
+        {
+            return Err(invalid(
+                "hidden_size",
+                self.hidden_size,
+                format!(
+                    "a multiple of 4 and of 2 * num_heads = {}",
+                    2 * self.num_heads
+                ),
+            ));
+        }
+        if self.frequency_embedding_size == 0 || !self.frequency_embedding_size.is_multiple_of(2) {
+            return Err(invalid(
+                "frequency_embedding_size",
+                self.frequency_embedding_size,
+                "an even number >= 2",
+            ));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
+            return Err(invalid("mlp_ratio", self.mlp_ratio, "a finite number > 0"));
+        }
+        check_dropout(self.dropout)?;
+        check_embedding(self.noise_embedding, self.fourier_scale)
+    }
+}
+
+impl Validate for MlpConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        check_positive("dim", self.dim)?;
+        check_positive("hidden", self.hidden)?;
+        check_positive("depth", self.depth)?;
+        if self.emb_channels == 0 || !self.emb_channels.is_multiple_of(2) {
+            return Err(invalid(
+                "emb_channels",
+                self.emb_channels,
+                "an even number >= 2",
+            ));
+        }
+        check_dropout(self.dropout)?;
+        check_embedding(self.noise_embedding, self.fourier_scale)
+    }
+}
+
+impl Validate for NetConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        match self {
+            NetConfig::Unet(c) => c.validate(),
+            NetConfig::Dit(c) => c.validate(),
+            NetConfig::Mlp(c) => c.validate(),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Building blocks shared by the networks: noise-level embeddings
+//! (positional, Transformer / ADM style; random Fourier features, NCSN++
+//! style), zero-initialised layers, GroupNorm with EDM's group rule,
+//! multi-head self-attention, and a MAC counter for FLOP estimates.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// How the noise conditioning `c_noise` is embedded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseEmbedding {
+    /// Sinusoidal positional embedding, `max_positions = 10000` (ADM,
+    /// EDM's `PositionalEmbedding`).
+    #[default]
+    Positional,
+    /// Random Fourier features `[cos, sin](2π f c_noise)`, `f ~ N(0, scale²)`
+    /// (NCSN++, EDM's `FourierEmbedding`; iCT uses a small scale).
+    Fourier,
+}
+
+/// An embedding of a `[B]` tensor of noise conditionings to `[B, channels]`.
+#[derive(Debug)]
+pub struct NoiseEmbed {
+    /// Frequencies, `[channels / 2]`; a fixed buffer saved in checkpoints
+    /// (random for Fourier features).
+    freqs: Tensor,
+    kind: NoiseEmbedding,
+}
+
+impl NoiseEmbed {
+    /// `channels` must be even. `fourier_scale` is used by [`NoiseEmbedding::Fourier`].
+    pub fn new(p: &nn::Path, channels: i64, kind: NoiseEmbedding, fourier_scale: f64) -> Self {
+        let half = channels / 2;
+        let freqs = p.zeros_no_train("freqs", &[half]);
+        let values = match kind {
+            // EDM PositionalEmbedding(endpoint=False): (1/10000)^(i/half).
+            NoiseEmbedding::Positional => {
+                let i = Tensor::arange(half, (Kind::Float, p.device()));
+                (i / half as f64 * (1.0f64 / 10_000.0).ln()).exp()
+            }
+            // EDM FourierEmbedding: randn * scale, then 2π in forward.
+            NoiseEmbedding::Fourier => {
+                Tensor::randn([half], (Kind::Float, p.device())) * fourier_scale
+            }
+        };
+        tch::no_grad(|| freqs.shallow_clone().copy_(&values));
+        NoiseEmbed { freqs, kind }
+    }
+
+    /// `[B] -> [B, channels]`: `[cos, sin]` of the scaled conditionings.
+    pub fn forward(&self, c_noise: &Tensor) -> Tensor {
+        let c = c_noise.to_kind(self.freqs.kind());
+        let mut x = c.outer(&self.freqs);
+        if self.kind == NoiseEmbedding::Fourier {
+            x *= 2.0 * std::f64::consts::PI;
+        }
+        Tensor::cat(&[x.cos(), x.sin()], 1)
+    }
+}
+
+/// EDM's GroupNorm rule: `min(32, channels / 4)` groups, lowered until it
+/// divides `channels`; eps = 1e-5.
+pub fn group_norm(p: nn::Path, channels: i64) -> nn::GroupNorm {
+    let mut groups = (channels / 4).clamp(1, 32);
+    while channels % groups != 0 {
+        groups -= 1;
+    }
+    nn::group_norm(p, groups, channels, Default::default())
+}
+
+/// A convolution whose weights and bias start at zero (ADM's `zero_module`),
+/// so a fresh residual branch or output layer contributes nothing.
+pub fn zero_conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        padding: k / 2,
+        ws_init: nn::Init::Const(0.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::conv2d(p, cin, cout, k, cfg)
+}
+
+/// A `k x k` convolution with "same" padding and default (Kaiming) init.
+pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
+    nn::conv2d(
+        p,
+        cin,
+        cout,
+        k,
+        nn::ConvConfig {
+            padding: k / 2,
+            ..Default::default()
+        },
+    )
+}
+
+/// A linear layer whose weights and bias start at zero.
+pub fn zero_linear(p: nn::Path, din: i64, dout: i64) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, din, dout, cfg)
+}
+
+/// Multi-head scaled dot-product self-attention over `[B, heads, T, d]`
+/// queries, keys and values (libtorch's fused kernel).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false)
+}
+
+/// A class-label embedding with one extra row for the null class (index
+/// `num_classes`), which classifier-free guidance uses for "no label".
+#[derive(Debug)]
+pub struct ClassEmbed {
+    table: nn::Embedding,
+    num_classes: i64,
+}
+
+impl ClassEmbed {
+    /// `num_classes + 1` rows of `channels`.
+    pub fn new(p: nn::Path, num_classes: i64, channels: i64) -> Self {
+        let cfg = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            ..Default::default()
+        };
+        ClassEmbed {
+            table: nn::embedding(p, num_classes + 1, channels, cfg),
+            num_classes,
+        }
+    }
+
+    /// `[B]` int64 labels, or `None` for the null class for all `batch`.
+    pub fn forward(&self, class: Option<&Tensor>, batch: i64) -> Tensor {
+        let device = self.table.ws.device();
+        match class {
+            Some(labels) => self.table.forward(&labels.to_device(device)),
+            None => self.table.forward(&Tensor::full(
+                [batch],
+                self.num_classes,
+                (Kind::Int64, device),
+            )),
+        }
+    }
+}
+
+/// Counts multiply-accumulates per sample while a network is built, for the
+/// FLOP estimates in the docs (2 FLOPs per MAC; normalisation and activations
+/// are not counted).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MacCounter {
+    /// Multiply-accumulates per sample counted so far.
+    pub macs: u64,
+}
+
+impl MacCounter {
+    /// A `k x k` convolution producing `cout x h x w` from `cin` channels.
+    pub fn conv(&mut self, cin: i64, cout: i64, k: i64, h: i64, w: i64) {
+        self.macs += (cin * cout * k * k * h * w) as u64;
+    }
+
+    /// A linear layer applied to `tokens` vectors.
+    pub fn linear(&mut self, din: i64, dout: i64, tokens: i64) {
+        self.macs += (din * dout * tokens) as u64;
+    }
+
+    /// Self-attention scores and weighted sum over `tokens` of `channels`.
+    pub fn attention(&mut self, tokens: i64, channels: i64) {
+        self.macs += (2 * tokens * tokens * channels) as u64;
+    }
+}

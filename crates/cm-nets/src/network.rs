@@ -1,0 +1,264 @@
+//! The one network trait every architecture implements, and [`Model`]: a
+//! network with its own `VarStore`, config, parameter count, FLOP estimate
+//! and strict safetensors checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{sidecar_path, write_atomic};
+use crate::config::NetConfig;
+use crate::dit::DiT;
+use crate::error::{NetError, Result};
+use crate::layers::MacCounter;
+use crate::mlp::ResidualMlp;
+use crate::unet::UNet;
+
+/// A raw network `F(x_in, c_noise, class)` of the EDM / consistency
+/// parameterizations (cm-core wraps it with `c_skip`, `c_out`, `c_in`).
+///
+/// Shape contract: `x` is `[B, ...sample_shape]` (already scaled by `c_in`),
+/// `c_noise` is `[B]`, `class` is `[B]` int64 in `0..=num_classes` (the last
+/// being the null class) or `None` (null class for all); the output has the
+/// shape of `x`. `train` switches dropout on.
+pub trait Network: Send + std::fmt::Debug {
+    /// `F(x, c_noise, class)`.
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        c_noise: &Tensor,
+        class: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor;
+}
+
+/// A network with its weights, config and bookkeeping. Teacher, student and
+/// target networks are each a `Model` (one `VarStore` per role).
+#[derive(Debug)]
+pub struct Model {
+    vs: nn::VarStore,
+    net: Box<dyn Network>,
+    config: NetConfig,
+    macs: u64,
+}
+
+impl Model {
+    /// Builds a freshly initialised network on `device` (initialisation uses
+    /// libtorch's generator: seed it with `tch::manual_seed` for
+    /// reproducibility). The config is validated first.
+    pub fn new(config: NetConfig, device: Device) -> Result<Self> {
+        cm_core::Validate::validate(&config)?;
+        let vs = nn::VarStore::new(device);
+        let mut macs = MacCounter::default();
+        let root = vs.root();
+        let net: Box<dyn Network> = match &config {
+            NetConfig::Unet(c) => Box::new(UNet::new(&root, c, &mut macs)),
+            NetConfig::Dit(c) => Box::new(DiT::new(&root, c, &mut macs)),
+            NetConfig::Mlp(c) => Box::new(ResidualMlp::new(&root, c, &mut macs)),
+        };
+        Ok(Model {
+            vs,
+            net,
+            config,
+            macs: macs.macs,
+        })
+    }
+
+    /// `F(x, c_noise, class)`; see [`Network`] for the shape contract. Call
+    /// [`Model::check_input`] first on data from outside the program.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        c_noise: &Tensor,
+        class: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        self.net.forward_t(x, c_noise, class, train)
+    }
+
+    /// Checks `x` (`[B, ...sample_shape]`, floating point) and `class`
+    /// (`[B]` int64 in `0..=num_classes`, only for class-conditional
+    /// networks) against the network's contract.
+    pub fn check_input(&self, x: &Tensor, class: Option<&Tensor>) -> Result<()> {
+        let want = self.config.sample_shape();
+        let got = x.size();
+        if got.len() != want.len() + 1 || got[1..] != want[..] || got[0] == 0 {
+            return Err(NetError::InvalidInput(format!(
+                "expected a batch of shape [B, {}] (B >= 1), found {got:?}",
+                want.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !x.is_floating_point() {
+            return Err(NetError::InvalidInput(format!(
+                "expected floating-point samples, found {:?}",
+                x.kind()
+            )));
+        }
+        if let Some(labels) = class {
+            let n = self.config.num_classes() as i64;
+            if n == 0 {
+                return Err(NetError::InvalidInput(
+                    "this network is unconditional: pass no class labels".into(),
+                ));
+            }
+            if labels.size() != [got[0]] || labels.kind() != Kind::Int64 {
+                return Err(NetError::InvalidInput(format!(
+                    "expected int64 labels of shape [{}], found {:?} {:?}",
+                    got[0],
+                    labels.kind(),
+                    labels.size()
+                )));
+            }
+            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+            if lo < 0 || hi > n {
+                return Err(NetError::InvalidInput(format!(
+                    "labels must lie in 0..={n} ({n} = null class), found {lo}..={hi}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config the network was built from.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The weights.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The weights, mutably (freezing, optimizers, device moves).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
+    }
+
+    /// Estimated floating-point operations of one forward pass per sample
+    /// (2 per multiply-accumulate of the convolutions, linear layers and
+    /// attention; normalisation and activations are not counted).
+    pub fn flops_per_sample(&self) -> u64 {
+        2 * self.macs
+    }
+
+    /// The null class label (`num_classes`), for classifier-free guidance.
+    pub fn null_class(&self) -> Option<i64> {
+        let n = self.config.num_classes();
+        (n > 0).then_some(n as i64)
+    }
+
+    /// Copies every weight from `other` (same architecture), e.g. to start a
+    /// student or target network from a teacher.
+    pub fn copy_from(&mut self, other: &Model) -> Result<()> {
+        self.vs.copy(&other.vs)?;
+        Ok(())
+    }
+
+    /// Writes the weights to `path` (safetensors) and the config to the
+    /// sidecar `path` with extension `.toml`, each atomically (temporary file,
+    /// then rename), so an interrupted save never leaves a torn file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let sidecar = sidecar_path(path);
+        let config = toml::to_string(&self.config).expect("network configs serialize to TOML");
+        write_atomic(&sidecar, |tmp| {
+            std::fs::write(tmp, config.as_bytes()).map_err(|source| NetError::Io {
+                action: "cannot write",
+                path: tmp.to_path_buf(),
+                source,
+            })
+        })?;
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        write_atomic(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))
+    }
+
+    /// Builds the network described by the sidecar config of `path` and loads
+    /// its weights.
+    pub fn from_checkpoint(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let path = path.as_ref();
+        let config: NetConfig = cm_core::load_toml(sidecar_path(path))?;
+        let mut model = Model::new(config, device)?;
+        model.load_weights(path)?;
+        Ok(model)
+    }
+
+    /// Loads weights from a safetensors file into this network. Every
+    /// tensor must match by name, shape and dtype: missing, unexpected and
+    /// mis-shaped tensors are all reported, each by name, and nothing is
+    /// loaded unless all match.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(NetError::Io {
+                action: "cannot read checkpoint",
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let mut file: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut problems = Vec::new();
+        let mut matched = Vec::new();
+        for (name, var) in vars {
+            match file.remove(&name) {
+                None => problems.push(format!(
+                    "missing tensor `{name}` (expected shape {:?})",
+                    var.size()
+                )),
+                Some(t) if t.size() != var.size() => problems.push(format!(
+                    "tensor `{name}`: expected shape {:?}, found {:?}",
+                    var.size(),
+                    t.size()
+                )),
+                Some(t) if t.kind() != var.kind() => problems.push(format!(
+                    "tensor `{name}`: expected dtype {:?}, found {:?}",
+                    var.kind(),
+                    t.kind()
+                )),
+                Some(t) => matched.push((var, t)),
+            }
+        }
+        let mut unexpected: Vec<_> = file.into_iter().collect();
+        unexpected.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in unexpected {
+            problems.push(format!(
+                "unexpected tensor `{name}` (shape {:?}) is not in the network",
+                t.size()
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(NetError::CheckpointMismatch {
+                path: PathBuf::from(path),
+                problems,
+            });
+        }
+        tch::no_grad(|| {
+            for (mut var, t) in matched {
+                var.f_copy_(&t)?;
+            }
+            Ok::<(), tch::TchError>(())
+        })?;
+        Ok(())
+    }
+}

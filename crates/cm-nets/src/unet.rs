@@ -1,0 +1,413 @@
+//! An ADM / EDM-style U-Net (Dhariwal & Nichol 2021; Karras et al. 2022,
+//! `DhariwalUNet` in `training/networks.py`, with `SongUNet`'s Fourier
+//! embedding and skip scaling as options).
+//!
+//! Encoder: a 3x3 input convolution, then per level `num_res_blocks` residual
+//! blocks (self-attention at `attn_resolutions`) and a down-sampling block
+//! between levels. Middle: two blocks, the first with attention. Decoder: per
+//! level an up-sampling block (but at the lowest level) and `num_res_blocks +
+//! 1` blocks, each taking a skip connection from the encoder by
+//! concatenation. Output: GroupNorm, SiLU, zero-initialised 3x3 convolution.
+//! Each block's second convolution and attention projection also start at
+//! zero, so a fresh block is the identity on its skip path.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::config::{Resample, UNetConfig};
+use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
+use crate::network::Network;
+
+/// Multi-head self-attention over the pixels of a feature map.
+#[derive(Debug)]
+struct SelfAttention {
+    norm: nn::GroupNorm,
+    qkv: nn::Conv2D,
+    proj: nn::Conv2D,
+    heads: i64,
+}
+
+impl SelfAttention {
+    fn new(p: nn::Path, channels: i64, heads: i64, res: i64, macs: &mut MacCounter) -> Self {
+        macs.conv(channels, 3 * channels, 1, res, res);
+        macs.attention(res * res, channels);
+        macs.conv(channels, channels, 1, res, res);
+        SelfAttention {
+            norm: layers::group_norm(&p / "norm", channels),
+            qkv: layers::conv(&p / "qkv", channels, 3 * channels, 1),
+            proj: layers::zero_conv(&p / "proj", channels, channels, 1),
+            heads,
+        }
+    }
+
+    /// Returns the attention branch (to be added to `x`).
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.size4().expect("feature map is 4-D");
+        let qkv = self.qkv.forward(&self.norm.forward(x));
+        // [B, 3C, H, W] -> 3 x [B, heads, HW, C/heads]
+        let qkv = qkv
+            .reshape([b, 3, self.heads, c / self.heads, h * w])
+            .permute([1, 0, 2, 4, 3]);
+        let out = layers::attention(&qkv.get(0), &qkv.get(1), &qkv.get(2));
+        let out = out.permute([0, 1, 3, 2]).reshape([b, c, h, w]);
+        self.proj.forward(&out)
+    }
+}
+
+/// Up- or down-sampling inside a block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scale {
+    Same,
+    Up,
+    Down,
+}
+
+/// EDM's `UNetBlock`: GroupNorm, SiLU, (resample), conv; scale-shift from
+/// the embedding; GroupNorm, SiLU, dropout, zero-init conv; skip (1x1 conv if
+/// the width changes); optional self-attention.
+#[derive(Debug)]
+struct UNetBlock {
+    norm0: nn::GroupNorm,
+    conv0: Conv0,
+    affine: nn::Linear,
+    norm1: nn::GroupNorm,
+    conv1: nn::Conv2D,
+    skip: Option<nn::Conv2D>,
+    attn: Option<SelfAttention>,
+    scale: Scale,
+    in_channels: i64,
+    dropout: f64,
+    skip_scale: f64,
+    scale_shift: bool,
+}
+
+/// The first convolution of a block, with its resampling.
+#[derive(Debug)]
+enum Conv0 {
+    /// Plain 3x3, or box-filter resampling then 3x3.
+    Filtered(nn::Conv2D),
+    /// Learned strided down-sampling.
+    StridedDown(nn::Conv2D),
+    /// Learned transposed up-sampling.
+    TransposedUp(nn::ConvTranspose2D),
+}
+
+fn resample_filter(x: &Tensor, scale: Scale) -> Tensor {
+    match scale {
+        Scale::Same => x.shallow_clone(),
+        Scale::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>),
+        Scale::Up => {
+            x.upsample_nearest2d([x.size()[2] * 2, x.size()[3] * 2], None::<f64>, None::<f64>)
+        }
+    }
+}
+
+struct BlockSpec {
+    cin: i64,
+    cout: i64,
+    emb: i64,
+    res_in: i64,
+    scale: Scale,
+    attention: bool,
+}
+
+impl UNetBlock {
+    fn new(p: nn::Path, spec: BlockSpec, cfg: &UNetConfig, macs: &mut MacCounter) -> Self {
+        let BlockSpec {
+            cin,
+            cout,
+            emb,
+            res_in,
+            scale,
+            attention,
+        } = spec;
+        let res = match scale {
+            Scale::Same => res_in,
+            Scale::Up => res_in * 2,
+            Scale::Down => res_in / 2,
+        };
+        let conv0 = match (cfg.resample, scale) {
+            (Resample::Learned, Scale::Down) => {
+                let c = nn::ConvConfig {
+                    stride: 2,
+                    padding: 1,
+                    ..Default::default()
+                };
+                Conv0::StridedDown(nn::conv2d(&p / "conv0", cin, cout, 3, c))
+            }
+            (Resample::Learned, Scale::Up) => {
+                let c = nn::ConvTransposeConfig {
+                    stride: 2,
+                    padding: 1,
+                    ..Default::default()
+                };
+                Conv0::TransposedUp(nn::conv_transpose2d(&p / "conv0", cin, cout, 4, c))
+            }
+            _ => Conv0::Filtered(layers::conv(&p / "conv0", cin, cout, 3)),
+        };
+        let kernel = if matches!(conv0, Conv0::TransposedUp(_)) {
+            4
+        } else {
+            3
+        };
+        // Transposed conv: each input pixel meets k*k weights per channel pair.
+        let conv0_res = if kernel == 4 { res_in } else { res };
+        macs.conv(cin, cout, kernel, conv0_res, conv0_res);
+        let affine_out = if cfg.scale_shift { 2 * cout } else { cout };
+        macs.linear(emb, affine_out, 1);
+        macs.conv(cout, cout, 3, res, res);
+        let skip = (cin != cout).then(|| {
+            macs.conv(cin, cout, 1, res, res);
+            layers::conv(&p / "skip", cin, cout, 1)
+        });
+        let heads = (cout / cfg.channels_per_head as i64).max(1);
+        let attn = attention.then(|| SelfAttention::new(&p / "attn", cout, heads, res, macs));
+        UNetBlock {
+            norm0: layers::group_norm(&p / "norm0", cin),
+            conv0,
+            affine: nn::linear(&p / "affine", emb, affine_out, Default::default()),
+            norm1: layers::group_norm(&p / "norm1", cout),
+            conv1: layers::zero_conv(&p / "conv1", cout, cout, 3),
+            skip,
+            attn,
+            scale,
+            in_channels: cin,
+            dropout: cfg.dropout,
+            skip_scale: cfg.skip_scale,
+            scale_shift: cfg.scale_shift,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
+        let h = self.norm0.forward(x).silu();
+        let h = match &self.conv0 {
+            Conv0::Filtered(conv) => conv.forward(&resample_filter(&h, self.scale)),
+            Conv0::StridedDown(conv) => conv.forward(&h),
+            Conv0::TransposedUp(conv) => conv.forward(&h),
+        };
+        let params = self.affine.forward(emb).unsqueeze(-1).unsqueeze(-1);
+        let h = if self.scale_shift {
+            let chunks = params.chunk(2, 1);
+            let (scale, shift) = (&chunks[0], &chunks[1]);
+            shift
+                .addcmul(&self.norm1.forward(&h), &(scale + 1.0))
+                .silu()
+        } else {
+            self.norm1.forward(&(h + params)).silu()
+        };
+        let h = self.conv1.forward(&h.dropout(self.dropout, train));
+        let skip = resample_filter(x, self.scale);
+        let skip = match &self.skip {
+            Some(conv) => conv.forward(&skip),
+            None => skip,
+        };
+        let mut out = (h + skip) * self.skip_scale;
+        if let Some(attn) = &self.attn {
+            out = (attn.forward(&out) + out) * self.skip_scale;
+        }
+        out
+    }
+}
+
+/// The U-Net; see the module docs.
+#[derive(Debug)]
+pub struct UNet {
+    map_noise: NoiseEmbed,
+    map_layer0: nn::Linear,
+    map_layer1: nn::Linear,
+    map_label: Option<ClassEmbed>,
+    conv_in: nn::Conv2D,
+    enc: Vec<UNetBlock>,
+    dec: Vec<UNetBlock>,
+    out_norm: nn::GroupNorm,
+    out_conv: nn::Conv2D,
+}
+
+impl UNet {
+    /// Builds the network under `p` from a validated config; adds its
+    /// multiply-accumulates per sample to `macs`.
+    pub fn new(p: &nn::Path, cfg: &UNetConfig, macs: &mut MacCounter) -> Self {
+        let mc = cfg.model_channels as i64;
+        let emb = mc * cfg.emb_mult as i64;
+        let img_c = cfg.in_channels as i64;
+        let map_noise = NoiseEmbed::new(
+            &(p / "map_noise"),
+            mc,
+            cfg.noise_embedding,
+            cfg.fourier_scale,
+        );
+        macs.linear(mc, emb, 1);
+        macs.linear(emb, emb, 1);
+        let map_layer0 = nn::linear(p / "map_layer0", mc, emb, Default::default());
+        let map_layer1 = nn::linear(p / "map_layer1", emb, emb, Default::default());
+        let map_label = (cfg.num_classes > 0)
+            .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb));
+
+        let res0 = cfg.resolution as i64;
+        let attn_at = |res: i64| cfg.attn_resolutions.contains(&(res as usize));
+        let enc_p = p / "enc";
+        let conv_in = layers::conv(&enc_p / "conv_in", img_c, mc, 3);
+        macs.conv(img_c, mc, 3, res0, res0);
+        let mut enc = Vec::new();
+        let mut skips = vec![mc];
+        let mut cout = mc;
+        for (level, &mult) in cfg.channel_mult.iter().enumerate() {
+            let res = res0 >> level;
+            if level > 0 {
+                let spec = BlockSpec {
+                    cin: cout,
+                    cout,
+                    emb,
+                    res_in: res * 2,
+                    scale: Scale::Down,
+                    attention: false,
+                };
+                enc.push(UNetBlock::new(
+                    &enc_p / format!("{res}x{res}_down"),
+                    spec,
+                    cfg,
+                    macs,
+                ));
+                skips.push(cout);
+            }
+            for idx in 0..cfg.num_res_blocks {
+                let cin = cout;
+                cout = mc * mult as i64;
+                let spec = BlockSpec {
+                    cin,
+                    cout,
+                    emb,
+                    res_in: res,
+                    scale: Scale::Same,
+                    attention: attn_at(res),
+                };
+                enc.push(UNetBlock::new(
+                    &enc_p / format!("{res}x{res}_block{idx}"),
+                    spec,
+                    cfg,
+                    macs,
+                ));
+                skips.push(cout);
+            }
+        }
+
+        let dec_p = p / "dec";
+        let mut dec = Vec::new();
+        let levels = cfg.channel_mult.len();
+        for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
+            let res = res0 >> level;
+            if level == levels - 1 {
+                let spec = BlockSpec {
+                    cin: cout,
+                    cout,
+                    emb,
+                    res_in: res,
+                    scale: Scale::Same,
+                    attention: true,
+                };
+                dec.push(UNetBlock::new(
+                    &dec_p / format!("{res}x{res}_in0"),
+                    spec,
+                    cfg,
+                    macs,
+                ));
+                let spec = BlockSpec {
+                    cin: cout,
+                    cout,
+                    emb,
+                    res_in: res,
+                    scale: Scale::Same,
+                    attention: false,
+                };
+                dec.push(UNetBlock::new(
+                    &dec_p / format!("{res}x{res}_in1"),
+                    spec,
+                    cfg,
+                    macs,
+                ));
+            } else {
+                let spec = BlockSpec {
+                    cin: cout,
+                    cout,
+                    emb,
+                    res_in: res / 2,
+                    scale: Scale::Up,
+                    attention: false,
+                };
+                dec.push(UNetBlock::new(
+                    &dec_p / format!("{res}x{res}_up"),
+                    spec,
+                    cfg,
+                    macs,
+                ));
+            }
+            for idx in 0..=cfg.num_res_blocks {
+                let cin = cout + skips.pop().expect("one skip per encoder block");
+                cout = mc * mult as i64;
+                let spec = BlockSpec {
+                    cin,
+                    cout,
+                    emb,
+                    res_in: res,
+                    scale: Scale::Same,
+                    attention: attn_at(res),
+                };
+                dec.push(UNetBlock::new(
+                    &dec_p / format!("{res}x{res}_block{idx}"),
+                    spec,
+                    cfg,
+                    macs,
+                ));
+            }
+        }
+        macs.conv(cout, img_c, 3, res0, res0);
+        UNet {
+            map_noise,
+            map_layer0,
+            map_layer1,
+            map_label,
+            conv_in,
+            enc,
+            dec,
+            out_norm: layers::group_norm(&dec_p / "out_norm", cout),
+            out_conv: layers::zero_conv(&dec_p / "out_conv", cout, img_c, 3),
+        }
+    }
+}
+
+impl Network for UNet {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        c_noise: &Tensor,
+        class: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let batch = x.size()[0];
+        let mut emb = self.map_layer1.forward(
+            &self
+                .map_layer0
+                .forward(&self.map_noise.forward(c_noise))
+                .silu(),
+        );
+        if let Some(labels) = &self.map_label {
+            emb += labels.forward(class, batch);
+        }
+        let emb = emb.silu();
+
+        let mut h = self.conv_in.forward(x);
+        let mut skips = vec![h.shallow_clone()];
+        for block in &self.enc {
+            h = block.forward(&h, &emb, train);
+            skips.push(h.shallow_clone());
+        }
+        for block in &self.dec {
+            if h.size()[1] != block.in_channels {
+                let skip = skips.pop().expect("one skip per encoder block");
+                h = Tensor::cat(&[h, skip], 1);
+            }
+            h = block.forward(&h, &emb, train);
+        }
+        self.out_conv.forward(&self.out_norm.forward(&h).silu())
+    }
+}
