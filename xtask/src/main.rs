@@ -205,11 +205,7 @@ fn cargo(
     eprintln!(
         "xtask: LIBTORCH={} cargo {}",
         torch.dir.display(),
-        args.iter()
-            .map(|s| s.to_string())
-            .chain(passthrough.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        args.join(" ")
     );
     cmd.status()
         .map_err(|e| format!("cannot run {}: {e}", PathBuf::from(cargo).display()))
