@@ -10,6 +10,8 @@
 //!   [`DiscretizationSchedule`]: fixed, CT adaptive, iCT exponential.
 //! - [`noise`]: which noise levels a loss is evaluated at, behind
 //!   [`IndexSampler`]: uniform pairs, iCT lognormal pairs, EDM lognormal sigma.
+//! - [`ode`]: the PF-ODE of a [`Denoiser`] and its one-step solvers
+//!   (Euler, Heun) behind [`OdeSolver`].
 //! - [`weighting`]: `lambda(t_n)`, behind [`LossWeighting`].
 //! - [`metric`]: `d(x, y)`, behind [`DistanceMetric`]: squared L2, L1,
 //!   pseudo-Huber, and any learned feature-space metric.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod metric;
 pub mod noise;
+pub mod ode;
 pub mod precond;
 pub mod schedule;
 pub mod sigmas;
@@ -34,6 +37,7 @@ pub use config::{
 pub use error::{CoreError, Result};
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
 pub use noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
+pub use ode::{ode_derivative, Denoiser, OdeSolver, Solver};
 pub use precond::{
     append_dims, ConsistencyParameterization, EdmPreconditioning, NoiseConditioning,
     Parameterization, Scalings,

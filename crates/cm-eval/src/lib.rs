@@ -1,6 +1,11 @@
 //! cm-eval: sample quality measured the way the field does.
 //!
-//! This crate will hold FID / KID / precision-recall in the feature space of a
-//! network the project trains itself, standard Inception-v3 FID for users who
-//! supply the weights, and exact metrics for 2-D toy data. It is delivered by
-//! the cm-eval issue; until then the crate is intentionally empty.
+//! - [`toy`]: exact distances between 2-D sample sets (sliced Wasserstein,
+//!   energy distance) and mode coverage, for the toy experiments.
+//!
+//! FID / KID / precision-recall in a learned feature space and standard
+//! Inception-v3 FID arrive with the cm-eval issue.
+
+pub mod toy;
+
+pub use toy::{energy_distance, mode_coverage, sliced_wasserstein};

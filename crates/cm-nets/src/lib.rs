@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod denoiser;
 pub mod dit;
 pub mod error;
 pub mod layers;
@@ -24,6 +25,7 @@ pub mod unet;
 
 pub use checkpoint::{sidecar_path, write_atomic};
 pub use config::{DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, PRESETS};
+pub use denoiser::Preconditioned;
 pub use dit::DiT;
 pub use error::{NetError, Result};
 pub use layers::NoiseEmbedding;

@@ -1,7 +1,13 @@
 //! cm-sample: every way to get samples out of a trained model.
 //!
-//! This crate will hold the EDM Euler, Heun and stochastic samplers (Karras et
-//! al. 2022, Algorithms 1 and 2), consistency one-step and multistep sampling
-//! (Song et al. 2023, Algorithm 1) and zero-shot editing (Algorithm 4) behind
-//! one sampler trait. It is delivered by the teacher and cm-sample issues; until
-//! then the crate is intentionally empty.
+//! - [`edm`]: the EDM teacher's samplers (Karras et al. 2022): deterministic
+//!   Euler or Heun (Algorithm 1) and stochastic with churn (Algorithm 2), any
+//!   step count, with the number of network evaluations (NFE) reported.
+//!
+//! Consistency one-step and multistep sampling (Song et al. 2023,
+//! Algorithm 1) and zero-shot editing (Algorithm 4) arrive with the cm-sample
+//! issue. Samplers take any cm-core `Denoiser` and run without autograd.
+
+pub mod edm;
+
+pub use edm::{edm_sample, EdmSampler, Sampled};

@@ -1,9 +1,33 @@
-//! cm-train: the training loop shared by every objective.
+//! cm-train: the training loop shared by every objective, and the EDM
+//! teacher objective.
 //!
-//! This crate will hold one training loop (optimizer state, warm-up, gradient
-//! clipping, EMA copies, atomic checkpoints, exact resume, Ctrl-C handling,
-//! metrics logging) with a small objective trait, and the EDM teacher,
-//! consistency training (CT, Song et al. 2023, Algorithm 3) and improved
-//! consistency training (iCT, Song & Dhariwal 2023) objectives. It is delivered
-//! by the data/teacher and CT/iCT issues; until then the crate is intentionally
-//! empty.
+//! - [`trainer`]: [`train`] runs any [`Objective`] on batches from any
+//!   [`BatchSource`]: Adam / RAdam with saved state ([`optim`]), warm-up,
+//!   gradient clipping, EMA copies ([`ema`]), atomic checkpoints with
+//!   retention, exact resume (libtorch's generator is reseeded from
+//!   `(seed, step)` every step and batches are a pure function of the step),
+//!   a stop flag for Ctrl-C that saves first, NaN detection, a metrics CSV,
+//!   sample grids and a loss plot ([`report`]).
+//! - [`edm`]: the EDM teacher (Karras et al. 2022): lognormal noise levels,
+//!   `lambda`-weighted denoising loss, label dropout for classifier-free
+//!   guidance.
+//!
+//! Consistency training (CT) and iCT objectives arrive with their issue;
+//! consistency distillation lives in cm-distill. All run on this loop.
+
+pub mod edm;
+pub mod ema;
+pub mod error;
+pub mod objective;
+pub mod optim;
+pub mod report;
+pub mod trainer;
+
+pub use edm::{EdmObjective, EdmObjectiveConfig};
+pub use ema::{ema_update, Ema};
+pub use error::{Result, TrainError};
+pub use objective::{Batch, BatchSource, Objective, TensorSource};
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use trainer::{
+    latest_checkpoint, mix_seed, train, Observer, Quiet, StepInfo, TrainConfig, TrainOutcome,
+};

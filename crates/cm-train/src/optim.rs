@@ -1,0 +1,245 @@
+//! Adam (Kingma & Ba 2015) and RAdam (Liu et al. 2020, the reference
+//! consistency code's optimizer) written on tensors, so that their moment
+//! estimates can be checkpointed and a resumed run continues exactly (tch's
+//! built-in optimizers do not expose their state). Also global-norm gradient
+//! clipping and linear learning-rate warm-up.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use cm_core::CoreError;
+
+/// Which update rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam.
+    #[default]
+    Adam,
+    /// Rectified Adam: plain momentum SGD while the variance estimate is
+    /// unreliable (first few steps), then variance-rectified Adam.
+    Radam,
+}
+
+/// Optimizer hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Update rule.
+    pub kind: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Linear warm-up from 0 to `lr` over this many steps (0: none).
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this value (`None`: no clipping).
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for OptimizerConfig {
+    /// Adam, lr 2e-4, betas (0.9, 0.999), eps 1e-8, no warm-up, no clipping.
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 2e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 0,
+            grad_clip: None,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks the ranges; `prefix` is the dotted path of the section.
+    pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
+        let f = |n: &str| format!("{prefix}{n}");
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(CoreError::invalid(f("lr"), self.lr, "a finite number > 0"));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(CoreError::invalid(f(name), b, "a value in [0, 1)"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(CoreError::invalid(
+                f("eps"),
+                self.eps,
+                "a finite number > 0",
+            ));
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(CoreError::invalid(f("grad_clip"), c, "a finite number > 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning rate at step `k` (0-based): linear warm-up, then flat.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if self.warmup_steps == 0 {
+            self.lr
+        } else {
+            self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
+        }
+    }
+}
+
+/// Adam / RAdam over a fixed, named set of parameters.
+#[derive(Debug)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    params: BTreeMap<String, Tensor>,
+    exp_avg: BTreeMap<String, Tensor>,
+    exp_avg_sq: BTreeMap<String, Tensor>,
+    /// Updates applied so far (Adam's `t`).
+    steps: u64,
+}
+
+impl Optimizer {
+    /// An optimizer over the trainable variables of `vs`.
+    pub fn new(vs: &tch::nn::VarStore, config: OptimizerConfig) -> Self {
+        let params: BTreeMap<String, Tensor> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        let zeros = |t: &Tensor| t.zeros_like().detach();
+        Optimizer {
+            exp_avg: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+            exp_avg_sq: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),
+            params,
+            config,
+            steps: 0,
+        }
+    }
+
+    /// Updates applied so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Clears the gradients.
+    pub fn zero_grad(&mut self) {
+        for p in self.params.values_mut() {
+            p.zero_grad();
+        }
+    }
+
+    /// Global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> f64 {
+        let _guard = tch::no_grad_guard();
+        let mut total = 0.0;
+        for p in self.params.values() {
+            let g = p.grad();
+            if g.defined() {
+                total += g.square().sum(Kind::Double).double_value(&[]);
+            }
+        }
+        total.sqrt()
+    }
+
+    /// Clips (if configured) and applies one update at learning rate `lr`.
+    /// Returns the gradient norm before clipping.
+    pub fn step(&mut self, lr: f64) -> f64 {
+        let norm = self.grad_norm();
+        let _guard = tch::no_grad_guard();
+        let clip = match self.config.grad_clip {
+            Some(max) if norm > max => max / (norm + 1e-6),
+            _ => 1.0,
+        };
+        self.steps += 1;
+        let c = &self.config;
+        let t = self.steps as f64;
+        let (b1, b2) = (c.beta1, c.beta2);
+        let bias1 = 1.0 - b1.powf(t);
+        let bias2 = 1.0 - b2.powf(t);
+        // RAdam's rectification (Liu et al. 2020, Algorithm 2).
+        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bias2;
+        for (name, p) in self.params.iter_mut() {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let g = if clip < 1.0 { g * clip } else { g };
+            let m = self
+                .exp_avg
+                .get_mut(name)
+                .expect("state for every parameter");
+            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+            let v = self
+                .exp_avg_sq
+                .get_mut(name)
+                .expect("state for every parameter");
+            let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+            let m_hat = &*m / bias1;
+            let update = match c.kind {
+                OptimizerKind::Adam => m_hat / ((&*v / bias2).sqrt() + c.eps),
+                OptimizerKind::Radam if rho_t > 5.0 => {
+                    let r = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                        .sqrt();
+                    m_hat * r / ((&*v / bias2).sqrt() + c.eps)
+                }
+                OptimizerKind::Radam => m_hat,
+            };
+            let _ = p.g_sub_(&(update * lr));
+        }
+        norm
+    }
+
+    /// The moment estimates as named tensors (`exp_avg.NAME`,
+    /// `exp_avg_sq.NAME`), for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for (n, t) in &self.exp_avg {
+            out.push((format!("exp_avg.{n}"), t.shallow_clone()));
+        }
+        for (n, t) in &self.exp_avg_sq {
+            out.push((format!("exp_avg_sq.{n}"), t.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores the moment estimates and the update count; every parameter's
+    /// state must be present with the right shape.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<(), String> {
+        let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let _guard = tch::no_grad_guard();
+        for (prefix, state) in [
+            ("exp_avg", &mut self.exp_avg),
+            ("exp_avg_sq", &mut self.exp_avg_sq),
+        ] {
+            for (name, t) in state.iter_mut() {
+                let key = format!("{prefix}.{name}");
+                let src = map
+                    .remove(&key)
+                    .ok_or_else(|| format!("missing optimizer tensor `{key}`"))?;
+                if src.size() != t.size() {
+                    return Err(format!(
+                        "optimizer tensor `{key}`: expected shape {:?}, found {:?}",
+                        t.size(),
+                        src.size()
+                    ));
+                }
+                t.copy_(&src);
+            }
+        }
+        if let Some(name) = map.keys().next() {
+            return Err(format!("unexpected optimizer tensor `{name}`"));
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
