@@ -25,6 +25,9 @@ COMMANDS:
     env      Print the shell exports that let plain `cargo` build the workspace.
     test     Set-up, then the whole test suite (README's test command).
     bench    Set-up, then the criterion benchmarks (reports in target/criterion).
+    train-teacher [--preset fmnist|toy|cifar10] [--config FILE] [--run-dir DIR] [--resume]
+             Train the EDM teacher (default: Fashion-MNIST, CPU-sized, runs/teacher-fmnist).
+             Ctrl-C saves a checkpoint; --resume continues it. Extra `cm` flags after `--`.
     help     Print this help.
 
 OPTIONS:
@@ -36,8 +39,8 @@ ENVIRONMENT:
     CM_RS_CACHE     Cache folder (default $XDG_CACHE_HOME/cm-rs or ~/.cache/cm-rs).
     CM_RS_PYTHON    Python used to run pip (default python3).
 
-The training pipelines (`cargo xtask train-cd`, ...) arrive with the
-distillation and training issues; see README.md.
+`cargo xtask train-cd` (the main job) arrives with the distillation issue;
+see README.md.
 ";
 
 fn main() -> ExitCode {
@@ -51,24 +54,39 @@ fn main() -> ExitCode {
 }
 
 /// Parsed command line: the command, `--cuda`, and what follows `--`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Args {
     command: String,
     cuda: bool,
+    resume: bool,
+    preset: Option<String>,
+    config: Option<String>,
+    run_dir: Option<String>,
     passthrough: Vec<String>,
 }
 
 fn parse(args: Vec<String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        cuda: env::var("CM_RS_CUDA").is_ok_and(|v| v == "1" || v == "true"),
+        ..Args::default()
+    };
     let mut command = None;
-    let mut cuda = env::var("CM_RS_CUDA").is_ok_and(|v| v == "1" || v == "true");
     let mut iter = args.into_iter();
-    let mut passthrough = Vec::new();
     while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .filter(|v| !v.starts_with("--"))
+                .ok_or_else(|| format!("`{name}` needs a value"))
+        };
         match arg.as_str() {
             "--" => {
-                passthrough.extend(iter.by_ref());
+                parsed.passthrough.extend(iter.by_ref());
             }
-            "--cuda" => cuda = true,
+            "--cuda" => parsed.cuda = true,
+            "--resume" => parsed.resume = true,
+            "--preset" => parsed.preset = Some(value("--preset")?),
+            "--config" => parsed.config = Some(value("--config")?),
+            "--run-dir" => parsed.run_dir = Some(value("--run-dir")?),
             "-h" | "--help" => command = Some("help".to_string()),
             flag if flag.starts_with('-') => {
                 return Err(format!("unknown option `{flag}` (try `cargo xtask help`)"))
@@ -81,12 +99,12 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
             }
         }
     }
-    Ok(Args {
-        command: command.unwrap_or_else(|| "help".into()),
-        cuda,
-        passthrough,
-    })
+    parsed.command = command.unwrap_or_else(|| "help".into());
+    Ok(parsed)
 }
+
+/// The teacher presets: `configs/teacher/<name>.toml`.
+const TEACHER_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
 
 fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     let args = parse(raw)?;
@@ -140,6 +158,39 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             );
             Ok(exit(code))
         }
+        "train-teacher" => {
+            let torch = libtorch::ensure(flavor)?;
+            let preset = args.preset.clone().unwrap_or_else(|| "fmnist".into());
+            if args.config.is_none() && !TEACHER_PRESETS.contains(&preset.as_str()) {
+                return Err(format!(
+                    "unknown preset `{preset}`; presets: {TEACHER_PRESETS:?}"
+                ));
+            }
+            let config = args
+                .config
+                .clone()
+                .unwrap_or_else(|| format!("configs/teacher/{preset}.toml"));
+            let run_dir = args
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| format!("runs/teacher-{preset}"));
+            let mut cm_args = vec![
+                "train-teacher".to_string(),
+                "--config".into(),
+                config,
+                "--run-dir".into(),
+                run_dir,
+            ];
+            if args.resume {
+                cm_args.push("--resume".into());
+            }
+            if args.cuda {
+                cm_args.extend(["--device".into(), "cuda".into()]);
+            }
+            cm_args.extend(args.passthrough.iter().cloned());
+            let code = cargo_run_cm(&torch, &cm_args)?;
+            Ok(exit(code))
+        }
         "bench" => {
             let torch = libtorch::ensure(flavor)?;
             let code = cargo(&torch, &["bench"], &args.passthrough)?;
@@ -147,6 +198,32 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         }
         other => Err(format!("unknown command `{other}`\n\n{HELP}")),
     }
+}
+
+/// `cargo run --release -p cm-cli --bin cm -- <args>` with libtorch set up.
+fn cargo_run_cm(torch: &Libtorch, cm_args: &[String]) -> Result<std::process::ExitStatus, String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root())
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "cm-cli",
+            "--bin",
+            "cm",
+            "--",
+        ])
+        .args(cm_args)
+        .env("LIBTORCH", &torch.dir)
+        .env_remove("LIBTORCH_USE_PYTORCH");
+    if let Some(dir) = cuda_target_dir(torch) {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    eprintln!("xtask: cm {}", cm_args.join(" "));
+    cmd.status()
+        .map_err(|e| format!("cannot run {}: {e}", PathBuf::from(cargo).display()))
 }
 
 /// True when the user picked packages with `-p` / `--package`; otherwise
@@ -230,6 +307,26 @@ mod tests {
         assert!(a.cuda);
         assert_eq!(a.passthrough, strings(&["-p", "cm-core"]));
         assert_eq!(parse(vec![]).unwrap().command, "help");
+    }
+
+    #[test]
+    fn parses_run_options() {
+        let a = parse(strings(&[
+            "train-teacher",
+            "--preset",
+            "toy",
+            "--resume",
+            "--run-dir",
+            "r",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (a.preset.as_deref(), a.run_dir.as_deref(), a.resume),
+            (Some("toy"), Some("r"), true)
+        );
+        assert!(parse(strings(&["train-teacher", "--preset"]))
+            .unwrap_err()
+            .contains("--preset"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   `(seed, step)` every step and batches are a pure function of the step),
 //!   a stop flag for Ctrl-C that saves first, NaN detection, a metrics CSV,
 //!   sample grids and a loss plot ([`report`]).
+//! - [`teacher`]: the EDM teacher pipeline ([`run_teacher`]) configured by
+//!   [`TeacherConfig`] (`configs/teacher/*.toml`).
 //! - [`edm`]: the EDM teacher (Karras et al. 2022): lognormal noise levels,
 //!   `lambda`-weighted denoising loss, label dropout for classifier-free
 //!   guidance.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod objective;
 pub mod optim;
 pub mod report;
+pub mod teacher;
 pub mod trainer;
 
 pub use edm::{EdmObjective, EdmObjectiveConfig};
@@ -28,6 +31,7 @@ pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
 pub use objective::{Batch, BatchSource, Objective, TensorSource};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use teacher::{run_teacher, LoaderOptions, LoaderSource, TeacherConfig};
 pub use trainer::{
     latest_checkpoint, mix_seed, train, Observer, Quiet, StepInfo, TrainConfig, TrainOutcome,
 };

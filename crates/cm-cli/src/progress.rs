@@ -1,0 +1,74 @@
+//! Progress for long runs: an indicatif bar with loss, steps/s, images/s and
+//! ETA when stderr is a terminal, plain log lines otherwise.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cm_train::{Observer, StepInfo};
+
+/// Shows training progress.
+pub struct BarObserver {
+    label: &'static str,
+    bar: Option<ProgressBar>,
+}
+
+impl BarObserver {
+    /// A bar (terminal) or log lines (pipes, CI).
+    pub fn new(label: &'static str) -> Self {
+        BarObserver { label, bar: None }
+    }
+
+    /// Closes the bar.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+}
+
+impl Observer for BarObserver {
+    fn on_start(&mut self, step: u64, total: u64) {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(self.label);
+            bar.set_position(step);
+            self.bar = Some(bar);
+        } else {
+            eprintln!("{}: starting at step {step} of {total}", self.label);
+        }
+    }
+
+    fn on_step(&mut self, i: &StepInfo) {
+        let msg = format!(
+            "loss {:.4} lr {:.1e} |g| {:.2} {:.2} steps/s {:.0} img/s",
+            i.loss, i.lr, i.grad_norm, i.steps_per_s, i.images_per_s
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(i.step);
+                bar.set_message(msg);
+            }
+            None => {
+                let eta = (i.total - i.step) as f64 / i.steps_per_s.max(1e-9);
+                eprintln!(
+                    "{}: step {}/{} {msg} eta {:.0}s",
+                    self.label, i.step, i.total, eta
+                );
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("{}: {message}", self.label)),
+            None => eprintln!("{}: {message}", self.label),
+        }
+    }
+}

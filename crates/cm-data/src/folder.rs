@@ -1,0 +1,256 @@
+//! A folder of PNG / JPEG images as a data set, torchvision `ImageFolder`
+//! style: images in sub-folders are labelled by the sub-folder (classes
+//! sorted alphabetically by name, label = position), images lying directly in
+//! the folder are unlabelled. Each image is resized so its shorter side is
+//! the configured resolution (triangle filter, aspect ratio kept), then
+//! centre-cropped to a square, and converted to grey or RGB (alpha dropped).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::imageops::{self, FilterType};
+use image::{ImageBuffer, Pixel};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{split_stratified, ImageDataset, ImageSplit, SplitRule};
+use crate::error::{DataError, Result};
+
+/// Colour of the loaded images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColorMode {
+    /// One channel (luma, ITU-R BT.709 weights as in the `image` crate).
+    Grey,
+    /// Three channels, R, G, B.
+    #[default]
+    Rgb,
+}
+
+impl ColorMode {
+    /// Channels per pixel: 1 or 3.
+    pub fn channels(&self) -> usize {
+        match self {
+            ColorMode::Grey => 1,
+            ColorMode::Rgb => 3,
+        }
+    }
+}
+
+/// Options of [`load_image_folder`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageFolderConfig {
+    /// Side of the square output images, in pixels (1..=4096; default 32).
+    pub resolution: u32,
+    /// Grey or RGB output (default RGB).
+    pub color: ColorMode,
+    /// Train/test split per class (default: everything trains). Unlabelled
+    /// folders are split as one class.
+    pub split: SplitRule,
+}
+
+impl Default for ImageFolderConfig {
+    fn default() -> Self {
+        ImageFolderConfig {
+            resolution: 32,
+            color: ColorMode::Rgb,
+            split: SplitRule::NoTest,
+        }
+    }
+}
+
+impl ImageFolderConfig {
+    /// Checks the resolution range.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=4096).contains(&self.resolution) {
+            return Err(DataError::invalid(
+                "image_folder.resolution",
+                self.resolution,
+                "between 1 and 4096 pixels",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        .unwrap_or(false)
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// Sorted entries of `dir`: (sub-folders, image files); hidden entries skipped.
+fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let rd = fs::read_dir(dir).map_err(|e| DataError::io("cannot list folder", dir, e))?;
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| DataError::io("cannot list folder", dir, e))?;
+        let path = entry.path();
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            dirs.push(path);
+        } else if is_image(&path) {
+            files.push(path);
+        }
+    }
+    dirs.sort();
+    files.sort();
+    Ok((dirs, files))
+}
+
+/// Every image below `dir`, recursively, in sorted path order.
+fn images_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let (dirs, mut files) = list(dir)?;
+    for d in dirs {
+        files.extend(images_below(&d)?);
+    }
+    Ok(files)
+}
+
+/// Decodes one image and returns it as `[C, res, res]` u8: shorter side
+/// resized to `res` (triangle filter), centre-cropped, grey or RGB.
+pub fn load_image(path: &Path, resolution: u32, color: ColorMode) -> Result<Vec<u8>> {
+    if resolution == 0 {
+        return Err(DataError::invalid("resolution", 0, "at least 1 pixel"));
+    }
+    let img = image::ImageReader::open(path)
+        .map_err(|e| DataError::io("cannot open", path, e))?
+        .with_guessed_format()
+        .map_err(|e| DataError::io("cannot read", path, e))?
+        .decode()
+        .map_err(|e| DataError::corrupt(path, format!("cannot decode image: {e}")))?;
+    Ok(match color {
+        ColorMode::Grey => fit_square(&img.to_luma8(), resolution),
+        ColorMode::Rgb => fit_square(&img.to_rgb8(), resolution),
+    })
+}
+
+/// Resizes (shorter side to `res`) and centre-crops `img`, returning `[C, res, res]`.
+fn fit_square<P>(img: &ImageBuffer<P, Vec<u8>>, res: u32) -> Vec<u8>
+where
+    P: Pixel<Subpixel = u8> + 'static,
+{
+    let (w, h) = img.dimensions();
+    let scale = |long: u32, short: u32| -> u32 {
+        ((u64::from(long) * u64::from(res) + u64::from(short) / 2) / u64::from(short))
+            .max(u64::from(res)) as u32
+    };
+    let (nw, nh) = if w <= h {
+        (res, scale(h, w))
+    } else {
+        (scale(w, h), res)
+    };
+    let resized;
+    let src = if (nw, nh) == (w, h) {
+        img
+    } else {
+        resized = imageops::resize(img, nw, nh, FilterType::Triangle);
+        &resized
+    };
+    let x0 = (nw - res) / 2;
+    let y0 = (nh - res) / 2;
+    let crop = imageops::crop_imm(src, x0, y0, res, res).to_image();
+    let c = usize::from(P::CHANNEL_COUNT);
+    let raw = crop.as_raw();
+    let plane = (res * res) as usize;
+    let mut out = vec![0u8; c * plane];
+    for (i, px) in raw.chunks_exact(c).enumerate() {
+        for (ch, &v) in px.iter().enumerate() {
+            out[ch * plane + i] = v;
+        }
+    }
+    out
+}
+
+/// Loads every PNG / JPEG image in `dir` (see the module docs for labels,
+/// resizing and cropping). Fails on a missing or empty folder, a folder that
+/// mixes loose images with class sub-folders, or an undecodable image.
+pub fn load_image_folder(dir: &Path, config: &ImageFolderConfig) -> Result<ImageDataset> {
+    config.validate()?;
+    if !dir.is_dir() {
+        return Err(DataError::MissingFile {
+            path: dir.into(),
+            expected: "a folder of PNG/JPEG images (optionally in class sub-folders)".into(),
+        });
+    }
+    let (sub_dirs, loose) = list(dir)?;
+    let mut classes: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    for d in sub_dirs {
+        let files = images_below(&d)?;
+        if !files.is_empty() {
+            let name = d
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            classes.push((name, files));
+        }
+    }
+    // `list` sorts by full path, which for siblings is by name; sort by name
+    // anyway so the rule ("alphabetical") holds whatever the folder path.
+    classes.sort_by(|a, b| a.0.cmp(&b.0));
+    let labelled = !classes.is_empty();
+    if labelled && !loose.is_empty() {
+        return Err(DataError::EmptyFolder {
+            path: dir.into(),
+            reason: format!(
+                "{} images lie directly in the folder next to {} class sub-folders; \
+                 put every image in a class sub-folder, or none",
+                loose.len(),
+                classes.len()
+            ),
+        });
+    }
+    if !labelled && loose.is_empty() {
+        return Err(DataError::EmptyFolder {
+            path: dir.into(),
+            reason: "no PNG or JPEG image (*.png, *.jpg, *.jpeg) in it or its sub-folders".into(),
+        });
+    }
+    let groups: Vec<Vec<PathBuf>> = if labelled {
+        classes.iter().map(|(_, f)| f.clone()).collect()
+    } else {
+        vec![loose]
+    };
+    let res = config.resolution;
+    let shape = [config.color.channels(), res as usize, res as usize];
+    let mut per_class = Vec::with_capacity(groups.len());
+    for files in &groups {
+        let mut pixels = Vec::with_capacity(files.len() * shape.iter().product::<usize>());
+        for f in files {
+            pixels.extend(load_image(f, res, config.color)?);
+        }
+        per_class.push(pixels);
+    }
+    let (train, test) = split_stratified(&per_class, shape, config.split)?;
+    let (train, test) = if labelled {
+        (train, test)
+    } else {
+        let strip = |s: ImageSplit| {
+            let (pixels, _, shape) = s.into_parts();
+            ImageSplit::new(pixels, None, shape)
+        };
+        (strip(train)?, strip(test)?)
+    };
+    Ok(ImageDataset {
+        name: dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "images".into()),
+        train: Arc::new(train),
+        test: Arc::new(test),
+        num_classes: classes.len(),
+        class_names: classes.into_iter().map(|(n, _)| n).collect(),
+        skipped_rows: 0,
+    })
+}
