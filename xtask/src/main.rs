@@ -25,9 +25,15 @@ COMMANDS:
     env      Print the shell exports that let plain `cargo` build the workspace.
     test     Set-up, then the whole test suite (README's test command).
     bench    Set-up, then the criterion benchmarks (reports in target/criterion).
+    train-cd [--preset fmnist|smoke|toy] [--config FILE] [--run-dir DIR] [--resume]
+             The main job: consistency distillation on Fashion-MNIST (default).
+             Trains the EDM teacher (or reuses a finished one with the same
+             config from runs/teachers/), distills it, writes 1-step and
+             2-step grids and runs/cd-<preset>/report.md. ~40 min on 2 cores;
+             `--preset smoke` under 2 minutes.
     train-teacher [--preset fmnist|toy|cifar10] [--config FILE] [--run-dir DIR] [--resume]
-             Train the EDM teacher (default: Fashion-MNIST, CPU-sized, runs/teacher-fmnist).
-             Ctrl-C saves a checkpoint; --resume continues it. Extra `cm` flags after `--`.
+             Train the EDM teacher alone (runs/teacher-<preset>).
+             Ctrl-C saves a checkpoint; --resume continues. Extra `cm` flags after `--`.
     help     Print this help.
 
 OPTIONS:
@@ -39,8 +45,7 @@ ENVIRONMENT:
     CM_RS_CACHE     Cache folder (default $XDG_CACHE_HOME/cm-rs or ~/.cache/cm-rs).
     CM_RS_PYTHON    Python used to run pip (default python3).
 
-`cargo xtask train-cd` (the main job) arrives with the distillation issue;
-see README.md.
+Runs build the `cm` binary in release mode (`cargo run --release -p cm-cli`).
 ";
 
 fn main() -> ExitCode {
@@ -106,6 +111,63 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
 /// The teacher presets: `configs/teacher/<name>.toml`.
 const TEACHER_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
 
+/// The distillation presets: `configs/cd/<name>.toml`.
+const CD_PRESETS: &[&str] = &["fmnist", "smoke", "toy"];
+
+/// `cm <subcommand> --config <config or configs/<kind>/<preset>.toml> --run-dir
+/// <run dir or runs/<prefix>-<preset>> [--resume] [--device cuda] <extra>`.
+fn cm_run_args(
+    args: &Args,
+    subcommand: &str,
+    kind: &str,
+    prefix: &str,
+    presets: &[&str],
+) -> Result<Vec<String>, String> {
+    let preset = args.preset.clone().unwrap_or_else(|| "fmnist".into());
+    if args.config.is_none() && !presets.contains(&preset.as_str()) {
+        return Err(format!("unknown preset `{preset}`; presets: {presets:?}"));
+    }
+    // `cargo run` starts in the workspace root: make the user's relative
+    // paths absolute first.
+    let from_cwd = |p: &str| {
+        let path = PathBuf::from(p);
+        if path.is_absolute() {
+            p.to_string()
+        } else {
+            env::current_dir()
+                .map(|d| d.join(&path))
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let config = args
+        .config
+        .as_deref()
+        .map(from_cwd)
+        .unwrap_or_else(|| format!("configs/{kind}/{preset}.toml"));
+    let run_dir = args
+        .run_dir
+        .as_deref()
+        .map(from_cwd)
+        .unwrap_or_else(|| format!("runs/{prefix}-{preset}"));
+    let mut cm_args = vec![
+        subcommand.to_string(),
+        "--config".into(),
+        config,
+        "--run-dir".into(),
+        run_dir,
+    ];
+    if args.resume {
+        cm_args.push("--resume".into());
+    }
+    if args.cuda {
+        cm_args.extend(["--device".into(), "cuda".into()]);
+    }
+    cm_args.extend(args.passthrough.iter().cloned());
+    Ok(cm_args)
+}
+
 fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     let args = parse(raw)?;
     let flavor = if args.cuda { Flavor::Cuda } else { Flavor::Cpu };
@@ -160,36 +222,19 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         }
         "train-teacher" => {
             let torch = libtorch::ensure(flavor)?;
-            let preset = args.preset.clone().unwrap_or_else(|| "fmnist".into());
-            if args.config.is_none() && !TEACHER_PRESETS.contains(&preset.as_str()) {
-                return Err(format!(
-                    "unknown preset `{preset}`; presets: {TEACHER_PRESETS:?}"
-                ));
-            }
-            let config = args
-                .config
-                .clone()
-                .unwrap_or_else(|| format!("configs/teacher/{preset}.toml"));
-            let run_dir = args
-                .run_dir
-                .clone()
-                .unwrap_or_else(|| format!("runs/teacher-{preset}"));
-            let mut cm_args = vec![
-                "train-teacher".to_string(),
-                "--config".into(),
-                config,
-                "--run-dir".into(),
-                run_dir,
-            ];
-            if args.resume {
-                cm_args.push("--resume".into());
-            }
-            if args.cuda {
-                cm_args.extend(["--device".into(), "cuda".into()]);
-            }
-            cm_args.extend(args.passthrough.iter().cloned());
-            let code = cargo_run_cm(&torch, &cm_args)?;
-            Ok(exit(code))
+            let cm_args = cm_run_args(
+                &args,
+                "train-teacher",
+                "teacher",
+                "teacher",
+                TEACHER_PRESETS,
+            )?;
+            Ok(exit(cargo_run_cm(&torch, &cm_args)?))
+        }
+        "train-cd" => {
+            let torch = libtorch::ensure(flavor)?;
+            let cm_args = cm_run_args(&args, "distill", "cd", "cd", CD_PRESETS)?;
+            Ok(exit(cargo_run_cm(&torch, &cm_args)?))
         }
         "bench" => {
             let torch = libtorch::ensure(flavor)?;

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
+use cm_distill::{run_cd, CdRunConfig};
 use cm_train::{run_teacher, TeacherConfig};
 
 /// Consistency models in Rust: train, distill, sample and evaluate.
@@ -34,8 +35,8 @@ enum DeviceArg {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// TOML config (see configs/teacher/*.toml; every section and field is
-    /// documented in docs/teacher.md).
+    /// TOML config (configs/teacher/*.toml or configs/cd/*.toml; the fields
+    /// are documented in docs/teacher.md and docs/distill.md).
     #[arg(long, short)]
     config: PathBuf,
     /// Run folder: resolved config, checkpoints, metrics.csv, loss.png, sample grids.
@@ -52,11 +53,27 @@ struct RunArgs {
     threads: Option<i32>,
 }
 
+#[derive(Debug, clap::Args)]
+struct DistillArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Folder of teacher runs, one per teacher config (default: `teachers`
+    /// beside the run folder). A finished teacher with the same config is
+    /// reused.
+    #[arg(long)]
+    teachers: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train an EDM diffusion teacher (Karras et al. 2022). Ctrl-C saves a
     /// checkpoint and exits; a second Ctrl-C exits at once.
     TrainTeacher(RunArgs),
+    /// Consistency distillation (Song et al. 2023, Algorithm 2): train or
+    /// reuse the teacher of the config's [teacher] section, distill it, write
+    /// 1-step and 2-step grids beside the teacher's and a report.md. Ctrl-C
+    /// saves a checkpoint; --resume continues.
+    Distill(DistillArgs),
 }
 
 fn device(arg: DeviceArg) -> Result<Device> {
@@ -90,13 +107,60 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn train_teacher(args: &RunArgs) -> Result<()> {
-    if let Some(n) = args.threads {
+fn set_threads(threads: Option<i32>) -> Result<()> {
+    if let Some(n) = threads {
         if n < 1 {
             bail!("--threads must be at least 1, got {n}");
         }
         tch::set_num_threads(n);
     }
+    Ok(())
+}
+
+fn distill(args: &DistillArgs) -> Result<()> {
+    let run = &args.run;
+    set_threads(run.threads)?;
+    let config: CdRunConfig = cm_core::load_toml(&run.config)
+        .with_context(|| format!("loading {}", run.config.display()))?;
+    let device = device(run.device)?;
+    let teachers = match &args.teachers {
+        Some(dir) => dir.clone(),
+        None => run
+            .run_dir
+            .parent()
+            .map(|p| p.join("teachers"))
+            .unwrap_or_else(|| PathBuf::from("teachers")),
+    };
+    let stop = install_stop_handler()?;
+    let mut observer = progress::BarObserver::new("cd");
+    eprintln!(
+        "consistency distillation on {device:?} into {}",
+        run.run_dir.display()
+    );
+    let out = run_cd(
+        &config,
+        &run.run_dir,
+        &teachers,
+        run.resume,
+        device,
+        &stop,
+        &mut observer,
+    )
+    .with_context(|| format!("distillation run in {}", run.run_dir.display()))?;
+    observer.finish();
+    match &out.report {
+        Some(report) => eprintln!(
+            "done: {} steps; report in {}",
+            out.train.step,
+            report.display()
+        ),
+        None => eprintln!("stopped at step {}; resume with --resume", out.train.step),
+    }
+    Ok(())
+}
+
+fn train_teacher(args: &RunArgs) -> Result<()> {
+    set_threads(args.threads)?;
     let config: TeacherConfig = cm_core::load_toml(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
@@ -134,6 +198,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
+        Command::Distill(args) => distill(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,8 +72,13 @@ impl OdeSolver for Solver {
             return euler;
         }
         let positive = t_next.gt(0.0);
-        if positive.any().int64_value(&[]) == 0 {
+        let count = positive.sum(tch::Kind::Int64).int64_value(&[]);
+        if count == 0 {
             return euler; // the final step to t = 0: no correction (EDM Alg. 1, line 7)
+        }
+        if count == t_next.numel() as i64 {
+            let d_next = ode_derivative(denoiser, &euler, t_next, class);
+            return x + dt * (d + d_next) * 0.5;
         }
         // Examples already at t_next = 0 would divide by zero: evaluate them at
         // a harmless level and keep their Euler value.

@@ -1,7 +1,17 @@
 //! cm-distill: consistency distillation (CD, Song et al. 2023, Algorithm 2).
 //!
-//! This crate will hold the CD objective on the shared training loop of
-//! `cm-train`: one teacher ODE step from `t_{n+1}` to `t_n` (Euler or Heun behind
-//! a solver trait), an EMA target network, and the `train-cd` pipeline. It is
-//! delivered by the distillation issue; until then the crate is intentionally
-//! empty.
+//! - [`cd`]: the CD objective on cm-train's shared loop: one teacher PF-ODE
+//!   step (Euler or Heun, `cm_core::Solver`) from `t_{n+1}` to `t_n`, an EMA
+//!   target network (`mu` from the discretization schedule, `mu = 0`
+//!   allowed), the distance metric and weighting from cm-core; the teacher
+//!   frozen and run without autograd; the student initialised from the
+//!   teacher.
+//! - [`pipeline`]: `run_cd`, the `cargo xtask train-cd` pipeline: teacher
+//!   (trained or reused), distillation, side-by-side sample grids and a
+//!   markdown report.
+
+pub mod cd;
+pub mod pipeline;
+
+pub use cd::{CdConfig, CdObjective};
+pub use pipeline::{run_cd, teacher_dir, CdOutcome, CdRunConfig};

@@ -326,6 +326,21 @@ impl Validate for UNetConfig {
             ));
         }
         let level_res: Vec<usize> = (0..levels).map(|l| self.resolution >> l).collect();
+        // Every attention block splits its width into whole heads (the
+        // lowest level always has one, in the middle of the U-Net).
+        for (level, &mult) in self.channel_mult.iter().enumerate() {
+            let attends =
+                self.attn_resolutions.contains(&level_res[level]) || level + 1 == levels as usize;
+            let width = self.model_channels * mult;
+            let heads = (width / self.channels_per_head).max(1);
+            if attends && width % heads != 0 {
+                return Err(invalid(
+                    "channels_per_head",
+                    self.channels_per_head,
+                    format!("a value giving a whole number of heads for the {width} channels at resolution {}", level_res[level]),
+                ));
+            }
+        }
         if let Some(r) = self
             .attn_resolutions
             .iter()

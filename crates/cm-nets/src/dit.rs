@@ -148,7 +148,12 @@ impl DiT {
         let fin = p / "final_layer";
         DiT {
             x_embedder: nn::conv2d(p / "x_embedder" / "proj", channels, d, patch, conv),
-            pos_embed: sincos_2d(d, grid).to_device(p.device()),
+            pos_embed: {
+                // A fixed buffer in the VarStore: saved, loaded and moved with the weights.
+                let buffer = p.zeros_no_train("pos_embed", &[tokens, d]);
+                tch::no_grad(|| buffer.shallow_clone().copy_(&sincos_2d(d, grid)));
+                buffer
+            },
             t_freq: NoiseEmbed::new(
                 &(p / "t_embedder" / "freq"),
                 f,

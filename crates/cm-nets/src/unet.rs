@@ -245,47 +245,50 @@ impl UNet {
 
         let res0 = cfg.resolution as i64;
         let attn_at = |res: i64| cfg.attn_resolutions.contains(&(res as usize));
+        let mut block =
+            |path: nn::Path, cin: i64, cout: i64, res_in: i64, scale: Scale, attention: bool| {
+                UNetBlock::new(
+                    path,
+                    BlockSpec {
+                        cin,
+                        cout,
+                        emb,
+                        res_in,
+                        scale,
+                        attention,
+                    },
+                    cfg,
+                    macs,
+                )
+            };
         let enc_p = p / "enc";
         let conv_in = layers::conv(&enc_p / "conv_in", img_c, mc, 3);
-        macs.conv(img_c, mc, 3, res0, res0);
         let mut enc = Vec::new();
         let mut skips = vec![mc];
         let mut cout = mc;
         for (level, &mult) in cfg.channel_mult.iter().enumerate() {
             let res = res0 >> level;
             if level > 0 {
-                let spec = BlockSpec {
-                    cin: cout,
-                    cout,
-                    emb,
-                    res_in: res * 2,
-                    scale: Scale::Down,
-                    attention: false,
-                };
-                enc.push(UNetBlock::new(
+                enc.push(block(
                     &enc_p / format!("{res}x{res}_down"),
-                    spec,
-                    cfg,
-                    macs,
+                    cout,
+                    cout,
+                    res * 2,
+                    Scale::Down,
+                    false,
                 ));
                 skips.push(cout);
             }
             for idx in 0..cfg.num_res_blocks {
                 let cin = cout;
                 cout = mc * mult as i64;
-                let spec = BlockSpec {
+                enc.push(block(
+                    &enc_p / format!("{res}x{res}_block{idx}"),
                     cin,
                     cout,
-                    emb,
-                    res_in: res,
-                    scale: Scale::Same,
-                    attention: attn_at(res),
-                };
-                enc.push(UNetBlock::new(
-                    &enc_p / format!("{res}x{res}_block{idx}"),
-                    spec,
-                    cfg,
-                    macs,
+                    res,
+                    Scale::Same,
+                    attn_at(res),
                 ));
                 skips.push(cout);
             }
@@ -297,69 +300,46 @@ impl UNet {
         for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
             let res = res0 >> level;
             if level == levels - 1 {
-                let spec = BlockSpec {
-                    cin: cout,
-                    cout,
-                    emb,
-                    res_in: res,
-                    scale: Scale::Same,
-                    attention: true,
-                };
-                dec.push(UNetBlock::new(
+                dec.push(block(
                     &dec_p / format!("{res}x{res}_in0"),
-                    spec,
-                    cfg,
-                    macs,
-                ));
-                let spec = BlockSpec {
-                    cin: cout,
                     cout,
-                    emb,
-                    res_in: res,
-                    scale: Scale::Same,
-                    attention: false,
-                };
-                dec.push(UNetBlock::new(
+                    cout,
+                    res,
+                    Scale::Same,
+                    true,
+                ));
+                dec.push(block(
                     &dec_p / format!("{res}x{res}_in1"),
-                    spec,
-                    cfg,
-                    macs,
+                    cout,
+                    cout,
+                    res,
+                    Scale::Same,
+                    false,
                 ));
             } else {
-                let spec = BlockSpec {
-                    cin: cout,
-                    cout,
-                    emb,
-                    res_in: res / 2,
-                    scale: Scale::Up,
-                    attention: false,
-                };
-                dec.push(UNetBlock::new(
+                dec.push(block(
                     &dec_p / format!("{res}x{res}_up"),
-                    spec,
-                    cfg,
-                    macs,
+                    cout,
+                    cout,
+                    res / 2,
+                    Scale::Up,
+                    false,
                 ));
             }
             for idx in 0..=cfg.num_res_blocks {
                 let cin = cout + skips.pop().expect("one skip per encoder block");
                 cout = mc * mult as i64;
-                let spec = BlockSpec {
+                dec.push(block(
+                    &dec_p / format!("{res}x{res}_block{idx}"),
                     cin,
                     cout,
-                    emb,
-                    res_in: res,
-                    scale: Scale::Same,
-                    attention: attn_at(res),
-                };
-                dec.push(UNetBlock::new(
-                    &dec_p / format!("{res}x{res}_block{idx}"),
-                    spec,
-                    cfg,
-                    macs,
+                    res,
+                    Scale::Same,
+                    attn_at(res),
                 ));
             }
         }
+        macs.conv(img_c, mc, 3, res0, res0);
         macs.conv(cout, img_c, 3, res0, res0);
         UNet {
             map_noise,

@@ -294,6 +294,15 @@ fn invalid_configs_name_the_field() {
             "dropout",
         ),
         (
+            NetConfig::Unet(UNetConfig {
+                model_channels: 100,
+                channel_mult: vec![1, 2],
+                attn_resolutions: vec![14],
+                ..UNetConfig::default()
+            }),
+            "channels_per_head",
+        ),
+        (
             NetConfig::Dit(DiTConfig {
                 patch_size: 3,
                 ..DiTConfig::default()

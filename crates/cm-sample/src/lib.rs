@@ -3,11 +3,15 @@
 //! - [`edm`]: the EDM teacher's samplers (Karras et al. 2022): deterministic
 //!   Euler or Heun (Algorithm 1) and stochastic with churn (Algorithm 2), any
 //!   step count, with the number of network evaluations (NFE) reported.
+//! - [`consistency`]: consistency-model one-step and multistep sampling
+//!   (Song et al. 2023, Algorithm 1).
 //!
-//! Consistency one-step and multistep sampling (Song et al. 2023,
-//! Algorithm 1) and zero-shot editing (Algorithm 4) arrive with the cm-sample
-//! issue. Samplers take any cm-core `Denoiser` and run without autograd.
+//! Zero-shot editing (Algorithm 4) and the timestep search arrive with the
+//! cm-sample issue. Samplers take any cm-core `Denoiser` and run without
+//! autograd.
 
+pub mod consistency;
 pub mod edm;
 
+pub use consistency::consistency_sample;
 pub use edm::{edm_sample, EdmSampler, Sampled};

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use cm_core::{append_dims, CoreError, Denoiser, EdmConfig};
+use cm_core::{append_dims, CoreError, Denoiser, DistanceMetric, EdmConfig, SquaredL2};
 use cm_nets::{Model, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler};
 
@@ -38,11 +38,30 @@ impl EdmObjectiveConfig {
                 "a probability in [0, 1]",
             ));
         }
-        if self.sampler.steps == 0 {
+        let s = &self.sampler;
+        let f = |n: &str| format!("{prefix}sampler.{n}");
+        if s.steps == 0 {
+            return Err(CoreError::invalid(f("steps"), s.steps, "at least 1"));
+        }
+        if !(s.s_churn.is_finite() && s.s_churn >= 0.0) {
             return Err(CoreError::invalid(
-                format!("{prefix}sampler.steps"),
-                self.sampler.steps,
-                "at least 1",
+                f("s_churn"),
+                s.s_churn,
+                "a finite number >= 0",
+            ));
+        }
+        if !(s.s_noise.is_finite() && s.s_noise > 0.0) {
+            return Err(CoreError::invalid(
+                f("s_noise"),
+                s.s_noise,
+                "a finite number > 0",
+            ));
+        }
+        if !(s.s_tmin >= 0.0 && s.s_tmin <= s.s_tmax) {
+            return Err(CoreError::invalid(
+                f("s_tmin"),
+                s.s_tmin,
+                format!("a number in [0, s_tmax = {}]", s.s_tmax),
             ));
         }
         Ok(())
@@ -87,10 +106,7 @@ impl Objective for EdmObjective {
             train: true,
         };
         let denoised = d.denoise(&noisy, &sigma, labels.as_ref());
-        let per_example = (denoised - x0)
-            .square()
-            .flatten(1, -1)
-            .mean_dim(1, false, Kind::Float);
+        let per_example = SquaredL2.distance(&denoised, x0);
         Ok((precond.loss_weight(&sigma) * per_example).mean(Kind::Float))
     }
 

@@ -15,6 +15,26 @@ pub enum TrainError {
         /// The newest checkpoint on disk, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// The gradient norm became NaN or infinite; no update was applied and
+    /// the last good checkpoint is kept.
+    #[error("gradient norm is {norm} at step {step}: training stopped before the update; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    NonFiniteGradient {
+        /// The step.
+        step: u64,
+        /// The gradient norm.
+        norm: f64,
+        /// The newest checkpoint on disk, if any.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// A run folder already holds another run, or a resumed run's config
+    /// differs from the one it was started with.
+    #[error("run folder {path}: {reason}")]
+    RunFolder {
+        /// The folder or its config file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// A checkpoint folder is missing a file or holds inconsistent state.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -49,7 +69,8 @@ pub enum TrainError {
 }
 
 impl TrainError {
-    pub(crate) fn io(
+    /// A closure turning an I/O error into [`TrainError::Io`] for `path`.
+    pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> TrainError {

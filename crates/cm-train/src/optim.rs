@@ -136,23 +136,29 @@ impl Optimizer {
         }
     }
 
-    /// Global L2 norm of the gradients.
+    /// Global L2 norm of the gradients (one host synchronisation).
     pub fn grad_norm(&self) -> f64 {
         let _guard = tch::no_grad_guard();
-        let mut total = 0.0;
-        for p in self.params.values() {
-            let g = p.grad();
-            if g.defined() {
-                total += g.square().sum(Kind::Double).double_value(&[]);
-            }
+        let squares: Vec<Tensor> = self
+            .params
+            .values()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.square().sum(Kind::Float))
+            .collect();
+        if squares.is_empty() {
+            return 0.0;
         }
-        total.sqrt()
+        Tensor::stack(&squares, 0)
+            .sum(Kind::Double)
+            .double_value(&[])
+            .sqrt()
     }
 
-    /// Clips (if configured) and applies one update at learning rate `lr`.
-    /// Returns the gradient norm before clipping.
-    pub fn step(&mut self, lr: f64) -> f64 {
-        let norm = self.grad_norm();
+    /// Applies one update at learning rate `lr`, given the gradient norm
+    /// `norm` (from [`Optimizer::grad_norm`]) for clipping. Moments and
+    /// weights are updated in place, as PyTorch's `Adam` / `RAdam` do.
+    pub fn step(&mut self, lr: f64, norm: f64) {
         let _guard = tch::no_grad_guard();
         let clip = match self.config.grad_clip {
             Some(max) if norm > max => max / (norm + 1e-6),
@@ -168,35 +174,42 @@ impl Optimizer {
         let rho_inf = 2.0 / (1.0 - b2) - 1.0;
         let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bias2;
         for (name, p) in self.params.iter_mut() {
-            let g = p.grad();
+            let mut g = p.grad();
             if !g.defined() {
                 continue;
             }
-            let g = if clip < 1.0 { g * clip } else { g };
+            if clip < 1.0 {
+                let _ = g.g_mul_scalar_(clip);
+            }
             let m = self
                 .exp_avg
                 .get_mut(name)
                 .expect("state for every parameter");
-            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+            let _ = m.lerp_(&g, 1.0 - b1);
             let v = self
                 .exp_avg_sq
                 .get_mut(name)
                 .expect("state for every parameter");
-            let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-            let m_hat = &*m / bias1;
-            let update = match c.kind {
-                OptimizerKind::Adam => m_hat / ((&*v / bias2).sqrt() + c.eps),
+            let _ = v.g_mul_scalar_(b2).addcmul_(&g, &(&g * (1.0 - b2)));
+            match c.kind {
+                // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+                OptimizerKind::Adam => {
+                    let denom = v.sqrt() / bias2.sqrt() + c.eps;
+                    let _ = p.addcdiv_(&*m, &(denom / (-lr / bias1)));
+                }
+                // PyTorch RAdam: p -= lr * m/bc1 * r * sqrt(bc2) / (sqrt(v) + eps)
                 OptimizerKind::Radam if rho_t > 5.0 => {
                     let r = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                         / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
                         .sqrt();
-                    m_hat * r / ((&*v / bias2).sqrt() + c.eps)
+                    let denom = v.sqrt() + c.eps;
+                    let _ = p.addcdiv_(&*m, &(denom / (-lr * r * bias2.sqrt() / bias1)));
                 }
-                OptimizerKind::Radam => m_hat,
-            };
-            let _ = p.g_sub_(&(update * lr));
+                OptimizerKind::Radam => {
+                    let _ = p.g_add_(&(&*m * (-lr / bias1)));
+                }
+            }
         }
-        norm
     }
 
     /// The moment estimates as named tensors (`exp_avg.NAME`,

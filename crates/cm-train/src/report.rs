@@ -62,6 +62,16 @@ pub fn write_image_grid(images: &Tensor, path: &Path) -> Result<()> {
     save(&img, path)
 }
 
+/// Writes samples as a picture: an image grid for `[N, C, H, W]`, a
+/// scatter plot for `[N, 2]` points.
+pub fn write_samples(samples: &Tensor, path: &Path) -> Result<()> {
+    if samples.dim() == 4 {
+        write_image_grid(samples, path)
+    } else {
+        write_scatter(samples, path)
+    }
+}
+
 /// 3x5 glyphs for the characters axis labels need.
 fn glyph(ch: char) -> [u8; 5] {
     match ch {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use cm_core::{CoreError, Solver, Validate};
 use cm_data::{BatchLoader, DataSource, LoaderConfig};
@@ -19,7 +19,9 @@ use crate::edm::{EdmObjective, EdmObjectiveConfig};
 use crate::error::{Result, TrainError};
 use crate::objective::{Batch, BatchSource};
 use crate::report;
-use crate::trainer::{mix_seed, train, Observer, TrainConfig, TrainOutcome};
+use crate::trainer::{
+    eval_model, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
+};
 
 /// Loader options beyond batch size and seed (which come from `[train]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,19 +54,26 @@ pub struct TeacherConfig {
     pub edm: EdmObjectiveConfig,
 }
 
-impl Validate for TeacherConfig {
-    fn validate(&self) -> cm_core::Result<()> {
+impl TeacherConfig {
+    /// Validates with a dotted-path prefix (`"teacher."` inside a CD config).
+    pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
         self.net.validate()?;
-        self.train.validate_at("train.")?;
-        self.edm.validate_at("edm.")?;
+        self.train.validate_at(&format!("{prefix}train."))?;
+        self.edm.validate_at(&format!("{prefix}edm."))?;
         if self.loader.pad > 0 && self.net.sample_shape().len() != 3 {
             return Err(CoreError::invalid(
-                "loader.pad",
+                format!("{prefix}loader.pad"),
                 self.loader.pad,
                 "0 for 2-D point data",
             ));
         }
         Ok(())
+    }
+}
+
+impl Validate for TeacherConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        self.validate_at("")
     }
 }
 
@@ -139,11 +148,9 @@ pub fn run_teacher(
     observer: &mut dyn Observer,
 ) -> Result<TeacherOutcome> {
     config.validate()?;
-    std::fs::create_dir_all(run_dir)
-        .map_err(TrainError::io("cannot create run folder", run_dir))?;
-    let resolved = toml::to_string(config).expect("configs serialize to TOML");
-    std::fs::write(run_dir.join("config.toml"), resolved)
-        .map_err(TrainError::io("cannot write", run_dir.join("config.toml")))?;
+    write_run_config(run_dir, config, resume, |old, new| {
+        old.train.steps = new.train.steps
+    })?;
 
     observer.on_message("loading data");
     let data = config
@@ -180,16 +187,9 @@ fn write_final_samples(
     outcome: &TrainOutcome,
     run_dir: &Path,
 ) -> Result<()> {
-    let model = outcome
-        .emas
-        .first()
-        .map(|e| &e.model)
-        .unwrap_or(&outcome.online);
+    let model = eval_model(&outcome.online, &outcome.emas);
     let denoiser = Preconditioned::eval(model, config.edm.edm.preconditioning());
-    tch::manual_seed(mix_seed(config.train.seed ^ 0x7EAC_4E55, 0));
-    let mut shape = vec![config.train.sample_count as i64];
-    shape.extend(model.config().sample_shape());
-    let latents = Tensor::randn(shape, (Kind::Float, model.device()));
+    let latents = fixed_latents(model, config.train.sample_count, config.train.seed);
     let grid = config.edm.edm.grid();
     for (name, sampler) in [
         (
@@ -210,12 +210,39 @@ fn write_final_samples(
         ),
     ] {
         let x = edm_sample(&denoiser, &latents, &grid, &sampler, None)?.x;
-        let path = run_dir.join(name);
-        if x.dim() == 4 {
-            report::write_image_grid(&x, &path)?;
-        } else {
-            report::write_scatter(&x, &path)?;
-        }
+        report::write_samples(&x, &run_dir.join(name))?;
     }
     Ok(())
+}
+
+/// Writes `config` as the run's `config.toml`. When resuming a folder that
+/// already has one, the two must agree once `with_steps_of` has copied the
+/// new step counts into the old config (a run may be extended); otherwise the
+/// checkpoints would continue under settings they were not made with.
+pub fn write_run_config<T>(
+    run_dir: &Path,
+    config: &T,
+    resume: bool,
+    with_steps_of: impl Fn(&mut T, &T),
+) -> Result<()>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq + Validate,
+{
+    let path = run_dir.join("config.toml");
+    if resume && path.is_file() {
+        let mut old: T = cm_core::load_toml(&path)?;
+        with_steps_of(&mut old, config);
+        if old != *config {
+            return Err(TrainError::RunFolder {
+                path,
+                reason: "the config differs from the one this run was started with (only step counts may change); \
+                         restore it, or start a new run folder"
+                    .into(),
+            });
+        }
+    }
+    std::fs::create_dir_all(run_dir)
+        .map_err(TrainError::io("cannot create run folder", run_dir))?;
+    let text = toml::to_string(config).expect("configs serialize to TOML");
+    std::fs::write(&path, text).map_err(TrainError::io("cannot write", &path))
 }

@@ -103,6 +103,15 @@ impl TrainConfig {
         if let Some(r) = self.ema_rates.iter().find(|r| !(0.0..1.0).contains(*r)) {
             return Err(CoreError::invalid(f("ema_rates"), r, "rates in [0, 1)"));
         }
+        for (i, r) in self.ema_rates.iter().enumerate() {
+            if self.ema_rates[..i].contains(r) {
+                return Err(CoreError::invalid(
+                    f("ema_rates"),
+                    r,
+                    "distinct rates (each names a checkpoint file)",
+                ));
+            }
+        }
         self.optimizer.validate_at(&f("optimizer."))
     }
 }
@@ -173,11 +182,13 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("step_{step:07}")
 }
 
-/// The newest complete checkpoint in `run_dir/checkpoints`, by step.
-pub fn latest_checkpoint(run_dir: &Path) -> Option<(u64, PathBuf)> {
-    let dir = run_dir.join("checkpoints");
-    fs::read_dir(dir)
-        .ok()?
+/// The complete checkpoints (folders `step_*` holding `state.json`) in
+/// `run_dir/checkpoints`, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(run_dir.join("checkpoints")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -187,7 +198,21 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<(u64, PathBuf)> {
                 .is_file()
                 .then(|| (step, e.path()))
         })
-        .max_by_key(|(s, _)| *s)
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest complete checkpoint in `run_dir/checkpoints`, by step.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<(u64, PathBuf)> {
+    list_checkpoints(run_dir).pop()
+}
+
+/// Flushes a folder's entries (a rename inside it) to disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(TrainError::io("cannot flush", dir))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -230,7 +255,8 @@ impl Session<'_> {
             model.save(tmp.join(format!("{name}.safetensors")))?;
         }
         let opt_path = tmp.join("optimizer.safetensors");
-        Tensor::write_safetensors(&self.optimizer.state_tensors(), &opt_path)?;
+        let opt_state = self.optimizer.state_tensors();
+        cm_nets::write_atomic(&opt_path, |t| Ok(Tensor::write_safetensors(&opt_state, t)?))?;
         let state = CheckpointState {
             step,
             optimizer_steps: self.optimizer.steps(),
@@ -239,33 +265,41 @@ impl Session<'_> {
             ema_rates: self.config.ema_rates.clone(),
         };
         let json = serde_json::to_string_pretty(&state).expect("state serializes");
-        fs::write(tmp.join("state.json"), json)
-            .map_err(TrainError::io("cannot write", tmp.join("state.json")))?;
+        let config_src = self.run_dir.join("config.toml");
+        cm_nets::write_atomic(&tmp.join("state.json"), |t| {
+            fs::write(t, json.as_bytes()).map_err(|source| cm_nets::NetError::Io {
+                action: "cannot write",
+                path: t.to_path_buf(),
+                source,
+            })
+        })?;
+        if config_src.is_file() {
+            // The resolved config travels with the weights.
+            fs::copy(&config_src, tmp.join("config.toml"))
+                .map_err(TrainError::io("cannot copy", &config_src))?;
+        }
+        sync_dir(&tmp)?;
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(TrainError::io("cannot replace", &final_dir))?;
         }
         // The folder appears complete or not at all.
         fs::rename(&tmp, &final_dir)
             .map_err(TrainError::io("cannot rename into place", &final_dir))?;
-        self.prune_checkpoints()?;
+        sync_dir(&dir)?;
+        self.prune_checkpoints(step)?;
         Ok(final_dir)
     }
 
-    fn prune_checkpoints(&self) -> Result<()> {
-        let dir = self.run_dir.join("checkpoints");
-        let mut steps: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
-            .map_err(TrainError::io("cannot list", &dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                Some((name.strip_prefix("step_")?.parse().ok()?, e.path()))
-            })
-            .collect();
-        steps.sort();
-        let excess = steps.len().saturating_sub(self.config.keep_last);
-        for (_, path) in steps.into_iter().take(excess) {
-            fs::remove_dir_all(&path)
-                .map_err(TrainError::io("cannot remove old checkpoint", &path))?;
+    /// Keeps the newest `keep_last` complete checkpoints; never the one just
+    /// written (`current`).
+    fn prune_checkpoints(&self, current: u64) -> Result<()> {
+        let all = list_checkpoints(self.run_dir);
+        let excess = all.len().saturating_sub(self.config.keep_last);
+        for (step, path) in all.into_iter().take(excess) {
+            if step != current {
+                fs::remove_dir_all(&path)
+                    .map_err(TrainError::io("cannot remove old checkpoint", &path))?;
+            }
         }
         Ok(())
     }
@@ -406,6 +440,17 @@ pub fn train(
             truncate_metrics(&metrics_path, start)?;
         }
     }
+    if !resume {
+        if let Some((step, dir)) = latest_checkpoint(run_dir) {
+            return Err(TrainError::RunFolder {
+                path: run_dir.to_path_buf(),
+                reason: format!(
+                    "it already holds a run (checkpoint {} at step {step}); resume it, or choose a new run folder",
+                    dir.display()
+                ),
+            });
+        }
+    }
     if start == 0 {
         let _ = fs::remove_file(&metrics_path);
     }
@@ -445,7 +490,15 @@ pub fn train(
         }
         loss.backward();
         let lr = config.optimizer.lr_at(step);
-        let grad_norm = s.optimizer.step(lr);
+        let grad_norm = s.optimizer.grad_norm();
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFiniteGradient {
+                step,
+                norm: grad_norm,
+                last_checkpoint: checkpoint,
+            });
+        }
+        s.optimizer.step(lr, grad_norm);
         objective.after_step(&s.online, step)?;
         for ema in &s.emas {
             ema.update(&s.online, step);
@@ -503,6 +556,20 @@ pub fn train(
     })
 }
 
+/// Standard-normal latents for `count` samples of `model`, from a fixed
+/// stream of `seed`, so every grid of a run starts from the same noise.
+pub fn fixed_latents(model: &Model, count: usize, seed: u64) -> Tensor {
+    tch::manual_seed(mix_seed(seed ^ 0x6A1D_5A3D, 0));
+    let mut shape = vec![count as i64];
+    shape.extend(model.config().sample_shape());
+    Tensor::randn(shape, (Kind::Float, model.device()))
+}
+
+/// The evaluation network of a run: its first EMA, else the online network.
+pub fn eval_model<'a>(online: &'a Model, emas: &'a [Ema]) -> &'a Model {
+    emas.first().map(|e| &e.model).unwrap_or(online)
+}
+
 fn write_samples(
     objective: &dyn Objective,
     s: &Session,
@@ -510,18 +577,11 @@ fn write_samples(
     run_dir: &Path,
     step: u64,
 ) -> Result<()> {
-    let model = s.emas.first().map(|e| &e.model).unwrap_or(&s.online);
-    // Fixed latents across the run, so grids show progress on the same noise.
-    tch::manual_seed(mix_seed(config.seed ^ 0x6A1D_5A3D, 0));
-    let mut shape = vec![config.sample_count as i64];
-    shape.extend(model.config().sample_shape());
-    let latents = Tensor::randn(shape, (Kind::Float, model.device()));
+    let model = eval_model(&s.online, &s.emas);
+    let latents = fixed_latents(model, config.sample_count, config.seed);
     let samples = tch::no_grad(|| objective.sample(model, &latents, None))?;
-    let dir = run_dir.join("samples");
-    let path = dir.join(format!("{}.png", checkpoint_name(step)));
-    if samples.dim() == 4 {
-        report::write_image_grid(&samples, &path)
-    } else {
-        report::write_scatter(&samples, &path)
-    }
+    let path = run_dir
+        .join("samples")
+        .join(format!("{}.png", checkpoint_name(step)));
+    report::write_samples(&samples, &path)
 }

@@ -6,9 +6,10 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use cm_nets::{Model, NetConfig};
-use cm_train::{train, EdmObjective, OptimizerConfig, Quiet, TensorSource, TrainConfig};
-use common::{eight_gaussians, temp_dir, StopAt};
+use cm_nets::{MlpConfig, Model, NetConfig};
+use cm_train::teacher::loader_for;
+use cm_train::{train, EdmObjective, LoaderOptions, OptimizerConfig, Quiet, TrainConfig};
+use common::{temp_dir, StopAt};
 use tch::Device;
 
 fn config() -> TrainConfig {
@@ -32,15 +33,31 @@ fn config() -> TrainConfig {
     }
 }
 
+/// The toy MLP with dropout, so the per-step reseeding of dropout masks is
+/// exercised too.
+fn net() -> NetConfig {
+    NetConfig::Mlp(MlpConfig {
+        dropout: 0.2,
+        ..MlpConfig::default()
+    })
+}
+
 fn fresh_model() -> Model {
     tch::manual_seed(0);
-    Model::new(NetConfig::preset("toy-mlp").unwrap(), Device::Cpu).unwrap()
+    Model::new(net(), Device::Cpu).unwrap()
 }
 
 #[test]
 fn stopped_and_resumed_run_matches_uninterrupted_run() {
-    let (data, _) = eight_gaussians(2000, 1);
-    let source = TensorSource::new(data, None, 32, 9).unwrap();
+    // The real loader path: cm-data's toy data through `LoaderSource`.
+    let toy = cm_data::ToyConfig {
+        n_train: 2000,
+        n_test: 100,
+        ..cm_data::ToyConfig::new(cm_data::ToyKind::TwoMoons, 4)
+    };
+    let data = cm_data::DataSource::Toy(toy).load(None).unwrap();
+    let cfg0 = config();
+    let source = loader_for(&data, LoaderOptions::default(), &cfg0, &net()).unwrap();
     let cfg = config();
     let never = AtomicBool::new(false);
 
@@ -91,7 +108,7 @@ fn stopped_and_resumed_run_matches_uninterrupted_run() {
     // Resume into a network with different initial weights: everything must
     // come from the checkpoint.
     tch::manual_seed(1234);
-    let other = Model::new(NetConfig::preset("toy-mlp").unwrap(), Device::Cpu).unwrap();
+    let other = Model::new(net(), Device::Cpu).unwrap();
     let mut obj = EdmObjective {
         config: Default::default(),
     };
