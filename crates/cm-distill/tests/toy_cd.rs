@@ -43,7 +43,7 @@ fn toy_cd_one_step_approaches_the_teacher() {
     let n = 2000.min(data.test.len()) as i64;
     let held_out = data.test.to_tensor().narrow(0, 0, n);
     let reference = data.train.to_tensor().narrow(0, 0, n);
-    assert_eq!(toy.n_test >= n as usize, true);
+    assert!(toy.n_test >= n as usize);
 
     let teacher_ckpt = cm_train::latest_checkpoint(&out.teacher_dir).unwrap().1;
     let teacher =

@@ -333,7 +333,7 @@ impl Validate for UNetConfig {
                 self.attn_resolutions.contains(&level_res[level]) || level + 1 == levels as usize;
             let width = self.model_channels * mult;
             let heads = (width / self.channels_per_head).max(1);
-            if attends && width % heads != 0 {
+            if attends && !width.is_multiple_of(heads) {
                 return Err(invalid(
                     "channels_per_head",
                     self.channels_per_head,
