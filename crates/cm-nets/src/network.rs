@@ -57,12 +57,32 @@ impl Model {
             NetConfig::Dit(c) => Box::new(DiT::new(&root, c, &mut macs)),
             NetConfig::Mlp(c) => Box::new(ResidualMlp::new(&root, c, &mut macs)),
         };
-        Ok(Model {
+        let model = Model {
             vs,
             net,
             config,
             macs: macs.macs,
-        })
+        };
+        if matches!(model.config, NetConfig::Unet(_)) {
+            // Measured faster on CPU (docs/benchmarks.md): the U-Net's
+            // convolutions run in NHWC when their weights are channels-last.
+            model.to_channels_last();
+        }
+        Ok(model)
+    }
+
+    /// Stores every 4-D weight with NHWC strides (channels-last); libtorch
+    /// then runs the convolutions in that layout. Values are unchanged, and
+    /// in-place updates (optimizer, EMA, loading) keep the layout.
+    pub fn to_channels_last(&self) {
+        tch::no_grad(|| {
+            for (_, mut v) in self.vs.variables() {
+                if v.dim() == 4 {
+                    let nhwc = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                    v.set_data(&nhwc);
+                }
+            }
+        });
     }
 
     /// `F(x, c_noise, class)`; see [`Network`] for the shape contract. Call
@@ -186,7 +206,13 @@ impl Model {
                 source,
             })
         })?;
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        // safetensors stores contiguous (NCHW) data whatever the memory layout.
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.contiguous()))
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         write_atomic(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))
     }

@@ -217,10 +217,10 @@ impl Optimizer {
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for (n, t) in &self.exp_avg {
-            out.push((format!("exp_avg.{n}"), t.shallow_clone()));
+            out.push((format!("exp_avg.{n}"), t.contiguous()));
         }
         for (n, t) in &self.exp_avg_sq {
-            out.push((format!("exp_avg_sq.{n}"), t.shallow_clone()));
+            out.push((format!("exp_avg_sq.{n}"), t.contiguous()));
         }
         out
     }
