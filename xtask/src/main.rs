@@ -25,7 +25,7 @@ COMMANDS:
     env      Print the shell exports that let plain `cargo` build the workspace.
     test     Set-up, then the whole test suite (README's test command).
     bench    Set-up, then the criterion benchmarks (reports in target/criterion).
-    train-cd [--preset fmnist|smoke|toy] [--config FILE] [--run-dir DIR] [--resume]
+    train-cd [--preset fmnist|smoke|toy|cifar10] [--config FILE] [--run-dir DIR] [--resume]
              The main job: consistency distillation on Fashion-MNIST (default).
              Trains the EDM teacher (or reuses a finished one with the same
              config from runs/teachers/), distills it, writes 1-step and
@@ -112,7 +112,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
 const TEACHER_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
 
 /// The distillation presets: `configs/cd/<name>.toml`.
-const CD_PRESETS: &[&str] = &["fmnist", "smoke", "toy"];
+const CD_PRESETS: &[&str] = &["fmnist", "smoke", "toy", "cifar10"];
 
 /// `cm <subcommand> --config <config or configs/<kind>/<preset>.toml> --run-dir
 /// <run dir or runs/<prefix>-<preset>> [--resume] [--device cuda] <extra>`.
