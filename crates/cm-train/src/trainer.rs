@@ -433,8 +433,16 @@ pub fn train(
     let mut start = 0;
     let mut checkpoint = None;
     if resume {
-        if let Some((step, dir)) = latest_checkpoint(run_dir) {
-            start = s.load_checkpoint(objective, &dir)?;
+        let all = list_checkpoints(run_dir);
+        if let Some((step, dir)) = all.last().cloned() {
+            start = s.load_checkpoint(objective, &dir).map_err(|e| {
+                // Say how to recover instead of silently skipping the newest state.
+                let hint = match all.len().checked_sub(2).map(|i| &all[i]) {
+                    Some((prev, _)) => format!("; move this folder away to resume from the previous checkpoint (step {prev})"),
+                    None => "; no older checkpoint to fall back to".to_string(),
+                };
+                TrainError::Checkpoint { path: dir.clone(), reason: format!("cannot resume from it: {e}{hint}") }
+            })?;
             observer.on_message(&format!("resumed from {} (step {step})", dir.display()));
             checkpoint = Some(dir);
             truncate_metrics(&metrics_path, start)?;
