@@ -14,9 +14,11 @@
 //!   `lambda`-weighted denoising loss, label dropout for classifier-free
 //!   guidance.
 //!
-//! Consistency training (CT) and iCT objectives arrive with their issue;
-//! consistency distillation lives in cm-distill. All run on this loop.
+//! - [`ct`]: consistency training (CT, Algorithm 3) and, through the recipe's
+//!   switches, iCT. Its pipeline, CLI and presets arrive with the CT/iCT
+//!   issue; consistency distillation lives in cm-distill. All run on this loop.
 
+pub mod ct;
 pub mod edm;
 pub mod ema;
 pub mod error;
@@ -26,6 +28,7 @@ pub mod report;
 pub mod teacher;
 pub mod trainer;
 
+pub use ct::CtObjective;
 pub use edm::{EdmObjective, EdmObjectiveConfig};
 pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
