@@ -8,22 +8,18 @@
 //! `theta- <- mu theta- + (1 - mu) theta`, with `mu` from the discretization
 //! schedule (`mu = 0` makes it a stop-gradient copy).
 //!
-//! As in the reference code, the student and the target see the same dropout
+//! The pair sampling, target EMA, weighted distance and sampling are
+//! `cm_train::ConsistencyCore`, shared with consistency training. As in the
+//! reference code, the student and the target see the same dropout
 //! mask: both forward passes start from the same generator seed.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
-use cm_core::{
-    adjacent_pairs, append_dims, grid_tensor, BoundWeighting, ConsistencyRecipe, Denoiser,
-    DiscretizationSchedule, DistanceMetric, EdmConfig, IndexSampler, LossWeighting, OdeSolver,
-    Solver,
-};
+use cm_core::{append_dims, ConsistencyRecipe, EdmConfig, OdeSolver, Solver};
 use cm_nets::{Model, Preconditioned};
-use cm_sample::consistency_sample;
-use cm_train::{ema_update, Batch, Objective, Result};
+use cm_train::ct::ConsistencyCore;
+use cm_train::{Batch, Objective, Result};
 
 /// Settings of consistency distillation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,24 +66,12 @@ impl CdConfig {
 }
 
 /// The CD objective with its frozen teacher and its target network.
+#[derive(Debug)]
 pub struct CdObjective {
     config: CdConfig,
     teacher: Model,
     teacher_edm: EdmConfig,
-    target: Model,
-    metric: Box<dyn DistanceMetric + Send>,
-    weighting: BoundWeighting,
-    grids: HashMap<usize, (Vec<f64>, Tensor)>,
-}
-
-impl std::fmt::Debug for CdObjective {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CdObjective")
-            .field("config", &self.config)
-            .field("metric", &self.metric.name())
-            .field("grids_cached", &self.grids.len())
-            .finish_non_exhaustive()
-    }
+    core: ConsistencyCore,
 }
 
 impl CdObjective {
@@ -102,42 +86,23 @@ impl CdObjective {
     ) -> Result<Self> {
         config.validate_at("cd.")?;
         teacher.var_store_mut().freeze();
-        let mut target = Model::new(student.config().clone(), student.device())?;
-        target.copy_from(student)?;
-        target.var_store_mut().freeze();
-        let dim = student.config().sample_shape().iter().product::<i64>() as usize;
+        let core = ConsistencyCore::new(config.recipe, student, "cd.recipe.")?;
         Ok(CdObjective {
-            metric: config.recipe.metric.build(dim),
-            weighting: config
-                .recipe
-                .weighting
-                .bind(config.recipe.consistency.sigma_data)?,
             config,
             teacher,
             teacher_edm,
-            target,
-            grids: HashMap::new(),
+            core,
         })
     }
 
     /// The target network `theta-`.
     pub fn target(&self) -> &Model {
-        &self.target
+        self.core.target()
     }
 
     /// The frozen teacher.
     pub fn teacher(&self) -> &Model {
         &self.teacher
-    }
-
-    /// The training grid with `n` points, as values and a tensor (cached).
-    fn grid(&mut self, n: usize, kind: Kind, device: Device) -> Result<&(Vec<f64>, Tensor)> {
-        if !self.grids.contains_key(&n) {
-            let values = self.config.recipe.consistency.grid().training_sigmas(n)?;
-            let tensor = grid_tensor(&values, kind, device);
-            self.grids.insert(n, (values, tensor));
-        }
-        Ok(&self.grids[&n])
     }
 }
 
@@ -148,15 +113,8 @@ impl Objective for CdObjective {
 
     fn loss(&mut self, online: &Model, batch: &Batch, step: u64) -> Result<Tensor> {
         let x0 = &batch.x;
-        let (b, ndim) = (x0.size()[0], x0.dim());
-        let n = self.config.recipe.schedule.at(step).n;
-        let noise = self.config.recipe.noise;
-        let (t_n, t_next) = {
-            let (values, grid) = self.grid(n, x0.kind(), x0.device())?;
-            let index = noise.sample(values, b, x0.device());
-            adjacent_pairs(grid, &index)
-        };
-        let x_next = x0 + x0.randn_like() * append_dims(&t_next, ndim);
+        let (t_n, t_next) = self.core.pairs(x0, step)?;
+        let x_next = x0 + x0.randn_like() * append_dims(&t_next, x0.dim());
         let labels = batch.labels.as_ref();
         // One teacher ODE step t_{n+1} -> t_n, without autograd.
         let x_hat = tch::no_grad(|| {
@@ -165,50 +123,25 @@ impl Objective for CdObjective {
                 .solver
                 .step(&teacher, &x_next, &t_next, &t_n, labels)
         });
-        let param = self.config.recipe.consistency.parameterization();
-        // Same dropout mask for student and target (reference code).
-        let dropout_seed =
-            Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-        tch::manual_seed(dropout_seed);
-        let student = Preconditioned {
-            model: online,
-            param,
-            train: true,
-        };
-        let pred = student.denoise(&x_next, &t_next, labels);
-        tch::manual_seed(dropout_seed);
-        let target = tch::no_grad(|| {
-            Preconditioned {
-                model: &self.target,
-                param,
-                train: true,
-            }
-            .denoise(&x_hat, &t_n, labels)
-        });
-        let weights = self.weighting.weight(&t_n, &t_next);
-        Ok((weights * self.metric.distance(&pred, &target)).mean(Kind::Float))
+        Ok(self
+            .core
+            .loss(online, (&x_next, &t_next), (&x_hat, &t_n), labels))
     }
 
     fn after_step(&mut self, online: &Model, step: u64) -> Result<()> {
-        ema_update(
-            &self.target,
-            online,
-            self.config.recipe.schedule.at(step).mu,
-        );
+        self.core.update_target(online, step);
         Ok(())
     }
 
     fn extra_models(&self) -> Vec<(&'static str, &Model)> {
-        vec![("target", &self.target)]
+        self.core.extra_models()
     }
 
     fn extra_models_mut(&mut self) -> Vec<(&'static str, &mut Model)> {
-        vec![("target", &mut self.target)]
+        self.core.extra_models_mut()
     }
 
     fn sample(&self, model: &Model, latents: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
-        let c = self.config.recipe.consistency;
-        let f = Preconditioned::eval(model, c.parameterization());
-        Ok(consistency_sample(&f, latents, c.sigma_max, c.sigma_min, &[], class)?.x)
+        self.core.sample(model, latents, class)
     }
 }

@@ -9,6 +9,10 @@
 //! through the exponential curriculum, pseudo-Huber, `1/(t_{n+1} - t_n)`
 //! weighting, lognormal pairs; dropout and the Fourier scale are network
 //! settings. So the path from CT to iCT can be run one change at a time.
+//!
+//! [`ConsistencyCore`] is what CT and consistency distillation (cm-distill)
+//! share: the pair sampling, the target network and its EMA, the weighted
+//! distance with a shared dropout mask, and one-step sampling.
 
 use std::collections::HashMap;
 
@@ -25,8 +29,8 @@ use crate::ema::ema_update;
 use crate::error::Result;
 use crate::objective::{Batch, Objective};
 
-/// The CT / iCT objective with its target network.
-pub struct CtObjective {
+/// The machinery every consistency objective shares.
+pub struct ConsistencyCore {
     recipe: ConsistencyRecipe,
     target: Model,
     metric: Box<dyn DistanceMetric + Send>,
@@ -34,25 +38,26 @@ pub struct CtObjective {
     grids: HashMap<usize, (Vec<f64>, Tensor)>,
 }
 
-impl std::fmt::Debug for CtObjective {
+impl std::fmt::Debug for ConsistencyCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CtObjective")
+        f.debug_struct("ConsistencyCore")
             .field("recipe", &self.recipe)
             .field("metric", &self.metric.name())
+            .field("grids_cached", &self.grids.len())
             .finish_non_exhaustive()
     }
 }
 
-impl CtObjective {
-    /// The target starts as a copy of `student` (frozen; it only follows the
-    /// student by EMA).
-    pub fn new(recipe: ConsistencyRecipe, student: &Model) -> Result<Self> {
-        recipe.validate_at("recipe.")?;
+impl ConsistencyCore {
+    /// The target starts as a copy of `student` (frozen: it only follows the
+    /// student by EMA). `prefix` is the recipe's dotted path for errors.
+    pub fn new(recipe: ConsistencyRecipe, student: &Model, prefix: &str) -> Result<Self> {
+        recipe.validate_at(prefix)?;
         let mut target = Model::new(student.config().clone(), student.device())?;
         target.copy_from(student)?;
         target.var_store_mut().freeze();
         let dim = student.config().sample_shape().iter().product::<i64>() as usize;
-        Ok(CtObjective {
+        Ok(ConsistencyCore {
             metric: recipe.metric.build(dim),
             weighting: recipe.weighting.bind(recipe.consistency.sigma_data)?,
             recipe,
@@ -61,18 +66,111 @@ impl CtObjective {
         })
     }
 
+    /// The recipe.
+    pub fn recipe(&self) -> &ConsistencyRecipe {
+        &self.recipe
+    }
+
     /// The target network `theta-`.
     pub fn target(&self) -> &Model {
         &self.target
     }
 
-    fn grid(&mut self, n: usize, kind: Kind, device: Device) -> Result<&(Vec<f64>, Tensor)> {
+    /// Draws a pair `(t_n, t_{n+1})` of the step's training grid for each
+    /// example of `x0` (the grid for each `N` is built once).
+    pub fn pairs(&mut self, x0: &Tensor, step: u64) -> Result<(Tensor, Tensor)> {
+        let n = self.recipe.schedule.at(step).n;
+        let (kind, device) = (x0.kind(), x0.device());
         if !self.grids.contains_key(&n) {
             let values = self.recipe.consistency.grid().training_sigmas(n)?;
             let tensor = grid_tensor(&values, kind, device);
             self.grids.insert(n, (values, tensor));
         }
-        Ok(&self.grids[&n])
+        let (values, grid) = &self.grids[&n];
+        let index = self.recipe.noise.sample(values, x0.size()[0], device);
+        Ok(adjacent_pairs(grid, &index))
+    }
+
+    /// `mean(lambda(t_n) d(f_theta(x_next, t_next), f_theta-(x_target, t_n)))`,
+    /// the target without autograd. As in the reference code, student and
+    /// target see the same dropout mask: both start from one generator seed.
+    pub fn loss(
+        &self,
+        online: &Model,
+        (x_next, t_next): (&Tensor, &Tensor),
+        (x_target, t_n): (&Tensor, &Tensor),
+        labels: Option<&Tensor>,
+    ) -> Tensor {
+        let param = self.recipe.consistency.parameterization();
+        let dropout_seed =
+            Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        tch::manual_seed(dropout_seed);
+        let pred = Preconditioned {
+            model: online,
+            param,
+            train: true,
+        }
+        .denoise(x_next, t_next, labels);
+        tch::manual_seed(dropout_seed);
+        // With mu = 0 (iCT) the target is the student's copy from the last
+        // step, i.e. theta- = stopgrad(theta).
+        let target = tch::no_grad(|| {
+            Preconditioned {
+                model: &self.target,
+                param,
+                train: true,
+            }
+            .denoise(x_target, t_n, labels)
+        });
+        let weights = self.weighting.weight(t_n, t_next);
+        (weights * self.metric.distance(&pred, &target)).mean(Kind::Float)
+    }
+
+    /// `theta- <- mu(k) theta- + (1 - mu(k)) theta` after step `k`.
+    pub fn update_target(&self, online: &Model, step: u64) {
+        ema_update(&self.target, online, self.recipe.schedule.at(step).mu);
+    }
+
+    /// The target, for checkpoints.
+    pub fn extra_models(&self) -> Vec<(&'static str, &Model)> {
+        vec![("target", &self.target)]
+    }
+
+    /// The target, for resuming.
+    pub fn extra_models_mut(&mut self) -> Vec<(&'static str, &mut Model)> {
+        vec![("target", &mut self.target)]
+    }
+
+    /// One-step samples `f(T z, T)` from `model`.
+    pub fn sample(
+        &self,
+        model: &Model,
+        latents: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = self.recipe.consistency;
+        let f = Preconditioned::eval(model, c.parameterization());
+        Ok(consistency_sample(&f, latents, c.sigma_max, c.sigma_min, &[], class)?.x)
+    }
+}
+
+/// The CT / iCT objective.
+#[derive(Debug)]
+pub struct CtObjective {
+    core: ConsistencyCore,
+}
+
+impl CtObjective {
+    /// The target starts as a copy of `student`.
+    pub fn new(recipe: ConsistencyRecipe, student: &Model) -> Result<Self> {
+        Ok(CtObjective {
+            core: ConsistencyCore::new(recipe, student, "recipe.")?,
+        })
+    }
+
+    /// The target network `theta-`.
+    pub fn target(&self) -> &Model {
+        self.core.target()
     }
 }
 
@@ -83,61 +181,33 @@ impl Objective for CtObjective {
 
     fn loss(&mut self, online: &Model, batch: &Batch, step: u64) -> Result<Tensor> {
         let x0 = &batch.x;
-        let (b, ndim) = (x0.size()[0], x0.dim());
-        let n = self.recipe.schedule.at(step).n;
-        let noise = self.recipe.noise;
-        let (t_n, t_next) = {
-            let (values, grid) = self.grid(n, x0.kind(), x0.device())?;
-            let index = noise.sample(values, b, x0.device());
-            adjacent_pairs(grid, &index)
-        };
+        let (t_n, t_next) = self.core.pairs(x0, step)?;
         // The same z for both points (Algorithm 3).
         let z = x0.randn_like();
-        let x_next = x0 + &z * append_dims(&t_next, ndim);
-        let x_n = x0 + &z * append_dims(&t_n, ndim);
-        let labels = batch.labels.as_ref();
-        let param = self.recipe.consistency.parameterization();
-        // Same dropout mask for student and target (reference code).
-        let dropout_seed =
-            Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-        tch::manual_seed(dropout_seed);
-        let pred = Preconditioned {
-            model: online,
-            param,
-            train: true,
-        }
-        .denoise(&x_next, &t_next, labels);
-        tch::manual_seed(dropout_seed);
-        // With mu = 0 (iCT) the target is the student's copy from the last
-        // step, i.e. theta- = stopgrad(theta).
-        let target = tch::no_grad(|| {
-            Preconditioned {
-                model: &self.target,
-                param,
-                train: true,
-            }
-            .denoise(&x_n, &t_n, labels)
-        });
-        let weights = self.weighting.weight(&t_n, &t_next);
-        Ok((weights * self.metric.distance(&pred, &target)).mean(Kind::Float))
+        let x_next = x0 + &z * append_dims(&t_next, x0.dim());
+        let x_n = x0 + &z * append_dims(&t_n, x0.dim());
+        Ok(self.core.loss(
+            online,
+            (&x_next, &t_next),
+            (&x_n, &t_n),
+            batch.labels.as_ref(),
+        ))
     }
 
     fn after_step(&mut self, online: &Model, step: u64) -> Result<()> {
-        ema_update(&self.target, online, self.recipe.schedule.at(step).mu);
+        self.core.update_target(online, step);
         Ok(())
     }
 
     fn extra_models(&self) -> Vec<(&'static str, &Model)> {
-        vec![("target", &self.target)]
+        self.core.extra_models()
     }
 
     fn extra_models_mut(&mut self) -> Vec<(&'static str, &mut Model)> {
-        vec![("target", &mut self.target)]
+        self.core.extra_models_mut()
     }
 
     fn sample(&self, model: &Model, latents: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
-        let c = self.recipe.consistency;
-        let f = Preconditioned::eval(model, c.parameterization());
-        Ok(consistency_sample(&f, latents, c.sigma_max, c.sigma_min, &[], class)?.x)
+        self.core.sample(model, latents, class)
     }
 }

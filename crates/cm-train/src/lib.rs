@@ -28,7 +28,7 @@ pub mod report;
 pub mod teacher;
 pub mod trainer;
 
-pub use ct::CtObjective;
+pub use ct::{ConsistencyCore, CtObjective};
 pub use edm::{EdmObjective, EdmObjectiveConfig};
 pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
