@@ -14,9 +14,9 @@ use tch::{Device, Kind, Tensor};
 
 use cm_core::{Solver, Validate};
 use cm_nets::{Model, Preconditioned};
-use cm_sample::{consistency_sample, edm_sample, EdmSampler};
+use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, CARD_FILE};
 use cm_train::teacher::loader_for;
-use cm_train::trainer::{checkpoint_name, latest_checkpoint};
+use cm_train::trainer::{checkpoint_name, final_weights, latest_checkpoint};
 use cm_train::{
     mix_seed, report, run_teacher, train, Observer, TeacherConfig, TrainConfig, TrainError,
 };
@@ -174,6 +174,12 @@ pub fn run_cd(
     let report = write_report(
         config, &objective, &out, run_dir, &tdir, reused, teacher_s, distill_s,
     )?;
+    ModelCard::Consistency {
+        weights: final_weights(&config.train),
+        consistency: config.cd.recipe.consistency,
+        timesteps: [("2".to_string(), vec![config.cd.two_step_tau])].into(),
+    }
+    .save(run_dir.join(CARD_FILE))?;
     Ok(CdOutcome {
         teacher_dir: tdir,
         teacher_reused: reused,

@@ -63,6 +63,9 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// Model-card or sampling errors from cm-sample.
+    #[error(transparent)]
+    Sample(#[from] cm_sample::SampleError),
     /// A libtorch operation failed.
     #[error(transparent)]
     Tch(#[from] tch::TchError),

@@ -13,13 +13,14 @@ use tch::Device;
 use cm_core::{CoreError, Solver, Validate};
 use cm_data::{BatchLoader, DataSource, LoaderConfig};
 use cm_nets::{Model, NetConfig, Preconditioned};
-use cm_sample::{edm_sample, EdmSampler};
+use cm_sample::{edm_sample, EdmSampler, ModelCard, CARD_FILE};
 
 use crate::edm::{EdmObjective, EdmObjectiveConfig};
 use crate::error::{Result, TrainError};
 use crate::objective::{Batch, BatchSource};
 use crate::report;
 use crate::trainer::{
+    final_weights,
     eval_model, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
 };
 
@@ -178,6 +179,12 @@ pub fn run_teacher(
     )?;
     if !outcome.stopped {
         write_final_samples(config, &outcome, run_dir)?;
+        ModelCard::Edm {
+            weights: final_weights(&config.train),
+            edm: config.edm.edm,
+            sampler: config.edm.sampler,
+        }
+        .save(run_dir.join(CARD_FILE))?;
     }
     Ok(TeacherOutcome { train: outcome })
 }

@@ -182,6 +182,19 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("step_{step:07}")
 }
 
+/// The weights a finished run is used through, relative to its run folder:
+/// the first EMA of the final checkpoint (the online weights when there is no
+/// EMA). Model cards (`model.toml`) point here.
+pub fn final_weights(config: &TrainConfig) -> PathBuf {
+    let file = match config.ema_rates.first() {
+        Some(rate) => format!("ema_{rate}.safetensors"),
+        None => "online.safetensors".to_string(),
+    };
+    PathBuf::from("checkpoints")
+        .join(checkpoint_name(config.steps))
+        .join(file)
+}
+
 /// The complete checkpoints (folders `step_*` holding `state.json`) in
 /// `run_dir/checkpoints`, oldest first.
 pub fn list_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
