@@ -33,6 +33,14 @@ COMMANDS:
              `--preset smoke` under 2 minutes.
     train-teacher [--preset fmnist|toy|cifar10] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
+    train-ct [--preset fmnist|toy|cifar10] [--recipe ict|ct] [--config FILE] [--run-dir DIR] [--resume]
+             Consistency training from data alone, no teacher: iCT (default)
+             or CT from configs/ct/<preset>-<recipe>.toml into
+             runs/<recipe>-<preset>: grids, report.md, model card model.toml.
+             Fashion-MNIST iCT takes ~50 min on 2 cores; `--preset toy` ~25 s.
+    ct-ablation
+             The CT -> iCT ablation on 2-D toy data (configs/ct/toy-{ct,ict}.toml):
+             every rung, 3 seeds, exact distances; runs/ct-ablation/ablation.md.
              Ctrl-C saves a checkpoint; --resume continues. Extra `cm` flags after `--`.
     help     Print this help.
 
@@ -65,6 +73,7 @@ struct Args {
     cuda: bool,
     resume: bool,
     preset: Option<String>,
+    recipe: Option<String>,
     config: Option<String>,
     run_dir: Option<String>,
     passthrough: Vec<String>,
@@ -90,6 +99,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
             "--cuda" => parsed.cuda = true,
             "--resume" => parsed.resume = true,
             "--preset" => parsed.preset = Some(value("--preset")?),
+            "--recipe" => parsed.recipe = Some(value("--recipe")?),
             "--config" => parsed.config = Some(value("--config")?),
             "--run-dir" => parsed.run_dir = Some(value("--run-dir")?),
             "-h" | "--help" => command = Some("help".to_string()),
@@ -114,6 +124,22 @@ const TEACHER_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
 /// The distillation presets: `configs/cd/<name>.toml`.
 const CD_PRESETS: &[&str] = &["fmnist", "smoke", "toy", "cifar10"];
 
+/// The consistency-training presets: `configs/ct/<name>-<recipe>.toml`.
+const CT_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
+
+/// The consistency-training recipes.
+const CT_RECIPES: &[&str] = &["ict", "ct"];
+
+/// The preset named by `--preset` (default fmnist), checked against `presets`
+/// unless `--config` is given.
+fn preset<'a>(args: &'a Args, presets: &[&str]) -> Result<&'a str, String> {
+    let preset = args.preset.as_deref().unwrap_or("fmnist");
+    if args.config.is_none() && !presets.contains(&preset) {
+        return Err(format!("unknown preset `{preset}`; presets: {presets:?}"));
+    }
+    Ok(preset)
+}
+
 /// `cm <subcommand> --config <config or configs/<kind>/<preset>.toml> --run-dir
 /// <run dir or runs/<prefix>-<preset>> [--resume] [--device cuda] <extra>`.
 fn cm_run_args(
@@ -123,10 +149,23 @@ fn cm_run_args(
     prefix: &str,
     presets: &[&str],
 ) -> Result<Vec<String>, String> {
-    let preset = args.preset.clone().unwrap_or_else(|| "fmnist".into());
-    if args.config.is_none() && !presets.contains(&preset.as_str()) {
-        return Err(format!("unknown preset `{preset}`; presets: {presets:?}"));
-    }
+    let preset = preset(args, presets)?;
+    cm_args_with(
+        args,
+        subcommand,
+        format!("configs/{kind}/{preset}.toml"),
+        format!("runs/{prefix}-{preset}"),
+    )
+}
+
+/// `cm <subcommand> --config <--config or default_config> --run-dir <--run-dir
+/// or default_run_dir> [--resume] [--device cuda] <extra>`.
+fn cm_args_with(
+    args: &Args,
+    subcommand: &str,
+    default_config: String,
+    default_run_dir: String,
+) -> Result<Vec<String>, String> {
     // `cargo run` starts in the workspace root: make the user's relative
     // paths absolute first.
     let from_cwd = |p: &str| {
@@ -145,12 +184,12 @@ fn cm_run_args(
         .config
         .as_deref()
         .map(from_cwd)
-        .unwrap_or_else(|| format!("configs/{kind}/{preset}.toml"));
+        .unwrap_or(default_config);
     let run_dir = args
         .run_dir
         .as_deref()
         .map(from_cwd)
-        .unwrap_or_else(|| format!("runs/{prefix}-{preset}"));
+        .unwrap_or(default_run_dir);
     let mut cm_args = vec![
         subcommand.to_string(),
         "--config".into(),
@@ -236,6 +275,17 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             let cm_args = cm_run_args(&args, "distill", "cd", "cd", CD_PRESETS)?;
             Ok(exit(cargo_run_cm(&torch, &cm_args)?))
         }
+        "train-ct" => {
+            let torch = libtorch::ensure(flavor)?;
+            let cm_args = ct_args(&args)?;
+            Ok(exit(cargo_run_cm(&torch, &cm_args)?))
+        }
+        "ct-ablation" => {
+            let torch = libtorch::ensure(flavor)?;
+            let mut cm_args = vec!["ct-ablation".to_string()];
+            cm_args.extend(args.passthrough.iter().cloned());
+            Ok(exit(cargo_run_cm(&torch, &cm_args)?))
+        }
         "bench" => {
             let torch = libtorch::ensure(flavor)?;
             let code = cargo(&torch, &["bench"], &args.passthrough)?;
@@ -243,6 +293,24 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         }
         other => Err(format!("unknown command `{other}`\n\n{HELP}")),
     }
+}
+
+/// `cm train-ct` for `--preset P --recipe R`: `configs/ct/P-R.toml` into
+/// `runs/R-P`.
+fn ct_args(args: &Args) -> Result<Vec<String>, String> {
+    let preset = preset(args, CT_PRESETS)?;
+    let recipe = args.recipe.as_deref().unwrap_or("ict");
+    if !CT_RECIPES.contains(&recipe) {
+        return Err(format!(
+            "unknown recipe `{recipe}`; recipes: {CT_RECIPES:?}"
+        ));
+    }
+    cm_args_with(
+        args,
+        "train-ct",
+        format!("configs/ct/{preset}-{recipe}.toml"),
+        format!("runs/{recipe}-{preset}"),
+    )
 }
 
 /// `cargo run --release -p cm-cli --bin cm -- <args>` with libtorch set up.
@@ -372,6 +440,37 @@ mod tests {
         assert!(parse(strings(&["train-teacher", "--preset"]))
             .unwrap_err()
             .contains("--preset"));
+    }
+
+    #[test]
+    fn ct_presets_and_recipes_pick_config_and_run_folder() {
+        let a = parse(strings(&["train-ct", "--preset", "toy", "--recipe", "ct"])).unwrap();
+        let cm = ct_args(&a).unwrap();
+        assert_eq!(
+            cm[..5],
+            strings(&[
+                "train-ct",
+                "--config",
+                "configs/ct/toy-ct.toml",
+                "--run-dir",
+                "runs/ct-toy"
+            ])
+        );
+        let a = parse(strings(&["train-ct"])).unwrap();
+        assert_eq!(ct_args(&a).unwrap()[2], "configs/ct/fmnist-ict.toml");
+        for file in CT_PRESETS
+            .iter()
+            .flat_map(|p| CT_RECIPES.iter().map(move |r| format!("{p}-{r}.toml")))
+        {
+            assert!(
+                workspace_root().join("configs/ct").join(&file).is_file(),
+                "preset file {file} is missing"
+            );
+        }
+        let a = parse(strings(&["train-ct", "--recipe", "lcm"])).unwrap();
+        assert!(ct_args(&a).unwrap_err().contains("lcm"));
+        let a = parse(strings(&["train-ct", "--preset", "imagenet"])).unwrap();
+        assert!(ct_args(&a).unwrap_err().contains("imagenet"));
     }
 
     #[test]

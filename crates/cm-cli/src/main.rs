@@ -1,6 +1,7 @@
 //! `cm`: the cm-rs command line. Subcommands wire the library crates to
 //! files, progress bars and Ctrl-C; the crates do the work.
 
+mod ct;
 mod progress;
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum DeviceArg {
+pub(crate) enum DeviceArg {
     /// CPU.
     Cpu,
     /// The first CUDA GPU.
@@ -34,23 +35,24 @@ enum DeviceArg {
 }
 
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// TOML config (configs/teacher/*.toml or configs/cd/*.toml; the fields
-    /// are documented in docs/teacher.md and docs/distill.md).
+pub(crate) struct RunArgs {
+    /// TOML config (configs/teacher/*.toml, configs/cd/*.toml or
+    /// configs/ct/*.toml; the fields are documented in docs/teacher.md,
+    /// docs/distill.md and docs/ct.md).
     #[arg(long, short)]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Run folder: resolved config, checkpoints, metrics.csv, loss.png, sample grids.
     #[arg(long)]
-    run_dir: PathBuf,
+    pub run_dir: PathBuf,
     /// Continue from the newest checkpoint in the run folder (if any).
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
     /// Where to train.
     #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
+    pub device: DeviceArg,
     /// libtorch intra-op threads (default: all cores).
     #[arg(long)]
-    threads: Option<i32>,
+    pub threads: Option<i32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,9 +76,19 @@ enum Command {
     /// 1-step and 2-step grids beside the teacher's and a report.md. Ctrl-C
     /// saves a checkpoint; --resume continues.
     Distill(DistillArgs),
+    /// Consistency training from data alone (CT, Song et al. 2023,
+    /// Algorithm 3, or the improved recipe iCT, Song & Dhariwal 2023; the
+    /// config's [ct.recipe] decides): train, then write 1-step and 2-step
+    /// grids, report.md and the model card model.toml. Ctrl-C saves a
+    /// checkpoint; --resume continues.
+    TrainCt(RunArgs),
+    /// The path from CT to iCT one change at a time on 2-D toy data: trains
+    /// every rung for several seeds and writes a table of exact 1-step and
+    /// 2-step distances to held-out data (ablation.md, ablation.csv).
+    CtAblation(ct::AblationArgs),
 }
 
-fn device(arg: DeviceArg) -> Result<Device> {
+pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
     Ok(match arg {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Auto => Device::cuda_if_available(),
@@ -91,7 +103,7 @@ fn device(arg: DeviceArg) -> Result<Device> {
 
 /// The first Ctrl-C raises the flag (the loop saves and returns); a second
 /// one exits at once.
-fn install_stop_handler() -> Result<Arc<AtomicBool>> {
+pub(crate) fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
     ctrlc::set_handler(move || {
@@ -107,7 +119,7 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn set_threads(threads: Option<i32>) -> Result<()> {
+pub(crate) fn set_threads(threads: Option<i32>) -> Result<()> {
     if let Some(n) = threads {
         if n < 1 {
             bail!("--threads must be at least 1, got {n}");
@@ -199,6 +211,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::Distill(args) => distill(args),
+        Command::TrainCt(args) => ct::train_ct(args),
+        Command::CtAblation(args) => ct::ct_ablation(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

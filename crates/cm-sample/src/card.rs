@@ -189,7 +189,9 @@ impl ModelCard {
             ModelCard::Consistency { consistency, .. } => {
                 Box::new(Preconditioned::eval(model, consistency.parameterization()))
             }
-            ModelCard::Edm { edm, .. } => Box::new(Preconditioned::eval(model, edm.preconditioning())),
+            ModelCard::Edm { edm, .. } => {
+                Box::new(Preconditioned::eval(model, edm.preconditioning()))
+            }
         }
     }
 
@@ -207,7 +209,10 @@ impl ModelCard {
                         format!(
                             "a step count with stored timesteps (the card has 1{}); \
                              pass the times explicitly or run the timestep search",
-                            timesteps.keys().map(|k| format!(", {k}")).collect::<String>()
+                            timesteps
+                                .keys()
+                                .map(|k| format!(", {k}"))
+                                .collect::<String>()
                         ),
                     )
                     .into()
@@ -248,7 +253,13 @@ impl ModelCard {
             }
             ModelCard::Edm { edm, sampler, .. } => {
                 let sampler = EdmSampler { steps, ..*sampler };
-                Ok(edm_sample(f.as_ref(), latents, &edm.grid(), &sampler, class)?)
+                Ok(edm_sample(
+                    f.as_ref(),
+                    latents,
+                    &edm.grid(),
+                    &sampler,
+                    class,
+                )?)
             }
         }
     }

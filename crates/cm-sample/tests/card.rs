@@ -43,14 +43,23 @@ fn invalid_cards_name_the_field() {
         (consistency_card(&[("3", vec![0.5, 4.0])]), "timesteps.3"),
         (consistency_card(&[("2", vec![100.0])]), "timesteps.2"),
     ] {
-        let err = card.save(dir.path().join("bad.toml")).unwrap_err().to_string();
+        let err = card
+            .save(dir.path().join("bad.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(field), "{err}");
     }
     let path = dir.path().join("typo.toml");
-    std::fs::write(&path, "kind = \"edm\"\nweights = \"w.safetensors\"\n[edm]\nsigma_dta = 0.5\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "kind = \"edm\"\nweights = \"w.safetensors\"\n[edm]\nsigma_dta = 0.5\n",
+    )
+    .unwrap();
     let err = ModelCard::load(&path).unwrap_err().to_string();
-    assert!(err.contains("sigma_dta") && err.contains("typo.toml"), "{err}");
+    assert!(
+        err.contains("sigma_dta") && err.contains("typo.toml"),
+        "{err}"
+    );
     std::fs::write(&path, "kind = \"gan\"\nweights = \"w.safetensors\"\n").unwrap();
     let err = ModelCard::load(&path).unwrap_err().to_string();
     assert!(err.contains("gan"), "{err}");
@@ -81,14 +90,20 @@ fn sampling_through_a_card_matches_the_samplers() {
     let direct = consistency_sample(&f, &latents, c.sigma_max, c.sigma_min, &[], None).unwrap();
     let via = card.sample(&loaded, &latents, 1, None).unwrap();
     assert_eq!(via.nfe, 1);
-    assert_eq!(f64::try_from((&via.x - &direct.x).abs().max()).unwrap(), 0.0);
+    assert_eq!(
+        f64::try_from((&via.x - &direct.x).abs().max()).unwrap(),
+        0.0
+    );
     tch::manual_seed(9);
     let two = card.sample(&loaded, &latents, 2, None).unwrap();
     tch::manual_seed(9);
     let two_direct =
         consistency_sample(&f, &latents, c.sigma_max, c.sigma_min, &[0.821], None).unwrap();
     assert_eq!(two.nfe, 2);
-    assert_eq!(f64::try_from((&two.x - &two_direct.x).abs().max()).unwrap(), 0.0);
+    assert_eq!(
+        f64::try_from((&two.x - &two_direct.x).abs().max()).unwrap(),
+        0.0
+    );
 
     let edm = EdmConfig::default();
     let card = ModelCard::Edm {
@@ -113,6 +128,9 @@ fn sampling_through_a_card_matches_the_samplers() {
     )
     .unwrap();
     assert_eq!(via.nfe, 7);
-    assert_eq!(f64::try_from((&via.x - &direct.x).abs().max()).unwrap(), 0.0);
+    assert_eq!(
+        f64::try_from((&via.x - &direct.x).abs().max()).unwrap(),
+        0.0
+    );
     assert!(card.taus(2).is_err());
 }

@@ -15,10 +15,13 @@
 //!   guidance.
 //!
 //! - [`ct`]: consistency training (CT, Algorithm 3) and, through the recipe's
-//!   switches, iCT. Its pipeline, CLI and presets arrive with the CT/iCT
-//!   issue; consistency distillation lives in cm-distill. All run on this loop.
+//!   switches, iCT; [`ConsistencyCore`] is what CT and consistency
+//!   distillation (cm-distill) share. All run on this loop.
+//! - [`ct_pipeline`]: the CT / iCT pipeline ([`run_ct`]) configured by
+//!   [`CtRunConfig`] (`configs/ct/*.toml`), and the CT-to-iCT ablation.
 
 pub mod ct;
+pub mod ct_pipeline;
 pub mod edm;
 pub mod ema;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod teacher;
 pub mod trainer;
 
 pub use ct::{ConsistencyCore, CtObjective};
+pub use ct_pipeline::{ict_ablation, run_ct, CtConfig, CtOutcome, CtRunConfig};
 pub use edm::{EdmObjective, EdmObjectiveConfig};
 pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};

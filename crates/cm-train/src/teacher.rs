@@ -20,8 +20,7 @@ use crate::error::{Result, TrainError};
 use crate::objective::{Batch, BatchSource};
 use crate::report;
 use crate::trainer::{
-    final_weights,
-    eval_model, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
+    eval_model, final_weights, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
 };
 
 /// Loader options beyond batch size and seed (which come from `[train]`).

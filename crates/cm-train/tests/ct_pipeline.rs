@@ -1,0 +1,116 @@
+//! The CT pipeline's files and rules: a finished run leaves grids, a report
+//! and a model card whose samples equal the run's EMA; a stopped run leaves
+//! no card and resumes to the same end; a changed config is refused.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use cm_sample::ModelCard;
+use cm_train::{run_ct, CtRunConfig, Quiet};
+use common::{temp_dir, StopAt};
+use tch::{Device, Kind, Tensor};
+
+fn short_toy() -> CtRunConfig {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ct/toy-ict.toml");
+    let mut c: CtRunConfig = cm_core::load_toml(path).unwrap();
+    c.train.steps = 60;
+    c.train.checkpoint_every = 30;
+    c.train.sample_every = 60;
+    c.train.log_every = 1;
+    c.train.sample_count = 256;
+    if let cm_core::ScheduleConfig::IctExponential(s) = &mut c.ct.recipe.schedule {
+        s.total_steps = 60;
+    }
+    c
+}
+
+#[test]
+fn finished_stopped_and_resumed_runs() {
+    tch::set_num_threads(1);
+    let config = short_toy();
+
+    // A full run.
+    let full = temp_dir("ct-full");
+    let out = run_ct(
+        &config,
+        &full,
+        false,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    for f in [
+        "report.md",
+        "samples_1step.png",
+        "samples_2step.png",
+        "loss.png",
+        "metrics.csv",
+        "config.toml",
+    ] {
+        assert!(full.join(f).is_file(), "missing {f}");
+    }
+    let card = ModelCard::load(out.card.as_ref().unwrap()).unwrap();
+    assert_eq!(card.taus(2).unwrap(), vec![config.ct.two_step_tau]);
+    let from_card = card.load_model(Device::Cpu).unwrap();
+    let z = Tensor::randn([64, 2], (Kind::Float, Device::Cpu));
+    let a = card.sample(&from_card, &z, 1, None).unwrap().x;
+    let b = card
+        .sample(&out.train.emas[0].model, &z, 1, None)
+        .unwrap()
+        .x;
+    assert_eq!(
+        f64::try_from((a - b).abs().max()).unwrap(),
+        0.0,
+        "the card names the EMA"
+    );
+
+    // Stopped at step 30: no card; resuming ends at the same weights.
+    let part = temp_dir("ct-part");
+    let flag = AtomicBool::new(false);
+    let stopped = run_ct(
+        &config,
+        &part,
+        false,
+        Device::Cpu,
+        &flag,
+        &mut StopAt {
+            flag: &flag,
+            at: 30,
+        },
+    )
+    .unwrap();
+    assert!(stopped.train.stopped && stopped.card.is_none() && stopped.report.is_none());
+    assert!(!part.join("model.toml").exists());
+    let resumed = run_ct(
+        &config,
+        &part,
+        true,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(resumed.train.step, 60);
+    let diff = cm_train::ema::max_weight_difference(&resumed.train.online, &out.train.online);
+    assert_eq!(diff, 0.0, "resume must continue the same run");
+
+    // A changed recipe is refused on resume.
+    let mut changed = config.clone();
+    changed.ct.two_step_tau = 0.5;
+    let err = run_ct(
+        &changed,
+        &part,
+        true,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("config differs"), "{err}");
+    std::fs::remove_dir_all(full).unwrap();
+    std::fs::remove_dir_all(part).unwrap();
+}
