@@ -34,6 +34,11 @@ COMMANDS:
     train-teacher [--preset fmnist|toy|cifar10] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
              Ctrl-C saves a checkpoint; --resume continues. Extra `cm` flags after `--`.
+    eval [--preset fmnist|smoke] [--config FILE] [--out DIR]
+             Sample quality of the configured model cards (FID, KID,
+             precision/recall, IS-like in the project's feature space)
+             against NFE and time: runs/eval-<preset>/results.md, results.csv,
+             fid_vs_nfe.png. Trains the feature network on first use.
     help     Print this help.
 
 OPTIONS:
@@ -67,6 +72,7 @@ struct Args {
     preset: Option<String>,
     config: Option<String>,
     run_dir: Option<String>,
+    out: Option<String>,
     passthrough: Vec<String>,
 }
 
@@ -92,6 +98,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
             "--preset" => parsed.preset = Some(value("--preset")?),
             "--config" => parsed.config = Some(value("--config")?),
             "--run-dir" => parsed.run_dir = Some(value("--run-dir")?),
+            "--out" => parsed.out = Some(value("--out")?),
             "-h" | "--help" => command = Some("help".to_string()),
             flag if flag.starts_with('-') => {
                 return Err(format!("unknown option `{flag}` (try `cargo xtask help`)"))
@@ -113,6 +120,32 @@ const TEACHER_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
 
 /// The distillation presets: `configs/cd/<name>.toml`.
 const CD_PRESETS: &[&str] = &["fmnist", "smoke", "toy", "cifar10"];
+
+/// The eval presets: `configs/eval/<name>.toml`.
+const EVAL_PRESETS: &[&str] = &["fmnist", "smoke"];
+
+/// `cm eval --config <config or configs/eval/<preset>.toml> --out <out or
+/// runs/eval-<preset>> [--device cuda] <extra>`.
+fn cm_eval_args(args: &Args) -> Result<Vec<String>, String> {
+    let with_out = Args {
+        command: args.command.clone(),
+        cuda: args.cuda,
+        preset: args.preset.clone(),
+        config: args.config.clone(),
+        run_dir: args.out.clone(),
+        passthrough: args.passthrough.clone(),
+        ..Args::default()
+    };
+    if args.resume || args.run_dir.is_some() {
+        return Err("`eval` takes --out, not --run-dir or --resume".into());
+    }
+    let mut cm_args = cm_run_args(&with_out, "eval", "eval", "eval", EVAL_PRESETS)?;
+    // cm_run_args names the output folder --run-dir; `cm eval` calls it --out.
+    if let Some(flag) = cm_args.iter_mut().find(|a| *a == "--run-dir") {
+        *flag = "--out".into();
+    }
+    Ok(cm_args)
+}
 
 /// `cm <subcommand> --config <config or configs/<kind>/<preset>.toml> --run-dir
 /// <run dir or runs/<prefix>-<preset>> [--resume] [--device cuda] <extra>`.
@@ -234,6 +267,11 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         "train-cd" => {
             let torch = libtorch::ensure(flavor)?;
             let cm_args = cm_run_args(&args, "distill", "cd", "cd", CD_PRESETS)?;
+            Ok(exit(cargo_run_cm(&torch, &cm_args)?))
+        }
+        "eval" => {
+            let torch = libtorch::ensure(flavor)?;
+            let cm_args = cm_eval_args(&args)?;
             Ok(exit(cargo_run_cm(&torch, &cm_args)?))
         }
         "bench" => {
@@ -372,6 +410,28 @@ mod tests {
         assert!(parse(strings(&["train-teacher", "--preset"]))
             .unwrap_err()
             .contains("--preset"));
+    }
+
+    #[test]
+    fn eval_maps_preset_and_out_to_cm_eval() {
+        let a = parse(strings(&["eval", "--preset", "smoke", "--", "--samples", "50"])).unwrap();
+        assert_eq!(
+            cm_eval_args(&a).unwrap(),
+            strings(&[
+                "eval",
+                "--config",
+                "configs/eval/smoke.toml",
+                "--out",
+                "runs/eval-smoke",
+                "--samples",
+                "50"
+            ])
+        );
+        let b = parse(strings(&["eval", "--out", "/tmp/e"])).unwrap();
+        let args = cm_eval_args(&b).unwrap();
+        assert_eq!(&args[1..5], &strings(&["--config", "configs/eval/fmnist.toml", "--out", "/tmp/e"])[..]);
+        assert!(cm_eval_args(&parse(strings(&["eval", "--resume"])).unwrap()).is_err());
+        assert!(cm_eval_args(&parse(strings(&["eval", "--preset", "x"])).unwrap()).is_err());
     }
 
     #[test]

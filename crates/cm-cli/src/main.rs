@@ -1,6 +1,7 @@
 //! `cm`: the cm-rs command line. Subcommands wire the library crates to
 //! files, progress bars and Ctrl-C; the crates do the work.
 
+mod eval;
 mod progress;
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum DeviceArg {
+pub(crate) enum DeviceArg {
     /// CPU.
     Cpu,
     /// The first CUDA GPU.
@@ -74,9 +75,13 @@ enum Command {
     /// 1-step and 2-step grids beside the teacher's and a report.md. Ctrl-C
     /// saves a checkpoint; --resume continues.
     Distill(DistillArgs),
+    /// Sample quality (FID, KID, precision/recall, IS-like in the project's
+    /// feature space) of model cards against the test split, against NFE and
+    /// time: results.md, results.csv, fid_vs_nfe.png and sample grids.
+    Eval(eval::EvalArgs),
 }
 
-fn device(arg: DeviceArg) -> Result<Device> {
+pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
     Ok(match arg {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Auto => Device::cuda_if_available(),
@@ -107,7 +112,7 @@ fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn set_threads(threads: Option<i32>) -> Result<()> {
+pub(crate) fn set_threads(threads: Option<i32>) -> Result<()> {
     if let Some(n) = threads {
         if n < 1 {
             bail!("--threads must be at least 1, got {n}");
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::Distill(args) => distill(args),
+        Command::Eval(args) => eval::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
