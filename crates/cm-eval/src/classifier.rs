@@ -64,10 +64,10 @@ impl Default for ClassifierConfig {
     /// Sized to train in a couple of minutes on 2 CPU cores.
     fn default() -> Self {
         ClassifierConfig {
-            channels: [32, 64, 64],
+            channels: [16, 32, 32],
             features: 128,
             dropout: 0.3,
-            steps: 2000,
+            steps: 1500,
             batch_size: 64,
             lr: 2e-3,
             max_shift: 2,
@@ -354,6 +354,15 @@ pub fn train_classifier(
         let loss = logits.cross_entropy_for_logits(&labels);
         opt.backward_step(&loss);
         progress.advance(1);
+        if (step + 1) % 250 == 0 {
+            progress.message(&format!(
+                "classifier step {}/{}: loss {:.4}, {:.0} s",
+                step + 1,
+                config.steps,
+                loss.double_value(&[]),
+                started.elapsed().as_secs_f64()
+            ));
+        }
     }
     progress.finish();
     let train_seconds = started.elapsed().as_secs_f64();

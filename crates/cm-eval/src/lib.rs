@@ -43,5 +43,5 @@ pub use inception_score::{inception_score, InceptionScore};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
 pub use pipeline::{evaluate, EvalConfig, EvalOutput, EvalRow, ModelEntry};
 pub use precision_recall::{precision_recall, PrecisionRecall};
-pub use progress::{Progress, Silent};
+pub use progress::{Log, Progress, Silent};
 pub use toy::{energy_distance, mode_coverage, sliced_wasserstein};

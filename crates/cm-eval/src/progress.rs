@@ -20,3 +20,13 @@ pub trait Progress {
 pub struct Silent;
 
 impl Progress for Silent {}
+
+/// Prints messages (not progress units) to stderr: for tests and logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Log;
+
+impl Progress for Log {
+    fn message(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
+}

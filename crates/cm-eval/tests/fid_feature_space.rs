@@ -8,7 +8,7 @@
 use cm_data::NpmDataset;
 use cm_eval::classifier::images_to_float;
 use cm_eval::frechet::{frechet_distance, FeatureStats};
-use cm_eval::{degrade, feature_space, ClassifierConfig, Silent};
+use cm_eval::{degrade, feature_space, ClassifierConfig, Log, Silent};
 use tch::{Device, Tensor};
 
 /// The two tests share the cached feature network (the first trains it)
@@ -28,7 +28,7 @@ fn fid_is_zero_on_the_test_split_and_grows_with_noise_and_blur() {
         &ClassifierConfig::default(),
         None,
         Device::Cpu,
-        &mut Silent,
+        &mut Log,
     )
     .expect("feature network");
     eprintln!(
@@ -131,7 +131,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             optional: true,
         },
     ];
-    let out = evaluate(&config, Device::Cpu, &mut Silent).unwrap();
+    let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();
     assert_eq!(out.rows.len(), 3);
     assert_eq!(out.rows.iter().map(|r| r.nfe).collect::<Vec<_>>(), [0, 1, 2]);
     assert_eq!(out.grids[1].size(), [60.min(64), 1, 28, 28]);
