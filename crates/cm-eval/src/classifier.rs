@@ -53,8 +53,9 @@ pub struct ClassifierConfig {
     pub batch_size: usize,
     /// Peak Adam learning rate (cosine decay to 0).
     pub lr: f64,
-    /// Random translation of training images by up to this many pixels
-    /// (the same shift for a whole batch); 0 disables it.
+    /// Random translation of each training image by up to this many
+    /// pixels in each direction; 0 (the default) disables it. MNIST needs
+    /// it for 99% (8,576 training digits only).
     pub max_shift: i64,
     /// Seed of initialisation, dropout, batch order and shifts.
     pub seed: u64,
@@ -66,11 +67,11 @@ impl Default for ClassifierConfig {
         ClassifierConfig {
             channels: [16, 32, 32],
             features: 128,
-            dropout: 0.3,
+            dropout: 0.1,
             steps: 1500,
             batch_size: 64,
-            lr: 2e-3,
-            max_shift: 2,
+            lr: 3e-3,
+            max_shift: 0,
             seed: 0,
         }
     }
@@ -298,12 +299,23 @@ pub fn images_to_float(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 127.5 - 1.0
 }
 
-/// Shifts a batch by `(dy, dx)` pixels, filling with zeros.
-fn shift_batch(x: &Tensor, dy: i64, dx: i64, pad: i64) -> Tensor {
-    let (h, w) = (x.size()[2], x.size()[3]);
-    x.constant_pad_nd([pad, pad, pad, pad])
-        .narrow(2, pad + dy, h)
-        .narrow(3, pad + dx, w)
+/// Translates each image of a batch by its own whole-pixel offset
+/// `(dy, dx)` in `[-max_shift, max_shift]`, filling with -1 (background):
+/// bilinear resampling at integer offsets is an exact shift.
+fn shift_batch(x: &Tensor, shifts: &mut crate::kid::SplitMix64, max_shift: i64) -> Tensor {
+    let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
+    let span = 2 * max_shift as u64 + 1;
+    let mut theta = Vec::with_capacity(6 * b as usize);
+    for _ in 0..b {
+        let dy = (shifts.next_u64() % span) as i64 - max_shift;
+        let dx = (shifts.next_u64() % span) as i64 - max_shift;
+        // Normalised coordinates (align_corners = false): 1 pixel = 2 / size.
+        theta.extend_from_slice(&[1.0f32, 0.0, -2.0 * dx as f32 / w as f32, 0.0, 1.0, -2.0 * dy as f32 / h as f32]);
+    }
+    let theta = Tensor::from_slice(&theta).reshape([b, 2, 3]).to_device(x.device());
+    let grid = Tensor::affine_grid_generator(&theta, x.size(), false);
+    // Zero padding of `x + 1` is -1 padding of `x`.
+    Tensor::grid_sampler(&(x + 1.0), &grid, 0, 0, false) - 1.0
 }
 
 /// Trains a classifier on `data`'s train split and measures its test
@@ -344,11 +356,7 @@ pub fn train_classifier(
             .to_device(device);
         let mut x = batch.x.to_device(device);
         if config.max_shift > 0 {
-            let span = 2 * config.max_shift as u64 + 1;
-            let dy = (shifts.next_u64() % span) as i64 - config.max_shift;
-            let dx = (shifts.next_u64() % span) as i64 - config.max_shift;
-            // Pad `x + 1` with zeros, i.e. `x` with -1 (the background).
-            x = shift_batch(&(&x + 1.0), dy, dx, config.max_shift) - 1.0;
+            x = shift_batch(&x, &mut shifts, config.max_shift);
         }
         let (_, logits) = net.forward_t(&x, true);
         let loss = logits.cross_entropy_for_logits(&labels);

@@ -434,8 +434,13 @@ pub fn evaluate(config: &EvalConfig, device: Device, progress: &mut dyn Progress
                 let (f, l) = space.net.features(&x)?;
                 feats.push(f);
                 logits.push(l);
-                if grid.is_none() {
-                    grid = Some(x.narrow(0, 0, GRID_IMAGES.min(b)));
+                let have = grid.as_ref().map_or(0, |g: &Tensor| g.size()[0]);
+                if have < GRID_IMAGES {
+                    let more = x.narrow(0, 0, (GRID_IMAGES - have).min(b));
+                    grid = Some(match grid {
+                        Some(g) => Tensor::cat(&[g, more], 0),
+                        None => more,
+                    });
                 }
                 done += b as usize;
                 progress.advance(b as u64);

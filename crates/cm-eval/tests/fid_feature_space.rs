@@ -22,6 +22,10 @@ fn strictly_increasing(v: &[f64]) -> bool {
 #[test]
 fn fid_is_zero_on_the_test_split_and_grows_with_noise_and_blur() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // One intra-op thread: on a shared, oversubscribed CPU, libtorch's
+    // OpenMP threads wait for each other at every small op (measured: the
+    // classifier trained in 41 s with 1 thread, 1143 s with 2).
+    tch::set_num_threads(1);
     let data = NpmDataset::FashionMnist.load(None).expect("Fashion-MNIST");
     let space = feature_space(
         &data,
@@ -94,6 +98,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     use cm_sample::ModelCard;
 
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let net = NetConfig::Unet(UNetConfig {
         model_channels: 8,
@@ -134,7 +139,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();
     assert_eq!(out.rows.len(), 3);
     assert_eq!(out.rows.iter().map(|r| r.nfe).collect::<Vec<_>>(), [0, 1, 2]);
-    assert_eq!(out.grids[1].size(), [60.min(64), 1, 28, 28]);
+    assert_eq!(out.grids[1].size(), [60, 1, 28, 28]);
     // An untrained network's samples are far from the data; the data row is not.
     assert!(out.rows[1].fid > 5.0 * out.rows[0].fid, "{:?}", out.rows);
     assert!(out.rows[0].precision > 0.5 && out.rows[0].recall > 0.5);
