@@ -414,7 +414,15 @@ mod tests {
 
     #[test]
     fn eval_maps_preset_and_out_to_cm_eval() {
-        let a = parse(strings(&["eval", "--preset", "smoke", "--", "--samples", "50"])).unwrap();
+        let a = parse(strings(&[
+            "eval",
+            "--preset",
+            "smoke",
+            "--",
+            "--samples",
+            "50",
+        ]))
+        .unwrap();
         assert_eq!(
             cm_eval_args(&a).unwrap(),
             strings(&[
@@ -429,7 +437,10 @@ mod tests {
         );
         let b = parse(strings(&["eval", "--out", "/tmp/e"])).unwrap();
         let args = cm_eval_args(&b).unwrap();
-        assert_eq!(&args[1..5], &strings(&["--config", "configs/eval/fmnist.toml", "--out", "/tmp/e"])[..]);
+        assert_eq!(
+            &args[1..5],
+            &strings(&["--config", "configs/eval/fmnist.toml", "--out", "/tmp/e"])[..]
+        );
         assert!(cm_eval_args(&parse(strings(&["eval", "--resume"])).unwrap()).is_err());
         assert!(cm_eval_args(&parse(strings(&["eval", "--preset", "x"])).unwrap()).is_err());
     }

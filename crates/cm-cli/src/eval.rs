@@ -155,7 +155,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "cm eval --config {} --out {}{}",
         args.config.display(),
         args.out.display(),
-        args.samples.map(|n| format!(" --samples {n}")).unwrap_or_default()
+        args.samples
+            .map(|n| format!(" --samples {n}"))
+            .unwrap_or_default()
     );
     let mut md = results_markdown(&out, &command);
     md.push_str(&format!(
@@ -167,7 +169,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let csv_path = args.out.join("results.csv");
     write_text(&csv_path, &results_csv(&out))
         .with_context(|| format!("writing {}", csv_path.display()))?;
-    eprintln!("{}", md.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        md.lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     eprintln!("results in {}", md_path.display());
     Ok(())
 }

@@ -213,7 +213,12 @@ impl FeatureNet {
         }
         let flat = config.channels[2] * (h / 4) * (w / 4);
         let fc = nn::linear(&root / "fc", flat, config.features, Default::default());
-        let head = nn::linear(&root / "head", config.features, num_classes, Default::default());
+        let head = nn::linear(
+            &root / "head",
+            config.features,
+            num_classes,
+            Default::default(),
+        );
         Ok(FeatureNet {
             vs,
             convs,
@@ -234,9 +239,7 @@ impl FeatureNet {
             }
         }
         let features = self.fc.forward(&h.flatten(1, -1)).relu();
-        let logits = self
-            .head
-            .forward(&features.dropout(self.dropout, train));
+        let logits = self.head.forward(&features.dropout(self.dropout, train));
         (features, logits)
     }
 
@@ -310,9 +313,18 @@ fn shift_batch(x: &Tensor, shifts: &mut crate::kid::SplitMix64, max_shift: i64) 
         let dy = (shifts.next_u64() % span) as i64 - max_shift;
         let dx = (shifts.next_u64() % span) as i64 - max_shift;
         // Normalised coordinates (align_corners = false): 1 pixel = 2 / size.
-        theta.extend_from_slice(&[1.0f32, 0.0, -2.0 * dx as f32 / w as f32, 0.0, 1.0, -2.0 * dy as f32 / h as f32]);
+        theta.extend_from_slice(&[
+            1.0f32,
+            0.0,
+            -2.0 * dx as f32 / w as f32,
+            0.0,
+            1.0,
+            -2.0 * dy as f32 / h as f32,
+        ]);
     }
-    let theta = Tensor::from_slice(&theta).reshape([b, 2, 3]).to_device(x.device());
+    let theta = Tensor::from_slice(&theta)
+        .reshape([b, 2, 3])
+        .to_device(x.device());
     let grid = Tensor::affine_grid_generator(&theta, x.size(), false);
     // Zero padding of `x + 1` is -1 padding of `x`.
     Tensor::grid_sampler(&(x + 1.0), &grid, 0, 0, false) - 1.0
@@ -346,8 +358,9 @@ pub fn train_classifier(
     progress.start("classifier", config.steps);
     for step in 0..config.steps {
         // Cosine decay (Loshchilov & Hutter 2017) from lr to 0.
-        let lr =
-            config.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / config.steps as f64).cos());
+        let lr = config.lr
+            * 0.5
+            * (1.0 + (std::f64::consts::PI * step as f64 / config.steps as f64).cos());
         opt.set_lr(lr);
         let batch = loader.batch(step)?;
         let labels = batch
@@ -444,7 +457,11 @@ impl Reference {
             n,
         };
         if stats.mu.size() != [d] || stats.sigma.size() != [d, d] {
-            return Err(EvalError::io("malformed statistics", path, "expected [D], [D, D]"));
+            return Err(EvalError::io(
+                "malformed statistics",
+                path,
+                "expected [D], [D, D]",
+            ));
         }
         Ok(Reference {
             features,
@@ -500,7 +517,13 @@ pub fn cache_dir(root: &Path, data: &ImageDataset, config: &ClassifierConfig) ->
     let safe: String = data
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     root.join("features")
         .join(format!("{safe}-{:016x}", fnv1a(key.as_bytes())))

@@ -46,11 +46,21 @@ pub fn gaussian_blur(images: &Tensor, sigma: f64) -> Result<Tensor> {
     let kx = kernel.reshape([1, 1, 1, k]).repeat([c, 1, 1, 1]);
     let ky = kernel.reshape([1, 1, k, 1]).repeat([c, 1, 1, 1]);
     let x = images.to_kind(Kind::Float);
-    let x = x
-        .pad([radius, radius, 0, 0], "replicate", None)
-        .conv2d(&kx, None::<Tensor>, [1, 1], [0, 0], [1, 1], c);
-    let x = x
-        .pad([0, 0, radius, radius], "replicate", None)
-        .conv2d(&ky, None::<Tensor>, [1, 1], [0, 0], [1, 1], c);
+    let x = x.pad([radius, radius, 0, 0], "replicate", None).conv2d(
+        &kx,
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        c,
+    );
+    let x = x.pad([0, 0, radius, radius], "replicate", None).conv2d(
+        &ky,
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        c,
+    );
     Ok(x)
 }

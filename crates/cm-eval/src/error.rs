@@ -46,7 +46,11 @@ pub enum EvalError {
 }
 
 impl EvalError {
-    pub(crate) fn io(action: &'static str, path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: &std::path::Path,
+        e: impl std::fmt::Display,
+    ) -> Self {
         EvalError::Io {
             action,
             path: path.to_path_buf(),

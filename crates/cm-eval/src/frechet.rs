@@ -210,6 +210,10 @@ mod tests {
         let b = FeatureStats::from_features(&Tensor::ones([3, 4], (Kind::Float, tch::Device::Cpu)))
             .unwrap();
         assert!(frechet_distance(&a, &b).is_err());
-        assert!(FeatureStats::from_features(&Tensor::ones([1, 4], (Kind::Float, tch::Device::Cpu))).is_err());
+        assert!(FeatureStats::from_features(&Tensor::ones(
+            [1, 4],
+            (Kind::Float, tch::Device::Cpu)
+        ))
+        .is_err());
     }
 }

@@ -131,11 +131,9 @@ impl InceptionA {
     fn forward(&self, x: &Tensor) -> Tensor {
         let b1 = self.branch1x1.forward(x);
         let b5 = self.branch5x5_2.forward(&self.branch5x5_1.forward(x));
-        let b3 = self.branch3x3dbl_3.forward(
-            &self
-                .branch3x3dbl_2
-                .forward(&self.branch3x3dbl_1.forward(x)),
-        );
+        let b3 = self
+            .branch3x3dbl_3
+            .forward(&self.branch3x3dbl_2.forward(&self.branch3x3dbl_1.forward(x)));
         let bp = self.branch_pool.forward(&avg_pool_3x3(x));
         Tensor::cat(&[b1, b5, b3, bp], 1)
     }
@@ -162,11 +160,9 @@ impl InceptionB {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let b3 = self.branch3x3.forward(x);
-        let bd = self.branch3x3dbl_3.forward(
-            &self
-                .branch3x3dbl_2
-                .forward(&self.branch3x3dbl_1.forward(x)),
-        );
+        let bd = self
+            .branch3x3dbl_3
+            .forward(&self.branch3x3dbl_2.forward(&self.branch3x3dbl_1.forward(x)));
         let bp = x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false);
         Tensor::cat(&[b3, bd, bp], 1)
     }
@@ -297,9 +293,7 @@ impl InceptionE {
             &[self.branch3x3_2a.forward(&h), self.branch3x3_2b.forward(&h)],
             1,
         );
-        let h = self
-            .branch3x3dbl_2
-            .forward(&self.branch3x3dbl_1.forward(x));
+        let h = self.branch3x3dbl_2.forward(&self.branch3x3dbl_1.forward(x));
         let bd = Tensor::cat(
             &[
                 self.branch3x3dbl_3a.forward(&h),

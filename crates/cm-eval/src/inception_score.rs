@@ -33,7 +33,11 @@ pub fn inception_score(logits: &Tensor, splits: usize) -> Result<InceptionScore>
     let per = n / splits as i64;
     let mut scores = Vec::with_capacity(splits);
     for s in 0..splits as i64 {
-        let len = if s == splits as i64 - 1 { n - s * per } else { per };
+        let len = if s == splits as i64 - 1 {
+            n - s * per
+        } else {
+            per
+        };
         let lp = log_p.narrow(0, s * per, len);
         let p = lp.exp();
         let log_marginal = p.mean_dim(0, true, Kind::Double).log();

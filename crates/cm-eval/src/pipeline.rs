@@ -233,7 +233,13 @@ pub struct EvalOutput {
 fn grid_name(model: &str, sampler_tag: &str) -> String {
     let clean: String = format!("{model}-{sampler_tag}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("samples_{clean}.png")
 }
@@ -246,7 +252,11 @@ struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
-    fn score(&self, features: &Tensor, logits: &Tensor) -> Result<(f64, Kid, f64, f64, InceptionScore)> {
+    fn score(
+        &self,
+        features: &Tensor,
+        logits: &Tensor,
+    ) -> Result<(f64, Kid, f64, f64, InceptionScore)> {
         let fid = frechet_distance(self.stats, &FeatureStats::from_features(features)?)?;
         let k = kid(&self.real, features, &self.config.kid)?;
         let pr = precision_recall(&self.real, features, self.config.k)?;
@@ -267,7 +277,11 @@ fn image_dataset(config: &EvalConfig) -> Result<ImageDataset> {
 
 /// Runs the evaluation (module docs). Seeds libtorch's global generator
 /// with `config.seed` before each row, so rows start from the same latents.
-pub fn evaluate(config: &EvalConfig, device: Device, progress: &mut dyn Progress) -> Result<EvalOutput> {
+pub fn evaluate(
+    config: &EvalConfig,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<EvalOutput> {
     config.validate()?;
     let data = image_dataset(config)?;
     if data.test.len() < config.samples {
@@ -527,7 +541,10 @@ pub fn results_markdown(out: &EvalOutput, command: &str) -> String {
         c.train_images,
         out.classifier_dir.display()
     ));
-    s.push_str(&format!("- device: {}; command: `{command}`\n\n", out.device));
+    s.push_str(&format!(
+        "- device: {}; command: `{command}`\n\n",
+        out.device
+    ));
     s.push_str("| model | sampler | steps | NFE | FID | KID x 1e3 | precision | recall | IS-like | s / sample |\n");
     s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in &out.rows {
@@ -559,7 +576,10 @@ pub fn results_markdown(out: &EvalOutput, command: &str) -> String {
     }
     s.push_str("\nFID against NFE: ![FID vs NFE](fid_vs_nfe.png)\n\n");
     for r in &out.rows {
-        s.push_str(&format!("- {} / {}: ![{}]({})\n", r.model, r.sampler, r.model, r.grid));
+        s.push_str(&format!(
+            "- {} / {}: ![{}]({})\n",
+            r.model, r.sampler, r.model, r.grid
+        ));
     }
     s
 }

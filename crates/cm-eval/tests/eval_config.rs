@@ -21,22 +21,28 @@ fn committed_configs_load() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let c: EvalConfig = cm_core::load_toml(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let c: EvalConfig =
+                cm_core::load_toml(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!c.models.is_empty());
             n += 1;
         }
     }
     assert!(n >= 2);
     let f: EvalConfig = cm_core::load_toml(format!("{dir}/fmnist.toml")).unwrap();
-    assert_eq!(f.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["teacher", "CD", "iCT"]);
+    assert_eq!(
+        f.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["teacher", "CD", "iCT"]
+    );
     assert!(f.models[2].optional && !f.models[1].optional);
 }
 
 #[test]
 fn defaults_fill_everything_but_the_models() {
     let c = parse(MODELS).unwrap();
-    assert_eq!((c.samples, c.k, c.is_splits, c.batch_size), (2000, 3, 10, 250));
+    assert_eq!(
+        (c.samples, c.k, c.is_splits, c.batch_size),
+        (2000, 3, 10, 250)
+    );
     assert_eq!(c.kid, cm_eval::KidConfig::default());
     assert_eq!(c.classifier, cm_eval::ClassifierConfig::default());
     assert!(c.data_row);
@@ -56,6 +62,8 @@ fn invalid_values_name_the_field() {
     assert!(e.contains("models"), "{e}");
     let e = parse(&format!("sample = 10\n{MODELS}")).unwrap_err();
     assert!(e.contains("sample"), "{e}");
-    let e = parse(&format!("[data]\nkind = \"toy\"\ndistribution = \"two-moons\"\n{MODELS}"));
+    let e = parse(&format!(
+        "[data]\nkind = \"toy\"\ndistribution = \"two-moons\"\n{MODELS}"
+    ));
     assert!(e.unwrap_err().contains("data.kind"));
 }

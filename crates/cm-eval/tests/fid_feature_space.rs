@@ -41,7 +41,11 @@ fn fid_is_zero_on_the_test_split_and_grows_with_noise_and_blur() {
         space.card.train_seconds,
         space.dir.display()
     );
-    assert!(space.card.test_accuracy >= 0.90, "{}", space.card.test_accuracy);
+    assert!(
+        space.card.test_accuracy >= 0.90,
+        "{}",
+        space.card.test_accuracy
+    );
     let reference = &space.reference.stats;
     assert_eq!(reference.n, 10_000);
 
@@ -52,7 +56,8 @@ fn fid_is_zero_on_the_test_split_and_grows_with_noise_and_blur() {
     let acc = logits.accuracy_for_logits(&labels).double_value(&[]);
     assert!((acc - space.card.test_accuracy).abs() < 1e-6);
 
-    let fid = |f: &Tensor| frechet_distance(reference, &FeatureStats::from_features(f).unwrap()).unwrap();
+    let fid =
+        |f: &Tensor| frechet_distance(reference, &FeatureStats::from_features(f).unwrap()).unwrap();
     let self_fid = fid(&features);
     assert!(self_fid < 1e-6, "FID(test, test) = {self_fid}");
     // Two disjoint halves of the test split: small, but not 0.
@@ -70,12 +75,24 @@ fn fid_is_zero_on_the_test_split_and_grows_with_noise_and_blur() {
     let noise_levels = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8];
     let noise_fid: Vec<f64> = noise_levels
         .iter()
-        .map(|&s| fid(&space.net.features(&degrade::add_noise(&subset, &z, s).unwrap()).unwrap().0))
+        .map(|&s| {
+            fid(&space
+                .net
+                .features(&degrade::add_noise(&subset, &z, s).unwrap())
+                .unwrap()
+                .0)
+        })
         .collect();
     let blur_levels = [0.0, 0.5, 0.75, 1.0, 1.5, 2.0];
     let blur_fid: Vec<f64> = blur_levels
         .iter()
-        .map(|&s| fid(&space.net.features(&degrade::gaussian_blur(&subset, s).unwrap()).unwrap().0))
+        .map(|&s| {
+            fid(&space
+                .net
+                .features(&degrade::gaussian_blur(&subset, s).unwrap())
+                .unwrap()
+                .0)
+        })
         .collect();
     eprintln!("FID(test halves) = {halves:.4}");
     eprintln!("noise {noise_levels:?}: FID {noise_fid:?}");
@@ -138,20 +155,31 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     ];
     let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();
     assert_eq!(out.rows.len(), 3);
-    assert_eq!(out.rows.iter().map(|r| r.nfe).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(
+        out.rows.iter().map(|r| r.nfe).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
     assert_eq!(out.grids[1].size(), [60, 1, 28, 28]);
     // An untrained network's samples are far from the data; the data row is not.
     assert!(out.rows[1].fid > 5.0 * out.rows[0].fid, "{:?}", out.rows);
     assert!(out.rows[0].precision > 0.5 && out.rows[0].recall > 0.5);
     assert_eq!(out.skipped.len(), 1);
-    assert!(out.notes.iter().any(|n| n.contains("3-level EDM sampling grid")));
+    assert!(out
+        .notes
+        .iter()
+        .any(|n| n.contains("3-level EDM sampling grid")));
     assert!(out.rows[2].sampler.contains("Karras times"));
     let md = results_markdown(&out, "cm eval ...");
-    assert!(md.contains("| tiny | consistency, 1 step | 1 | 1 |"), "{md}");
+    assert!(
+        md.contains("| tiny | consistency, 1 step | 1 | 1 |"),
+        "{md}"
+    );
     assert!(md.contains("skipped `absent`"));
     assert_eq!(results_csv(&out).lines().count(), 4);
     // The same missing card without `optional` is an error naming it.
     config.models[1].optional = false;
-    let e = evaluate(&config, Device::Cpu, &mut Silent).unwrap_err().to_string();
+    let e = evaluate(&config, Device::Cpu, &mut Silent)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("absent") && e.contains("not found"), "{e}");
 }

@@ -54,7 +54,10 @@ fn frechet_distance_matches_scipy_to_1e_6_relative() {
         let want = c["fid"].as_f64().unwrap();
         let got = frechet_distance(&a, &b).unwrap();
         let rel = (got - want).abs() / want.abs();
-        assert!(rel < 1e-6, "{name}: ours {got}, scipy {want}, relative error {rel:e}");
+        assert!(
+            rel < 1e-6,
+            "{name}: ours {got}, scipy {want}, relative error {rel:e}"
+        );
         let want_tr = c["trace_sqrt"].as_f64().unwrap();
         let got_tr = trace_sqrt_product(&a.sigma, &b.sigma);
         assert!(

@@ -61,7 +61,9 @@ fn pool3_features_are_2048_d_for_any_input_size() {
         .features(&(Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0))
         .unwrap();
     assert_eq!(f.size(), [2, POOL3_DIM]);
-    assert!(InceptionV3::prepare(&Tensor::zeros([1, 2, 8, 8], (Kind::Float, Device::Cpu))).is_err());
+    assert!(
+        InceptionV3::prepare(&Tensor::zeros([1, 2, 8, 8], (Kind::Float, Device::Cpu))).is_err()
+    );
 }
 
 #[test]
@@ -99,7 +101,10 @@ fn loading_is_strict_and_names_the_problem() {
     match InceptionV3::load(&bad_path, Device::Cpu) {
         Err(EvalError::WeightsMismatch { problems, .. }) => {
             let text = problems.join("\n");
-            assert!(text.contains("Mixed_7c.branch1x1.bn.running_mean"), "{text}");
+            assert!(
+                text.contains("Mixed_7c.branch1x1.bn.running_mean"),
+                "{text}"
+            );
             assert!(text.contains("fc.bias") && text.contains("1008"), "{text}");
             assert_eq!(problems.len(), 2);
         }

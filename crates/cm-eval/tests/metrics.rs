@@ -9,12 +9,18 @@ use tch::{Device, Kind, Tensor};
 /// Deterministic pseudo-random points (a linear congruential generator), so
 /// these tests do not touch libtorch's global generator.
 fn points(n: usize, d: usize, seed: u64, shift: f64) -> Vec<Vec<f64>> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     };
-    (0..n).map(|_| (0..d).map(|_| next() + shift).collect()).collect()
+    (0..n)
+        .map(|_| (0..d).map(|_| next() + shift).collect())
+        .collect()
 }
 
 fn tensor(p: &[Vec<f64>]) -> Tensor {
@@ -56,7 +62,11 @@ fn mmd2_brute(x: &[Vec<f64>], y: &[Vec<f64>]) -> f64 {
 }
 
 fn dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Kynkäänniemi et al. Eq. 1-2 as loops: k-th neighbour radii by sorting.
@@ -88,7 +98,10 @@ fn mmd2_matches_the_brute_force_estimator() {
     let y = points(30, 5, 2, 0.3);
     let got = mmd2_unbiased(&tensor(&x), &tensor(&y)).unwrap();
     let want = mmd2_brute(&x, &y);
-    assert!((got - want).abs() < 1e-12 * want.abs().max(1.0), "{got} vs {want}");
+    assert!(
+        (got - want).abs() < 1e-12 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
     assert!(want > 0.0);
 }
 
@@ -119,7 +132,10 @@ fn kid_with_whole_set_subsets_is_the_plain_estimate() {
     )
     .unwrap();
     assert!(small.std > 0.0);
-    assert!((small.mean - want).abs() < 4.0 * small.std, "{small:?} vs {want}");
+    assert!(
+        (small.mean - want).abs() < 4.0 * small.std,
+        "{small:?} vs {want}"
+    );
 }
 
 #[test]
@@ -178,7 +194,11 @@ fn a_collapsed_generator_has_low_recall_and_full_precision() {
     // Half the real points, each generated twice: inside the real manifold
     // (precision 1) but missing half of it.
     let real = points(100, 2, 14, 0.0);
-    let fake: Vec<Vec<f64>> = real[..50].iter().chain(real[..50].iter()).cloned().collect();
+    let fake: Vec<Vec<f64>> = real[..50]
+        .iter()
+        .chain(real[..50].iter())
+        .cloned()
+        .collect();
     let pr = precision_recall(&tensor(&real), &tensor(&fake), 3).unwrap();
     assert_eq!(pr.precision, 1.0);
     assert_eq!(pr.recall, coverage_brute(&real, &fake, 3));
@@ -197,12 +217,17 @@ fn inception_score_closed_forms() {
     let s = inception_score(&confident, 10).unwrap();
     assert!((s.mean - 10.0).abs() < 1e-9, "{s:?}");
     // Confident but one class only: IS = 1.
-    let collapsed = Tensor::zeros([100], (Kind::Int64, Device::Cpu)).one_hot(10).to_kind(Kind::Double) * 60.0;
+    let collapsed = Tensor::zeros([100], (Kind::Int64, Device::Cpu))
+        .one_hot(10)
+        .to_kind(Kind::Double)
+        * 60.0;
     let s = inception_score(&collapsed, 5).unwrap();
     assert!((s.mean - 1.0).abs() < 1e-9);
     // Two equally likely classes with p(y|x) = (0.75, 0.25) or (0.25, 0.75):
     // KL = 0.75 ln 1.5 + 0.25 ln 0.5.
-    let p = Tensor::from_slice(&[0.75f64, 0.25, 0.25, 0.75]).reshape([2, 2]).repeat([10, 1]);
+    let p = Tensor::from_slice(&[0.75f64, 0.25, 0.25, 0.75])
+        .reshape([2, 2])
+        .repeat([10, 1]);
     let s = inception_score(&p.log(), 1).unwrap();
     let want = (0.75f64 * 1.5f64.ln() + 0.25 * 0.5f64.ln()).exp();
     assert!((s.mean - want).abs() < 1e-12);

@@ -323,9 +323,9 @@ pub fn write_line_plot(series: &[LineSeries], log_x: bool, path: &Path) -> Resul
         axis,
     );
     if !pts.is_empty() {
-        let (xmin, xmax) = pts
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(tx(p.0)), b.max(tx(p.0))));
+        let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+            (a.min(tx(p.0)), b.max(tx(p.0)))
+        });
         let (xmin, xmax) = if xmax > xmin {
             (xmin, xmax)
         } else {
@@ -336,7 +336,8 @@ pub fn write_line_plot(series: &[LineSeries], log_x: bool, path: &Path) -> Resul
         let yhi = if ymax > ylo { ymax * 1.08 } else { ylo + 1.0 };
         let pad = 0.04 * (xmax - xmin);
         let px = |x: f64| {
-            left as f64 + (tx(x) - xmin + pad) / (xmax - xmin + 2.0 * pad) * (w - left - right) as f64
+            left as f64
+                + (tx(x) - xmin + pad) / (xmax - xmin + 2.0 * pad) * (w - left - right) as f64
         };
         let py = |y: f64| top as f64 + (yhi - y) / (yhi - ylo) * (h - top - bottom) as f64;
         for i in 0..=4 {
@@ -391,7 +392,12 @@ pub fn write_line_plot(series: &[LineSeries], log_x: bool, path: &Path) -> Resul
             }
             for (x, y) in ok {
                 for dy in -3..=3 {
-                    draw_line(&mut img, (x - 3.0, y + dy as f64), (x + 3.0, y + dy as f64), color);
+                    draw_line(
+                        &mut img,
+                        (x - 3.0, y + dy as f64),
+                        (x + 3.0, y + dy as f64),
+                        color,
+                    );
                 }
             }
         }
