@@ -42,6 +42,11 @@ COMMANDS:
              The CT -> iCT ablation on 2-D toy data (configs/ct/toy-{ct,ict}.toml):
              every rung, 3 seeds, exact distances; runs/ct-ablation/ablation.md.
              Ctrl-C saves a checkpoint; --resume continues. Extra `cm` flags after `--`.
+    eval [--preset fmnist|smoke] [--config FILE] [--out DIR]
+             Sample quality of the configured model cards (FID, KID,
+             precision/recall, IS-like in the project's feature space)
+             against NFE and time: runs/eval-<preset>/results.md, results.csv,
+             fid_vs_nfe.png. Trains the feature network on first use.
     help     Print this help.
 
 OPTIONS:
@@ -76,6 +81,7 @@ struct Args {
     recipe: Option<String>,
     config: Option<String>,
     run_dir: Option<String>,
+    out: Option<String>,
     passthrough: Vec<String>,
 }
 
@@ -102,6 +108,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
             "--recipe" => parsed.recipe = Some(value("--recipe")?),
             "--config" => parsed.config = Some(value("--config")?),
             "--run-dir" => parsed.run_dir = Some(value("--run-dir")?),
+            "--out" => parsed.out = Some(value("--out")?),
             "-h" | "--help" => command = Some("help".to_string()),
             flag if flag.starts_with('-') => {
                 return Err(format!("unknown option `{flag}` (try `cargo xtask help`)"))
@@ -138,6 +145,32 @@ fn preset<'a>(args: &'a Args, presets: &[&str]) -> Result<&'a str, String> {
         return Err(format!("unknown preset `{preset}`; presets: {presets:?}"));
     }
     Ok(preset)
+}
+
+/// The eval presets: `configs/eval/<name>.toml`.
+const EVAL_PRESETS: &[&str] = &["fmnist", "smoke"];
+
+/// `cm eval --config <config or configs/eval/<preset>.toml> --out <out or
+/// runs/eval-<preset>> [--device cuda] <extra>`.
+fn cm_eval_args(args: &Args) -> Result<Vec<String>, String> {
+    let with_out = Args {
+        command: args.command.clone(),
+        cuda: args.cuda,
+        preset: args.preset.clone(),
+        config: args.config.clone(),
+        run_dir: args.out.clone(),
+        passthrough: args.passthrough.clone(),
+        ..Args::default()
+    };
+    if args.resume || args.run_dir.is_some() {
+        return Err("`eval` takes --out, not --run-dir or --resume".into());
+    }
+    let mut cm_args = cm_run_args(&with_out, "eval", "eval", "eval", EVAL_PRESETS)?;
+    // cm_run_args names the output folder --run-dir; `cm eval` calls it --out.
+    if let Some(flag) = cm_args.iter_mut().find(|a| *a == "--run-dir") {
+        *flag = "--out".into();
+    }
+    Ok(cm_args)
 }
 
 /// `cm <subcommand> --config <config or configs/<kind>/<preset>.toml> --run-dir
@@ -284,6 +317,11 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             let torch = libtorch::ensure(flavor)?;
             let mut cm_args = vec!["ct-ablation".to_string()];
             cm_args.extend(args.passthrough.iter().cloned());
+            Ok(exit(cargo_run_cm(&torch, &cm_args)?))
+        }
+        "eval" => {
+            let torch = libtorch::ensure(flavor)?;
+            let cm_args = cm_eval_args(&args)?;
             Ok(exit(cargo_run_cm(&torch, &cm_args)?))
         }
         "bench" => {
@@ -471,6 +509,39 @@ mod tests {
         assert!(ct_args(&a).unwrap_err().contains("lcm"));
         let a = parse(strings(&["train-ct", "--preset", "imagenet"])).unwrap();
         assert!(ct_args(&a).unwrap_err().contains("imagenet"));
+    }
+
+    #[test]
+    fn eval_maps_preset_and_out_to_cm_eval() {
+        let a = parse(strings(&[
+            "eval",
+            "--preset",
+            "smoke",
+            "--",
+            "--samples",
+            "50",
+        ]))
+        .unwrap();
+        assert_eq!(
+            cm_eval_args(&a).unwrap(),
+            strings(&[
+                "eval",
+                "--config",
+                "configs/eval/smoke.toml",
+                "--out",
+                "runs/eval-smoke",
+                "--samples",
+                "50"
+            ])
+        );
+        let b = parse(strings(&["eval", "--out", "/tmp/e"])).unwrap();
+        let args = cm_eval_args(&b).unwrap();
+        assert_eq!(
+            &args[1..5],
+            &strings(&["--config", "configs/eval/fmnist.toml", "--out", "/tmp/e"])[..]
+        );
+        assert!(cm_eval_args(&parse(strings(&["eval", "--resume"])).unwrap()).is_err());
+        assert!(cm_eval_args(&parse(strings(&["eval", "--preset", "x"])).unwrap()).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! files, progress bars and Ctrl-C; the crates do the work.
 
 mod ct;
+mod eval;
 mod progress;
 
 use std::path::PathBuf;
@@ -86,6 +87,10 @@ enum Command {
     /// every rung for several seeds and writes a table of exact 1-step and
     /// 2-step distances to held-out data (ablation.md, ablation.csv).
     CtAblation(ct::AblationArgs),
+    /// Sample quality (FID, KID, precision/recall, IS-like in the project's
+    /// feature space) of model cards against the test split, against NFE and
+    /// time: results.md, results.csv, fid_vs_nfe.png and sample grids.
+    Eval(eval::EvalArgs),
 }
 
 pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
@@ -213,6 +218,7 @@ fn main() -> ExitCode {
         Command::Distill(args) => distill(args),
         Command::TrainCt(args) => ct::train_ct(args),
         Command::CtAblation(args) => ct::ct_ablation(args),
+        Command::Eval(args) => eval::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

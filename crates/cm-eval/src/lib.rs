@@ -1,11 +1,47 @@
 //! cm-eval: sample quality measured the way the field does.
 //!
+//! - [`frechet`]: feature statistics and the Fréchet distance (FID's
+//!   formula) in float64 with a stable symmetric matrix square root.
+//! - [`kid`]: Kernel Inception Distance, the unbiased polynomial-kernel
+//!   MMD^2 over subsets (Bińkowski et al. 2018).
+//! - [`precision_recall`]: improved precision and recall with k-NN
+//!   manifolds (Kynkäänniemi et al. 2019, k = 3).
+//! - [`inception_score`]: the Inception Score formula (Salimans et al. 2016)
+//!   on any classifier's logits.
+//! - [`classifier`]: the project's own feature network (a small CNN trained
+//!   on the real training split, cached with the test split's reference
+//!   statistics), standing in for Inception-v3, which cannot be downloaded
+//!   here.
+//! - [`inception`]: pytorch-fid's Inception-v3 for standard FID, from a
+//!   user-supplied safetensors file.
+//! - [`pipeline`]: `cm eval`: N samples per model card and step count, a
+//!   results table against NFE and time.
+//! - [`degrade`]: noise and blur, to check that metrics respond.
 //! - [`toy`]: exact distances between 2-D sample sets (sliced Wasserstein,
 //!   energy distance) and mode coverage, for the toy experiments.
 //!
-//! FID / KID / precision-recall in a learned feature space and standard
-//! Inception-v3 FID arrive with the cm-eval issue.
+//! Every feature extraction runs in eval mode, without autograd, in chunks.
 
+pub mod classifier;
+pub mod degrade;
+pub mod error;
+pub mod frechet;
+pub mod inception;
+pub mod inception_score;
+pub mod kid;
+pub mod pipeline;
+pub mod precision_recall;
+pub mod progress;
 pub mod toy;
+pub mod weights;
 
+pub use classifier::{feature_space, ClassifierCard, ClassifierConfig, FeatureNet, FeatureSpace};
+pub use error::{EvalError, Result};
+pub use frechet::{frechet_distance, frechet_distance_features, sqrtm_psd, FeatureStats};
+pub use inception::InceptionV3;
+pub use inception_score::{inception_score, InceptionScore};
+pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use pipeline::{evaluate, EvalConfig, EvalOutput, EvalRow, ModelEntry};
+pub use precision_recall::{precision_recall, PrecisionRecall};
+pub use progress::{Log, Progress, Silent};
 pub use toy::{energy_distance, mode_coverage, sliced_wasserstein};

@@ -274,3 +274,133 @@ pub fn write_scatter(points: &Tensor, path: &Path) -> Result<()> {
     }
     save(&img, path)
 }
+
+/// One curve of [`write_line_plot`]: points `(x, y)` joined in order, in
+/// one colour, each point marked with a small square.
+#[derive(Clone, Debug)]
+pub struct LineSeries {
+    /// The points.
+    pub points: Vec<(f64, f64)>,
+    /// RGB colour.
+    pub color: [u8; 3],
+}
+
+/// Colours for successive series: blue, orange, green, red, purple, brown.
+pub const SERIES_COLORS: [[u8; 3]; 6] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+];
+
+/// Writes a line plot of several series (e.g. FID against NFE): x on a log2
+/// scale when `log_x` (all x > 0), y linear from 0 (or the smallest y when
+/// negative); numbered ticks at the distinct x values and at 5 y levels.
+/// No legend is drawn (the built-in font has digits only): name the colours
+/// where the plot is shown.
+pub fn write_line_plot(series: &[LineSeries], log_x: bool, path: &Path) -> Result<()> {
+    let (w, h, left, bottom, top, right) = (720i64, 420i64, 70i64, 40i64, 20i64, 30i64);
+    let mut img = RgbImage::from_pixel(w as u32, h as u32, Rgb([255, 255, 255]));
+    let axis = Rgb([0, 0, 0]);
+    let tx = |x: f64| if log_x { x.log2() } else { x };
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_x || *x > 0.0))
+        .collect();
+    draw_line(
+        &mut img,
+        (left as f64, top as f64),
+        (left as f64, (h - bottom) as f64),
+        axis,
+    );
+    draw_line(
+        &mut img,
+        (left as f64, (h - bottom) as f64),
+        ((w - right) as f64, (h - bottom) as f64),
+        axis,
+    );
+    if !pts.is_empty() {
+        let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+            (a.min(tx(p.0)), b.max(tx(p.0)))
+        });
+        let (xmin, xmax) = if xmax > xmin {
+            (xmin, xmax)
+        } else {
+            (xmin - 1.0, xmax + 1.0)
+        };
+        let ymax = pts.iter().fold(f64::MIN, |a, p| a.max(p.1));
+        let ylo = pts.iter().fold(0.0f64, |a, p| a.min(p.1));
+        let yhi = if ymax > ylo { ymax * 1.08 } else { ylo + 1.0 };
+        let pad = 0.04 * (xmax - xmin);
+        let px = |x: f64| {
+            left as f64
+                + (tx(x) - xmin + pad) / (xmax - xmin + 2.0 * pad) * (w - left - right) as f64
+        };
+        let py = |y: f64| top as f64 + (yhi - y) / (yhi - ylo) * (h - top - bottom) as f64;
+        for i in 0..=4 {
+            let yv = ylo + (yhi - ylo) * i as f64 / 4.0;
+            let y = py(yv);
+            draw_line(
+                &mut img,
+                (left as f64, y),
+                ((w - right) as f64, y),
+                Rgb([225, 225, 225]),
+            );
+            draw_text(&mut img, &short_number(yv), 4, y as i64 - 5, 2, axis);
+        }
+        let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        xs.dedup();
+        for xv in xs {
+            let x = px(xv);
+            draw_line(
+                &mut img,
+                (x, (h - bottom) as f64),
+                (x, (h - bottom + 5) as f64),
+                axis,
+            );
+            draw_text(
+                &mut img,
+                &short_number(xv),
+                x as i64 - 4,
+                h - bottom + 10,
+                2,
+                axis,
+            );
+        }
+        for s in series {
+            let color = Rgb(s.color);
+            let ok: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_x || *x > 0.0))
+                .map(|(x, y)| (px(x), py(y)))
+                .collect();
+            for pair in ok.windows(2) {
+                for d in [0.0, 1.0] {
+                    draw_line(
+                        &mut img,
+                        (pair[0].0, pair[0].1 + d),
+                        (pair[1].0, pair[1].1 + d),
+                        color,
+                    );
+                }
+            }
+            for (x, y) in ok {
+                for dy in -3..=3 {
+                    draw_line(
+                        &mut img,
+                        (x - 3.0, y + dy as f64),
+                        (x + 3.0, y + dy as f64),
+                        color,
+                    );
+                }
+            }
+        }
+    }
+    save(&img, path)
+}

@@ -1,0 +1,185 @@
+//! `cm eval`: sample quality of model cards against the test split
+//! (cm-eval's pipeline), with progress bars, the results table (markdown and
+//! CSV), a sample grid per row and the FID-against-NFE plot.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cm_eval::pipeline::{results_csv, results_markdown, write_text};
+use cm_eval::{evaluate, EvalConfig, Progress};
+use cm_train::report::{write_image_grid, write_line_plot, LineSeries, SERIES_COLORS};
+
+/// Arguments of `cm eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// TOML config (configs/eval/*.toml; fields in docs/eval.md).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Output folder: results.md, results.csv, fid_vs_nfe.png, sample grids.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override the config's samples per row (N).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: crate::DeviceArg,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Bars on a terminal, log lines otherwise.
+struct Bars {
+    bar: Option<ProgressBar>,
+    label: String,
+    total: u64,
+    done: u64,
+    next_log: u64,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Bars {
+            bar: None,
+            label: String::new(),
+            total: 0,
+            done: 0,
+            next_log: 0,
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&mut self, label: &str, total: u64) {
+        self.label = label.to_string();
+        (self.total, self.done, self.next_log) = (total, 0, total / 4);
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(label.to_string());
+            self.bar = Some(bar);
+        } else {
+            eprintln!("{label}: 0/{total}");
+        }
+    }
+
+    fn advance(&mut self, units: u64) {
+        self.done += units;
+        match &self.bar {
+            Some(bar) => bar.inc(units),
+            None if self.done >= self.next_log && self.done < self.total => {
+                eprintln!("{}: {}/{}", self.label, self.done, self.total);
+                self.next_log += (self.total / 4).max(1);
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        match self.bar.take() {
+            Some(bar) => bar.finish_and_clear(),
+            None => eprintln!("{}: {}/{} done", self.label, self.done, self.total),
+        }
+    }
+
+    fn message(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
+}
+
+/// Runs `cm eval`.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    crate::set_threads(args.threads)?;
+    let mut config: EvalConfig = cm_core::load_toml(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    if let Some(n) = args.samples {
+        config.samples = n;
+        cm_core::Validate::validate(&config).context("--samples")?;
+    }
+    let device = crate::device(args.device)?;
+    eprintln!(
+        "evaluating {} model(s), {} samples per row, on {device:?} into {}",
+        config.models.len(),
+        config.samples,
+        args.out.display()
+    );
+    let mut bars = Bars::new();
+    let out = evaluate(&config, device, &mut bars)
+        .with_context(|| format!("evaluation of {}", args.config.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for (row, grid) in out.rows.iter().zip(&out.grids) {
+        if grid.dim() == 4 {
+            let path = args.out.join(&row.grid);
+            write_image_grid(grid, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    // FID against NFE, one curve per model (data rows have no NFE).
+    let mut curves: BTreeMap<usize, (String, Vec<(f64, f64)>)> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for r in out.rows.iter().filter(|r| r.nfe > 0) {
+        if !order.contains(&r.model) {
+            order.push(r.model.clone());
+        }
+        let i = order.iter().position(|m| m == &r.model).unwrap_or(0);
+        curves
+            .entry(i)
+            .or_insert_with(|| (r.model.clone(), Vec::new()))
+            .1
+            .push((r.nfe as f64, r.fid));
+    }
+    let mut series = Vec::new();
+    let mut legend = Vec::new();
+    for (i, (name, mut points)) in curves {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let color = SERIES_COLORS[i % SERIES_COLORS.len()];
+        legend.push(format!("{name}: {}", color_name(i)));
+        series.push(LineSeries { points, color });
+    }
+    let plot = args.out.join("fid_vs_nfe.png");
+    write_line_plot(&series, true, &plot).with_context(|| format!("writing {}", plot.display()))?;
+    let command = format!(
+        "cm eval --config {} --out {}{}",
+        args.config.display(),
+        args.out.display(),
+        args.samples
+            .map(|n| format!(" --samples {n}"))
+            .unwrap_or_default()
+    );
+    let mut md = results_markdown(&out, &command);
+    md.push_str(&format!(
+        "\nPlot colours: {} (x: NFE, log scale; y: FID).\n",
+        legend.join(", ")
+    ));
+    let md_path = args.out.join("results.md");
+    write_text(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    let csv_path = args.out.join("results.csv");
+    write_text(&csv_path, &results_csv(&out))
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    eprintln!(
+        "{}",
+        md.lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!("results in {}", md_path.display());
+    Ok(())
+}
+
+fn color_name(i: usize) -> &'static str {
+    ["blue", "orange", "green", "red", "purple", "brown"][i % 6]
+}

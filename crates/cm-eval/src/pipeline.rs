@@ -1,0 +1,597 @@
+//! `cm eval`: sample N images from each model card with each step count,
+//! measure them in the feature network's space against the test split, and
+//! tabulate FID, KID, precision/recall and the IS-like score against NFE and
+//! sampling time.
+//!
+//! ```toml
+//! samples = 2000        # N per row
+//! seed = 0
+//! batch_size = 250
+//! [data]
+//! kind = "fashion-mnist"
+//! [[models]]
+//! name = "teacher"
+//! card = "runs/teachers/teacher-fd2cb7ceff85b1fb/model.toml"
+//! steps = [18, 9, 5, 3]       # EDM: sampler steps (Heun: 2 steps - 1 NFE)
+//! [[models]]
+//! name = "CD"
+//! card = "runs/cd-fmnist/model.toml"
+//! steps = [1, 2, 4]           # consistency: 1, 2, 4-step sampling
+//! optional = true             # skip (and say so) when the card is missing
+//! ```
+//!
+//! Reference sets: FID against the statistics of the whole test split; KID
+//! and precision/recall against N test images drawn with `seed` (the
+//! manifold radii depend on the set size, so both sets have N). A "data"
+//! row measures N training images the same way: the floor a perfect model
+//! would reach at this N (FID is biased upwards at small N).
+//!
+//! Consistency sampling with k steps uses the card's stored times
+//! (`[timesteps]`) when present, otherwise the interior points of the
+//! (k+1)-level EDM sampling grid (Karras et al. 2022, Eq. 5), which the
+//! table marks as "Karras times".
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use cm_core::{CoreError, Solver, Validate};
+use cm_data::{DataSource, Dataset, ImageDataset};
+use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard};
+
+use crate::classifier::{feature_space, images_to_float, ClassifierCard, ClassifierConfig};
+use crate::error::{EvalError, Result};
+use crate::frechet::{frechet_distance, FeatureStats};
+use crate::inception_score::{inception_score, InceptionScore};
+use crate::kid::{kid, Kid, KidConfig, SplitMix64};
+use crate::precision_recall::{precision_recall, DEFAULT_K};
+use crate::progress::Progress;
+
+/// Images per sample grid.
+pub const GRID_IMAGES: i64 = 64;
+
+/// One model to evaluate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Name in the table.
+    pub name: String,
+    /// Its model card (`model.toml`); a relative path is taken from the
+    /// current folder.
+    pub card: PathBuf,
+    /// Step counts: consistency steps, or EDM sampler steps.
+    pub steps: Vec<usize>,
+    /// EDM only: the solver (default: the card's).
+    #[serde(default)]
+    pub solver: Option<Solver>,
+    /// Skip the model, noting it in the results, when the card is missing.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// The `cm eval` config (`configs/eval/*.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// The data set whose test split is the reference.
+    #[serde(default)]
+    pub data: DataSource,
+    /// Samples per row (N).
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Seed of latents, reference subsets and KID subsets.
+    #[serde(default)]
+    pub seed: u64,
+    /// Samples per sampler call.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Neighbourhood size of precision/recall (Kynkäänniemi et al.: 3).
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Splits of the IS-like score.
+    #[serde(default = "default_is_splits")]
+    pub is_splits: usize,
+    /// Also measure N training images (the "data" row).
+    #[serde(default = "default_true")]
+    pub data_row: bool,
+    /// The feature network.
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
+    /// KID subsets.
+    #[serde(default)]
+    pub kid: KidConfig,
+    /// The models.
+    pub models: Vec<ModelEntry>,
+}
+
+fn default_samples() -> usize {
+    2000
+}
+fn default_batch() -> usize {
+    250
+}
+fn default_k() -> usize {
+    DEFAULT_K
+}
+fn default_is_splits() -> usize {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Validate for EvalConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        if self.samples < 2 || self.samples <= self.k || self.samples < self.is_splits {
+            return Err(CoreError::invalid(
+                "samples",
+                self.samples,
+                format!(
+                    "at least 2, more than k = {} and at least is_splits = {}",
+                    self.k, self.is_splits
+                ),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(CoreError::invalid("batch_size", 0, "at least 1"));
+        }
+        if self.k == 0 {
+            return Err(CoreError::invalid("k", 0, "at least 1"));
+        }
+        if self.is_splits == 0 {
+            return Err(CoreError::invalid("is_splits", 0, "at least 1"));
+        }
+        if matches!(self.data, DataSource::Toy(_)) {
+            return Err(CoreError::invalid(
+                "data.kind",
+                "toy",
+                "an image data set (2-D toys use cm_eval::toy)",
+            ));
+        }
+        self.classifier.validate_at("classifier.")?;
+        self.kid.validate_at("kid.")?;
+        if self.models.is_empty() {
+            return Err(CoreError::invalid(
+                "models",
+                "[]",
+                "at least one [[models]] entry",
+            ));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.trim().is_empty() {
+                return Err(CoreError::invalid(
+                    format!("models[{i}].name"),
+                    "\"\"",
+                    "a non-empty name",
+                ));
+            }
+            if m.steps.is_empty() || m.steps.contains(&0) {
+                return Err(CoreError::invalid(
+                    format!("models[{i}].steps"),
+                    format!("{:?}", m.steps),
+                    "a non-empty list of step counts >= 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One row of the results table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRow {
+    /// Model name (`data` for the training-split row).
+    pub model: String,
+    /// Sampler description.
+    pub sampler: String,
+    /// Sampler steps (0 for data).
+    pub steps: usize,
+    /// Network evaluations per sample (0 for data).
+    pub nfe: usize,
+    /// FID in the feature network's space, against the test split.
+    pub fid: f64,
+    /// KID (unbiased MMD^2 with the cubic kernel), mean and std over subsets.
+    pub kid: Kid,
+    /// Precision (Kynkäänniemi et al.).
+    pub precision: f64,
+    /// Recall.
+    pub recall: f64,
+    /// IS-like score from the classifier.
+    pub is: InceptionScore,
+    /// Sampling wall time per sample in seconds (feature extraction
+    /// excluded; 0 for data).
+    pub seconds_per_sample: f64,
+    /// File name of its sample grid.
+    pub grid: String,
+}
+
+/// What [`evaluate`] returns.
+#[derive(Debug)]
+pub struct EvalOutput {
+    /// The rows, in config order (data first).
+    pub rows: Vec<EvalRow>,
+    /// First [`GRID_IMAGES`] samples of each row (in [-1, 1], CPU).
+    pub grids: Vec<Tensor>,
+    /// Models skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// The feature network's card.
+    pub classifier: ClassifierCard,
+    /// Its cache folder.
+    pub classifier_dir: PathBuf,
+    /// Test images behind the FID statistics.
+    pub reference_images: i64,
+    /// Samples per row.
+    pub samples: usize,
+    /// Notes on the samplers (default times).
+    pub notes: Vec<String>,
+    /// Device the run used.
+    pub device: String,
+}
+
+fn grid_name(model: &str, sampler_tag: &str) -> String {
+    let clean: String = format!("{model}-{sampler_tag}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("samples_{clean}.png")
+}
+
+/// Metrics of generated (or data) features against the reference.
+struct Scorer<'a> {
+    stats: &'a FeatureStats,
+    real: Tensor,
+    config: &'a EvalConfig,
+}
+
+impl Scorer<'_> {
+    fn score(
+        &self,
+        features: &Tensor,
+        logits: &Tensor,
+    ) -> Result<(f64, Kid, f64, f64, InceptionScore)> {
+        let fid = frechet_distance(self.stats, &FeatureStats::from_features(features)?)?;
+        let k = kid(&self.real, features, &self.config.kid)?;
+        let pr = precision_recall(&self.real, features, self.config.k)?;
+        let is = inception_score(logits, self.config.is_splits)?;
+        Ok((fid, k, pr.precision, pr.recall, is))
+    }
+}
+
+/// The data set's images, or an error naming the source.
+fn image_dataset(config: &EvalConfig) -> Result<ImageDataset> {
+    match config.data.load(None)? {
+        Dataset::Images(d) => Ok(d),
+        Dataset::Points(_) => Err(EvalError::InvalidInput(
+            "cm eval needs an image data set".into(),
+        )),
+    }
+}
+
+/// Runs the evaluation (module docs). Seeds libtorch's global generator
+/// with `config.seed` before each row, so rows start from the same latents.
+pub fn evaluate(
+    config: &EvalConfig,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<EvalOutput> {
+    config.validate()?;
+    let data = image_dataset(config)?;
+    if data.test.len() < config.samples {
+        return Err(EvalError::InvalidInput(format!(
+            "samples = {} but the test split of {} has only {} images",
+            config.samples,
+            data.name,
+            data.test.len()
+        )));
+    }
+    let space = feature_space(&data, &config.classifier, None, device, progress)?;
+    let n = config.samples;
+    let mut rng = SplitMix64(config.seed ^ 0x7265_6665_7265_6e63);
+    let real_idx = Tensor::from_slice(&rng.choose(data.test.len(), n));
+    let scorer = Scorer {
+        stats: &space.reference.stats,
+        real: space.reference.features.index_select(0, &real_idx),
+        config,
+    };
+    let shape: Vec<i64> = data.shape().iter().map(|&s| s as i64).collect();
+    let mut rows = Vec::new();
+    let mut grids = Vec::new();
+    let mut skipped = Vec::new();
+    let mut notes = Vec::new();
+
+    if config.data_row {
+        let idx: Vec<usize> = rng
+            .choose(data.train.len(), n)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
+        let subset = data.train.select(&idx)?;
+        let images = images_to_float(&subset.to_tensor());
+        let (f, l) = space.net.features(&images)?;
+        let (fid, k, p, r, is) = scorer.score(&f, &l)?;
+        let grid = grid_name("data", "train");
+        rows.push(EvalRow {
+            model: "data".into(),
+            sampler: format!("{n} training images"),
+            steps: 0,
+            nfe: 0,
+            fid,
+            kid: k,
+            precision: p,
+            recall: r,
+            is,
+            seconds_per_sample: 0.0,
+            grid,
+        });
+        grids.push(images.narrow(0, 0, GRID_IMAGES.min(n as i64)));
+    }
+
+    for entry in &config.models {
+        if !entry.card.is_file() {
+            let reason = format!("card {} not found", entry.card.display());
+            if entry.optional {
+                progress.message(&format!("skipping {}: {reason}", entry.name));
+                skipped.push((entry.name.clone(), reason));
+                continue;
+            }
+            return Err(EvalError::InvalidInput(format!(
+                "model `{}`: {reason} (mark it `optional = true` to skip it)",
+                entry.name
+            )));
+        }
+        let card = ModelCard::load(&entry.card)?;
+        let model = card.load_model(device)?;
+        let model_shape = model.config().sample_shape();
+        if model_shape != shape {
+            return Err(EvalError::InvalidInput(format!(
+                "model `{}` makes samples {:?} but {} images are {:?}",
+                entry.name, model_shape, data.name, shape
+            )));
+        }
+        let num_classes = model.config().num_classes() as i64;
+        for &steps in &entry.steps {
+            // Resolve the sampler of this row.
+            enum Plan {
+                Consistency(Vec<f64>),
+                Edm(EdmSampler),
+            }
+            let (plan, sampler, tag) = match &card {
+                ModelCard::Consistency { consistency, .. } => {
+                    let (taus, how) = match card.taus(steps) {
+                        Ok(t) => (t, if steps == 1 { "" } else { "stored times" }),
+                        Err(_) => {
+                            let grid = consistency.grid().sampling_sigmas(steps + 1)?;
+                            let taus = grid[1..steps].to_vec();
+                            notes.push(format!(
+                                "`{}` {steps}-step: the card stores no times; used the interior points of the {}-level EDM sampling grid, {:?}",
+                                entry.name,
+                                steps + 1,
+                                taus.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+                            ));
+                            (taus, "Karras times")
+                        }
+                    };
+                    let desc = if steps == 1 {
+                        "consistency, 1 step".to_string()
+                    } else {
+                        let times = taus
+                            .iter()
+                            .map(|t| format!("{t:.3}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        format!("consistency, {steps} steps ({how}: {times})")
+                    };
+                    (Plan::Consistency(taus), desc, format!("{steps}step"))
+                }
+                ModelCard::Edm { sampler, .. } => {
+                    let s = EdmSampler {
+                        steps,
+                        solver: entry.solver.unwrap_or(sampler.solver),
+                        ..*sampler
+                    };
+                    let name = match s.solver {
+                        Solver::Euler => "Euler",
+                        Solver::Heun => "Heun",
+                    };
+                    (
+                        Plan::Edm(s),
+                        format!("EDM {name}, {steps} steps"),
+                        format!("{}{steps}", name.to_lowercase()),
+                    )
+                }
+            };
+            progress.message(&format!("{}: {sampler}", entry.name));
+            tch::manual_seed(config.seed as i64);
+            let denoiser = card.denoiser(&model);
+            let (mut feats, mut logits) = (Vec::new(), Vec::new());
+            let mut grid = None;
+            let mut sampling_seconds = 0.0;
+            let mut nfe = 0;
+            progress.start(&entry.name, n as u64);
+            let mut done = 0usize;
+            while done < n {
+                let b = config.batch_size.min(n - done) as i64;
+                let mut latent_shape = vec![b];
+                latent_shape.extend(&shape);
+                let latents = Tensor::randn(&latent_shape, (Kind::Float, device));
+                let class = (num_classes > 0)
+                    .then(|| Tensor::randint(num_classes, [b], (Kind::Int64, device)));
+                let started = Instant::now();
+                let sampled = match &plan {
+                    Plan::Consistency(taus) => consistency_sample(
+                        denoiser.as_ref(),
+                        &latents,
+                        card.sigma_max(),
+                        card.sigma_min(),
+                        taus,
+                        class.as_ref(),
+                    )?,
+                    Plan::Edm(s) => {
+                        let grid = match &card {
+                            ModelCard::Edm { edm, .. } => edm.grid(),
+                            ModelCard::Consistency { consistency, .. } => consistency.grid(),
+                        };
+                        edm_sample(denoiser.as_ref(), &latents, &grid, s, class.as_ref())?
+                    }
+                };
+                let x = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
+                sampling_seconds += started.elapsed().as_secs_f64();
+                nfe = sampled.nfe;
+                let (f, l) = space.net.features(&x)?;
+                feats.push(f);
+                logits.push(l);
+                let have = grid.as_ref().map_or(0, |g: &Tensor| g.size()[0]);
+                if have < GRID_IMAGES {
+                    let more = x.narrow(0, 0, (GRID_IMAGES - have).min(b));
+                    grid = Some(match grid {
+                        Some(g) => Tensor::cat(&[g, more], 0),
+                        None => more,
+                    });
+                }
+                done += b as usize;
+                progress.advance(b as u64);
+            }
+            progress.finish();
+            let (f, l) = (Tensor::cat(&feats, 0), Tensor::cat(&logits, 0));
+            let (fid, k, p, r, is) = scorer.score(&f, &l)?;
+            progress.message(&format!(
+                "{} {sampler}: NFE {nfe}, FID {fid:.3}, KID {:.4}, P {p:.3}, R {r:.3}",
+                entry.name, k.mean
+            ));
+            rows.push(EvalRow {
+                model: entry.name.clone(),
+                sampler,
+                steps,
+                nfe,
+                fid,
+                kid: k,
+                precision: p,
+                recall: r,
+                is,
+                seconds_per_sample: sampling_seconds / n as f64,
+                grid: grid_name(&entry.name, &tag),
+            });
+            grids.push(grid.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))));
+        }
+    }
+    Ok(EvalOutput {
+        rows,
+        grids,
+        skipped,
+        classifier: space.card,
+        classifier_dir: space.dir,
+        reference_images: space.reference.stats.n,
+        samples: n,
+        notes,
+        device: format!("{device:?}"),
+    })
+}
+
+/// The results as CSV (one header line, one line per row).
+pub fn results_csv(out: &EvalOutput) -> String {
+    let mut s = String::from(
+        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples\n",
+    );
+    for r in &out.rows {
+        s.push_str(&format!(
+            "{},\"{}\",{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{}\n",
+            r.model,
+            r.sampler.replace('"', "'"),
+            r.steps,
+            r.nfe,
+            r.fid,
+            r.kid.mean,
+            r.kid.std,
+            r.precision,
+            r.recall,
+            r.is.mean,
+            r.is.std,
+            r.seconds_per_sample,
+            out.samples
+        ));
+    }
+    s
+}
+
+/// The results as a markdown report: set-up, the table, notes, grids.
+pub fn results_markdown(out: &EvalOutput, command: &str) -> String {
+    let c = &out.classifier;
+    let mut s = String::from("# Sample quality\n\n");
+    s.push_str(&format!(
+        "- data: {} test split; FID against its {} images' statistics, KID and precision/recall (k = {}) against {} of them\n",
+        c.dataset, out.reference_images, DEFAULT_K, out.samples
+    ));
+    s.push_str(&format!(
+        "- N = {} samples per row (FID is biased upwards at small N: compare rows with each other and with the `data` row, not with published numbers)\n",
+        out.samples
+    ));
+    s.push_str(&format!(
+        "- feature network: the project's CNN classifier ({}-d features), test accuracy {:.2}%, trained in {:.0} s on {} images (`{}`)\n",
+        c.config.features,
+        100.0 * c.test_accuracy,
+        c.train_seconds,
+        c.train_images,
+        out.classifier_dir.display()
+    ));
+    s.push_str(&format!(
+        "- device: {}; command: `{command}`\n\n",
+        out.device
+    ));
+    s.push_str("| model | sampler | steps | NFE | FID | KID x 1e3 | precision | recall | IS-like | s / sample |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in &out.rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} ± {:.2} | {:.3} | {:.3} | {:.2} | {} |\n",
+            r.model,
+            r.sampler,
+            r.steps,
+            r.nfe,
+            r.fid,
+            1e3 * r.kid.mean,
+            1e3 * r.kid.std,
+            r.precision,
+            r.recall,
+            r.is.mean,
+            if r.nfe == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.4}", r.seconds_per_sample)
+            }
+        ));
+    }
+    s.push('\n');
+    for note in &out.notes {
+        s.push_str(&format!("- {note}\n"));
+    }
+    for (name, reason) in &out.skipped {
+        s.push_str(&format!("- skipped `{name}`: {reason}\n"));
+    }
+    s.push_str("\nFID against NFE: ![FID vs NFE](fid_vs_nfe.png)\n\n");
+    for r in &out.rows {
+        s.push_str(&format!(
+            "- {} / {}: ![{}]({})\n",
+            r.model, r.sampler, r.model, r.grid
+        ));
+    }
+    s
+}
+
+/// Writes `text` to `path` atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    cm_nets::write_atomic(path, |tmp| {
+        std::fs::write(tmp, text).map_err(|source| cm_nets::NetError::Io {
+            action: "cannot write",
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok(())
+}
