@@ -33,7 +33,7 @@ COMMANDS:
              `--preset smoke` under 2 minutes.
     train-teacher [--preset fmnist|toy|cifar10] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
-    train-ct [--preset fmnist|toy|cifar10] [--recipe ict|ct] [--config FILE] [--run-dir DIR] [--resume]
+    train-ct [--preset fmnist|cfmnist|toy|cifar10] [--recipe ict|ct] [--config FILE] [--run-dir DIR] [--resume]
              Consistency training from data alone, no teacher: iCT (default)
              or CT from configs/ct/<preset>-<recipe>.toml into
              runs/<recipe>-<preset>: grids, report.md, model card model.toml.
@@ -132,7 +132,7 @@ const TEACHER_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
 const CD_PRESETS: &[&str] = &["fmnist", "smoke", "toy", "cifar10"];
 
 /// The consistency-training presets: `configs/ct/<name>-<recipe>.toml`.
-const CT_PRESETS: &[&str] = &["fmnist", "toy", "cifar10"];
+const CT_PRESETS: &[&str] = &["fmnist", "cfmnist", "toy", "cifar10"];
 
 /// The consistency-training recipes.
 const CT_RECIPES: &[&str] = &["ict", "ct"];

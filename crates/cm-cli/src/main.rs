@@ -2,8 +2,11 @@
 //! files, progress bars and Ctrl-C; the crates do the work.
 
 mod ct;
+mod edit;
 mod eval;
+mod images;
 mod progress;
+mod sample;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +94,22 @@ enum Command {
     /// feature space) of model cards against the test split, against NFE and
     /// time: results.md, results.csv, fid_vs_nfe.png and sample grids.
     Eval(eval::EvalArgs),
+    /// Generate N images from a model card (CM Algorithm 1 for consistency
+    /// models, the EDM sampler for a teacher): a folder of PNGs, a tensor
+    /// file (samples.safetensors) and a grid, in chunks, reproducible per
+    /// image under --seed.
+    Sample(sample::SampleArgs),
+    /// Search the intermediate times of 2- and 3-step consistency sampling
+    /// by FID (golden-section search over ln tau, greedy as in CM Section 6)
+    /// and store them in the model card, where sample / eval / edit use them.
+    SearchTimesteps(sample::SearchArgs),
+    /// Zero-shot editing with a consistency model (CM Algorithm 4):
+    /// inpainting, colorization, super-resolution, denoising, interpolation
+    /// and stroke-guided generation (SDEdit), PNG in and out.
+    #[command(subcommand)]
+    Edit(edit::EditCommand),
+    /// Write data set images as PNG files (inputs for `cm edit`).
+    ExportImages(images::ExportArgs),
 }
 
 pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
@@ -219,6 +238,10 @@ fn main() -> ExitCode {
         Command::TrainCt(args) => ct::train_ct(args),
         Command::CtAblation(args) => ct::ct_ablation(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Sample(args) => sample::sample(args),
+        Command::SearchTimesteps(args) => sample::search(args),
+        Command::Edit(cmd) => edit::edit(cmd),
+        Command::ExportImages(args) => images::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

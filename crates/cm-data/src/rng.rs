@@ -23,6 +23,8 @@ pub enum Tag {
     Toy = 3,
     /// Fixed order of the splits after a stratified split.
     Order = 4,
+    /// Per-image tints of the coloured variants (stream = image index).
+    Colour = 5,
 }
 
 /// ChaCha8 keyed with `seed` and `tag`, positioned at the start of `stream`.

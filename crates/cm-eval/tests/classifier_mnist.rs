@@ -8,18 +8,19 @@ use cm_eval::{feature_space, ClassifierConfig, Log};
 use tch::Device;
 
 /// Wider than the default, with dropout 0.3 and per-image random shifts of
-/// up to 2 pixels: MNIST's 8,576 training digits overfit the default
-/// (97.96%; 98.60% with shifts and 3,000 steps). This one reaches 98.88%
-/// (16 errors in 1,424) in about 105 s, 98.88% again with 4,000 steps, and
-/// 98.81% with `channels = [32, 64, 128]`, 256 features, 3,000 steps:
-/// short of the 99% the issue asks for (open: more capacity or rotation /
-/// elastic augmentation).
+/// up to 2 pixels, rotations of up to 10 degrees and zooms of up to 10%:
+/// MNIST's 8,576 training digits overfit the default (97.96%); shifts alone
+/// reached 98.88% (16 errors in 1,424) however long or wide the network.
+/// With rotation and zoom: 99.02% (14 errors), 3,000 steps, 443 s on one
+/// thread while a training run shared the 2-core machine.
 pub fn mnist_config() -> ClassifierConfig {
     ClassifierConfig {
         channels: [32, 64, 64],
         dropout: 0.3,
         max_shift: 2,
-        steps: 2000,
+        max_rotate: 10.0,
+        max_scale: 0.1,
+        steps: 3000,
         ..ClassifierConfig::default()
     }
 }
@@ -39,9 +40,9 @@ fn mnist_feature_network_accuracy() {
         space.card.train_seconds,
         space.dir.display()
     );
-    // The issue's target is 0.99; measured 0.9888 (see `mnist_config`).
+    // The issue's target: 99% (measured 0.9902, see `mnist_config`).
     assert!(
-        space.card.test_accuracy >= 0.985,
+        space.card.test_accuracy >= 0.99,
         "{}",
         space.card.test_accuracy
     );

@@ -155,6 +155,12 @@ impl ModelCard {
         }
     }
 
+    /// Points the card at another weights file (relative paths are taken
+    /// relative to the card's folder when it is loaded).
+    pub fn set_weights(&mut self, weights: PathBuf) {
+        *self.weights_mut() = weights;
+    }
+
     fn weights_mut(&mut self) -> &mut PathBuf {
         match self {
             ModelCard::Consistency { weights, .. } | ModelCard::Edm { weights, .. } => weights,

@@ -2,11 +2,56 @@
 //! `x = f(T z, T)`, and multistep: for each `tau` of a decreasing sequence,
 //! re-noise `x^ = x + sqrt(tau^2 - eps^2) z'` and map back `x = f(x^, tau)`.
 //! One network evaluation per step.
+//!
+//! [`consistency_chain`] is the shared core: the same loop, with a
+//! projection applied after every evaluation, is zero-shot editing
+//! (Algorithm 4, see [`crate::edit`]), and started from a partly noised image
+//! it is SDEdit.
 
 use cm_core::{CoreError, Denoiser};
 use tch::Tensor;
 
 use crate::edm::Sampled;
+use crate::noise::{GlobalNoise, NoiseSource};
+
+/// Checks that `taus` decrease strictly inside `(sigma_min, start)`.
+pub fn check_taus(taus: &[f64], sigma_min: f64, start: f64) -> cm_core::Result<()> {
+    let mut prev = start;
+    for (i, &tau) in taus.iter().enumerate() {
+        if !(tau > sigma_min && tau < prev) {
+            return Err(CoreError::invalid(
+                format!("taus[{i}]"),
+                tau,
+                format!("a decreasing time in ({sigma_min}, {prev})"),
+            ));
+        }
+        prev = tau;
+    }
+    Ok(())
+}
+
+/// The multistep refinement of Algorithm 1 / 4 from a clean estimate `x`:
+/// for each `tau`, `x <- project(f(x + sqrt(tau^2 - eps^2) z, tau))`. Returns
+/// the result and the evaluations made (`taus.len()`). Runs without autograd;
+/// `taus` must already be checked ([`check_taus`]).
+pub fn consistency_chain(
+    f: &dyn Denoiser,
+    mut x: Tensor,
+    taus: &[f64],
+    sigma_min: f64,
+    class: Option<&Tensor>,
+    noise: &mut dyn NoiseSource,
+    project: &mut dyn FnMut(Tensor) -> Tensor,
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let batch = x.size()[0];
+    let opts = (x.kind(), x.device());
+    for &tau in taus {
+        let noisy = &x + noise.standard_normal(&x) * (tau * tau - sigma_min * sigma_min).sqrt();
+        x = project(f.denoise(&noisy, &Tensor::full([batch], tau, opts), class));
+    }
+    x
+}
 
 /// Runs Algorithm 1 with consistency function `f` from standard-normal
 /// `latents`: `sigma_max` is `T`, `sigma_min` is `eps`, `taus` the
@@ -21,29 +66,38 @@ pub fn consistency_sample(
     taus: &[f64],
     class: Option<&Tensor>,
 ) -> cm_core::Result<Sampled> {
-    let mut prev = sigma_max;
-    for (i, &tau) in taus.iter().enumerate() {
-        if !(tau > sigma_min && tau < prev) {
-            return Err(CoreError::invalid(
-                format!("taus[{i}]"),
-                tau,
-                format!("a decreasing time in ({sigma_min}, {prev})"),
-            ));
-        }
-        prev = tau;
-    }
+    consistency_sample_with(
+        f,
+        latents,
+        sigma_max,
+        sigma_min,
+        taus,
+        class,
+        &mut GlobalNoise,
+    )
+}
+
+/// [`consistency_sample`] with the re-noising drawn from `noise` (for
+/// example [`crate::SeededNoise`], reproducible per sample).
+pub fn consistency_sample_with(
+    f: &dyn Denoiser,
+    latents: &Tensor,
+    sigma_max: f64,
+    sigma_min: f64,
+    taus: &[f64],
+    class: Option<&Tensor>,
+    noise: &mut dyn NoiseSource,
+) -> cm_core::Result<Sampled> {
+    check_taus(taus, sigma_min, sigma_max)?;
     let _guard = tch::no_grad_guard();
     let batch = latents.size()[0];
     let opts = (latents.kind(), latents.device());
-    let mut x = f.denoise(
+    let x = f.denoise(
         &(latents * sigma_max),
         &Tensor::full([batch], sigma_max, opts),
         class,
     );
-    for &tau in taus {
-        let noisy = &x + x.randn_like() * (tau * tau - sigma_min * sigma_min).sqrt();
-        x = f.denoise(&noisy, &Tensor::full([batch], tau, opts), class);
-    }
+    let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| x);
     Ok(Sampled {
         x,
         nfe: 1 + taus.len(),

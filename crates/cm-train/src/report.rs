@@ -11,6 +11,10 @@ use tch::{Kind, Tensor};
 use crate::error::{Result, TrainError};
 
 fn save(img: &RgbImage, path: &Path) -> Result<()> {
+    save_dynamic(&image::DynamicImage::ImageRgb8(img.clone()), path)
+}
+
+fn save_dynamic(img: &image::DynamicImage, path: &Path) -> Result<()> {
     cm_nets::write_atomic(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
             .map_err(|e| cm_nets::NetError::Io {
@@ -25,13 +29,27 @@ fn save(img: &RgbImage, path: &Path) -> Result<()> {
 /// Writes `[N, C, H, W]` images in [-1, 1] (C = 1 or 3) as a square-ish
 /// grid with 2-pixel gaps.
 pub fn write_image_grid(images: &Tensor, path: &Path) -> Result<()> {
+    let n = images.size().first().copied().unwrap_or(0);
+    let cols = ((n as f64).sqrt().ceil() as i64).max(1);
+    write_image_grid_with_columns(images, cols, path)
+}
+
+/// Writes `[N, C, H, W]` images in [-1, 1] (C = 1 or 3) as a grid of
+/// `columns` columns (row-major) with 2-pixel gaps: editing results are laid
+/// out one example per row (reference, degraded input, result, ...).
+pub fn write_image_grid_with_columns(images: &Tensor, columns: i64, path: &Path) -> Result<()> {
     let (n, c, h, w) = images.size4().map_err(TrainError::from)?;
     if c != 1 && c != 3 {
         return Err(TrainError::Batch(format!(
             "image grid needs 1 or 3 channels, found {c}"
         )));
     }
-    let cols = (n as f64).sqrt().ceil() as i64;
+    if columns < 1 {
+        return Err(TrainError::Batch(format!(
+            "image grid needs at least 1 column, got {columns}"
+        )));
+    }
+    let cols = columns;
     let rows = (n + cols - 1) / cols;
     let gap = 2;
     let pixels = ((images.to_device(tch::Device::Cpu).to_kind(Kind::Float) + 1.0) * 127.5)
@@ -60,6 +78,34 @@ pub fn write_image_grid(images: &Tensor, path: &Path) -> Result<()> {
         }
     }
     save(&img, path)
+}
+
+/// Writes one `[C, H, W]` image in [-1, 1] (C = 1: grey PNG, C = 3: RGB
+/// PNG) at its own size, atomically.
+pub fn write_png(image: &Tensor, path: &Path) -> Result<()> {
+    let (c, h, w) = image.size3().map_err(TrainError::from)?;
+    let pixels = ((image.to_device(tch::Device::Cpu).to_kind(Kind::Float) + 1.0) * 127.5)
+        .clamp(0.0, 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous();
+    let data = Vec::<u8>::try_from(pixels.flatten(0, -1)).map_err(TrainError::from)?;
+    match c {
+        1 => {
+            let img = image::GrayImage::from_raw(w as u32, h as u32, data)
+                .ok_or_else(|| TrainError::Batch("image buffer size".into()))?;
+            save_dynamic(&image::DynamicImage::ImageLuma8(img), path)
+        }
+        3 => {
+            let img = RgbImage::from_raw(w as u32, h as u32, data)
+                .ok_or_else(|| TrainError::Batch("image buffer size".into()))?;
+            save(&img, path)
+        }
+        _ => Err(TrainError::Batch(format!(
+            "a PNG needs 1 or 3 channels, found {c}"
+        ))),
+    }
 }
 
 /// Writes samples as a picture: an image grid for `[N, C, H, W]`, a

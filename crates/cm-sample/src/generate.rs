@@ -1,0 +1,224 @@
+//! Generating N samples from a model card: in chunks (memory stays that of
+//! one chunk), reproducible per sample under a seed ([`SeededNoise`]: image
+//! `i` is the same whatever the chunk size or device), optionally
+//! class-conditional, with autograd off. The caller decides what to do with
+//! each chunk (the CLI writes PNGs and a tensor file, and moves a progress
+//! bar).
+
+use tch::{Device, Kind, Tensor};
+
+use cm_core::CoreError;
+use cm_nets::Model;
+
+use crate::card::ModelCard;
+use crate::consistency::consistency_sample_with;
+use crate::edm::{edm_sample, EdmSampler};
+use crate::error::Result;
+use crate::noise::SeededNoise;
+
+/// Which class each generated image gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// No class input (unconditional models; conditional ones get the null
+    /// class).
+    None,
+    /// Every image of one class.
+    Fixed(i64),
+    /// Image `i` gets class `i mod num_classes`: a balanced set.
+    Cycle,
+}
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateConfig {
+    /// Number of images.
+    pub count: usize,
+    /// Images per chunk (one sampler call).
+    pub batch_size: usize,
+    /// Run seed: image `i` uses `sample_seed(seed, i)`.
+    pub seed: u64,
+    /// Consistency: 1 for one step, k for k-step sampling with `taus`
+    /// (or the card's stored times). EDM: sampler steps.
+    pub steps: usize,
+    /// Explicit intermediate times (consistency only); `None` takes the
+    /// card's.
+    pub taus: Option<Vec<f64>>,
+    /// Classes.
+    pub classes: ClassChoice,
+}
+
+impl GenerateConfig {
+    /// `count` one-step (or one-sampler-default) samples under `seed`.
+    pub fn new(count: usize, seed: u64) -> Self {
+        GenerateConfig {
+            count,
+            batch_size: 64,
+            seed,
+            steps: 1,
+            taus: None,
+            classes: ClassChoice::None,
+        }
+    }
+}
+
+/// One generated chunk.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Index of the chunk's first image in the run.
+    pub first: usize,
+    /// Images in `[-1, 1]`, `[B, C, H, W]`, f32 on the CPU.
+    pub images: Tensor,
+    /// Their classes, when class-conditional.
+    pub classes: Option<Tensor>,
+}
+
+/// Totals of a generation run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Generated {
+    /// Images generated.
+    pub count: usize,
+    /// Network evaluations per image.
+    pub nfe: usize,
+    /// Seconds spent sampling (excluding the callback).
+    pub seconds: f64,
+}
+
+/// Generates `config.count` images with `model` (loaded from `card`) on
+/// `device`, handing each chunk to `on_chunk` in order. Runs without
+/// autograd.
+pub fn generate<E: From<crate::SampleError>>(
+    card: &ModelCard,
+    model: &Model,
+    config: &GenerateConfig,
+    device: Device,
+    on_chunk: &mut dyn FnMut(Chunk) -> std::result::Result<(), E>,
+) -> std::result::Result<Generated, E> {
+    let check = || -> Result<Vec<f64>> {
+        if config.count == 0 || config.batch_size == 0 {
+            return Err(CoreError::invalid(
+                "count / batch_size",
+                format!("{} / {}", config.count, config.batch_size),
+                "both at least 1",
+            )
+            .into());
+        }
+        let num_classes = model.config().num_classes() as i64;
+        match config.classes {
+            ClassChoice::None => {}
+            ClassChoice::Fixed(c) if (0..num_classes).contains(&c) => {}
+            ClassChoice::Fixed(c) => {
+                return Err(CoreError::invalid(
+                    "class",
+                    c,
+                    format!("a class in 0..{num_classes} (the model has {num_classes} classes)"),
+                )
+                .into())
+            }
+            ClassChoice::Cycle if num_classes > 0 => {}
+            ClassChoice::Cycle => {
+                return Err(CoreError::invalid(
+                    "classes",
+                    "cycle",
+                    "a class-conditional model (this one has no classes)",
+                )
+                .into())
+            }
+        }
+        match (card, &config.taus) {
+            (ModelCard::Consistency { consistency, .. }, Some(taus)) => {
+                if taus.len() + 1 != config.steps {
+                    return Err(CoreError::invalid(
+                        "taus",
+                        format!("{taus:?}"),
+                        format!(
+                            "{} intermediate times for {}-step sampling",
+                            config.steps.saturating_sub(1),
+                            config.steps
+                        ),
+                    )
+                    .into());
+                }
+                crate::consistency::check_taus(taus, consistency.sigma_min, consistency.sigma_max)?;
+                Ok(taus.clone())
+            }
+            (ModelCard::Consistency { .. }, None) => card.taus(config.steps),
+            (ModelCard::Edm { .. }, Some(_)) => Err(CoreError::invalid(
+                "taus",
+                "given",
+                "no intermediate times for an EDM model (set the sampler's steps instead)",
+            )
+            .into()),
+            (ModelCard::Edm { .. }, None) => Ok(Vec::new()),
+        }
+    };
+    let taus = check().map_err(E::from)?;
+    let shape = model.config().sample_shape();
+    let num_classes = model.config().num_classes() as i64;
+    let f = card.denoiser(model);
+    let _guard = tch::no_grad_guard();
+    let mut seconds = 0.0;
+    let mut nfe = 0;
+    let mut first = 0;
+    while first < config.count {
+        let n = config.batch_size.min(config.count - first);
+        let started = std::time::Instant::now();
+        let mut noise = SeededNoise::for_range(config.seed, first as u64, n);
+        let latents = noise.draw(&shape, Kind::Float, device);
+        let classes = match config.classes {
+            ClassChoice::None => None,
+            ClassChoice::Fixed(c) => Some(Tensor::full([n as i64], c, (Kind::Int64, device))),
+            ClassChoice::Cycle => Some(
+                Tensor::arange_start(first as i64, (first + n) as i64, (Kind::Int64, device))
+                    .remainder(num_classes),
+            ),
+        };
+        let sampled = match card {
+            ModelCard::Consistency { consistency, .. } => consistency_sample_with(
+                f.as_ref(),
+                &latents,
+                consistency.sigma_max,
+                consistency.sigma_min,
+                &taus,
+                classes.as_ref(),
+                &mut noise,
+            )
+            .map_err(|e| E::from(e.into()))?,
+            ModelCard::Edm { edm, sampler, .. } => {
+                let sampler = EdmSampler {
+                    steps: config.steps,
+                    ..*sampler
+                };
+                edm_sample(
+                    f.as_ref(),
+                    &latents,
+                    &edm.grid(),
+                    &sampler,
+                    classes.as_ref(),
+                )
+                .map_err(|e| E::from(e.into()))?
+            }
+        };
+        let images = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
+        seconds += started.elapsed().as_secs_f64();
+        nfe = sampled.nfe;
+        on_chunk(Chunk {
+            first,
+            images,
+            classes: classes.map(|c| c.to_device(Device::Cpu)),
+        })?;
+        first += n;
+    }
+    Ok(Generated {
+        count: config.count,
+        nfe,
+        seconds,
+    })
+}
+
+/// Images in `[-1, 1]` to u8 (`round((x + 1) * 127.5)`, clamped), the
+/// inverse of the data loader's `x / 127.5 - 1`.
+pub fn to_u8(images: &Tensor) -> Tensor {
+    ((images.clamp(-1.0, 1.0) + 1.0) * 127.5)
+        .round()
+        .to_kind(Kind::Uint8)
+}

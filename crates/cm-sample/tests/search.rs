@@ -1,0 +1,91 @@
+//! The timestep search against metrics with known minima.
+
+use cm_core::CoreError;
+use cm_sample::search::{search_timesteps, SearchConfig};
+
+fn config() -> SearchConfig {
+    SearchConfig::for_range(0.002, 80.0)
+}
+
+#[test]
+fn finds_the_minimum_of_a_two_step_metric() {
+    for optimum in [0.05, 0.821, 3.0, 20.0] {
+        let mut calls = 0;
+        let result = search_timesteps::<CoreError>(2, 0.002, 80.0, &config(), &mut |taus| {
+            calls += 1;
+            assert_eq!(taus.len(), 1);
+            Ok((taus[0].ln() - f64::ln(optimum)).powi(2) + 1.5)
+        })
+        .unwrap();
+        let (k, best) = &result.best[0];
+        assert_eq!(*k, 2);
+        // Bracket [0.01, 40] in ln: 8.29 wide; after 2 + 10 probes the
+        // minimiser is within 0.618^10 * 8.29 = 0.067 of the optimum in ln tau.
+        let err = (best.taus[0] / optimum).ln().abs();
+        assert!(
+            err < 0.07,
+            "optimum {optimum}: found {:?} ({err})",
+            best.taus
+        );
+        assert!((best.score - 1.5 - err * err).abs() < 1e-12);
+        assert_eq!(calls, 12);
+        assert_eq!(result.probes.len(), 12);
+        // The reported best is the smallest probe.
+        let min = result
+            .probes
+            .iter()
+            .map(|p| p.score)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(best.score, min);
+    }
+}
+
+#[test]
+fn greedy_three_step_search_fixes_the_first_time() {
+    let result = search_timesteps::<CoreError>(3, 0.002, 80.0, &config(), &mut |taus| {
+        let first = (taus[0].ln() - 2f64.ln()).powi(2);
+        Ok(match taus {
+            [_] => first,
+            [_, t2] => first + (t2.ln() - 0.3f64.ln()).powi(2),
+            _ => unreachable!("at most two times"),
+        })
+    })
+    .unwrap();
+    assert_eq!(result.best.len(), 2);
+    let (_, two) = &result.best[0];
+    let (k, three) = &result.best[1];
+    assert_eq!(*k, 3);
+    assert_eq!(three.taus.len(), 2);
+    // The 3-step search keeps the 2-step time and searches below it.
+    assert_eq!(three.taus[0], two.taus[0]);
+    assert!((three.taus[1] / 0.3).ln().abs() < 0.07, "{:?}", three.taus);
+    assert!(result.probes[12..].iter().all(|p| p.taus[1] < p.taus[0]));
+    assert_eq!(result.probes.len(), 24);
+}
+
+#[test]
+fn a_minimum_at_the_edge_is_approached() {
+    // Monotone metric: the best time is the bracket's lower end.
+    let result =
+        search_timesteps::<CoreError>(2, 0.002, 80.0, &config(), &mut |t| Ok(t[0])).unwrap();
+    let tau = result.best[0].1.taus[0];
+    assert!(tau > 0.01 && (tau / 0.01).ln() < 0.07, "{tau}");
+}
+
+#[test]
+fn bad_settings_and_metric_errors() {
+    let mut ok = |_: &[f64]| Ok::<f64, CoreError>(0.0);
+    let e = search_timesteps(1, 0.002, 80.0, &config(), &mut ok).unwrap_err();
+    assert!(e.to_string().contains("steps"), "{e}");
+    let bad = SearchConfig {
+        lower: 0.001,
+        ..config()
+    };
+    let e = search_timesteps(2, 0.002, 80.0, &bad, &mut ok).unwrap_err();
+    assert!(e.to_string().contains("bracket"), "{e}");
+    let e = search_timesteps(2, 0.002, 80.0, &config(), &mut |_| {
+        Err(CoreError::invalid("metric", "nan", "a number"))
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("metric"), "{e}");
+}
