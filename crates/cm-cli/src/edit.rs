@@ -138,7 +138,7 @@ pub struct InpaintArgs {
     #[arg(long)]
     mask_png: Option<PathBuf>,
     /// The box as top,left,height,width pixels (with --mask box).
-    #[arg(long, value_delimiter = ',', num_args = 4)]
+    #[arg(long, value_delimiter = ',')]
     r#box: Option<Vec<i64>>,
     /// Number of strokes (with --mask strokes).
     #[arg(long, default_value_t = 4)]
@@ -250,8 +250,9 @@ fn chain_taus(chain: &ChainArgs, card: &ModelCard) -> Result<Vec<f64>> {
         sigma_max: consistency.sigma_max,
         rho: consistency.rho,
     };
-    let sigmas = grid.sampling_sigmas(chain.steps)?;
-    // sigmas: sigma_max = s_0 > ... > s_{steps-1} = sigma_min, then 0.
+    // steps + 1 levels: sigma_max = s_0 > s_1 > ... > s_steps = sigma_min,
+    // then 0; the steps - 1 interior levels are the re-noising times.
+    let sigmas = grid.sampling_sigmas(chain.steps + 1)?;
     Ok(sigmas
         .iter()
         .skip(1)
@@ -279,7 +280,8 @@ fn write_results(
     let columns = 2 + results.len() as i64;
     let grid = Tensor::stack(&rows, 0);
     if let Some(parent) = common.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     write_image_grid_with_columns(&grid, columns, &common.out)
         .with_context(|| format!("writing {}", common.out.display()))?;
@@ -288,7 +290,8 @@ fn write_results(
         for (s, r) in results.iter().enumerate() {
             for i in 0..n {
                 let path = dir.join(format!("{i:04}-{s}.png"));
-                write_png(&r.get(i), &path).with_context(|| format!("writing {}", path.display()))?;
+                write_png(&r.get(i), &path)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }
@@ -307,7 +310,9 @@ fn luma_as_grey(x: &Tensor) -> Tensor {
     let w = Tensor::from_slice(&[0.299f32, 0.587, 0.114])
         .reshape([1, 3, 1, 1])
         .to_device(x.device());
-    (x * w).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).repeat([1, 3, 1, 1])
+    (x * w)
+        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+        .repeat([1, 3, 1, 1])
 }
 
 /// Runs one of the `cm edit` tasks.
@@ -321,15 +326,22 @@ pub fn edit(cmd: &EditCommand) -> Result<()> {
                     read_mask(png, h)?
                 } else {
                     match a.mask {
-                        MaskArg::Box => match &a.r#box {
-                            Some(b) => box_mask(h, w, b[0], b[1], b[2], b[3])?,
+                        MaskArg::Box => match a.r#box.as_deref() {
+                            Some(&[top, left, height, width]) => {
+                                box_mask(h, w, top, left, height, width)?
+                            }
+                            Some(other) => bail!(
+                                "--box {other:?}: expected four numbers top,left,height,width"
+                            ),
                             None => box_mask(h, w, h / 4, w / 4, h / 2, w / 2)?,
                         },
                         MaskArg::Left => half_mask(h, w, Side::Left)?,
                         MaskArg::Right => half_mask(h, w, Side::Right)?,
                         MaskArg::Top => half_mask(h, w, Side::Top)?,
                         MaskArg::Bottom => half_mask(h, w, Side::Bottom)?,
-                        MaskArg::Strokes => stroke_mask(h, w, a.strokes, a.stroke_width, common.seed)?,
+                        MaskArg::Strokes => {
+                            stroke_mask(h, w, a.strokes, a.stroke_width, common.seed)?
+                        }
                     }
                 };
                 Ok(EditTask::Inpaint { mask })
@@ -360,7 +372,9 @@ fn run_task(a: &TaskArgs, task: impl Fn(&[i64]) -> Result<EditTask>) -> Result<(
     let shape = model.config().sample_shape();
     let y = inputs(&a.input, &shape)?.to_device(device);
     let task = task(&y.size())?;
-    let plan = task.plan(&y.size()).with_context(|| format!("{} on {:?}", task.name(), y.size()))?;
+    let plan = task
+        .plan(&y.size())
+        .with_context(|| format!("{} on {:?}", task.name(), y.size()))?;
     let taus = chain_taus(&a.chain, &card)?;
     let f = card.denoiser(&model);
     let n = y.size()[0] as usize;
@@ -370,7 +384,15 @@ fn run_task(a: &TaskArgs, task: impl Fn(&[i64]) -> Result<EditTask>) -> Result<(
         // Sample s of image i uses seed index s * N + i: distinct per result.
         let mut noise = SeededNoise::for_range(a.common.seed, (s * n) as u64, n);
         let out = task
-            .run(f.as_ref(), &y, sigma_max, sigma_min, &taus, None, &mut noise)
+            .run(
+                f.as_ref(),
+                &y,
+                sigma_max,
+                sigma_min,
+                &taus,
+                None,
+                &mut noise,
+            )
             .with_context(|| task.name())?;
         results.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
@@ -390,10 +412,17 @@ fn run_task(a: &TaskArgs, task: impl Fn(&[i64]) -> Result<EditTask>) -> Result<(
         n,
         results.len(),
         1 + taus.len(),
-        taus.iter().map(|t| (t * 1e3).round() / 1e3).collect::<Vec<_>>(),
+        taus.iter()
+            .map(|t| (t * 1e3).round() / 1e3)
+            .collect::<Vec<_>>(),
         started.elapsed().as_secs_f64()
     );
-    write_results(&a.common, &y.to_device(Device::Cpu), &given.to_device(Device::Cpu), &results)
+    write_results(
+        &a.common,
+        &y.to_device(Device::Cpu),
+        &given.to_device(Device::Cpu),
+        &results,
+    )
 }
 
 fn run_denoise(a: &DenoiseArgs) -> Result<()> {
@@ -438,13 +467,21 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
     for p in 0..a.pairs {
         let mut noise = SeededNoise::for_range(a.common.seed, 2 * p as u64, 2);
         let z = noise.draw(&shape, Kind::Float, device);
-        let out = interpolate(f.as_ref(), &z.narrow(0, 0, 1), &z.narrow(0, 1, 1), a.frames, sigma_max, None)
-            .context("interpolate")?;
+        let out = interpolate(
+            f.as_ref(),
+            &z.narrow(0, 0, 1),
+            &z.narrow(0, 1, 1),
+            a.frames,
+            sigma_max,
+            None,
+        )
+        .context("interpolate")?;
         frames.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
     let grid = Tensor::cat(&frames, 0);
     if let Some(parent) = a.common.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     write_image_grid_with_columns(&grid, a.frames as i64, &a.common.out)
         .with_context(|| format!("writing {}", a.common.out.display()))?;
@@ -452,7 +489,8 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for i in 0..grid.size()[0] {
             let path = dir.join(format!("{i:04}.png"));
-            write_png(&grid.get(i), &path).with_context(|| format!("writing {}", path.display()))?;
+            write_png(&grid.get(i), &path)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     eprintln!(
@@ -480,15 +518,26 @@ fn run_sdedit(a: &SdeditArgs) -> Result<()> {
     let mut results = Vec::new();
     for s in 0..a.task.chain.samples.max(1) {
         let mut noise = SeededNoise::for_range(a.task.common.seed, (s * n) as u64, n);
-        let out = sdedit(f.as_ref(), &strokes, a.tau, &taus, sigma_min, sigma_max, None, &mut noise)
-            .context("sdedit")?;
+        let out = sdedit(
+            f.as_ref(),
+            &strokes,
+            a.tau,
+            &taus,
+            sigma_min,
+            sigma_max,
+            None,
+            &mut noise,
+        )
+        .context("sdedit")?;
         results.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
     eprintln!(
         "sdedit from tau {}: {} evaluations each (then taus {:?})",
         a.tau,
         1 + taus.len(),
-        taus.iter().map(|t| (t * 1e3).round() / 1e3).collect::<Vec<_>>()
+        taus.iter()
+            .map(|t| (t * 1e3).round() / 1e3)
+            .collect::<Vec<_>>()
     );
     // What the first evaluation sees: the strokes noised to tau (shown clamped).
     let mut noise = SeededNoise::for_range(a.task.common.seed, 0, n);

@@ -74,9 +74,11 @@ pub fn export(args: &ExportArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for i in 0..args.count {
-        let path = args
-            .out
-            .join(format!("{kind}{}-{name}-{:05}.png", data.name, args.first + i));
+        let path = args.out.join(format!(
+            "{kind}{}-{name}-{:05}.png",
+            data.name,
+            args.first + i
+        ));
         write_png(&images.get(i as i64), &path)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());

@@ -163,8 +163,8 @@ impl CountBar {
 
 /// Loads a card and its network.
 pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Model)> {
-    let card =
-        ModelCard::load(path).with_context(|| format!("loading the model card {}", path.display()))?;
+    let card = ModelCard::load(path)
+        .with_context(|| format!("loading the model card {}", path.display()))?;
     let model = card
         .load_model(device)
         .with_context(|| format!("loading the weights {}", card.weights().display()))?;
@@ -227,9 +227,14 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         })
     })
     .with_context(|| format!("writing {}", tensor_path.display()))?;
-    let grid = images.narrow(0, 0, images.size()[0].min(64)).to_kind(Kind::Float) / 127.5 - 1.0;
+    let grid = images
+        .narrow(0, 0, images.size()[0].min(64))
+        .to_kind(Kind::Float)
+        / 127.5
+        - 1.0;
     let grid_path = out.join("grid.png");
-    write_image_grid(&grid, &grid_path).with_context(|| format!("writing {}", grid_path.display()))?;
+    write_image_grid(&grid, &grid_path)
+        .with_context(|| format!("writing {}", grid_path.display()))?;
     eprintln!(
         "{} images, {} NFE each, {:.2} s sampling ({:.1} ms per image) -> {}",
         done.count,
@@ -288,7 +293,9 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let device = crate::device(args.device)?;
     let (mut card, model) = load_card(&args.card, device)?;
     let (sigma_min, sigma_max) = match &card {
-        ModelCard::Consistency { consistency, .. } => (consistency.sigma_min, consistency.sigma_max),
+        ModelCard::Consistency { consistency, .. } => {
+            (consistency.sigma_min, consistency.sigma_max)
+        }
         ModelCard::Edm { .. } => bail!(
             "{}: an EDM model has no intermediate times to search (kind = \"edm\"); \
              pass a consistency model's card",
@@ -305,8 +312,14 @@ pub fn search(args: &SearchArgs) -> Result<()> {
             shape
         );
     }
-    let space = feature_space(&data, &ClassifierConfig::default(), None, device, &mut cm_eval::Log)
-        .context("the feature network")?;
+    let space = feature_space(
+        &data,
+        &ClassifierConfig::default(),
+        None,
+        device,
+        &mut cm_eval::Log,
+    )
+    .context("the feature network")?;
     let reference: &FeatureStats = &space.reference.stats;
     let config = SearchConfig {
         rounds: args.rounds,
@@ -336,7 +349,9 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         bar.inc(1);
         bar.println(&format!(
             "taus {:?}: FID {fid:.3}",
-            taus.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>()
+            taus.iter()
+                .map(|t| (t * 1e4).round() / 1e4)
+                .collect::<Vec<_>>()
         ));
         Ok(fid)
     };
@@ -352,10 +367,15 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     );
     let dir = args.card.parent().unwrap_or(Path::new("."));
     // A table and a plot of FID against tau_1 for the 2-step probes.
-    let mut csv = String::from("steps,taus,fid\n1,,".to_string() + &format!("{one_step}\n"));
+    let mut csv = format!("steps,taus,fid\n1,,{one_step}\n");
     for p in &result.probes {
         let taus: Vec<String> = p.taus.iter().map(|t| format!("{t}")).collect();
-        csv.push_str(&format!("{},{},{}\n", p.taus.len() + 1, taus.join(" "), p.score));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            p.taus.len() + 1,
+            taus.join(" "),
+            p.score
+        ));
     }
     let csv_path = dir.join("timestep_search.csv");
     cm_eval::pipeline::write_text(&csv_path, &csv)
@@ -400,8 +420,8 @@ pub fn search(args: &SearchArgs) -> Result<()> {
 /// or card-relative-joined) with the weights path as the file had it.
 pub fn save_card_keeping_relative(card: &ModelCard, path: &Path) -> Result<()> {
     let mut card = card.clone();
-    let on_disk: ModelCard = cm_core::load_toml(path)
-        .with_context(|| format!("re-reading {}", path.display()))?;
+    let on_disk: ModelCard =
+        cm_core::load_toml(path).with_context(|| format!("re-reading {}", path.display()))?;
     card.set_weights(on_disk.weights().to_path_buf());
     card.save(path)
         .with_context(|| format!("writing {}", path.display()))

@@ -333,10 +333,15 @@ pub fn images_to_float(images: &Tensor) -> Tensor {
 /// offsets is an exact shift, and the random stream is the one shift-only
 /// configs always drew (rotation and zoom draw after the shift, and only
 /// when enabled).
-fn augment_batch(x: &Tensor, rng: &mut crate::kid::SplitMix64, config: &ClassifierConfig) -> Tensor {
+fn augment_batch(
+    x: &Tensor,
+    rng: &mut crate::kid::SplitMix64,
+    config: &ClassifierConfig,
+) -> Tensor {
     let (b, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
     let span = 2 * config.max_shift as u64 + 1;
-    let uniform = |rng: &mut crate::kid::SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let uniform =
+        |rng: &mut crate::kid::SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let mut theta = Vec::with_capacity(6 * b as usize);
     for _ in 0..b {
         let dy = (rng.next_u64() % span) as i64 - config.max_shift;
