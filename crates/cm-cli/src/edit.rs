@@ -55,6 +55,10 @@ pub struct CommonArgs {
     /// Also write every result as a PNG into this folder.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Enlarge the grid by this factor (nearest neighbour; the per-result
+    /// PNGs keep the model's resolution).
+    #[arg(long, default_value_t = 1)]
+    pub zoom: i64,
     /// Run seed (per image and per sample: results do not depend on batching).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -86,8 +90,9 @@ pub struct InputArgs {
 /// The multistep chain of Algorithm 4.
 #[derive(Debug, clap::Args)]
 pub struct ChainArgs {
-    /// Network evaluations: the first at T, then steps - 1 re-noised ones at
-    /// the interior times of the Karras grid (or --taus).
+    /// Network evaluations: the first at T (sdedit: at --tau), then
+    /// steps - 1 re-noised ones at the interior times of the Karras grid
+    /// down to sigma_min (or --taus).
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
     /// Explicit times tau_1 > tau_2 > ... after the first evaluation.
@@ -154,8 +159,15 @@ pub struct SuperResArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// Upsampling factor (patch side): 2 or 4 (any divisor of the resolution).
+    /// The model keeps the mean of every factor x factor patch of the input
+    /// and generates the rest.
     #[arg(long, default_value_t = 2)]
     factor: i64,
+    /// The --input PNGs are low-resolution images (side = resolution /
+    /// factor) whose pixels are the patch means; without it inputs are
+    /// full-resolution images whose patch means are kept.
+    #[arg(long)]
+    low_res: bool,
 }
 
 /// Arguments of `cm edit denoise`.
@@ -232,33 +244,73 @@ fn inputs(args: &InputArgs, shape: &[i64]) -> Result<Tensor> {
     Ok(images)
 }
 
+/// Low-resolution inputs (`side = resolution / factor`), blown up with
+/// nearest neighbour so every factor x factor patch has the low-resolution
+/// pixel as its mean. Test images (`--data`) are averaged over patches first.
+fn low_res_inputs(args: &InputArgs, shape: &[i64], factor: i64) -> Result<Tensor> {
+    let (c, h) = (shape[0], shape[1]);
+    if factor < 2 || h % factor != 0 {
+        bail!("--factor {factor}: expected a divisor >= 2 of the resolution {h}");
+    }
+    let small = if args.input.is_empty() {
+        inputs(args, shape)?.avg_pool2d(
+            [factor, factor],
+            [factor, factor],
+            [0, 0],
+            false,
+            true,
+            None::<i64>,
+        )
+    } else {
+        read_images(&args.input, &[c, h / factor, h / factor])?
+    };
+    Ok(small.upsample_nearest2d([h, h], None, None))
+}
+
 /// The times after the first evaluation: --taus, or the interior of the
-/// Karras sampling grid with `steps` levels before 0 (Karras et al. 2022,
-/// Eq. 5), the schedule CM's editing experiments use.
-fn chain_taus(chain: &ChainArgs, card: &ModelCard) -> Result<Vec<f64>> {
+/// Karras sampling grid (Karras et al. 2022, Eq. 5) from `start` (sigma_max,
+/// or SDEdit's tau) down to sigma_min with `steps + 1` levels, so that
+/// `--steps k` means k network evaluations.
+fn chain_taus(chain: &ChainArgs, card: &ModelCard, start: Option<f64>) -> Result<Vec<f64>> {
     if let Some(t) = &chain.taus {
         return Ok(t.clone());
     }
-    if chain.steps == 0 {
-        bail!("--steps must be at least 1");
+    if !(1..=1000).contains(&chain.steps) {
+        bail!("--steps {}: expected 1 to 1000", chain.steps);
     }
     let ModelCard::Consistency { consistency, .. } = card else {
         bail!("editing needs a consistency model");
     };
     let grid = KarrasGrid {
         sigma_min: consistency.sigma_min,
-        sigma_max: consistency.sigma_max,
+        sigma_max: start.unwrap_or(consistency.sigma_max),
         rho: consistency.rho,
     };
-    // steps + 1 levels: sigma_max = s_0 > s_1 > ... > s_steps = sigma_min,
-    // then 0; the steps - 1 interior levels are the re-noising times.
+    // steps + 1 levels: start = s_0 > s_1 > ... > s_steps = sigma_min, then
+    // 0; the steps - 1 interior levels are the re-noising times.
     let sigmas = grid.sampling_sigmas(chain.steps + 1)?;
-    Ok(sigmas
-        .iter()
-        .skip(1)
-        .filter(|&&s| s > consistency.sigma_min * (1.0 + 1e-9))
-        .copied()
-        .collect())
+    Ok(sigmas[1..sigmas.len().saturating_sub(2)].to_vec())
+}
+
+/// Per-image, per-result noise: result `s` of input `i` is seeded by
+/// `(seed, i, s)`, so it does not change with the number of inputs or results.
+fn result_noise(seed: u64, n: usize, s: usize) -> SeededNoise {
+    SeededNoise::new(
+        (0..n as u64)
+            .map(|i| cm_sample::sample_seed(cm_sample::sample_seed(seed, i), s as u64))
+            .collect(),
+    )
+}
+
+/// Checks the options every task shares before any work is done.
+fn check_common(common: &CommonArgs, samples: usize) -> Result<()> {
+    if !(1..=16).contains(&common.zoom) {
+        bail!("--zoom {}: expected 1 to 16", common.zoom);
+    }
+    if !(1..=64).contains(&samples) {
+        bail!("--samples {samples}: expected 1 to 64 results per input");
+    }
+    Ok(())
 }
 
 /// Writes the grid (and the per-result PNGs) of an editing run.
@@ -278,7 +330,7 @@ fn write_results(
         }
     }
     let columns = 2 + results.len() as i64;
-    let grid = Tensor::stack(&rows, 0);
+    let grid = zoomed(&Tensor::stack(&rows, 0), common.zoom)?;
     if let Some(parent) = common.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -305,6 +357,18 @@ fn write_results(
     Ok(())
 }
 
+/// Nearest-neighbour enlargement of `[N, C, H, W]` images for viewing.
+fn zoomed(images: &Tensor, zoom: i64) -> Result<Tensor> {
+    if !(1..=16).contains(&zoom) {
+        bail!("--zoom {zoom}: expected 1 to 16");
+    }
+    if zoom == 1 {
+        return Ok(images.shallow_clone());
+    }
+    let (h, w) = (images.size()[2], images.size()[3]);
+    Ok(images.upsample_nearest2d([h * zoom, w * zoom], None, None))
+}
+
 /// The colour-transform view of what colorization is given: the luma as grey.
 fn luma_as_grey(x: &Tensor) -> Tensor {
     let w = Tensor::from_slice(&[0.299f32, 0.587, 0.114])
@@ -320,7 +384,14 @@ pub fn edit(cmd: &EditCommand) -> Result<()> {
     match cmd {
         EditCommand::Inpaint(a) => {
             let common = &a.task.common;
-            run_task(&a.task, |shape| {
+            if a.strokes > 64 || !(a.stroke_width > 0.0 && a.stroke_width <= 64.0) {
+                bail!(
+                    "--strokes {} / --stroke-width {}: expected at most 64 / in (0, 64]",
+                    a.strokes,
+                    a.stroke_width
+                );
+            }
+            run_task(&a.task, None, |shape| {
                 let (h, w) = (shape[2], shape[3]);
                 let mask = if let Some(png) = &a.mask_png {
                     read_mask(png, h)?
@@ -347,8 +418,8 @@ pub fn edit(cmd: &EditCommand) -> Result<()> {
                 Ok(EditTask::Inpaint { mask })
             })
         }
-        EditCommand::Colorize(a) => run_task(a, |_| Ok(EditTask::Colorize)),
-        EditCommand::SuperRes(a) => run_task(&a.task, |_| {
+        EditCommand::Colorize(a) => run_task(a, None, |_| Ok(EditTask::Colorize)),
+        EditCommand::SuperRes(a) => run_task(&a.task, a.low_res.then_some(a.factor), |_| {
             Ok(EditTask::SuperResolution { factor: a.factor })
         }),
         EditCommand::Denoise(a) => run_denoise(a),
@@ -367,22 +438,30 @@ fn setup(common: &CommonArgs) -> Result<(Device, ModelCard, cm_nets::Model, f64,
 
 /// Inpainting, colorization and super-resolution: Algorithm 4 with the
 /// task's transform and mask.
-fn run_task(a: &TaskArgs, task: impl Fn(&[i64]) -> Result<EditTask>) -> Result<()> {
+fn run_task(
+    a: &TaskArgs,
+    low_res: Option<i64>,
+    task: impl Fn(&[i64]) -> Result<EditTask>,
+) -> Result<()> {
+    check_common(&a.common, a.chain.samples)?;
     let (device, card, model, sigma_min, sigma_max) = setup(&a.common)?;
     let shape = model.config().sample_shape();
-    let y = inputs(&a.input, &shape)?.to_device(device);
+    let y = match low_res {
+        Some(factor) => low_res_inputs(&a.input, &shape, factor)?,
+        None => inputs(&a.input, &shape)?,
+    }
+    .to_device(device);
     let task = task(&y.size())?;
     let plan = task
         .plan(&y.size())
         .with_context(|| format!("{} on {:?}", task.name(), y.size()))?;
-    let taus = chain_taus(&a.chain, &card)?;
+    let taus = chain_taus(&a.chain, &card, None)?;
     let f = card.denoiser(&model);
     let n = y.size()[0] as usize;
     let started = std::time::Instant::now();
     let mut results = Vec::new();
-    for s in 0..a.chain.samples.max(1) {
-        // Sample s of image i uses seed index s * N + i: distinct per result.
-        let mut noise = SeededNoise::for_range(a.common.seed, (s * n) as u64, n);
+    for s in 0..a.chain.samples {
+        let mut noise = result_noise(a.common.seed, n, s);
         let out = task
             .run(
                 f.as_ref(),
@@ -426,6 +505,7 @@ fn run_task(a: &TaskArgs, task: impl Fn(&[i64]) -> Result<EditTask>) -> Result<(
 }
 
 fn run_denoise(a: &DenoiseArgs) -> Result<()> {
+    check_common(&a.common, 1)?;
     let (device, card, model, sigma_min, sigma_max) = setup(&a.common)?;
     let shape = model.config().sample_shape();
     let y = inputs(&a.input, &shape)?.to_device(device);
@@ -457,10 +537,15 @@ fn run_denoise(a: &DenoiseArgs) -> Result<()> {
 }
 
 fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
-    let (device, card, model, _, sigma_max) = setup(&a.common)?;
-    if a.pairs == 0 {
-        bail!("--pairs must be at least 1");
+    check_common(&a.common, 1)?;
+    if !(1..=64).contains(&a.pairs) || !(2..=64).contains(&a.frames) {
+        bail!(
+            "--pairs {} / --frames {}: expected 1 to 64 / 2 to 64",
+            a.pairs,
+            a.frames
+        );
     }
+    let (device, card, model, _, sigma_max) = setup(&a.common)?;
     let shape = model.config().sample_shape();
     let f = card.denoiser(&model);
     let mut frames = Vec::new();
@@ -479,11 +564,12 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
         frames.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
     let grid = Tensor::cat(&frames, 0);
+    let big = zoomed(&grid, a.common.zoom)?;
     if let Some(parent) = a.common.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    write_image_grid_with_columns(&grid, a.frames as i64, &a.common.out)
+    write_image_grid_with_columns(&big, a.frames as i64, &a.common.out)
         .with_context(|| format!("writing {}", a.common.out.display()))?;
     if let Some(dir) = &a.common.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -503,21 +589,22 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
 }
 
 fn run_sdedit(a: &SdeditArgs) -> Result<()> {
+    check_common(&a.task.common, a.task.chain.samples)?;
     let (device, card, model, sigma_min, sigma_max) = setup(&a.task.common)?;
     let shape = model.config().sample_shape();
     let strokes = inputs(&a.task.input, &shape)?.to_device(device);
-    let taus: Vec<f64> = match &a.task.chain.taus {
-        Some(t) => t.clone(),
-        None => chain_taus(&a.task.chain, &card)?
-            .into_iter()
-            .filter(|&t| t < a.tau)
-            .collect(),
-    };
+    if !(a.tau > sigma_min && a.tau <= sigma_max) {
+        bail!(
+            "--tau {}: expected a time in ({sigma_min}, {sigma_max}]",
+            a.tau
+        );
+    }
+    let taus = chain_taus(&a.task.chain, &card, Some(a.tau))?;
     let f = card.denoiser(&model);
     let n = strokes.size()[0] as usize;
     let mut results = Vec::new();
-    for s in 0..a.task.chain.samples.max(1) {
-        let mut noise = SeededNoise::for_range(a.task.common.seed, (s * n) as u64, n);
+    for s in 0..a.task.chain.samples {
+        let mut noise = result_noise(a.task.common.seed, n, s);
         let out = sdedit(
             f.as_ref(),
             &strokes,
@@ -539,8 +626,9 @@ fn run_sdedit(a: &SdeditArgs) -> Result<()> {
             .map(|t| (t * 1e3).round() / 1e3)
             .collect::<Vec<_>>()
     );
-    // What the first evaluation sees: the strokes noised to tau (shown clamped).
-    let mut noise = SeededNoise::for_range(a.task.common.seed, 0, n);
+    // What the first evaluation of result 0 sees (the same noise draw): the
+    // strokes noised to tau, shown clamped.
+    let mut noise = result_noise(a.task.common.seed, n, 0);
     let seen = (&strokes
         + noise.draw(&shape, Kind::Float, device) * (a.tau * a.tau - sigma_min * sigma_min).sqrt())
     .clamp(-1.0, 1.0);

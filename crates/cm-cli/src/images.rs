@@ -88,14 +88,16 @@ pub fn export(args: &ExportArgs) -> Result<()> {
 
 /// Images `first .. first + count` of a split as f32 in [-1, 1].
 pub fn data_images(split: &cm_data::ImageSplit, first: usize, count: usize) -> Result<Tensor> {
-    if count == 0 || first + count > split.len() {
+    let end = first
+        .checked_add(count)
+        .filter(|&e| count > 0 && e <= split.len());
+    let Some(end) = end else {
         bail!(
-            "images {first}..{} requested; the split has {} (expected count >= 1 within it)",
-            first + count,
+            "images {first}..{first}+{count} requested; the split has {} (expected count >= 1 within it)",
             split.len()
         );
-    }
-    let indices: Vec<usize> = (first..first + count).collect();
+    };
+    let indices: Vec<usize> = (first..end).collect();
     let picked = split.select(&indices)?;
     Ok(picked.to_tensor().to_kind(Kind::Float) / 127.5 - 1.0)
 }

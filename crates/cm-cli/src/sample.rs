@@ -67,10 +67,11 @@ pub struct SampleArgs {
     /// Model card (`model.toml` of a finished teacher, CD, CT or iCT run).
     #[arg(long)]
     pub card: PathBuf,
-    /// Consistency: network steps (1, or k with the card's stored k-step
-    /// times or --taus). EDM teacher: sampler steps (Heun: 2 steps - 1 NFE).
-    #[arg(long, default_value_t = 1)]
-    pub steps: usize,
+    /// Consistency: network steps (default 1; k uses the card's stored
+    /// k-step times, or --taus). EDM teacher: sampler steps (default: the
+    /// card's sampler, e.g. 18 Heun steps = 35 NFE).
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Intermediate times tau_1 > ... > tau_{k-1} of k-step consistency
     /// sampling (CM Algorithm 1), overriding the card's.
     #[arg(long, value_parser = parse_taus)]
@@ -176,11 +177,17 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
     let device = crate::device(args.device)?;
     let (card, model) = load_card(&args.card, device)?;
+    let steps = match (&card, args.steps, &args.taus) {
+        (_, Some(k), _) => k,
+        (ModelCard::Consistency { .. }, None, Some(taus)) => taus.len() + 1,
+        (ModelCard::Consistency { .. }, None, None) => 1,
+        (ModelCard::Edm { sampler, .. }, None, _) => sampler.steps,
+    };
     let config = GenerateConfig {
         count: args.count,
         batch_size: args.batch_size,
         seed: args.seed,
-        steps: args.steps,
+        steps,
         taus: args.taus.clone(),
         classes: match (args.class, args.balanced) {
             (Some(c), _) => ClassChoice::Fixed(c),
@@ -276,7 +283,8 @@ pub struct SearchArgs {
     /// Seed of the probes' samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Only print the result; leave the card as it is.
+    /// Only print the result (and write the table and plot); leave the card
+    /// as it is.
     #[arg(long)]
     pub dry_run: bool,
     /// Where to run.
@@ -302,6 +310,14 @@ pub fn search(args: &SearchArgs) -> Result<()> {
             args.card.display()
         ),
     };
+    if args.max_steps < 2 || args.rounds == 0 || args.samples < 2 {
+        bail!(
+            "--max-steps {} / --rounds {} / --samples {}: expected at least 2 / 1 / 2",
+            args.max_steps,
+            args.rounds,
+            args.samples
+        );
+    }
     let data = args.data.load()?;
     let shape = model.config().sample_shape();
     if shape != data.shape().map(|s| s as i64) {
@@ -326,7 +342,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         lower: args.lower,
         upper: args.upper.unwrap_or(sigma_max / 2.0),
     };
-    let probes_total = (args.max_steps.saturating_sub(1) * (args.rounds + 2)) as u64;
+    let probes_total = 1 + (args.max_steps.saturating_sub(1) * (args.rounds + 2)) as u64;
     let mut bar = CountBar::new("search", probes_total);
     let started = Instant::now();
     let mut fid_of = |taus: &[f64]| -> Result<f64> {

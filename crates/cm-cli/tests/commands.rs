@@ -235,6 +235,26 @@ fn sample_edit_and_export() {
         assert!(dir.path().join(f).exists(), "{f}");
     }
 
+    // An EDM card samples with its own sampler by default (18 Heun steps).
+    let edm = ModelCard::Edm {
+        weights: "w.safetensors".into(),
+        edm: cm_core::EdmConfig::default(),
+        sampler: cm_sample::EdmSampler::default(),
+    };
+    edm.save(dir.path().join("edm.toml")).unwrap();
+    let (ok, err) = cm(&[
+        "sample",
+        "--card",
+        &out("edm.toml"),
+        "--count",
+        "2",
+        "--out",
+        &out("edm"),
+        "--no-png",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("2 images, 35 NFE each"), "{err}");
+
     // Bad input: clear errors naming what is wrong.
     let (ok, err) = cm(&[
         "edit",

@@ -58,14 +58,22 @@ pub struct ClassifierConfig {
     /// it for 99% (8,576 training digits only).
     pub max_shift: i64,
     /// Random rotation of each training image by up to this many degrees
-    /// either way; 0 (the default) disables it.
+    /// either way; 0 (the default) disables it. Not written when 0, so
+    /// configs without it keep their feature-network cache key.
+    #[serde(skip_serializing_if = "is_zero")]
     pub max_rotate: f64,
     /// Random zoom of each training image by a factor in
     /// `[1 - max_scale, 1 + max_scale]`; 0 (the default) disables it.
     /// Rotation and zoom are what take MNIST's small training split past 99%.
+    /// Not written when 0 (see `max_rotate`).
+    #[serde(skip_serializing_if = "is_zero")]
     pub max_scale: f64,
     /// Seed of initialisation, dropout, batch order and augmentation.
     pub seed: u64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for ClassifierConfig {
@@ -326,7 +334,8 @@ pub fn images_to_float(images: &Tensor) -> Tensor {
 }
 
 /// Random affine augmentation of a training batch: each image gets its own
-/// whole-pixel translation `(dy, dx)` in `[-max_shift, max_shift]`, rotation
+/// translation `(dy, dx)` in `[-max_shift, max_shift]` whole pixels (in
+/// input coordinates, so rotated and zoomed with the image), rotation
 /// in `[-max_rotate, max_rotate]` degrees and zoom in `[1 - max_scale,
 /// 1 + max_scale]`, resampled bilinearly about the centre and filled with -1
 /// (background). With rotation and zoom off, bilinear resampling at integer

@@ -31,8 +31,8 @@ pub fn check_taus(taus: &[f64], sigma_min: f64, start: f64) -> cm_core::Result<(
 }
 
 /// The multistep refinement of Algorithm 1 / 4 from a clean estimate `x`:
-/// for each `tau`, `x <- project(f(x + sqrt(tau^2 - eps^2) z, tau))`. Returns
-/// the result and the evaluations made (`taus.len()`). Runs without autograd;
+/// for each `tau`, `x <- project(f(x + sqrt(tau^2 - eps^2) z, tau))`, one
+/// network evaluation per `tau`. Runs without autograd;
 /// `taus` must already be checked ([`check_taus`]).
 pub fn consistency_chain(
     f: &dyn Denoiser,

@@ -48,7 +48,8 @@ pub struct GenerateConfig {
 }
 
 impl GenerateConfig {
-    /// `count` one-step (or one-sampler-default) samples under `seed`.
+    /// `count` one-step samples under `seed` (for an EDM card set `steps` to
+    /// the sampler's step count).
     pub fn new(count: usize, seed: u64) -> Self {
         GenerateConfig {
             count,
