@@ -47,6 +47,12 @@ COMMANDS:
              precision/recall, IS-like in the project's feature space)
              against NFE and time: runs/eval-<preset>/results.md, results.csv,
              fid_vs_nfe.png. Trains the feature network on first use.
+    edit-grids [--run-dir DIR] [--out DIR]
+             Every zero-shot editing grid of docs/sampling.md (inpainting with
+             four masks, colorization, super-resolution x2 and x4, denoising,
+             interpolation, SDEdit) from the coloured Fashion-MNIST iCT model
+             (default runs/ict-cfmnist, made by `train-ct --preset cfmnist`)
+             into docs/images (or --out).
     help     Print this help.
 
 OPTIONS:
@@ -171,6 +177,111 @@ fn cm_eval_args(args: &Args) -> Result<Vec<String>, String> {
         *flag = "--out".into();
     }
     Ok(cm_args)
+}
+
+/// The `cm` commands behind `cargo xtask edit-grids`: the model card in the
+/// run folder, test images of coloured Fashion-MNIST, grids into `out`.
+fn edit_grid_commands(args: &Args) -> Result<Vec<Vec<String>>, String> {
+    if args.config.is_some() || args.resume || args.preset.is_some() {
+        return Err("`edit-grids` takes --run-dir and --out only".into());
+    }
+    let run = args.run_dir.as_deref().unwrap_or("runs/ict-cfmnist");
+    let out = args.out.as_deref().unwrap_or("docs/images");
+    let card = format!("{run}/model.toml");
+    let strokes = format!("{run}/strokes");
+    let data = [
+        "--data",
+        "colored-fashion-mnist",
+        "--count",
+        "6",
+        "--zoom",
+        "3",
+    ];
+    let edit = |task: &str, name: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["edit", task, "--card", &card, "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(format!("{out}/edit-{name}.png"));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(args.passthrough.iter().cloned());
+        v
+    };
+    let mut commands = vec![
+        edit(
+            "inpaint",
+            "inpaint-box",
+            &[&data[..], &["--mask", "box"]].concat(),
+        ),
+        edit(
+            "inpaint",
+            "inpaint-half",
+            &[&data[..], &["--mask", "right"]].concat(),
+        ),
+        edit(
+            "inpaint",
+            "inpaint-strokes",
+            &[&data[..], &["--mask", "strokes"]].concat(),
+        ),
+        edit(
+            "inpaint",
+            "inpaint-mask",
+            &[
+                &data[..],
+                &["--mask-png", "docs/images/edit-mask-example.png"],
+            ]
+            .concat(),
+        ),
+        edit("colorize", "colorize", &data),
+        edit(
+            "super-res",
+            "superres-x2",
+            &[&data[..], &["--factor", "2"]].concat(),
+        ),
+        edit(
+            "super-res",
+            "superres-x4",
+            &[&data[..], &["--factor", "4"]].concat(),
+        ),
+        edit(
+            "denoise",
+            "denoise",
+            &[&data[..], &["--sigma", "0.5"]].concat(),
+        ),
+        edit("interpolate", "interpolate", &["--zoom", "3"]),
+    ];
+    commands.push(
+        [
+            "export-images",
+            "--data",
+            "colored-fashion-mnist",
+            "--strokes",
+            "--first",
+            "100",
+            "--count",
+            "6",
+            "--out",
+            &strokes,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    let inputs: Vec<String> = (100..106)
+        .flat_map(|i| {
+            [
+                "--input".to_string(),
+                format!("{strokes}/strokes-colored-fashion-mnist-test-{i:05}.png"),
+            ]
+        })
+        .collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    commands.push(edit(
+        "sdedit",
+        "sdedit",
+        &[&inputs[..], &["--tau", "2", "--zoom", "3"]].concat(),
+    ));
+    Ok(commands)
 }
 
 /// `cm <subcommand> --config <config or configs/<kind>/<preset>.toml> --run-dir
@@ -323,6 +434,16 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             let torch = libtorch::ensure(flavor)?;
             let cm_args = cm_eval_args(&args)?;
             Ok(exit(cargo_run_cm(&torch, &cm_args)?))
+        }
+        "edit-grids" => {
+            let torch = libtorch::ensure(flavor)?;
+            for cm_args in edit_grid_commands(&args)? {
+                let code = cargo_run_cm(&torch, &cm_args)?;
+                if !code.success() {
+                    return Ok(exit(code));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         "bench" => {
             let torch = libtorch::ensure(flavor)?;
@@ -542,6 +663,58 @@ mod tests {
         );
         assert!(cm_eval_args(&parse(strings(&["eval", "--resume"])).unwrap()).is_err());
         assert!(cm_eval_args(&parse(strings(&["eval", "--preset", "x"])).unwrap()).is_err());
+    }
+
+    #[test]
+    fn edit_grids_run_every_task_on_the_run_folder() {
+        let a = parse(strings(&[
+            "edit-grids",
+            "--run-dir",
+            "runs/x",
+            "--",
+            "--threads",
+            "1",
+        ]))
+        .unwrap();
+        let cmds = edit_grid_commands(&a).unwrap();
+        let tasks: Vec<&str> = cmds
+            .iter()
+            .map(|c| {
+                if c[0] == "edit" {
+                    c[1].as_str()
+                } else {
+                    c[0].as_str()
+                }
+            })
+            .collect();
+        assert_eq!(
+            tasks,
+            [
+                "inpaint",
+                "inpaint",
+                "inpaint",
+                "inpaint",
+                "colorize",
+                "super-res",
+                "super-res",
+                "denoise",
+                "interpolate",
+                "export-images",
+                "sdedit"
+            ]
+        );
+        for c in cmds.iter().filter(|c| c[0] == "edit") {
+            let card = c.iter().position(|a| a == "--card").unwrap();
+            assert_eq!(c[card + 1], "runs/x/model.toml");
+            assert!(
+                c.iter().any(|a| a.starts_with("docs/images/edit-")),
+                "{c:?}"
+            );
+            assert_eq!(&c[c.len() - 2..], ["--threads", "1"]);
+        }
+        assert!(parse(strings(&["edit-grids", "--preset", "toy"]))
+            .and_then(|a| edit_grid_commands(&a))
+            .is_err());
     }
 
     #[test]
