@@ -20,7 +20,7 @@ use cm_sample::{ModelCard, SeededNoise};
 use cm_train::report::{write_image_grid_with_columns, write_png};
 
 use crate::images::{data_images, read_images, read_mask};
-use crate::sample::{load_card, parse_taus, DataArg};
+use crate::sample::{load_card, DataArg};
 
 /// The editing tasks.
 #[derive(Debug, clap::Subcommand)]
@@ -96,7 +96,7 @@ pub struct ChainArgs {
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
     /// Explicit times tau_1 > tau_2 > ... after the first evaluation.
-    #[arg(long, value_parser = parse_taus)]
+    #[arg(long, value_delimiter = ',')]
     pub taus: Option<Vec<f64>>,
     /// Results per input, each from its own seed.
     #[arg(long, default_value_t = 3)]

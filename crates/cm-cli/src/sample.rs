@@ -50,17 +50,6 @@ impl DataArg {
     }
 }
 
-/// Parses `--taus 0.8,0.2`.
-pub fn parse_taus(text: &str) -> Result<Vec<f64>, String> {
-    text.split(',')
-        .map(|t| {
-            t.trim()
-                .parse::<f64>()
-                .map_err(|_| format!("`{t}` is not a number (expected times like 0.8,0.2)"))
-        })
-        .collect()
-}
-
 /// Arguments of `cm sample`.
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {
@@ -74,7 +63,7 @@ pub struct SampleArgs {
     pub steps: Option<usize>,
     /// Intermediate times tau_1 > ... > tau_{k-1} of k-step consistency
     /// sampling (CM Algorithm 1), overriding the card's.
-    #[arg(long, value_parser = parse_taus)]
+    #[arg(long, value_delimiter = ',')]
     pub taus: Option<Vec<f64>>,
     /// Number of images.
     #[arg(long, default_value_t = 64)]

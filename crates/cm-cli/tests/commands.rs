@@ -106,6 +106,44 @@ fn sample_edit_and_export() {
     assert_eq!(p3, Vec::<u8>::try_from(a.get(3).flatten(0, -1)).unwrap());
     assert!(dir.path().join("a/grid.png").exists());
     assert!(!dir.path().join("b/000000.png").exists());
+    // Explicit times: `--taus` sets the step count; the card's stored 2-step
+    // time given explicitly reproduces the stored-time run.
+    let (ok, err) = cm(&[
+        "sample",
+        "--card",
+        card,
+        "--taus",
+        "0.821",
+        "--count",
+        "5",
+        "--batch-size",
+        "3",
+        "--seed",
+        "7",
+        "--out",
+        &out("t"),
+        "--no-png",
+    ]);
+    assert!(ok, "{err}");
+    assert!(images(&dir.path().join("t/samples.safetensors")).equal(&a));
+    let (ok, err) = cm(&[
+        "edit",
+        "inpaint",
+        "--card",
+        card,
+        "--data",
+        "fashion-mnist",
+        "--count",
+        "2",
+        "--taus",
+        "2.0,0.5",
+        "--samples",
+        "1",
+        "--out",
+        &out("taus.png"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("3 evaluations"), "{err}");
     // Another seed gives other samples.
     let (ok, err) = cm(&[
         "sample",
