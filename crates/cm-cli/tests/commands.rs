@@ -44,6 +44,35 @@ fn card(dir: &Path) -> PathBuf {
     path
 }
 
+/// The same for a class-conditional network (10 classes).
+fn conditional_card(dir: &Path) -> PathBuf {
+    let NetConfig::Unet(mut unet) = NetConfig::preset("fmnist-unet").unwrap() else {
+        panic!("fmnist-unet is a U-Net preset");
+    };
+    unet.num_classes = 10;
+    tch::manual_seed(1);
+    let model = Model::new(NetConfig::Unet(unet), Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for mut v in model.var_store().trainable_variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.05));
+        }
+    });
+    model.save(dir.join("wc.safetensors")).unwrap();
+    let card = ModelCard::Consistency {
+        weights: "wc.safetensors".into(),
+        consistency: ConsistencyConfig::default(),
+        timesteps: Default::default(),
+    };
+    let path = dir.join("conditional.toml");
+    card.save(&path).unwrap();
+    path
+}
+
+fn tensor(path: &Path, name: &str) -> Tensor {
+    let tensors = Tensor::read_safetensors(path).unwrap();
+    tensors.into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
 fn images(path: &Path) -> Tensor {
     let tensors = Tensor::read_safetensors(path).unwrap();
     let (_, t) = tensors.into_iter().find(|(n, _)| n == "images").unwrap();
@@ -292,6 +321,67 @@ fn sample_edit_and_export() {
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("2 images, 35 NFE each"), "{err}");
+
+    // Class-conditional sampling: balanced classes, or one class, stored
+    // beside the images; the class changes the samples.
+    let cond = conditional_card(dir.path());
+    let cond = cond.to_str().unwrap();
+    let (ok, err) = cm(&[
+        "sample",
+        "--card",
+        cond,
+        "--balanced",
+        "--count",
+        "12",
+        "--batch-size",
+        "5",
+        "--out",
+        &out("bal"),
+        "--no-png",
+    ]);
+    assert!(ok, "{err}");
+    let labels = Vec::<i64>::try_from(tensor(
+        &dir.path().join("bal/samples.safetensors"),
+        "labels",
+    ))
+    .unwrap();
+    assert_eq!(labels, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    let (ok, err) = cm(&[
+        "sample",
+        "--card",
+        cond,
+        "--class",
+        "3",
+        "--count",
+        "12",
+        "--out",
+        &out("c3"),
+        "--no-png",
+    ]);
+    assert!(ok, "{err}");
+    let c3 = dir.path().join("c3/samples.safetensors");
+    assert_eq!(
+        Vec::<i64>::try_from(tensor(&c3, "labels")).unwrap(),
+        [3; 12]
+    );
+    let balanced = tensor(&dir.path().join("bal/samples.safetensors"), "images");
+    // Image 3 had class 3 in both runs (same seed): identical; image 0 did not.
+    assert!(balanced.get(3).equal(&tensor(&c3, "images").get(3)));
+    assert!(!balanced.get(0).equal(&tensor(&c3, "images").get(0)));
+    let (ok, err) = cm(&[
+        "sample",
+        "--card",
+        cond,
+        "--class",
+        "12",
+        "--out",
+        &out("c12"),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("class") && err.contains("12"), "{err}");
+    let (ok, err) = cm(&["sample", "--card", card, "--balanced", "--out", &out("nb")]);
+    assert!(!ok);
+    assert!(err.contains("classes"), "{err}");
 
     // Bad input: clear errors naming what is wrong.
     let (ok, err) = cm(&[
