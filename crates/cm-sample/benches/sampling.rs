@@ -1,5 +1,6 @@
-//! Criterion benchmarks of sampling on the CPU preset network
-//! (`fmnist-unet`, the Fashion-MNIST teacher / CD / CT network): consistency
+//! Criterion benchmarks of sampling on the CPU preset networks
+//! (`fmnist-unet`, the Fashion-MNIST teacher / CD / CT network, and
+//! `toy-mlp`, the 2-D toy network): consistency
 //! 1-step and 2-step sampling (CM Algorithm 1) against the teacher's EDM
 //! Heun sampler with 18 steps (35 NFE), at batch 1 (latency) and batch 64
 //! (throughput), without autograd, all cores.
@@ -17,9 +18,15 @@ use tch::{Device, Kind};
 fn bench_sampling(c: &mut Criterion) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
     tch::set_num_threads(cores);
+    for preset in ["toy-mlp", "fmnist-unet"] {
+        bench_preset(c, preset);
+    }
+}
+
+fn bench_preset(c: &mut Criterion, preset: &str) {
     tch::manual_seed(0);
     let model = Model::new(
-        NetConfig::preset("fmnist-unet").expect("known preset"),
+        NetConfig::preset(preset).expect("known preset"),
         Device::Cpu,
     )
     .unwrap();
@@ -37,7 +44,7 @@ fn bench_sampling(c: &mut Criterion) {
     let heun = EdmSampler::default();
     let shape = model.config().sample_shape();
 
-    let mut group = c.benchmark_group("fmnist-unet");
+    let mut group = c.benchmark_group(preset);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))
