@@ -321,6 +321,34 @@ fn sample_edit_and_export() {
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("2 images, 35 NFE each"), "{err}");
+    // The stochastic sampler's churn noise is seeded per image too.
+    let churn = ModelCard::Edm {
+        weights: "w.safetensors".into(),
+        edm: cm_core::EdmConfig::default(),
+        sampler: cm_sample::EdmSampler {
+            steps: 4,
+            s_churn: 40.0,
+            ..Default::default()
+        },
+    };
+    churn.save(dir.path().join("churn.toml")).unwrap();
+    for (name, batch) in [("churn1", "1"), ("churn3", "3")] {
+        let (ok, err) = cm(&[
+            "sample",
+            "--card",
+            &out("churn.toml"),
+            "--count",
+            "3",
+            "--batch-size",
+            batch,
+            "--out",
+            &out(name),
+            "--no-png",
+        ]);
+        assert!(ok, "{err}");
+    }
+    assert!(images(&dir.path().join("churn1/samples.safetensors"))
+        .equal(&images(&dir.path().join("churn3/samples.safetensors"))));
 
     // Class-conditional sampling: balanced classes, or one class, stored
     // beside the images; the class changes the samples.

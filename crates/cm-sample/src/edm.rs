@@ -7,6 +7,8 @@ use cm_core::{Denoiser, KarrasGrid, OdeSolver, Solver};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::noise::{GlobalNoise, NoiseSource};
+
 /// Settings of the EDM sampler. The defaults are EDM's deterministic
 /// CIFAR-10 sampler: 18 Heun steps (35 NFE), no churn.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,13 +51,27 @@ pub struct Sampled {
 }
 
 /// Runs the EDM sampler from `latents` (standard normal, `[B, ...]`) down the
-/// Karras grid. Runs without autograd.
+/// Karras grid. Churn noise (Algorithm 2) comes from libtorch's generator.
+/// Runs without autograd.
 pub fn edm_sample(
     denoiser: &dyn Denoiser,
     latents: &Tensor,
     grid: &KarrasGrid,
     sampler: &EdmSampler,
     class: Option<&Tensor>,
+) -> cm_core::Result<Sampled> {
+    edm_sample_with(denoiser, latents, grid, sampler, class, &mut GlobalNoise)
+}
+
+/// [`edm_sample`] with the churn noise drawn from `noise` (for example
+/// [`crate::SeededNoise`], reproducible per sample).
+pub fn edm_sample_with(
+    denoiser: &dyn Denoiser,
+    latents: &Tensor,
+    grid: &KarrasGrid,
+    sampler: &EdmSampler,
+    class: Option<&Tensor>,
+    noise: &mut dyn NoiseSource,
 ) -> cm_core::Result<Sampled> {
     let sigmas = grid.sampling_sigmas(sampler.steps)?;
     let _guard = tch::no_grad_guard();
@@ -74,7 +90,9 @@ pub fn edm_sample(
         };
         let t_hat = t_cur * (1.0 + gamma);
         if gamma > 0.0 {
-            x = &x + x.randn_like() * ((t_hat * t_hat - t_cur * t_cur).sqrt() * sampler.s_noise);
+            x = &x
+                + noise.standard_normal(&x)
+                    * ((t_hat * t_hat - t_cur * t_cur).sqrt() * sampler.s_noise);
         }
         x = sampler
             .solver

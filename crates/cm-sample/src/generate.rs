@@ -12,7 +12,7 @@ use cm_nets::Model;
 
 use crate::card::ModelCard;
 use crate::consistency::consistency_sample_with;
-use crate::edm::{edm_sample, EdmSampler};
+use crate::edm::{edm_sample_with, EdmSampler};
 use crate::error::Result;
 use crate::noise::SeededNoise;
 
@@ -189,12 +189,13 @@ pub fn generate<E: From<crate::SampleError>>(
                     steps: config.steps,
                     ..*sampler
                 };
-                edm_sample(
+                edm_sample_with(
                     f.as_ref(),
                     &latents,
                     &edm.grid(),
                     &sampler,
                     classes.as_ref(),
+                    &mut noise,
                 )
                 .map_err(|e| E::from(e.into()))?
             }

@@ -33,7 +33,7 @@ pub use edit::{
     slerp, stroke_mask, zero_shot_edit, EditPlan, EditTask, Identity, LumaChroma, PatchBasis, Side,
     Transform,
 };
-pub use edm::{edm_sample, EdmSampler, Sampled};
+pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled};
 pub use error::{Result, SampleError};
 pub use generate::{generate, ClassChoice, GenerateConfig, Generated};
 pub use noise::{sample_seed, GlobalNoise, NoiseSource, SeededNoise};
