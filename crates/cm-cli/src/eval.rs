@@ -3,14 +3,12 @@
 //! CSV), a sample grid per row and the FID-against-NFE plot.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use cm_eval::pipeline::{results_csv, results_markdown, write_text};
-use cm_eval::{evaluate, EvalConfig, Progress};
+use cm_eval::{evaluate, EvalConfig};
 use cm_train::report::{write_image_grid, write_line_plot, LineSeries, SERIES_COLORS};
 
 /// Arguments of `cm eval`.
@@ -33,73 +31,6 @@ pub struct EvalArgs {
     pub threads: Option<i32>,
 }
 
-/// Bars on a terminal, log lines otherwise.
-struct Bars {
-    bar: Option<ProgressBar>,
-    label: String,
-    total: u64,
-    done: u64,
-    next_log: u64,
-}
-
-impl Bars {
-    fn new() -> Self {
-        Bars {
-            bar: None,
-            label: String::new(),
-            total: 0,
-            done: 0,
-            next_log: 0,
-        }
-    }
-}
-
-impl Progress for Bars {
-    fn start(&mut self, label: &str, total: u64) {
-        self.label = label.to_string();
-        (self.total, self.done, self.next_log) = (total, 0, total / 4);
-        if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
-                )
-                .expect("valid template"),
-            );
-            bar.set_prefix(label.to_string());
-            self.bar = Some(bar);
-        } else {
-            eprintln!("{label}: 0/{total}");
-        }
-    }
-
-    fn advance(&mut self, units: u64) {
-        self.done += units;
-        match &self.bar {
-            Some(bar) => bar.inc(units),
-            None if self.done >= self.next_log && self.done < self.total => {
-                eprintln!("{}: {}/{}", self.label, self.done, self.total);
-                self.next_log += (self.total / 4).max(1);
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&mut self) {
-        match self.bar.take() {
-            Some(bar) => bar.finish_and_clear(),
-            None => eprintln!("{}: {}/{} done", self.label, self.done, self.total),
-        }
-    }
-
-    fn message(&mut self, message: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(message),
-            None => eprintln!("{message}"),
-        }
-    }
-}
-
 /// Runs `cm eval`.
 pub fn eval(args: &EvalArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
@@ -116,7 +47,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         config.samples,
         args.out.display()
     );
-    let mut bars = Bars::new();
+    let mut bars = crate::progress::Bars::new();
     let out = evaluate(&config, device, &mut bars)
         .with_context(|| format!("evaluation of {}", args.config.display()))?;
     std::fs::create_dir_all(&args.out)

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use cm_eval::Progress;
 use cm_train::{Observer, StepInfo};
 
 /// Shows training progress.
@@ -69,6 +70,76 @@ impl Observer for BarObserver {
         match &self.bar {
             Some(bar) => bar.println(format!("{}: {message}", self.label)),
             None => eprintln!("{}: {message}", self.label),
+        }
+    }
+}
+
+/// Counted work outside training (evaluation rows, sampling, the timestep
+/// search): a bar with rate and ETA on a terminal, a log line per quarter
+/// otherwise.
+pub struct Bars {
+    bar: Option<ProgressBar>,
+    label: String,
+    total: u64,
+    done: u64,
+    next_log: u64,
+}
+
+impl Bars {
+    /// No bar yet: `start` opens one.
+    pub fn new() -> Self {
+        Bars {
+            bar: None,
+            label: String::new(),
+            total: 0,
+            done: 0,
+            next_log: 0,
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&mut self, label: &str, total: u64) {
+        self.label = label.to_string();
+        (self.total, self.done, self.next_log) = (total, 0, total / 4);
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ({eta})",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(label.to_string());
+            self.bar = Some(bar);
+        } else {
+            eprintln!("{label}: 0/{total}");
+        }
+    }
+
+    fn advance(&mut self, units: u64) {
+        self.done += units;
+        match &self.bar {
+            Some(bar) => bar.inc(units),
+            None if self.done >= self.next_log && self.done < self.total => {
+                eprintln!("{}: {}/{}", self.label, self.done, self.total);
+                self.next_log += (self.total / 4).max(1);
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        match self.bar.take() {
+            Some(bar) => bar.finish_and_clear(),
+            None => eprintln!("{}: {}/{} done", self.label, self.done, self.total),
+        }
+    }
+
+    fn message(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
         }
     }
 }

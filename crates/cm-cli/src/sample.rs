@@ -3,15 +3,14 @@
 //! and 3-step sampling by FID in the project's feature space, stored in the
 //! card).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
-use cm_eval::{feature_space, frechet_distance, ClassifierConfig, FeatureStats};
+use crate::progress::Bars;
+use cm_eval::{feature_space, frechet_distance, ClassifierConfig, FeatureStats, Progress};
 use cm_sample::generate::{to_u8, Chunk};
 use cm_sample::search::{search_timesteps, SearchConfig};
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
@@ -96,61 +95,6 @@ pub struct SampleArgs {
     pub threads: Option<i32>,
 }
 
-/// A bar with rate and ETA on a terminal, log lines otherwise.
-pub struct CountBar {
-    bar: Option<ProgressBar>,
-    label: String,
-    total: u64,
-    done: u64,
-}
-
-impl CountBar {
-    /// Starts a bar over `total` units.
-    pub fn new(label: &str, total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ({eta})",
-                )
-                .expect("valid template"),
-            );
-            bar.set_prefix(label.to_string());
-            bar
-        });
-        CountBar {
-            bar,
-            label: label.to_string(),
-            total,
-            done: 0,
-        }
-    }
-
-    /// Advances by `n`.
-    pub fn inc(&mut self, n: u64) {
-        self.done += n;
-        match &self.bar {
-            Some(bar) => bar.inc(n),
-            None => eprintln!("{}: {}/{}", self.label, self.done, self.total),
-        }
-    }
-
-    /// Prints a line above the bar.
-    pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-
-    /// Closes the bar.
-    pub fn finish(self) {
-        if let Some(bar) = self.bar {
-            bar.finish();
-        }
-    }
-}
-
 /// Loads a card and its network.
 pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Model)> {
     let card = ModelCard::load(path)
@@ -188,7 +132,8 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut images: Vec<Tensor> = Vec::new();
     let mut labels: Vec<Tensor> = Vec::new();
-    let mut bar = CountBar::new("sample", args.count as u64);
+    let mut bar = Bars::new();
+    bar.start("sample", args.count as u64);
     let out = &args.out;
     let no_png = args.no_png;
     let done = generate::<anyhow::Error>(&card, &model, &config, device, &mut |chunk: Chunk| {
@@ -199,7 +144,7 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        bar.inc(chunk.images.size()[0] as u64);
+        bar.advance(chunk.images.size()[0] as u64);
         images.push(to_u8(&chunk.images));
         if let Some(c) = chunk.classes {
             labels.push(c);
@@ -332,7 +277,8 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         upper: args.upper.unwrap_or(sigma_max / 2.0),
     };
     let probes_total = 1 + (args.max_steps.saturating_sub(1) * (args.rounds + 2)) as u64;
-    let mut bar = CountBar::new("search", probes_total);
+    let mut bar = Bars::new();
+    bar.start("search", probes_total);
     let started = Instant::now();
     let mut fid_of = |taus: &[f64]| -> Result<f64> {
         let gen = GenerateConfig {
@@ -351,8 +297,8 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         })?;
         let stats = FeatureStats::from_features(&Tensor::cat(&feats, 0))?;
         let fid = frechet_distance(&stats, reference)?;
-        bar.inc(1);
-        bar.println(&format!(
+        bar.advance(1);
+        bar.message(&format!(
             "taus {:?}: FID {fid:.3}",
             taus.iter()
                 .map(|t| (t * 1e4).round() / 1e4)

@@ -30,6 +30,15 @@ pub fn check_taus(taus: &[f64], sigma_min: f64, start: f64) -> cm_core::Result<(
     Ok(())
 }
 
+/// `f(x, t)` with the one time `t` for every sample of the batch `x`.
+pub fn denoise_at(f: &dyn Denoiser, x: &Tensor, t: f64, class: Option<&Tensor>) -> Tensor {
+    f.denoise(
+        x,
+        &Tensor::full([x.size()[0]], t, (x.kind(), x.device())),
+        class,
+    )
+}
+
 /// The multistep refinement of Algorithm 1 / 4 from a clean estimate `x`:
 /// for each `tau`, `x <- project(f(x + sqrt(tau^2 - eps^2) z, tau))`, one
 /// network evaluation per `tau`. Runs without autograd;
@@ -44,11 +53,9 @@ pub fn consistency_chain(
     project: &mut dyn FnMut(Tensor) -> Tensor,
 ) -> Tensor {
     let _guard = tch::no_grad_guard();
-    let batch = x.size()[0];
-    let opts = (x.kind(), x.device());
     for &tau in taus {
         let noisy = &x + noise.standard_normal(&x) * (tau * tau - sigma_min * sigma_min).sqrt();
-        x = project(f.denoise(&noisy, &Tensor::full([batch], tau, opts), class));
+        x = project(denoise_at(f, &noisy, tau, class));
     }
     x
 }
@@ -90,13 +97,7 @@ pub fn consistency_sample_with(
 ) -> cm_core::Result<Sampled> {
     check_taus(taus, sigma_min, sigma_max)?;
     let _guard = tch::no_grad_guard();
-    let batch = latents.size()[0];
-    let opts = (latents.kind(), latents.device());
-    let x = f.denoise(
-        &(latents * sigma_max),
-        &Tensor::full([batch], sigma_max, opts),
-        class,
-    );
+    let x = denoise_at(f, &(latents * sigma_max), sigma_max, class);
     let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| x);
     Ok(Sampled {
         x,

@@ -43,7 +43,7 @@
 use cm_core::{CoreError, Denoiser};
 use tch::{Device, Kind, Tensor};
 
-use crate::consistency::{check_taus, consistency_chain};
+use crate::consistency::{check_taus, consistency_chain, denoise_at};
 use crate::edm::Sampled;
 use crate::noise::{sample_seed, NoiseSource};
 
@@ -146,10 +146,7 @@ impl LumaChroma {
     /// `Q` as a `[3, 3]` tensor of the given kind and device.
     fn tensor(kind: Kind, device: Device) -> Tensor {
         let flat: Vec<f64> = Self::matrix().iter().flatten().copied().collect();
-        Tensor::from_slice(&flat)
-            .reshape([3, 3])
-            .to_kind(kind)
-            .to_device(device)
+        square_matrix(&flat, 3, kind, device)
     }
 }
 
@@ -237,11 +234,7 @@ impl PatchBasis {
                 }
             }
         }
-        let side = (f * f) as i64;
-        Tensor::from_slice(&d)
-            .reshape([side, side])
-            .to_kind(kind)
-            .to_device(device)
+        square_matrix(&d, (f * f) as i64, kind, device)
     }
 }
 
@@ -420,12 +413,7 @@ pub fn zero_shot_edit(
     // y <- A^-1[(A y) ⊙ (1 - Omega)]: the unknown coordinates start at 0.
     let start = project(transform, &omega, &known, &y.zeros_like());
     let z = noise.standard_normal(&start);
-    let opts = (y.kind(), y.device());
-    let x = f.denoise(
-        &(&start + z * sigma_max),
-        &Tensor::full([batch], sigma_max, opts),
-        class,
-    );
+    let x = denoise_at(f, &(&start + z * sigma_max), sigma_max, class);
     let x = project(transform, &omega, &known, &x);
     let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| {
         project(transform, &omega, &known, &x)
@@ -574,11 +562,7 @@ pub fn denoise(
     let batch = x_noisy.size()[0];
     check_class(class, batch)?;
     let _guard = tch::no_grad_guard();
-    let x = f.denoise(
-        x_noisy,
-        &Tensor::full([batch], sigma, (x_noisy.kind(), x_noisy.device())),
-        class,
-    );
+    let x = denoise_at(f, x_noisy, sigma, class);
     Ok(Sampled { x, nfe: 1 })
 }
 
@@ -700,11 +684,7 @@ pub fn interpolate(
         .map(|i| slerp(&a, &b, i as f64 / (steps - 1) as f64))
         .collect::<cm_core::Result<Vec<_>>>()?;
     let latents = Tensor::cat(&path, 0);
-    let x = f.denoise(
-        &(&latents * sigma_max),
-        &Tensor::full([n], sigma_max, (latents.kind(), latents.device())),
-        class.as_ref(),
-    );
+    let x = denoise_at(f, &(&latents * sigma_max), sigma_max, class.as_ref());
     Ok(Sampled { x, nfe: 1 })
 }
 
@@ -741,11 +721,7 @@ pub fn sdedit(
     let _guard = tch::no_grad_guard();
     let z = noise.standard_normal(strokes);
     let spread = (tau_start * tau_start - sigma_min * sigma_min).sqrt();
-    let x = f.denoise(
-        &(strokes + z * spread),
-        &Tensor::full([batch], tau_start, (strokes.kind(), strokes.device())),
-        class,
-    );
+    let x = denoise_at(f, &(strokes + z * spread), tau_start, class);
     let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| x);
     Ok(Sampled {
         x,
@@ -764,6 +740,14 @@ pub enum Side {
     Top,
     /// The bottom `H / 2` rows (rounded down).
     Bottom,
+}
+
+/// A row-major `side x side` f64 matrix as a tensor of `kind` on `device`.
+fn square_matrix(values: &[f64], side: i64, kind: Kind, device: Device) -> Tensor {
+    Tensor::from_slice(values)
+        .reshape([side, side])
+        .to_kind(kind)
+        .to_device(device)
 }
 
 /// Checks a mask size.

@@ -27,7 +27,9 @@ pub mod noise;
 pub mod search;
 
 pub use card::{ModelCard, CARD_FILE};
-pub use consistency::{check_taus, consistency_chain, consistency_sample, consistency_sample_with};
+pub use consistency::{
+    check_taus, consistency_chain, consistency_sample, consistency_sample_with, denoise_at,
+};
 pub use edit::{
     box_mask, denoise, half_mask, interpolate, mask_from_image, mask_from_values, project, sdedit,
     slerp, stroke_mask, zero_shot_edit, EditPlan, EditTask, Identity, LumaChroma, PatchBasis, Side,

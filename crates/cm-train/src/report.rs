@@ -10,11 +10,11 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainError};
 
-fn save(img: &RgbImage, path: &Path) -> Result<()> {
-    save_dynamic(&image::DynamicImage::ImageRgb8(img.clone()), path)
-}
-
-fn save_dynamic(img: &image::DynamicImage, path: &Path) -> Result<()> {
+/// Writes an 8-bit grey or RGB image as PNG, atomically.
+fn save<P>(img: &image::ImageBuffer<P, Vec<u8>>, path: &Path) -> Result<()>
+where
+    P: image::PixelWithColorType<Subpixel = u8>,
+{
     cm_nets::write_atomic(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
             .map_err(|e| cm_nets::NetError::Io {
@@ -95,7 +95,7 @@ pub fn write_png(image: &Tensor, path: &Path) -> Result<()> {
         1 => {
             let img = image::GrayImage::from_raw(w as u32, h as u32, data)
                 .ok_or_else(|| TrainError::Batch("image buffer size".into()))?;
-            save_dynamic(&image::DynamicImage::ImageLuma8(img), path)
+            save(&img, path)
         }
         3 => {
             let img = RgbImage::from_raw(w as u32, h as u32, data)
