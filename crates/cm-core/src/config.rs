@@ -19,7 +19,7 @@ use crate::schedule::{
     CtAdaptiveSchedule, Discretization, DiscretizationSchedule, FixedSchedule,
     IctExponentialSchedule,
 };
-use crate::sigmas::KarrasGrid;
+use crate::sigmas::{KarrasGrid, NoiseRange};
 use crate::weighting::Weighting;
 
 /// A config that can check its own values.
@@ -29,11 +29,84 @@ pub trait Validate {
     fn validate(&self) -> Result<()>;
 }
 
+/// The key of a table that pulls in another TOML file (see [`load_toml`]).
+pub const INCLUDE_KEY: &str = "include";
+
+/// Include files nested deeper than this are refused (a cycle, most likely).
+pub const MAX_INCLUDE_DEPTH: usize = 8;
+
 /// Parses TOML `text` into `T` and validates it. `origin` (a path or other
 /// label) is named in errors, together with the dotted path of the field that
-/// failed, e.g. `schedule.s1`.
+/// failed, e.g. `schedule.s1`. Text parsed this way cannot use `include`
+/// (there is no folder to resolve it against): use [`load_toml`].
 pub fn parse_toml<T: DeserializeOwned + Validate>(text: &str, origin: &str) -> Result<T> {
-    let de = toml::Deserializer::new(text);
+    parse_toml_in(text, origin, None)
+}
+
+/// [`parse_toml`] with includes resolved against `dir`. Text without any
+/// `include` is deserialized straight from the text, so errors keep their
+/// line and column.
+fn parse_toml_in<T: DeserializeOwned + Validate>(
+    text: &str,
+    origin: &str,
+    dir: Option<&Path>,
+) -> Result<T> {
+    let table = parse_table(text, origin)?;
+    if !has_include(&table) {
+        return deserialize(toml::Deserializer::new(text), origin);
+    }
+    let table = resolve_includes(table, dir, origin, 0)?;
+    deserialize(toml::Value::Table(table), origin)
+}
+
+/// Reads, parses and validates a TOML config file.
+///
+/// Any table may name another file with `include = "path.toml"` (relative
+/// to the including file): that file's tables are the base and the keys
+/// written beside `include` override them, recursively. This is how a
+/// distillation config names its teacher's config instead of copying it:
+///
+/// ```toml
+/// [teacher]
+/// include = "../teacher/toy.toml"
+/// ```
+pub fn load_toml<T: DeserializeOwned + Validate>(path: impl AsRef<Path>) -> Result<T> {
+    let path = path.as_ref();
+    let text = read_text(path)?;
+    parse_toml_in(&text, &path.display().to_string(), path.parent())
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| CoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_table(path: &Path) -> Result<toml::Table> {
+    parse_table(&read_text(path)?, &path.display().to_string())
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
+    text.parse::<toml::Table>().map_err(|e| CoreError::Parse {
+        origin: origin.to_string(),
+        field: ".".to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn has_include(table: &toml::Table) -> bool {
+    table.iter().any(|(key, value)| {
+        key == INCLUDE_KEY || matches!(value, toml::Value::Table(t) if has_include(t))
+    })
+}
+
+fn deserialize<'de, T, D>(de: D, origin: &str) -> Result<T>
+where
+    T: DeserializeOwned + Validate,
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
     let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         CoreError::Parse {
@@ -46,14 +119,64 @@ pub fn parse_toml<T: DeserializeOwned + Validate>(text: &str, origin: &str) -> R
     Ok(value)
 }
 
-/// Reads, parses and validates a TOML config file.
-pub fn load_toml<T: DeserializeOwned + Validate>(path: impl AsRef<Path>) -> Result<T> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_toml(&text, &path.display().to_string())
+/// Replaces every `include = "file"` in `table` (at any depth) by the
+/// included file's tables, overridden by the keys beside it.
+fn resolve_includes(
+    mut table: toml::Table,
+    dir: Option<&Path>,
+    origin: &str,
+    depth: usize,
+) -> Result<toml::Table> {
+    if let Some(include) = table.remove(INCLUDE_KEY) {
+        let toml::Value::String(file) = include else {
+            return Err(CoreError::invalid(
+                format!("{origin}: {INCLUDE_KEY}"),
+                include,
+                "a path to a TOML file (a string)",
+            ));
+        };
+        let Some(dir) = dir else {
+            return Err(CoreError::invalid(
+                format!("{origin}: {INCLUDE_KEY}"),
+                file,
+                "no include in text that is not read from a file (use load_toml)",
+            ));
+        };
+        if depth >= MAX_INCLUDE_DEPTH {
+            return Err(CoreError::invalid(
+                format!("{origin}: {INCLUDE_KEY}"),
+                file,
+                format!("at most {MAX_INCLUDE_DEPTH} nested includes (is there a cycle?)"),
+            ));
+        }
+        let path = dir.join(&file);
+        let base = read_table(&path)?;
+        let base = resolve_includes(base, path.parent(), &path.display().to_string(), depth + 1)?;
+        table = merge(base, table);
+    }
+    let mut resolved = toml::Table::new();
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::Table(inner) => {
+                toml::Value::Table(resolve_includes(inner, dir, origin, depth)?)
+            }
+            other => other,
+        };
+        resolved.insert(key, value);
+    }
+    Ok(resolved)
+}
+
+/// `over`'s keys replace `base`'s, merging tables key by key.
+fn merge(mut base: toml::Table, over: toml::Table) -> toml::Table {
+    for (key, value) in over {
+        let merged = match (base.remove(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => toml::Value::Table(merge(b, o)),
+            (_, value) => value,
+        };
+        base.insert(key, merged);
+    }
+    base
 }
 
 fn check_sigma_data(field: &str, sigma_data: f64) -> Result<()> {
@@ -104,6 +227,11 @@ impl EdmConfig {
         EdmPreconditioning {
             sigma_data: self.sigma_data,
         }
+    }
+
+    /// The noise range `[sigma_min, sigma_max]`.
+    pub fn range(&self) -> NoiseRange {
+        self.grid().range()
     }
 
     /// The sampling grid.
@@ -176,6 +304,11 @@ impl ConsistencyConfig {
             sigma_min: self.sigma_min,
             noise_conditioning: self.noise_conditioning,
         }
+    }
+
+    /// The noise range `[eps, T]`.
+    pub fn range(&self) -> NoiseRange {
+        self.grid().range()
     }
 
     /// The training / sampling grid.
@@ -351,5 +484,99 @@ impl ConsistencyRecipe {
 impl Validate for ConsistencyRecipe {
     fn validate(&self) -> Result<()> {
         self.validate_at("")
+    }
+}
+
+/// The recipes in words and numbers, for reports (never Rust `Debug`).
+impl ConsistencyRecipe {
+    /// One line per part of the recipe: schedule, pairs, weighting, metric,
+    /// parameterization.
+    pub fn describe(&self) -> Vec<String> {
+        let c = &self.consistency;
+        vec![
+            format!("discretization: {}", describe_schedule(&self.schedule)),
+            format!("pairs: {}", describe_pairs(&self.noise)),
+            format!("weighting: {}", describe_weighting(self.weighting)),
+            format!("distance: {}", describe_metric(&self.metric)),
+            format!(
+                "parameterization: consistency boundary f(x, eps) = x, sigma_data = {}, \
+                 eps = {}, T = {}, rho = {}, c_noise = {}",
+                c.sigma_data,
+                c.sigma_min,
+                c.sigma_max,
+                c.rho,
+                describe_noise_conditioning(c.noise_conditioning)
+            ),
+        ]
+    }
+}
+
+impl EdmConfig {
+    /// The EDM settings in words and numbers.
+    pub fn describe(&self) -> String {
+        format!(
+            "EDM preconditioning with sigma_data = {}; training ln(sigma) ~ N({}, {}^2); \
+             sampling grid sigma in [{}, {}], rho = {}",
+            self.sigma_data, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
+        )
+    }
+}
+
+fn describe_schedule(s: &ScheduleConfig) -> String {
+    match s {
+        ScheduleConfig::Fixed(f) if f.mu == 0.0 => format!(
+            "fixed N = {} grid points, target = stop-gradient copy of the student (mu = 0)",
+            f.n
+        ),
+        ScheduleConfig::Fixed(f) => format!(
+            "fixed N = {} grid points, target network EMA mu = {}",
+            f.n, f.mu
+        ),
+        ScheduleConfig::CtAdaptive(a) => format!(
+            "CT adaptive N(k) from s0 = {} to s1 = {} over {} steps, target EMA mu(k) from mu0 = {} (CM Alg. 3)",
+            a.s0, a.s1, a.total_steps, a.mu0
+        ),
+        ScheduleConfig::IctExponential(e) => format!(
+            "iCT exponential curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1 with s0 = {}, s1 = {} over {} steps, \
+             no EMA target (mu = 0)",
+            e.s0, e.s1, e.total_steps
+        ),
+    }
+}
+
+fn describe_pairs(n: &IndexSamplerConfig) -> String {
+    match n {
+        IndexSamplerConfig::Uniform(_) => "n ~ uniform over the grid".to_string(),
+        IndexSamplerConfig::Lognormal(l) => format!(
+            "discrete lognormal n (iCT), P_mean = {}, P_std = {}",
+            l.p_mean, l.p_std
+        ),
+    }
+}
+
+fn describe_weighting(w: crate::weighting::Weighting) -> &'static str {
+    use crate::weighting::Weighting;
+    match w {
+        Weighting::Uniform => "lambda = 1",
+        Weighting::Edm => "EDM lambda(t_n) = (t_n^2 + sigma_data^2) / (t_n sigma_data)^2",
+        Weighting::InverseStep => "iCT lambda(t_n) = 1 / (t_{n+1} - t_n)",
+    }
+}
+
+fn describe_metric(m: &MetricConfig) -> String {
+    match m {
+        MetricConfig::L2 => "squared L2 (mean over values)".to_string(),
+        MetricConfig::L1 => "L1 (mean over values)".to_string(),
+        MetricConfig::PseudoHuber { c: None } => {
+            "pseudo-Huber, c = 0.00054 sqrt(dim) (iCT)".to_string()
+        }
+        MetricConfig::PseudoHuber { c: Some(c) } => format!("pseudo-Huber, c = {c}"),
+    }
+}
+
+fn describe_noise_conditioning(n: NoiseConditioning) -> &'static str {
+    match n {
+        NoiseConditioning::Edm => "ln(t)/4 (EDM)",
+        NoiseConditioning::Adm => "250 ln(t) (ADM, reference code)",
     }
 }

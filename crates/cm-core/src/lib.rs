@@ -10,6 +10,9 @@
 //!   [`DiscretizationSchedule`]: fixed, CT adaptive, iCT exponential.
 //! - [`noise`]: which noise levels a loss is evaluated at, behind
 //!   [`IndexSampler`]: uniform pairs, iCT lognormal pairs, EDM lognormal sigma.
+//! - [`cond`]: what an evaluation is conditioned on ([`Conditioning`]:
+//!   class labels, a guidance scale) and classifier-free guidance as a
+//!   denoiser wrapper ([`ClassifierFreeGuidance`]).
 //! - [`ode`]: the PF-ODE of a [`Denoiser`] and its one-step solvers
 //!   (Euler, Heun) behind [`OdeSolver`].
 //! - [`weighting`]: `lambda(t_n)`, behind [`LossWeighting`].
@@ -20,6 +23,7 @@
 //! Noise levels that vary per example are `[B]` tensors; grid values and
 //! hyper-parameters are `f64`.
 
+pub mod cond;
 pub mod config;
 pub mod error;
 pub mod metric;
@@ -30,6 +34,7 @@ pub mod schedule;
 pub mod sigmas;
 pub mod weighting;
 
+pub use cond::{ClassifierFreeGuidance, Conditioning};
 pub use config::{
     load_toml, parse_toml, ConsistencyConfig, ConsistencyRecipe, EdmConfig, IndexSamplerConfig,
     ScheduleConfig, Validate,
@@ -46,5 +51,5 @@ pub use schedule::{
     CtAdaptiveSchedule, Discretization, DiscretizationSchedule, FixedSchedule,
     IctExponentialSchedule,
 };
-pub use sigmas::{adjacent_pairs, grid_tensor, KarrasGrid};
+pub use sigmas::{adjacent_pairs, grid_tensor, KarrasGrid, NoiseRange};
 pub use weighting::{BoundWeighting, LossWeighting, Weighting};

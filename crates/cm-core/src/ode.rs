@@ -7,13 +7,15 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::cond::Conditioning;
 use crate::precond::append_dims;
 
 /// A denoiser `D(x; sigma)`: the expected clean sample given a noisy one.
-/// `sigma` is `[B]`; `class` as in cm-nets (`None` = unconditional / null).
+/// `sigma` is `[B]`; `cond` carries class labels and any other conditioning
+/// ([`Conditioning::none`] = unconditional / null class).
 pub trait Denoiser {
-    /// `D(x; sigma, class)`, shaped like `x`.
-    fn denoise(&self, x: &Tensor, sigma: &Tensor, class: Option<&Tensor>) -> Tensor;
+    /// `D(x; sigma, cond)`, shaped like `x`.
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, cond: Conditioning<'_>) -> Tensor;
 }
 
 /// The PF-ODE derivative `d = (x - D(x; t)) / t`.
@@ -21,9 +23,9 @@ pub fn ode_derivative(
     denoiser: &dyn Denoiser,
     x: &Tensor,
     t: &Tensor,
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
 ) -> Tensor {
-    let denoised = denoiser.denoise(x, t, class);
+    let denoised = denoiser.denoise(x, t, cond);
     (x - denoised) / append_dims(t, x.dim())
 }
 
@@ -36,7 +38,7 @@ pub trait OdeSolver {
         x: &Tensor,
         t_cur: &Tensor,
         t_next: &Tensor,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
     ) -> Tensor;
 
     /// Denoiser evaluations of one step; `to_zero` when `t_next = 0`.
@@ -62,11 +64,11 @@ impl OdeSolver for Solver {
         x: &Tensor,
         t_cur: &Tensor,
         t_next: &Tensor,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
     ) -> Tensor {
         let ndim = x.dim();
         let dt = append_dims(&(t_next - t_cur), ndim);
-        let d = ode_derivative(denoiser, x, t_cur, class);
+        let d = ode_derivative(denoiser, x, t_cur, cond);
         let euler = x + &dt * &d;
         if *self == Solver::Euler {
             return euler;
@@ -77,13 +79,13 @@ impl OdeSolver for Solver {
             return euler; // the final step to t = 0: no correction (EDM Alg. 1, line 7)
         }
         if count == t_next.numel() as i64 {
-            let d_next = ode_derivative(denoiser, &euler, t_next, class);
+            let d_next = ode_derivative(denoiser, &euler, t_next, cond);
             return x + dt * (d + d_next) * 0.5;
         }
         // Examples already at t_next = 0 would divide by zero: evaluate them at
         // a harmless level and keep their Euler value.
         let t_safe = t_next.where_self(&positive, &t_next.ones_like());
-        let d_next = ode_derivative(denoiser, &euler, &t_safe, class);
+        let d_next = ode_derivative(denoiser, &euler, &t_safe, cond);
         let heun = x + dt * (d + d_next) * 0.5;
         heun.where_self(&append_dims(&positive, ndim), &euler)
     }

@@ -7,6 +7,52 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{CoreError, Result};
 
+/// The noise range `[sigma_min, sigma_max]` of a model: a consistency model
+/// keeps `f(x, sigma_min) = x` and samples in one step from `sigma_max z`
+/// (Song et al. 2023, Section 3). Samplers and editing tasks take one of
+/// these instead of two positional numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseRange {
+    /// Smallest noise level (`eps`).
+    pub sigma_min: f64,
+    /// Largest noise level (`T`).
+    pub sigma_max: f64,
+}
+
+impl NoiseRange {
+    /// Checks `0 < sigma_min < sigma_max`, both finite.
+    pub fn new(sigma_min: f64, sigma_max: f64) -> Result<Self> {
+        if !(sigma_min > 0.0 && sigma_min.is_finite()) {
+            return Err(CoreError::invalid(
+                "sigma_min",
+                sigma_min,
+                "a finite time > 0",
+            ));
+        }
+        if !(sigma_max > sigma_min && sigma_max.is_finite()) {
+            return Err(CoreError::invalid(
+                "sigma_max",
+                sigma_max,
+                format!("a finite time > sigma_min = {sigma_min}"),
+            ));
+        }
+        Ok(NoiseRange {
+            sigma_min,
+            sigma_max,
+        })
+    }
+
+    /// Checks a range built field by field (see [`NoiseRange::new`]).
+    pub fn validate(&self) -> Result<()> {
+        NoiseRange::new(self.sigma_min, self.sigma_max).map(|_| ())
+    }
+
+    /// Whether `sigma_min <= t <= sigma_max`.
+    pub fn contains(&self, t: f64) -> bool {
+        t >= self.sigma_min && t <= self.sigma_max
+    }
+}
+
 /// The noise range `[sigma_min, sigma_max]` and the exponent `rho` that
 /// concentrates Karras grid points near `sigma_min`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +103,14 @@ impl KarrasGrid {
             ));
         }
         Ok(())
+    }
+
+    /// The noise range `[sigma_min, sigma_max]`.
+    pub fn range(&self) -> NoiseRange {
+        NoiseRange {
+            sigma_min: self.sigma_min,
+            sigma_max: self.sigma_max,
+        }
     }
 
     /// The noise level a fraction `u` of the way from `sigma_min` (u = 0) to

@@ -9,17 +9,17 @@
 //! schedule (`mu = 0` makes it a stop-gradient copy).
 //!
 //! The pair sampling, target EMA, weighted distance and sampling are
-//! `cm_train::ConsistencyCore`, shared with consistency training. As in the
+//! [`cm_train::ConsistencyCore`], shared with consistency training through
+//! cm-train's public API. As in the
 //! reference code, the student and the target see the same dropout
 //! mask: both forward passes start from the same generator seed.
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use cm_core::{append_dims, ConsistencyRecipe, EdmConfig, OdeSolver, Solver};
+use cm_core::{append_dims, Conditioning, ConsistencyRecipe, EdmConfig, OdeSolver, Solver};
 use cm_nets::{Model, Preconditioned};
-use cm_train::ct::ConsistencyCore;
-use cm_train::{Batch, Objective, Result};
+use cm_train::{Batch, ConsistencyCore, Objective, Result};
 
 /// Settings of consistency distillation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,17 +115,17 @@ impl Objective for CdObjective {
         let x0 = &batch.x;
         let (t_n, t_next) = self.core.pairs(x0, step)?;
         let x_next = x0 + x0.randn_like() * append_dims(&t_next, x0.dim());
-        let labels = batch.labels.as_ref();
+        let cond = Conditioning::from_class(batch.labels.as_ref());
         // One teacher ODE step t_{n+1} -> t_n, without autograd.
         let x_hat = tch::no_grad(|| {
             let teacher = Preconditioned::eval(&self.teacher, self.teacher_edm.preconditioning());
             self.config
                 .solver
-                .step(&teacher, &x_next, &t_next, &t_n, labels)
+                .step(&teacher, &x_next, &t_next, &t_n, cond)
         });
         Ok(self
             .core
-            .loss(online, (&x_next, &t_next), (&x_hat, &t_n), labels))
+            .loss(online, (&x_next, &t_next), (&x_hat, &t_n), cond))
     }
 
     fn after_step(&mut self, online: &Model, step: u64) -> Result<()> {
@@ -141,7 +141,7 @@ impl Objective for CdObjective {
         self.core.extra_models_mut()
     }
 
-    fn sample(&self, model: &Model, latents: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
-        self.core.sample(model, latents, class)
+    fn sample(&self, model: &Model, latents: &Tensor, cond: Conditioning<'_>) -> Result<Tensor> {
+        self.core.sample(model, latents, cond)
     }
 }

@@ -4,12 +4,12 @@
 //! Either way it implements cm-core's [`Denoiser`], so the PF-ODE solvers,
 //! samplers and objectives take any of them.
 
-use cm_core::{Denoiser, Parameterization};
+use cm_core::{Conditioning, Denoiser, Parameterization};
 use tch::Tensor;
 
-use crate::network::Model;
+use crate::model::Model;
 
-/// `c_skip x + c_out F(c_in x, c_noise, class)` around a model.
+/// `c_skip x + c_out F(c_in x, c_noise, cond)` around a model.
 #[derive(Debug, Clone, Copy)]
 pub struct Preconditioned<'a, P> {
     /// The raw network `F`.
@@ -32,9 +32,9 @@ impl<'a, P: Parameterization> Preconditioned<'a, P> {
 }
 
 impl<P: Parameterization> Denoiser for Preconditioned<'_, P> {
-    fn denoise(&self, x: &Tensor, sigma: &Tensor, class: Option<&Tensor>) -> Tensor {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, cond: Conditioning<'_>) -> Tensor {
         self.param.apply(x, sigma, |x_in, c_noise| {
-            self.model.forward_t(x_in, c_noise, class, self.train)
+            self.model.forward_t(x_in, c_noise, cond, self.train)
         })
     }
 }

@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use crate::config::DiTConfig;
 use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
 use crate::network::Network;
+use cm_core::Conditioning;
 
 /// DiT's 2-D sin-cos positional embedding for a `grid x grid` token grid,
 /// `[grid*grid, dim]`: half the channels encode the row, half the column,
@@ -180,7 +181,7 @@ impl Network for DiT {
         &self,
         x: &Tensor,
         c_noise: &Tensor,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
         train: bool,
     ) -> Tensor {
         let b = x.size()[0];
@@ -190,7 +191,7 @@ impl Network for DiT {
             .t_mlp2
             .forward(&self.t_mlp0.forward(&self.t_freq.forward(c_noise)).silu());
         if let Some(y) = &self.y_embedder {
-            c += y.forward(class, b);
+            c += y.forward(cond.class, b);
         }
         let mut h = h;
         for block in &self.blocks {

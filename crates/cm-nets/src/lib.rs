@@ -20,6 +20,7 @@ pub mod dit;
 pub mod error;
 pub mod layers;
 pub mod mlp;
+pub mod model;
 pub mod network;
 pub mod unet;
 
@@ -30,5 +31,6 @@ pub use dit::DiT;
 pub use error::{NetError, Result};
 pub use layers::NoiseEmbedding;
 pub use mlp::ResidualMlp;
-pub use network::{Model, Network};
+pub use model::Model;
+pub use network::Network;
 pub use unet::UNet;

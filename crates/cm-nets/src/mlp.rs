@@ -9,6 +9,7 @@ use tch::Tensor;
 use crate::config::MlpConfig;
 use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
 use crate::network::Network;
+use cm_core::Conditioning;
 
 #[derive(Debug)]
 struct ResBlock {
@@ -76,12 +77,12 @@ impl Network for ResidualMlp {
         &self,
         x: &Tensor,
         c_noise: &Tensor,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
         train: bool,
     ) -> Tensor {
         let mut emb = self.map_layer.forward(&self.map_noise.forward(c_noise));
         if let Some(labels) = &self.map_label {
-            emb += labels.forward(class, x.size()[0]);
+            emb += labels.forward(cond.class, x.size()[0]);
         }
         let emb = emb.silu();
         let mut h = self.input.forward(x);

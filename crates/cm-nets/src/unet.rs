@@ -17,6 +17,7 @@ use tch::Tensor;
 use crate::config::{Resample, UNetConfig};
 use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
 use crate::network::Network;
+use cm_core::Conditioning;
 
 /// Multi-head self-attention over the pixels of a feature map.
 #[derive(Debug)]
@@ -360,7 +361,7 @@ impl Network for UNet {
         &self,
         x: &Tensor,
         c_noise: &Tensor,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
         train: bool,
     ) -> Tensor {
         let batch = x.size()[0];
@@ -371,7 +372,7 @@ impl Network for UNet {
                 .silu(),
         );
         if let Some(labels) = &self.map_label {
-            emb += labels.forward(class, batch);
+            emb += labels.forward(cond.class, batch);
         }
         let emb = emb.silu();
 

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use cm_core::{ConsistencyConfig, CoreError, Denoiser, EdmConfig, Validate};
+use cm_core::{Conditioning, ConsistencyConfig, CoreError, Denoiser, EdmConfig, NoiseRange, Validate};
 use cm_nets::{Model, Preconditioned};
 
 use crate::consistency::consistency_sample;
@@ -172,6 +172,14 @@ impl ModelCard {
         Ok(Model::from_checkpoint(self.weights(), device)?)
     }
 
+    /// The noise range `[sigma_min, sigma_max]` the model is defined on.
+    pub fn range(&self) -> NoiseRange {
+        match self {
+            ModelCard::Consistency { consistency, .. } => consistency.range(),
+            ModelCard::Edm { edm, .. } => edm.range(),
+        }
+    }
+
     /// `sigma_max`: samples start from `sigma_max * z`.
     pub fn sigma_max(&self) -> f64 {
         match self {
@@ -242,7 +250,7 @@ impl ModelCard {
         model: &Model,
         latents: &Tensor,
         steps: usize,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
     ) -> Result<Sampled> {
         let f = self.denoiser(model);
         match self {
@@ -251,10 +259,9 @@ impl ModelCard {
                 Ok(consistency_sample(
                     f.as_ref(),
                     latents,
-                    consistency.sigma_max,
-                    consistency.sigma_min,
+                    consistency.range(),
                     &taus,
-                    class,
+                    cond,
                 )?)
             }
             ModelCard::Edm { edm, sampler, .. } => {
@@ -264,7 +271,7 @@ impl ModelCard {
                     latents,
                     &edm.grid(),
                     &sampler,
-                    class,
+                    cond,
                 )?)
             }
         }

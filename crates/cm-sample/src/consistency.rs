@@ -8,7 +8,7 @@
 //! (Algorithm 4, see [`crate::edit`]), and started from a partly noised image
 //! it is SDEdit.
 
-use cm_core::{CoreError, Denoiser};
+use cm_core::{Conditioning, CoreError, Denoiser, NoiseRange};
 use tch::Tensor;
 
 use crate::edm::Sampled;
@@ -31,11 +31,11 @@ pub fn check_taus(taus: &[f64], sigma_min: f64, start: f64) -> cm_core::Result<(
 }
 
 /// `f(x, t)` with the one time `t` for every sample of the batch `x`.
-pub fn denoise_at(f: &dyn Denoiser, x: &Tensor, t: f64, class: Option<&Tensor>) -> Tensor {
+pub fn denoise_at(f: &dyn Denoiser, x: &Tensor, t: f64, cond: Conditioning<'_>) -> Tensor {
     f.denoise(
         x,
         &Tensor::full([x.size()[0]], t, (x.kind(), x.device())),
-        class,
+        cond,
     )
 }
 
@@ -47,41 +47,33 @@ pub fn consistency_chain(
     f: &dyn Denoiser,
     mut x: Tensor,
     taus: &[f64],
-    sigma_min: f64,
-    class: Option<&Tensor>,
+    range: NoiseRange,
+    cond: Conditioning<'_>,
     noise: &mut dyn NoiseSource,
     project: &mut dyn FnMut(Tensor) -> Tensor,
 ) -> Tensor {
     let _guard = tch::no_grad_guard();
+    let sigma_min = range.sigma_min;
     for &tau in taus {
         let noisy = &x + noise.standard_normal(&x) * (tau * tau - sigma_min * sigma_min).sqrt();
-        x = project(denoise_at(f, &noisy, tau, class));
+        x = project(denoise_at(f, &noisy, tau, cond));
     }
     x
 }
 
 /// Runs Algorithm 1 with consistency function `f` from standard-normal
-/// `latents`: `sigma_max` is `T`, `sigma_min` is `eps`, `taus` the
+/// `latents`: `range` is `[eps, T]`, `taus` the
 /// intermediate times (empty for one step; each in `(eps, T)`, decreasing).
 /// Fresh noise for the re-noising comes from libtorch's generator. Runs
 /// without autograd.
 pub fn consistency_sample(
     f: &dyn Denoiser,
     latents: &Tensor,
-    sigma_max: f64,
-    sigma_min: f64,
+    range: NoiseRange,
     taus: &[f64],
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
 ) -> cm_core::Result<Sampled> {
-    consistency_sample_with(
-        f,
-        latents,
-        sigma_max,
-        sigma_min,
-        taus,
-        class,
-        &mut GlobalNoise,
-    )
+    consistency_sample_with(f, latents, range, taus, cond, &mut GlobalNoise)
 }
 
 /// [`consistency_sample`] with the re-noising drawn from `noise` (for
@@ -89,16 +81,20 @@ pub fn consistency_sample(
 pub fn consistency_sample_with(
     f: &dyn Denoiser,
     latents: &Tensor,
-    sigma_max: f64,
-    sigma_min: f64,
+    range: NoiseRange,
     taus: &[f64],
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
     noise: &mut dyn NoiseSource,
 ) -> cm_core::Result<Sampled> {
+    range.validate()?;
+    let NoiseRange {
+        sigma_min,
+        sigma_max,
+    } = range;
     check_taus(taus, sigma_min, sigma_max)?;
     let _guard = tch::no_grad_guard();
-    let x = denoise_at(f, &(latents * sigma_max), sigma_max, class);
-    let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| x);
+    let x = denoise_at(f, &(latents * sigma_max), sigma_max, cond);
+    let x = consistency_chain(f, x, taus, range, cond, noise, &mut |x| x);
     Ok(Sampled {
         x,
         nfe: 1 + taus.len(),

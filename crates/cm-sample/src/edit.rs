@@ -40,7 +40,7 @@
 //! autograd, and bad input (shapes, factors, noise levels, masks) is an
 //! error naming the offending field, never a panic.
 
-use cm_core::{CoreError, Denoiser};
+use cm_core::{Conditioning, CoreError, Denoiser, NoiseRange};
 use tch::{Device, Kind, Tensor};
 
 use crate::consistency::{check_taus, consistency_chain, denoise_at};
@@ -327,25 +327,6 @@ fn check_mask(field: &str, mask: &Tensor, target: &[i64]) -> cm_core::Result<()>
     Ok(())
 }
 
-/// Checks `0 < sigma_min < sigma_max`, both finite.
-fn check_sigmas(sigma_min: f64, sigma_max: f64) -> cm_core::Result<()> {
-    if !(sigma_min > 0.0 && sigma_min.is_finite()) {
-        return Err(CoreError::invalid(
-            "sigma_min",
-            sigma_min,
-            "a finite time > 0",
-        ));
-    }
-    if !(sigma_max > sigma_min && sigma_max.is_finite()) {
-        return Err(CoreError::invalid(
-            "sigma_max",
-            sigma_max,
-            format!("a finite time > sigma_min = {sigma_min}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Checks that `x` is a floating-point `[B, C, H, W]` batch.
 fn check_images(field: &str, x: &Tensor) -> cm_core::Result<()> {
     check_image_shape(&format!("{field}.shape"), &x.size())?;
@@ -381,8 +362,8 @@ fn check_class(class: Option<&Tensor>, batch: i64) -> cm_core::Result<()> {
 /// `y` is the reference batch `[B, C, H, W]` (for super-resolution the
 /// low-resolution image upsampled by nearest neighbour, for colorization the
 /// grayscale image repeated over three channels); `omega` a 0/1 mask
-/// broadcastable to `transform`'s output (1 = to generate); `sigma_max` is
-/// `T`, `sigma_min` is `eps`; `taus` the decreasing times of the refinement
+/// broadcastable to `transform`'s output (1 = to generate); `range` is
+/// `[eps, T]`; `taus` the decreasing times of the refinement
 /// steps in `(eps, T)` (empty: one step). The projection follows the first
 /// evaluation and every step, so the known part of the result is exactly the
 /// reference's. `noise` must be set up for `B` samples (a [`crate::SeededNoise`]
@@ -393,19 +374,22 @@ pub fn zero_shot_edit(
     y: &Tensor,
     transform: &dyn Transform,
     omega: &Tensor,
-    sigma_max: f64,
-    sigma_min: f64,
+    range: NoiseRange,
     taus: &[f64],
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
     noise: &mut dyn NoiseSource,
 ) -> cm_core::Result<Sampled> {
     check_images("y", y)?;
     let out_shape = transform.output_shape(&y.size())?;
     check_mask("omega", omega, &out_shape)?;
-    check_sigmas(sigma_min, sigma_max)?;
+    range.validate()?;
+    let NoiseRange {
+        sigma_min,
+        sigma_max,
+    } = range;
     check_taus(taus, sigma_min, sigma_max)?;
     let batch = y.size()[0];
-    check_class(class, batch)?;
+    check_class(cond.class, batch)?;
 
     let _guard = tch::no_grad_guard();
     let omega = omega.to_kind(y.kind()).to_device(y.device());
@@ -413,9 +397,9 @@ pub fn zero_shot_edit(
     // y <- A^-1[(A y) ⊙ (1 - Omega)]: the unknown coordinates start at 0.
     let start = project(transform, &omega, &known, &y.zeros_like());
     let z = noise.standard_normal(&start);
-    let x = denoise_at(f, &(&start + z * sigma_max), sigma_max, class);
+    let x = denoise_at(f, &(&start + z * sigma_max), sigma_max, cond);
     let x = project(transform, &omega, &known, &x);
-    let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| {
+    let x = consistency_chain(f, x, taus, range, cond, noise, &mut |x| {
         project(transform, &omega, &known, &x)
     });
     Ok(Sampled {
@@ -510,15 +494,13 @@ impl EditTask {
     }
 
     /// [`EditTask::plan`] for `y`'s shape, then [`zero_shot_edit`].
-    #[allow(clippy::too_many_arguments)] // zero_shot_edit's inputs
     pub fn run(
         &self,
         f: &dyn Denoiser,
         y: &Tensor,
-        sigma_max: f64,
-        sigma_min: f64,
+        range: NoiseRange,
         taus: &[f64],
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
         noise: &mut dyn NoiseSource,
     ) -> cm_core::Result<Sampled> {
         check_images("y", y)?;
@@ -528,10 +510,9 @@ impl EditTask {
             y,
             plan.transform.as_ref(),
             &plan.omega,
-            sigma_max,
-            sigma_min,
+            range,
             taus,
-            class,
+            cond,
             noise,
         )
     }
@@ -546,13 +527,16 @@ pub fn denoise(
     f: &dyn Denoiser,
     x_noisy: &Tensor,
     sigma: f64,
-    sigma_min: f64,
-    sigma_max: f64,
-    class: Option<&Tensor>,
+    range: NoiseRange,
+    cond: Conditioning<'_>,
 ) -> cm_core::Result<Sampled> {
     check_images("x_noisy", x_noisy)?;
-    check_sigmas(sigma_min, sigma_max)?;
-    if !(sigma >= sigma_min && sigma <= sigma_max) {
+    range.validate()?;
+    let NoiseRange {
+        sigma_min,
+        sigma_max,
+    } = range;
+    if !range.contains(sigma) {
         return Err(CoreError::invalid(
             "sigma",
             sigma,
@@ -560,9 +544,9 @@ pub fn denoise(
         ));
     }
     let batch = x_noisy.size()[0];
-    check_class(class, batch)?;
+    check_class(cond.class, batch)?;
     let _guard = tch::no_grad_guard();
-    let x = denoise_at(f, x_noisy, sigma, class);
+    let x = denoise_at(f, x_noisy, sigma, cond);
     Ok(Sampled { x, nfe: 1 })
 }
 
@@ -636,7 +620,7 @@ pub fn interpolate(
     z1: &Tensor,
     steps: usize,
     sigma_max: f64,
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
 ) -> cm_core::Result<Sampled> {
     if steps < 2 {
         return Err(CoreError::invalid(
@@ -667,7 +651,7 @@ pub fn interpolate(
     let (a, b) = (single(z0, "z0")?, single(z1, "z1")?);
     check_images("z0", &a)?;
     let n = steps as i64;
-    let class = match class {
+    let class = match cond.class {
         Some(c) if c.dim() > 0 && c.size()[0] == 1 && n > 1 => {
             let mut reps = vec![1i64; c.dim()];
             reps[0] = n;
@@ -684,7 +668,7 @@ pub fn interpolate(
         .map(|i| slerp(&a, &b, i as f64 / (steps - 1) as f64))
         .collect::<cm_core::Result<Vec<_>>>()?;
     let latents = Tensor::cat(&path, 0);
-    let x = denoise_at(f, &(&latents * sigma_max), sigma_max, class.as_ref());
+    let x = denoise_at(f, &(&latents * sigma_max), sigma_max, cond.with_class(class.as_ref()));
     Ok(Sampled { x, nfe: 1 })
 }
 
@@ -701,13 +685,16 @@ pub fn sdedit(
     strokes: &Tensor,
     tau_start: f64,
     taus: &[f64],
-    sigma_min: f64,
-    sigma_max: f64,
-    class: Option<&Tensor>,
+    range: NoiseRange,
+    cond: Conditioning<'_>,
     noise: &mut dyn NoiseSource,
 ) -> cm_core::Result<Sampled> {
     check_images("strokes", strokes)?;
-    check_sigmas(sigma_min, sigma_max)?;
+    range.validate()?;
+    let NoiseRange {
+        sigma_min,
+        sigma_max,
+    } = range;
     if !(tau_start > sigma_min && tau_start <= sigma_max) {
         return Err(CoreError::invalid(
             "tau_start",
@@ -717,12 +704,12 @@ pub fn sdedit(
     }
     check_taus(taus, sigma_min, tau_start)?;
     let batch = strokes.size()[0];
-    check_class(class, batch)?;
+    check_class(cond.class, batch)?;
     let _guard = tch::no_grad_guard();
     let z = noise.standard_normal(strokes);
     let spread = (tau_start * tau_start - sigma_min * sigma_min).sqrt();
-    let x = denoise_at(f, &(strokes + z * spread), tau_start, class);
-    let x = consistency_chain(f, x, taus, sigma_min, class, noise, &mut |x| x);
+    let x = denoise_at(f, &(strokes + z * spread), tau_start, cond);
+    let x = consistency_chain(f, x, taus, range, cond, noise, &mut |x| x);
     Ok(Sampled {
         x,
         nfe: 1 + taus.len(),

@@ -3,7 +3,7 @@
 //! "churn" adds noise to raise `t_i` to `t_hat = (1 + gamma) t_i` before each
 //! step, for levels in `[s_tmin, s_tmax]`).
 
-use cm_core::{Denoiser, KarrasGrid, OdeSolver, Solver};
+use cm_core::{Conditioning, Denoiser, KarrasGrid, OdeSolver, Solver};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -58,9 +58,9 @@ pub fn edm_sample(
     latents: &Tensor,
     grid: &KarrasGrid,
     sampler: &EdmSampler,
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
 ) -> cm_core::Result<Sampled> {
-    edm_sample_with(denoiser, latents, grid, sampler, class, &mut GlobalNoise)
+    edm_sample_with(denoiser, latents, grid, sampler, cond, &mut GlobalNoise)
 }
 
 /// [`edm_sample`] with the churn noise drawn from `noise` (for example
@@ -70,7 +70,7 @@ pub fn edm_sample_with(
     latents: &Tensor,
     grid: &KarrasGrid,
     sampler: &EdmSampler,
-    class: Option<&Tensor>,
+    cond: Conditioning<'_>,
     noise: &mut dyn NoiseSource,
 ) -> cm_core::Result<Sampled> {
     let sigmas = grid.sampling_sigmas(sampler.steps)?;
@@ -96,7 +96,7 @@ pub fn edm_sample_with(
         }
         x = sampler
             .solver
-            .step(denoiser, &x, &level(t_hat), &level(t_next), class);
+            .step(denoiser, &x, &level(t_hat), &level(t_next), cond);
         nfe += sampler.solver.evaluations(t_next == 0.0);
     }
     Ok(Sampled { x, nfe })

@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use cm_core::CoreError;
+use cm_core::{Conditioning, CoreError};
 use cm_nets::Model;
 
 use crate::card::ModelCard;
@@ -177,10 +177,9 @@ pub fn generate<E: From<crate::SampleError>>(
             ModelCard::Consistency { consistency, .. } => consistency_sample_with(
                 f.as_ref(),
                 &latents,
-                consistency.sigma_max,
-                consistency.sigma_min,
+                consistency.range(),
                 &taus,
-                classes.as_ref(),
+                Conditioning::from_class(classes.as_ref()),
                 &mut noise,
             )
             .map_err(|e| E::from(e.into()))?,
@@ -194,7 +193,7 @@ pub fn generate<E: From<crate::SampleError>>(
                     &latents,
                     &edm.grid(),
                     &sampler,
-                    classes.as_ref(),
+                    Conditioning::from_class(classes.as_ref()),
                     &mut noise,
                 )
                 .map_err(|e| E::from(e.into()))?

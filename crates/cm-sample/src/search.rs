@@ -11,7 +11,7 @@
 //! numbers, so the differences between probes are not swamped by sampling
 //! noise), tests pass closed forms.
 
-use cm_core::CoreError;
+use cm_core::{CoreError, NoiseRange};
 
 /// Settings of the search.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,11 +29,11 @@ impl SearchConfig {
     /// The bracket `[max(2 sigma_min, 0.01), sigma_max / 2]` with 10 rounds
     /// (bracket shrunk ~123x in `ln tau`: from [0.01, 40] to within 7% of
     /// the optimum's time).
-    pub fn for_range(sigma_min: f64, sigma_max: f64) -> Self {
+    pub fn for_range(range: NoiseRange) -> Self {
         SearchConfig {
             rounds: 10,
-            lower: (2.0 * sigma_min).max(0.01),
-            upper: sigma_max / 2.0,
+            lower: (2.0 * range.sigma_min).max(0.01),
+            upper: range.sigma_max / 2.0,
         }
     }
 }
@@ -64,8 +64,7 @@ pub struct SearchResult {
 /// minimise (an error stops the search).
 pub fn search_timesteps<E: From<CoreError>>(
     max_steps: usize,
-    sigma_min: f64,
-    sigma_max: f64,
+    range: NoiseRange,
     config: &SearchConfig,
     metric: &mut dyn FnMut(&[f64]) -> Result<f64, E>,
 ) -> Result<SearchResult, E> {
@@ -77,6 +76,10 @@ pub fn search_timesteps<E: From<CoreError>>(
         )
         .into());
     }
+    let NoiseRange {
+        sigma_min,
+        sigma_max,
+    } = range;
     if !(config.lower > sigma_min && config.lower < config.upper && config.upper < sigma_max) {
         return Err(CoreError::invalid(
             "search bracket",

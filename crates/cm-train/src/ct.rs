@@ -10,149 +10,17 @@
 //! weighting, lognormal pairs; dropout and the Fourier scale are network
 //! settings. So the path from CT to iCT can be run one change at a time.
 //!
-//! [`ConsistencyCore`] is what CT and consistency distillation (cm-distill)
-//! share: the pair sampling, the target network and its EMA, the weighted
-//! distance with a shared dropout mask, and one-step sampling.
+//! The pair sampling, target network, weighted distance and sampling are
+//! [`ConsistencyCore`], shared with consistency distillation (cm-distill).
 
-use std::collections::HashMap;
+use tch::Tensor;
 
-use tch::{Device, Kind, Tensor};
+use cm_core::{append_dims, Conditioning, ConsistencyRecipe};
+use cm_nets::Model;
 
-use cm_core::{
-    adjacent_pairs, append_dims, grid_tensor, BoundWeighting, ConsistencyRecipe, Denoiser,
-    DiscretizationSchedule, DistanceMetric, IndexSampler, LossWeighting,
-};
-use cm_nets::{Model, Preconditioned};
-use cm_sample::consistency_sample;
-
-use crate::ema::ema_update;
+use crate::consistency::ConsistencyCore;
 use crate::error::Result;
 use crate::objective::{Batch, Objective};
-
-/// The machinery every consistency objective shares.
-pub struct ConsistencyCore {
-    recipe: ConsistencyRecipe,
-    target: Model,
-    metric: Box<dyn DistanceMetric + Send>,
-    weighting: BoundWeighting,
-    grids: HashMap<usize, (Vec<f64>, Tensor)>,
-}
-
-impl std::fmt::Debug for ConsistencyCore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsistencyCore")
-            .field("recipe", &self.recipe)
-            .field("metric", &self.metric.name())
-            .field("grids_cached", &self.grids.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConsistencyCore {
-    /// The target starts as a copy of `student` (frozen: it only follows the
-    /// student by EMA). `prefix` is the recipe's dotted path for errors.
-    pub fn new(recipe: ConsistencyRecipe, student: &Model, prefix: &str) -> Result<Self> {
-        recipe.validate_at(prefix)?;
-        let mut target = Model::new(student.config().clone(), student.device())?;
-        target.copy_from(student)?;
-        target.var_store_mut().freeze();
-        let dim = student.config().sample_shape().iter().product::<i64>() as usize;
-        Ok(ConsistencyCore {
-            metric: recipe.metric.build(dim),
-            weighting: recipe.weighting.bind(recipe.consistency.sigma_data)?,
-            recipe,
-            target,
-            grids: HashMap::new(),
-        })
-    }
-
-    /// The recipe.
-    pub fn recipe(&self) -> &ConsistencyRecipe {
-        &self.recipe
-    }
-
-    /// The target network `theta-`.
-    pub fn target(&self) -> &Model {
-        &self.target
-    }
-
-    /// Draws a pair `(t_n, t_{n+1})` of the step's training grid for each
-    /// example of `x0` (the grid for each `N` is built once).
-    pub fn pairs(&mut self, x0: &Tensor, step: u64) -> Result<(Tensor, Tensor)> {
-        let n = self.recipe.schedule.at(step).n;
-        let (kind, device) = (x0.kind(), x0.device());
-        if !self.grids.contains_key(&n) {
-            let values = self.recipe.consistency.grid().training_sigmas(n)?;
-            let tensor = grid_tensor(&values, kind, device);
-            self.grids.insert(n, (values, tensor));
-        }
-        let (values, grid) = &self.grids[&n];
-        let index = self.recipe.noise.sample(values, x0.size()[0], device);
-        Ok(adjacent_pairs(grid, &index))
-    }
-
-    /// `mean(lambda(t_n) d(f_theta(x_next, t_next), f_theta-(x_target, t_n)))`,
-    /// the target without autograd. As in the reference code, student and
-    /// target see the same dropout mask: both start from one generator seed.
-    pub fn loss(
-        &self,
-        online: &Model,
-        (x_next, t_next): (&Tensor, &Tensor),
-        (x_target, t_n): (&Tensor, &Tensor),
-        labels: Option<&Tensor>,
-    ) -> Tensor {
-        let param = self.recipe.consistency.parameterization();
-        let dropout_seed =
-            Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-        tch::manual_seed(dropout_seed);
-        let pred = Preconditioned {
-            model: online,
-            param,
-            train: true,
-        }
-        .denoise(x_next, t_next, labels);
-        tch::manual_seed(dropout_seed);
-        // With mu = 0 (iCT) the target is the student's copy from the last
-        // step, i.e. theta- = stopgrad(theta).
-        let target = tch::no_grad(|| {
-            Preconditioned {
-                model: &self.target,
-                param,
-                train: true,
-            }
-            .denoise(x_target, t_n, labels)
-        });
-        let weights = self.weighting.weight(t_n, t_next);
-        (weights * self.metric.distance(&pred, &target)).mean(Kind::Float)
-    }
-
-    /// `theta- <- mu(k) theta- + (1 - mu(k)) theta` after step `k`.
-    pub fn update_target(&self, online: &Model, step: u64) {
-        ema_update(&self.target, online, self.recipe.schedule.at(step).mu);
-    }
-
-    /// The target, for checkpoints.
-    pub fn extra_models(&self) -> Vec<(&'static str, &Model)> {
-        vec![("target", &self.target)]
-    }
-
-    /// The target, for resuming.
-    pub fn extra_models_mut(&mut self) -> Vec<(&'static str, &mut Model)> {
-        vec![("target", &mut self.target)]
-    }
-
-    /// One-step samples `f(T z, T)` from `model`.
-    pub fn sample(
-        &self,
-        model: &Model,
-        latents: &Tensor,
-        class: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let c = self.recipe.consistency;
-        let f = Preconditioned::eval(model, c.parameterization());
-        Ok(consistency_sample(&f, latents, c.sigma_max, c.sigma_min, &[], class)?.x)
-    }
-}
 
 /// The CT / iCT objective.
 #[derive(Debug)]
@@ -190,7 +58,7 @@ impl Objective for CtObjective {
             online,
             (&x_next, &t_next),
             (&x_n, &t_n),
-            batch.labels.as_ref(),
+            Conditioning::from_class(batch.labels.as_ref()),
         ))
     }
 
@@ -207,7 +75,7 @@ impl Objective for CtObjective {
         self.core.extra_models_mut()
     }
 
-    fn sample(&self, model: &Model, latents: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
-        self.core.sample(model, latents, class)
+    fn sample(&self, model: &Model, latents: &Tensor, cond: Conditioning<'_>) -> Result<Tensor> {
+        self.core.sample(model, latents, cond)
     }
 }

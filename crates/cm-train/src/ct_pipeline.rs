@@ -2,33 +2,32 @@
 //! consistency model from data alone with the CT recipe (CM Algorithm 3) or
 //! the improved one (iCT, Song & Dhariwal 2023), then write 1-step and
 //! 2-step grids from fixed noise, a `report.md` and the run's model card
-//! (`model.toml`, read by `cm sample`, `cm edit` and `cm eval`).
+//! (`model.toml`, read by `cm sample`, `cm edit` and `cm eval`), all
+//! through the run skeleton ([`crate::run`]).
 //!
 //! [`ict_ablation`] builds the path from a CT config to an iCT config one
 //! change at a time, for the ablation table in docs/ct.md.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use cm_core::{
-    ConsistencyRecipe, CoreError, CtAdaptiveSchedule, FixedSchedule, ScheduleConfig, Validate,
+    Conditioning, ConsistencyConfig, ConsistencyRecipe, CoreError, CtAdaptiveSchedule,
+    FixedSchedule, ScheduleConfig, Validate,
 };
 use cm_data::DataSource;
 use cm_nets::{Model, NetConfig, Preconditioned};
-use cm_sample::{consistency_sample, ModelCard, CARD_FILE};
+use cm_sample::{consistency_sample, ModelCard};
 
+use crate::config::TrainConfig;
 use crate::ct::CtObjective;
 use crate::error::{Result, TrainError};
-use crate::report;
-use crate::teacher::{loader_for, write_run_config, LoaderOptions};
-use crate::trainer::{
-    eval_model, final_weights, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
-};
+use crate::observer::Observer;
+use crate::run::{run, Method, ReportSampler, RunContext, RunOutcome};
+use crate::source::LoaderOptions;
 
 /// The consistency-training objective and its sampling defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,15 +107,115 @@ impl Validate for CtRunConfig {
     }
 }
 
-/// What a CT run leaves.
+/// The report grids of a consistency model: 1 step, and 2 steps through
+/// `two_step_tau` (CM Algorithm 1), each named `samples_{prefix}1step.png`
+/// and `samples_{prefix}2step.png`.
+pub fn consistency_report_samplers<'a>(
+    model: &'a Model,
+    consistency: &'a ConsistencyConfig,
+    two_step_tau: f64,
+    label_prefix: &str,
+    file_prefix: &str,
+) -> Vec<ReportSampler<'a>> {
+    [(1usize, vec![]), (2, vec![two_step_tau])]
+        .into_iter()
+        .map(|(steps, taus)| ReportSampler {
+            label: format!(
+                "{label_prefix}{steps} step{}",
+                if steps == 1 { "" } else { "s" }
+            ),
+            file: format!("samples_{file_prefix}{steps}step.png"),
+            sample: Box::new(move |latents: &Tensor| {
+                let f = Preconditioned::eval(model, consistency.parameterization());
+                Ok(consistency_sample(
+                    &f,
+                    latents,
+                    consistency.range(),
+                    &taus,
+                    Conditioning::none(),
+                )?)
+            }),
+        })
+        .collect()
+}
+
+/// What a CT / iCT run leaves.
+pub type CtOutcome = RunOutcome<CtObjective>;
+
+/// CT / iCT on the run skeleton.
 #[derive(Debug)]
-pub struct CtOutcome {
-    /// The loop's outcome.
-    pub train: TrainOutcome,
-    /// `report.md`, if the run finished.
-    pub report: Option<PathBuf>,
-    /// The model card `model.toml`, if the run finished.
-    pub card: Option<PathBuf>,
+pub struct CtMethod<'a> {
+    config: &'a CtRunConfig,
+}
+
+impl<'a> CtMethod<'a> {
+    /// The method for `config`.
+    pub fn new(config: &'a CtRunConfig) -> Self {
+        CtMethod { config }
+    }
+}
+
+impl Method for CtMethod<'_> {
+    type Config = CtRunConfig;
+    type Objective = CtObjective;
+
+    fn title(&self) -> &str {
+        "Consistency training run"
+    }
+
+    fn config(&self) -> &CtRunConfig {
+        self.config
+    }
+
+    fn with_steps_of(old: &mut CtRunConfig, new: &CtRunConfig) {
+        old.train.steps = new.train.steps;
+    }
+
+    fn data(&self) -> (&DataSource, LoaderOptions) {
+        (&self.config.data, self.config.loader)
+    }
+
+    fn train_config(&self) -> &TrainConfig {
+        &self.config.train
+    }
+
+    fn build(&mut self, device: Device, _: &mut dyn Observer) -> Result<(Model, CtObjective)> {
+        let model = Model::new(self.config.net.clone(), device)?;
+        let objective = CtObjective::new(self.config.ct.recipe, &model)?;
+        Ok((model, objective))
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let mut lines = vec!["objective: consistency training (CM Alg. 3; iCT switches per field)".to_string()];
+        lines.extend(self.config.ct.recipe.describe());
+        lines.push(format!(
+            "2-step sampling re-noises to tau = {}",
+            self.config.ct.two_step_tau
+        ));
+        lines
+    }
+
+    fn report_samplers<'a>(
+        &'a self,
+        _: &'a CtObjective,
+        eval: &'a Model,
+    ) -> Vec<ReportSampler<'a>> {
+        consistency_report_samplers(
+            eval,
+            &self.config.ct.recipe.consistency,
+            self.config.ct.two_step_tau,
+            "",
+            "",
+        )
+    }
+
+    fn card(&self, weights: PathBuf) -> ModelCard {
+        ModelCard::Consistency {
+            weights,
+            consistency: self.config.ct.recipe.consistency,
+            timesteps: [("2".to_string(), vec![self.config.ct.two_step_tau])].into(),
+        }
+    }
 }
 
 /// Runs (or with `resume`, continues) a CT / iCT run into `run_dir`: writes
@@ -130,121 +229,16 @@ pub fn run_ct(
     stop: &AtomicBool,
     observer: &mut dyn Observer,
 ) -> Result<CtOutcome> {
-    config.validate()?;
-    write_run_config(run_dir, config, resume, |old, new| {
-        old.train.steps = new.train.steps
-    })?;
-    observer.on_message("loading data");
-    let data = config
-        .data
-        .load(None)
-        .map_err(|e| TrainError::Batch(e.to_string()))?;
-    let source = loader_for(&data, config.loader, &config.train, &config.net)?;
-    tch::manual_seed(mix_seed(config.train.seed, u64::MAX));
-    let model = Model::new(config.net.clone(), device)?;
-    observer.on_message(&format!(
-        "network: {:.2} M parameters, {:.1} MFLOPs per sample",
-        model.num_params() as f64 / 1e6,
-        model.flops_per_sample() as f64 / 1e6
-    ));
-    let mut objective = CtObjective::new(config.ct.recipe, &model)?;
-    let started = Instant::now();
-    let out = train(
-        &mut objective,
-        model,
-        &source,
-        &config.train,
-        run_dir,
-        resume,
-        stop,
-        observer,
-    )?;
-    let seconds = started.elapsed().as_secs_f64();
-    if out.stopped {
-        return Ok(CtOutcome {
-            train: out,
-            report: None,
-            card: None,
-        });
-    }
-    let report = write_report(config, &out, run_dir, seconds)?;
-    let card = run_dir.join(CARD_FILE);
-    ModelCard::Consistency {
-        weights: final_weights(&config.train),
-        consistency: config.ct.recipe.consistency,
-        timesteps: [("2".to_string(), vec![config.ct.two_step_tau])].into(),
-    }
-    .save(&card)?;
-    Ok(CtOutcome {
-        train: out,
-        report: Some(report),
-        card: Some(card),
-    })
-}
-
-/// 1-step and 2-step samples of the evaluation network from the run's fixed
-/// latents, and the markdown report.
-fn write_report(
-    config: &CtRunConfig,
-    out: &TrainOutcome,
-    run_dir: &Path,
-    seconds: f64,
-) -> Result<PathBuf> {
-    let model = eval_model(&out.online, &out.emas);
-    let c = config.ct.recipe.consistency;
-    let f = Preconditioned::eval(model, c.parameterization());
-    let latents = fixed_latents(model, config.train.sample_count, config.train.seed);
-    let mut rows = Vec::new();
-    for (label, file, taus) in [
-        ("1 step", "samples_1step.png", vec![]),
-        ("2 steps", "samples_2step.png", vec![config.ct.two_step_tau]),
-    ] {
-        tch::manual_seed(mix_seed(config.train.seed, 77));
-        let t = Instant::now();
-        let sampled = consistency_sample(&f, &latents, c.sigma_max, c.sigma_min, &taus, None)?;
-        let secs = t.elapsed().as_secs_f64();
-        report::write_samples(&sampled.x, &run_dir.join(file))?;
-        rows.push((label, file, sampled.nfe, secs));
-    }
-    let recipe = &config.ct.recipe;
-    let last = out.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
-    let mut md = String::new();
-    let _ = writeln!(md, "# Consistency training run\n");
-    let _ = writeln!(
-        md,
-        "- {} steps, batch {}, {:.1} min in this session, final loss {last:.5}",
-        out.step,
-        config.train.batch_size,
-        seconds / 60.0
-    );
-    let _ = writeln!(
-        md,
-        "- recipe: schedule {:?}; pairs {:?}; weighting {:?}; metric {:?}; {:?}",
-        recipe.schedule, recipe.noise, recipe.weighting, recipe.metric, recipe.consistency
-    );
-    let _ = writeln!(
-        md,
-        "- network: {} parameters; evaluation weights `{}`\n",
-        model.num_params(),
-        final_weights(&config.train).display()
-    );
-    let _ = writeln!(
-        md,
-        "| sampler | NFE | seconds for {} samples | samples |",
-        config.train.sample_count
-    );
-    let _ = writeln!(md, "| --- | ---: | ---: | --- |");
-    for (label, file, nfe, secs) in &rows {
-        let _ = writeln!(md, "| {label} | {nfe} | {secs:.2} | ![{label}]({file}) |");
-    }
-    let _ = writeln!(
-        md,
-        "\nLoss curve: ![loss](loss.png). Metrics: `metrics.csv`. Config: `config.toml`. \
-         Model card: `model.toml`."
-    );
-    let path = run_dir.join("report.md");
-    std::fs::write(&path, md).map_err(TrainError::io("cannot write", &path))?;
-    Ok(path)
+    run(
+        &mut CtMethod::new(config),
+        RunContext {
+            run_dir,
+            resume,
+            device,
+            stop,
+            observer,
+        },
+    )
 }
 
 /// The path from CT to iCT one change at a time (iCT, Section 3 and

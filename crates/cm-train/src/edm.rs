@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use cm_core::{append_dims, CoreError, Denoiser, DistanceMetric, EdmConfig, SquaredL2};
+use cm_core::{
+    append_dims, Conditioning, CoreError, Denoiser, DistanceMetric, EdmConfig, SquaredL2,
+};
 use cm_nets::{Model, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler};
 
@@ -105,19 +107,19 @@ impl Objective for EdmObjective {
             param: precond,
             train: true,
         };
-        let denoised = d.denoise(&noisy, &sigma, labels.as_ref());
+        let denoised = d.denoise(&noisy, &sigma, Conditioning::from_class(labels.as_ref()));
         let per_example = SquaredL2.distance(&denoised, x0);
         Ok((precond.loss_weight(&sigma) * per_example).mean(Kind::Float))
     }
 
-    fn sample(&self, model: &Model, latents: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
+    fn sample(&self, model: &Model, latents: &Tensor, cond: Conditioning<'_>) -> Result<Tensor> {
         let d = Preconditioned::eval(model, self.config.edm.preconditioning());
         Ok(edm_sample(
             &d,
             latents,
             &self.config.edm.grid(),
             &self.config.sampler,
-            class,
+            cond,
         )?
         .x)
     }

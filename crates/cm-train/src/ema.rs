@@ -52,7 +52,12 @@ impl Ema {
 
     /// The checkpoint file stem, e.g. `ema_0.9999`.
     pub fn name(&self) -> String {
-        format!("ema_{}", self.rate)
+        Ema::file_stem(self.rate)
+    }
+
+    /// The checkpoint file stem of the EMA of `rate`: `ema_RATE`.
+    pub fn file_stem(rate: f64) -> String {
+        format!("ema_{rate}")
     }
 }
 

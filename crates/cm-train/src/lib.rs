@@ -1,44 +1,66 @@
-//! cm-train: the training loop shared by every objective, and the EDM
-//! teacher objective.
+//! cm-train: the training engine every method runs on, and the objectives
+//! that learn from data.
 //!
+//! The engine:
+//! - [`run`]: the run skeleton every pipeline is ([`run::run`] with a
+//!   [`Method`]): config check and resume check, data, network and
+//!   objective, training, report grids, `report.md`, model card.
 //! - [`trainer`]: [`train`] runs any [`Objective`] on batches from any
-//!   [`BatchSource`]: Adam / RAdam with saved state ([`optim`]), warm-up,
-//!   gradient clipping, EMA copies ([`ema`]), atomic checkpoints with
-//!   retention, exact resume (libtorch's generator is reseeded from
-//!   `(seed, step)` every step and batches are a pure function of the step),
-//!   a stop flag for Ctrl-C that saves first, NaN detection, a metrics CSV,
-//!   sample grids and a loss plot ([`report`]).
-//! - [`teacher`]: the EDM teacher pipeline ([`run_teacher`]) configured by
-//!   [`TeacherConfig`] (`configs/teacher/*.toml`).
-//! - [`edm`]: the EDM teacher (Karras et al. 2022): lognormal noise levels,
-//!   `lambda`-weighted denoising loss, label dropout for classifier-free
-//!   guidance.
+//!   [`BatchSource`] ([`source`]): Adam / RAdam with saved state
+//!   ([`optim`]) over a parameter group, warm-up, gradient clipping, EMA
+//!   copies ([`ema`]), atomic checkpoints with retention ([`checkpoint`]),
+//!   exact resume (libtorch's generator is reseeded from `(seed, step)`
+//!   every step and batches are a pure function of the step), a stop flag
+//!   for Ctrl-C that saves first, NaN detection, a metrics CSV
+//!   ([`metrics`]), sample grids and a loss plot.
+//! - [`config`]: the loop settings `[train]`; [`observer`]: progress.
 //!
-//! - [`ct`]: consistency training (CT, Algorithm 3) and, through the recipe's
-//!   switches, iCT; [`ConsistencyCore`] is what CT and consistency
-//!   distillation (cm-distill) share. All run on this loop.
-//! - [`ct_pipeline`]: the CT / iCT pipeline ([`run_ct`]) configured by
-//!   [`CtRunConfig`] (`configs/ct/*.toml`), and the CT-to-iCT ablation.
+//! The objectives that learn from data, each a method on the skeleton:
+//! - [`teacher`] / [`edm`]: the EDM teacher (Karras et al. 2022), and
+//!   [`prepare_teacher`], which methods that learn from a teacher use.
+//! - [`ct`] / [`ct_pipeline`]: consistency training (CT, CM Algorithm 3)
+//!   and, through the recipe's switches, iCT, with the CT-to-iCT ablation.
+//! - [`consistency`]: [`ConsistencyCore`], the machinery CT and consistency
+//!   distillation (cm-distill) share.
 
+pub mod checkpoint;
+pub mod config;
+pub mod consistency;
 pub mod ct;
 pub mod ct_pipeline;
 pub mod edm;
 pub mod ema;
 pub mod error;
+pub mod metrics;
 pub mod objective;
+pub mod observer;
 pub mod optim;
 pub mod report;
+pub mod run;
+pub mod source;
 pub mod teacher;
 pub mod trainer;
 
-pub use ct::{ConsistencyCore, CtObjective};
-pub use ct_pipeline::{ict_ablation, run_ct, CtConfig, CtOutcome, CtRunConfig};
+pub use checkpoint::{
+    checkpoint_name, evaluation_weights_file, final_weights, latest_checkpoint, list_checkpoints,
+};
+pub use config::TrainConfig;
+pub use consistency::ConsistencyCore;
+pub use ct::CtObjective;
+pub use ct_pipeline::{
+    consistency_report_samplers, ict_ablation, run_ct, CtConfig, CtMethod, CtOutcome, CtRunConfig,
+};
 pub use edm::{EdmObjective, EdmObjectiveConfig};
 pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
-pub use objective::{Batch, BatchSource, Objective, TensorSource};
+pub use metrics::read_losses;
+pub use objective::{Batch, BatchSource, Objective};
+pub use observer::{Observer, Quiet, StepInfo};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use teacher::{run_teacher, LoaderOptions, LoaderSource, TeacherConfig};
-pub use trainer::{
-    latest_checkpoint, mix_seed, train, Observer, Quiet, StepInfo, TrainConfig, TrainOutcome,
+pub use run::{run, write_run_config, Method, ReportSampler, RunContext, RunOutcome, SamplerRow};
+pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
+pub use teacher::{
+    prepare_teacher, run_teacher, teacher_dir, teacher_report_samplers, ReadyTeacher,
+    TeacherConfig, TeacherMethod, TeacherOutcome, TeacherStage,
 };
+pub use trainer::{eval_model, fixed_latents, mix_seed, train, TrainOutcome};

@@ -85,6 +85,25 @@ impl OptimizerConfig {
         Ok(())
     }
 
+    /// The settings in words and numbers, for reports.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            OptimizerKind::Adam => "Adam",
+            OptimizerKind::Radam => "RAdam",
+        };
+        let mut text = format!(
+            "{kind}, lr {}, betas ({}, {}), eps {}",
+            self.lr, self.beta1, self.beta2, self.eps
+        );
+        if self.warmup_steps > 0 {
+            text += &format!(", linear warm-up over {} steps", self.warmup_steps);
+        }
+        if let Some(c) = self.grad_clip {
+            text += &format!(", gradient norm clipped at {c}");
+        }
+        text
+    }
+
     /// The learning rate at step `k` (0-based): linear warm-up, then flat.
     pub fn lr_at(&self, step: u64) -> f64 {
         if self.warmup_steps == 0 {
@@ -107,13 +126,10 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// An optimizer over the trainable variables of `vs`.
-    pub fn new(vs: &tch::nn::VarStore, config: OptimizerConfig) -> Self {
-        let params: BTreeMap<String, Tensor> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+    /// An optimizer over the named variables `params` (a parameter group,
+    /// e.g. `Model::trainable_variables`: adapters alone, or everything).
+    pub fn new(params: Vec<(String, Tensor)>, config: OptimizerConfig) -> Self {
+        let params: BTreeMap<String, Tensor> = params.into_iter().collect();
         let zeros = |t: &Tensor| t.zeros_like().detach();
         Optimizer {
             exp_avg: params.iter().map(|(n, t)| (n.clone(), zeros(t))).collect(),

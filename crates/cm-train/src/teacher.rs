@@ -1,37 +1,34 @@
-//! The EDM teacher pipeline: a TOML config naming the data, the network, the
-//! loop settings and the EDM objective; [`run_teacher`] loads the data,
-//! builds (or resumes) the network, trains on the shared loop and writes the
-//! final sample grids (35-NFE Heun, and the 1-step Euler sample for
-//! contrast) into the run folder.
+//! The EDM teacher (Karras et al. 2022) as a method on the run skeleton: a
+//! TOML config naming the data, the network, the loop settings and the EDM
+//! objective ([`TeacherConfig`], `configs/teacher/*.toml`); [`run_teacher`]
+//! trains it and writes 35-NFE Heun and 1-step Euler grids, `report.md`
+//! and the model card.
+//!
+//! Methods that learn from a teacher (CD, progressive distillation, LCM,
+//! ECT) get a finished one through [`prepare_teacher`]: a teacher run folder
+//! keyed by the hash of its resolved config, reused when finished, trained
+//! (or resumed) otherwise.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use cm_core::{CoreError, Solver, Validate};
-use cm_data::{BatchLoader, DataSource, LoaderConfig};
+use cm_core::{Conditioning, CoreError, Solver, Validate};
+use cm_data::DataSource;
 use cm_nets::{Model, NetConfig, Preconditioned};
-use cm_sample::{edm_sample, EdmSampler, ModelCard, CARD_FILE};
+use cm_sample::{edm_sample, EdmSampler, ModelCard};
 
+use crate::checkpoint::{evaluation_weights_file, latest_checkpoint};
+use crate::config::TrainConfig;
 use crate::edm::{EdmObjective, EdmObjectiveConfig};
-use crate::error::{Result, TrainError};
-use crate::objective::{Batch, BatchSource};
-use crate::report;
-use crate::trainer::{
-    eval_model, final_weights, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
-};
-
-/// Loader options beyond batch size and seed (which come from `[train]`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoaderOptions {
-    /// Random horizontal flips.
-    pub hflip: bool,
-    /// Pixels of padding (value -1) on each side; 2 turns 28 into 32.
-    pub pad: usize,
-}
+use crate::error::Result;
+use crate::observer::Observer;
+use crate::run::{run, Method, ReportSampler, RunContext, RunOutcome};
+use crate::source::LoaderOptions;
+use crate::trainer::TrainOutcome;
 
 /// Everything an EDM teacher run needs. In TOML: `[data]`, `[loader]`,
 /// `[net]`, `[train]`, `[edm]` (see `configs/teacher/*.toml`).
@@ -77,68 +74,140 @@ impl Validate for TeacherConfig {
     }
 }
 
-/// Adapts cm-data's random-access loader to the training loop.
-#[derive(Debug)]
-pub struct LoaderSource(pub BatchLoader);
-
-impl BatchSource for LoaderSource {
-    fn batch(&self, step: u64, device: Device) -> Result<Batch> {
-        let b = self
-            .0
-            .batch(step)
-            .map_err(|e| TrainError::Batch(e.to_string()))?;
-        Ok(Batch {
-            x: b.x.to_device(device),
-            labels: b.labels.map(|l| l.to_device(device)),
-        })
-    }
-}
-
-/// Builds the batch source for a data set, checking that its examples fit
-/// the network.
-pub fn loader_for(
-    data: &cm_data::Dataset,
-    options: LoaderOptions,
-    train: &TrainConfig,
-    net: &NetConfig,
-) -> Result<LoaderSource> {
-    let config = LoaderConfig::new(train.batch_size, train.seed)
-        .with_hflip(options.hflip)
-        .with_pad(options.pad);
-    let loader =
-        BatchLoader::new(data.train(), config).map_err(|e| TrainError::Batch(e.to_string()))?;
-    let mut shape: Vec<i64> = data.example_shape().iter().map(|&d| d as i64).collect();
-    if shape.len() == 3 {
-        shape[1] += 2 * options.pad as i64;
-        shape[2] += 2 * options.pad as i64;
-    }
-    if shape != net.sample_shape() {
-        return Err(TrainError::Batch(format!(
-            "the data gives examples of shape {shape:?} (after padding), the network takes {:?}",
-            net.sample_shape()
-        )));
-    }
-    if net.num_classes() > 0 && net.num_classes() != data.num_classes() {
-        return Err(TrainError::Batch(format!(
-            "the network has {} classes, the data {}",
-            net.num_classes(),
-            data.num_classes()
-        )));
-    }
-    Ok(LoaderSource(loader))
-}
-
 /// What a teacher run leaves.
+pub type TeacherOutcome = RunOutcome<EdmObjective>;
+
+/// The EDM teacher on the run skeleton.
 #[derive(Debug)]
-pub struct TeacherOutcome {
-    /// The loop's outcome (online network, EMAs, losses, checkpoint).
-    pub train: TrainOutcome,
+pub struct TeacherMethod<'a> {
+    config: &'a TeacherConfig,
+}
+
+impl<'a> TeacherMethod<'a> {
+    /// The method for `config`.
+    pub fn new(config: &'a TeacherConfig) -> Self {
+        TeacherMethod { config }
+    }
+}
+
+/// The teacher's report grids: EDM's 18-step Heun sampler (35 NFE) and, for
+/// contrast with one-step consistency models, a single Euler step.
+pub fn teacher_report_samplers<'a>(
+    teacher: &'a Model,
+    edm: &'a cm_core::EdmConfig,
+    prefix: &str,
+) -> Vec<ReportSampler<'a>> {
+    let label = |s: &str| {
+        if prefix.is_empty() {
+            s.to_string()
+        } else {
+            format!("{prefix}, {}", s.to_lowercase())
+        }
+    };
+    let file = |s: &str| {
+        if prefix.is_empty() {
+            format!("samples_{s}.png")
+        } else {
+            format!("samples_{prefix}_{s}.png")
+        }
+    };
+    let sampler = move |steps: usize, solver: Solver| {
+        move |latents: &tch::Tensor| {
+            let d = Preconditioned::eval(teacher, edm.preconditioning());
+            let sampler = EdmSampler {
+                steps,
+                solver,
+                ..Default::default()
+            };
+            Ok(edm_sample(&d, latents, &edm.grid(), &sampler, Conditioning::none())?)
+        }
+    };
+    vec![
+        ReportSampler {
+            label: label("Heun 18 steps"),
+            file: file("heun35"),
+            sample: Box::new(sampler(18, Solver::Heun)),
+        },
+        ReportSampler {
+            label: label("Euler 1 step"),
+            file: file("euler1"),
+            sample: Box::new(sampler(1, Solver::Euler)),
+        },
+    ]
+}
+
+impl Method for TeacherMethod<'_> {
+    type Config = TeacherConfig;
+    type Objective = EdmObjective;
+
+    fn title(&self) -> &str {
+        "EDM teacher run"
+    }
+
+    fn config(&self) -> &TeacherConfig {
+        self.config
+    }
+
+    fn with_steps_of(old: &mut TeacherConfig, new: &TeacherConfig) {
+        old.train.steps = new.train.steps;
+    }
+
+    fn data(&self) -> (&DataSource, LoaderOptions) {
+        (&self.config.data, self.config.loader)
+    }
+
+    fn train_config(&self) -> &TrainConfig {
+        &self.config.train
+    }
+
+    fn build(&mut self, device: Device, _: &mut dyn Observer) -> Result<(Model, EdmObjective)> {
+        let model = Model::new(self.config.net.clone(), device)?;
+        Ok((
+            model,
+            EdmObjective {
+                config: self.config.edm,
+            },
+        ))
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let e = &self.config.edm;
+        let mut lines = vec![format!("objective: {}", e.edm.describe())];
+        if self.config.net.num_classes() > 0 {
+            lines.push(format!(
+                "class-conditional ({} classes), label dropout {} for classifier-free guidance",
+                self.config.net.num_classes(),
+                e.label_dropout
+            ));
+        }
+        lines.push(format!(
+            "periodic grids: {:?} sampler, {} steps",
+            e.sampler.solver, e.sampler.steps
+        ));
+        lines
+    }
+
+    fn report_samplers<'a>(
+        &'a self,
+        _: &'a EdmObjective,
+        eval: &'a Model,
+    ) -> Vec<ReportSampler<'a>> {
+        teacher_report_samplers(eval, &self.config.edm.edm, "")
+    }
+
+    fn card(&self, weights: PathBuf) -> ModelCard {
+        ModelCard::Edm {
+            weights,
+            edm: self.config.edm.edm,
+            sampler: self.config.edm.sampler,
+        }
+    }
 }
 
 /// Runs (or with `resume`, continues) an EDM teacher run into `run_dir`:
 /// writes the resolved config to `run_dir/config.toml`, trains, and unless
-/// stopped writes `samples_heun35.png` and `samples_euler1.png` from the
-/// first EMA.
+/// stopped writes `samples_heun35.png`, `samples_euler1.png`, `report.md`
+/// and `model.toml` from the first EMA.
 pub fn run_teacher(
     config: &TeacherConfig,
     run_dir: &Path,
@@ -147,108 +216,101 @@ pub fn run_teacher(
     stop: &AtomicBool,
     observer: &mut dyn Observer,
 ) -> Result<TeacherOutcome> {
-    config.validate()?;
-    write_run_config(run_dir, config, resume, |old, new| {
-        old.train.steps = new.train.steps
-    })?;
-
-    observer.on_message("loading data");
-    let data = config
-        .data
-        .load(None)
-        .map_err(|e| TrainError::Batch(e.to_string()))?;
-    let source = loader_for(&data, config.loader, &config.train, &config.net)?;
-    tch::manual_seed(mix_seed(config.train.seed, u64::MAX));
-    let model = Model::new(config.net.clone(), device)?;
-    observer.on_message(&format!(
-        "network: {:.2} M parameters, {:.1} MFLOPs per sample",
-        model.num_params() as f64 / 1e6,
-        model.flops_per_sample() as f64 / 1e6
-    ));
-    let mut objective = EdmObjective { config: config.edm };
-    let outcome = train(
-        &mut objective,
-        model,
-        &source,
-        &config.train,
-        run_dir,
-        resume,
-        stop,
-        observer,
-    )?;
-    if !outcome.stopped {
-        write_final_samples(config, &outcome, run_dir)?;
-        ModelCard::Edm {
-            weights: final_weights(&config.train),
-            edm: config.edm.edm,
-            sampler: config.edm.sampler,
-        }
-        .save(run_dir.join(CARD_FILE))?;
-    }
-    Ok(TeacherOutcome { train: outcome })
+    run(
+        &mut TeacherMethod::new(config),
+        RunContext {
+            run_dir,
+            resume,
+            device,
+            stop,
+            observer,
+        },
+    )
 }
 
-fn write_final_samples(
-    config: &TeacherConfig,
-    outcome: &TrainOutcome,
-    run_dir: &Path,
-) -> Result<()> {
-    let model = eval_model(&outcome.online, &outcome.emas);
-    let denoiser = Preconditioned::eval(model, config.edm.edm.preconditioning());
-    let latents = fixed_latents(model, config.train.sample_count, config.train.seed);
-    let grid = config.edm.edm.grid();
-    for (name, sampler) in [
-        (
-            "samples_heun35.png",
-            EdmSampler {
-                steps: 18,
-                solver: Solver::Heun,
-                ..Default::default()
-            },
-        ),
-        (
-            "samples_euler1.png",
-            EdmSampler {
-                steps: 1,
-                solver: Solver::Euler,
-                ..Default::default()
-            },
-        ),
-    ] {
-        let x = edm_sample(&denoiser, &latents, &grid, &sampler, None)?.x;
-        report::write_samples(&x, &run_dir.join(name))?;
-    }
-    Ok(())
+/// FNV-1a, 64 bits: a stable name for a teacher config.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
-/// Writes `config` as the run's `config.toml`. When resuming a folder that
-/// already has one, the two must agree once `with_steps_of` has copied the
-/// new step counts into the old config (a run may be extended); otherwise the
-/// checkpoints would continue under settings they were not made with.
-pub fn write_run_config<T>(
-    run_dir: &Path,
-    config: &T,
-    resume: bool,
-    with_steps_of: impl Fn(&mut T, &T),
-) -> Result<()>
-where
-    T: Serialize + serde::de::DeserializeOwned + PartialEq + Validate,
-{
-    let path = run_dir.join("config.toml");
-    if resume && path.is_file() {
-        let mut old: T = cm_core::load_toml(&path)?;
-        with_steps_of(&mut old, config);
-        if old != *config {
-            return Err(TrainError::RunFolder {
-                path,
-                reason: "the config differs from the one this run was started with (only step counts may change); \
-                         restore it, or start a new run folder"
-                    .into(),
-            });
-        }
-    }
-    std::fs::create_dir_all(run_dir)
-        .map_err(TrainError::io("cannot create run folder", run_dir))?;
+/// Where the teacher of `config` lives: `TEACHERS/teacher-<hash>` where the
+/// hash is of the resolved teacher config, so a changed config trains anew.
+pub fn teacher_dir(teachers: &Path, config: &TeacherConfig) -> PathBuf {
     let text = toml::to_string(config).expect("configs serialize to TOML");
-    std::fs::write(&path, text).map_err(TrainError::io("cannot write", &path))
+    teachers.join(format!("teacher-{:016x}", fnv1a(&text)))
+}
+
+/// The evaluation weights of a finished teacher run in `dir` for `config`.
+fn finished_teacher(dir: &Path, config: &TeacherConfig) -> Option<PathBuf> {
+    let written = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    if written != toml::to_string(config).ok()? {
+        return None;
+    }
+    let (step, path) = latest_checkpoint(dir)?;
+    (step == config.train.steps)
+        .then(|| path.join(evaluation_weights_file(&config.train.ema_rates)))
+}
+
+/// A finished teacher, ready for a method that learns from it.
+#[derive(Debug, Clone)]
+pub struct ReadyTeacher {
+    /// Its run folder.
+    pub dir: PathBuf,
+    /// Its evaluation weights (first EMA of the final checkpoint).
+    pub weights: PathBuf,
+    /// Whether it was reused rather than trained (or resumed) now.
+    pub reused: bool,
+    /// Seconds spent getting it.
+    pub seconds: f64,
+}
+
+/// What [`prepare_teacher`] ends with.
+#[derive(Debug)]
+pub enum TeacherStage {
+    /// The teacher is finished.
+    Ready(ReadyTeacher),
+    /// The stop flag ended its training (a checkpoint was saved); resume to
+    /// continue.
+    Stopped(TrainOutcome),
+}
+
+/// Finds the finished teacher of `config` under `teachers`, or trains it
+/// there (continuing an interrupted run).
+pub fn prepare_teacher(
+    config: &TeacherConfig,
+    teachers: &Path,
+    device: Device,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> Result<TeacherStage> {
+    let started = Instant::now();
+    let dir = teacher_dir(teachers, config);
+    if let Some(weights) = finished_teacher(&dir, config) {
+        observer.on_message(&format!("reusing the finished teacher in {}", dir.display()));
+        return Ok(TeacherStage::Ready(ReadyTeacher {
+            dir,
+            weights,
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+        }));
+    }
+    observer.on_message(&format!("training the teacher in {}", dir.display()));
+    let out = run_teacher(config, &dir, true, device, stop, observer)?;
+    if out.train.stopped {
+        return Ok(TeacherStage::Stopped(out.train));
+    }
+    let weights = out
+        .train
+        .checkpoint
+        .as_ref()
+        .map(|c| c.join(evaluation_weights_file(&config.train.ema_rates)))
+        .expect("a finished run has a final checkpoint");
+    Ok(TeacherStage::Ready(ReadyTeacher {
+        dir,
+        weights,
+        reused: false,
+        seconds: started.elapsed().as_secs_f64(),
+    }))
 }

@@ -1,0 +1,369 @@
+//! [`Model`]: a network with its own `VarStore`, config, parameter count,
+//! FLOP estimate, parameter groups (which variables train) and strict
+//! safetensors checkpoints of all or part of its variables.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cm_core::Conditioning;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{sidecar_path, write_atomic};
+use crate::config::NetConfig;
+use crate::dit::DiT;
+use crate::error::{NetError, Result};
+use crate::layers::MacCounter;
+use crate::mlp::ResidualMlp;
+use crate::network::Network;
+use crate::unet::UNet;
+
+/// A network with its weights, config and bookkeeping. Teacher, student and
+/// target networks are each a `Model` (one `VarStore` per role).
+#[derive(Debug)]
+pub struct Model {
+    vs: nn::VarStore,
+    net: Box<dyn Network>,
+    config: NetConfig,
+    macs: u64,
+}
+
+impl Model {
+    /// Builds a freshly initialised network on `device` (initialisation uses
+    /// libtorch's generator: seed it with `tch::manual_seed` for
+    /// reproducibility). The config is validated first.
+    pub fn new(config: NetConfig, device: Device) -> Result<Self> {
+        cm_core::Validate::validate(&config)?;
+        let vs = nn::VarStore::new(device);
+        let mut macs = MacCounter::default();
+        let root = vs.root();
+        let net: Box<dyn Network> = match &config {
+            NetConfig::Unet(c) => Box::new(UNet::new(&root, c, &mut macs)),
+            NetConfig::Dit(c) => Box::new(DiT::new(&root, c, &mut macs)),
+            NetConfig::Mlp(c) => Box::new(ResidualMlp::new(&root, c, &mut macs)),
+        };
+        let model = Model {
+            vs,
+            net,
+            config,
+            macs: macs.macs,
+        };
+        if matches!(model.config, NetConfig::Unet(_)) {
+            // Measured faster on CPU (docs/benchmarks.md): the U-Net's
+            // convolutions run in NHWC when their weights are channels-last.
+            model.to_channels_last();
+        }
+        Ok(model)
+    }
+
+    /// Stores every 4-D weight with NHWC strides (channels-last); libtorch
+    /// then runs the convolutions in that layout. Values are unchanged, and
+    /// in-place updates (optimizer, EMA, loading) keep the layout.
+    pub fn to_channels_last(&self) {
+        tch::no_grad(|| {
+            for (_, mut v) in self.vs.variables() {
+                if v.dim() == 4 {
+                    let nhwc = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                    v.set_data(&nhwc);
+                }
+            }
+        });
+    }
+
+    /// `F(x, c_noise, cond)`; see [`Network`] for the shape contract. Call
+    /// [`Model::check_input`] first on data from outside the program.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        c_noise: &Tensor,
+        cond: Conditioning<'_>,
+        train: bool,
+    ) -> Tensor {
+        self.net.forward_t(x, c_noise, cond, train)
+    }
+
+    /// Checks `x` (`[B, ...sample_shape]`, floating point) and `cond`
+    /// (class labels `[B]` int64 in `0..=num_classes`, only for
+    /// class-conditional networks; no guidance scale: these networks do not
+    /// embed one) against the network's contract.
+    pub fn check_input(&self, x: &Tensor, cond: Conditioning<'_>) -> Result<()> {
+        if cond.guidance.is_some() {
+            return Err(NetError::InvalidInput(
+                "this network does not embed a guidance scale: apply classifier-free guidance \
+                 around the denoiser instead (cm_core::ClassifierFreeGuidance)"
+                    .into(),
+            ));
+        }
+        let class = cond.class;
+        let want = self.config.sample_shape();
+        let got = x.size();
+        if got.len() != want.len() + 1 || got[1..] != want[..] || got[0] == 0 {
+            return Err(NetError::InvalidInput(format!(
+                "expected a batch of shape [B, {}] (B >= 1), found {got:?}",
+                want.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !x.is_floating_point() {
+            return Err(NetError::InvalidInput(format!(
+                "expected floating-point samples, found {:?}",
+                x.kind()
+            )));
+        }
+        if let Some(labels) = class {
+            let n = self.config.num_classes() as i64;
+            if n == 0 {
+                return Err(NetError::InvalidInput(
+                    "this network is unconditional: pass no class labels".into(),
+                ));
+            }
+            if labels.size() != [got[0]] || labels.kind() != Kind::Int64 {
+                return Err(NetError::InvalidInput(format!(
+                    "expected int64 labels of shape [{}], found {:?} {:?}",
+                    got[0],
+                    labels.kind(),
+                    labels.size()
+                )));
+            }
+            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+            if lo < 0 || hi > n {
+                return Err(NetError::InvalidInput(format!(
+                    "labels must lie in 0..={n} ({n} = null class), found {lo}..={hi}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config the network was built from.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The weights.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The weights, mutably (freezing, optimizers, device moves).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::numel)
+            .sum::<usize>() as i64
+    }
+
+    /// Estimated floating-point operations of one forward pass per sample
+    /// (2 per multiply-accumulate of the convolutions, linear layers and
+    /// attention; normalisation and activations are not counted).
+    pub fn flops_per_sample(&self) -> u64 {
+        2 * self.macs
+    }
+
+    /// The null class label (`num_classes`), for classifier-free guidance.
+    pub fn null_class(&self) -> Option<i64> {
+        let n = self.config.num_classes();
+        (n > 0).then_some(n as i64)
+    }
+
+    /// Copies every weight from `other` (same architecture), e.g. to start a
+    /// student or target network from a teacher.
+    pub fn copy_from(&mut self, other: &Model) -> Result<()> {
+        self.vs.copy(&other.vs)?;
+        Ok(())
+    }
+
+    /// Writes the weights to `path` (safetensors) and the config to the
+    /// sidecar `path` with extension `.toml`, each atomically (temporary file,
+    /// then rename), so an interrupted save never leaves a torn file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let sidecar = sidecar_path(path);
+        let config = toml::to_string(&self.config).expect("network configs serialize to TOML");
+        write_atomic(&sidecar, |tmp| {
+            std::fs::write(tmp, config.as_bytes()).map_err(|source| NetError::Io {
+                action: "cannot write",
+                path: tmp.to_path_buf(),
+                source,
+            })
+        })?;
+        // safetensors stores contiguous (NCHW) data whatever the memory layout.
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.contiguous()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        write_atomic(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))
+    }
+
+    /// Builds the network described by the sidecar config of `path` and loads
+    /// its weights.
+    pub fn from_checkpoint(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let path = path.as_ref();
+        let config: NetConfig = cm_core::load_toml(sidecar_path(path))?;
+        let mut model = Model::new(config, device)?;
+        model.load_weights(path)?;
+        Ok(model)
+    }
+
+    /// Marks which variables train (a parameter group): those `trains`
+    /// accepts by name keep gradients, the others are frozen. Adapters train
+    /// alone this way, the base weights frozen. Returns how many variables
+    /// train.
+    pub fn set_trainable(&mut self, trains: impl Fn(&str) -> bool) -> usize {
+        let mut count = 0;
+        let params = self.trainable_names();
+        for (name, var) in self.vs.variables() {
+            // Buffers (created without gradients) never train.
+            if params.binary_search(&name).is_err() {
+                continue;
+            }
+            let on = trains(&name);
+            let _ = var.set_requires_grad(on);
+            count += on as usize;
+        }
+        count
+    }
+
+    /// Names of the variables registered as parameters (not buffers).
+    fn trainable_names(&self) -> Vec<String> {
+        let params = self.vs.trainable_variables();
+        let mut names: Vec<String> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| params.iter().any(|p| p.data_ptr() == t.data_ptr()))
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The variables that train now, by name, sorted by name: what an
+    /// optimizer takes (see [`Model::set_trainable`]).
+    pub fn trainable_variables(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Writes only the variables `keep` accepts (e.g. adapters) to `path`
+    /// (safetensors, atomically), without a config sidecar: a partial
+    /// checkpoint belongs to a model built from elsewhere. Returns how many
+    /// tensors were written; an empty selection is an error.
+    pub fn save_subset(&self, path: impl AsRef<Path>, keep: impl Fn(&str) -> bool) -> Result<usize> {
+        let path = path.as_ref();
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| keep(n))
+            .map(|(n, t)| (n, t.contiguous()))
+            .collect();
+        if named.is_empty() {
+            return Err(NetError::InvalidInput(format!(
+                "no variable of the network is selected for {}",
+                path.display()
+            )));
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        write_atomic(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))?;
+        Ok(named.len())
+    }
+
+    /// Loads weights from a safetensors file into this network. Every
+    /// tensor must match by name, shape and dtype: missing, unexpected and
+    /// mis-shaped tensors are all reported, each by name, and nothing is
+    /// loaded unless all match.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.load_subset(path, |_| true)
+    }
+
+    /// Loads the variables `keep` accepts from a file that holds exactly
+    /// those (a partial checkpoint written by [`Model::save_subset`]), with
+    /// the checks of [`Model::load_weights`].
+    pub fn load_subset(
+        &mut self,
+        path: impl AsRef<Path>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(NetError::Io {
+                action: "cannot read checkpoint",
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let mut file: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let mut vars: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| keep(n))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut problems = Vec::new();
+        let mut matched = Vec::new();
+        for (name, var) in vars {
+            match file.remove(&name) {
+                None => problems.push(format!(
+                    "missing tensor `{name}` (expected shape {:?})",
+                    var.size()
+                )),
+                Some(t) if t.size() != var.size() => problems.push(format!(
+                    "tensor `{name}`: expected shape {:?}, found {:?}",
+                    var.size(),
+                    t.size()
+                )),
+                Some(t) if t.kind() != var.kind() => problems.push(format!(
+                    "tensor `{name}`: expected dtype {:?}, found {:?}",
+                    var.kind(),
+                    t.kind()
+                )),
+                Some(t) => matched.push((var, t)),
+            }
+        }
+        let mut unexpected: Vec<_> = file.into_iter().collect();
+        unexpected.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in unexpected {
+            problems.push(format!(
+                "unexpected tensor `{name}` (shape {:?}) is not in the network",
+                t.size()
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(NetError::CheckpointMismatch {
+                path: PathBuf::from(path),
+                problems,
+            });
+        }
+        tch::no_grad(|| {
+            for (mut var, t) in matched {
+                var.f_copy_(&t)?;
+            }
+            Ok::<(), tch::TchError>(())
+        })?;
+        Ok(())
+    }
+}

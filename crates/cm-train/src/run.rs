@@ -1,0 +1,301 @@
+//! The run skeleton every method's pipeline is (teacher, CT / iCT, CD, and
+//! each later method): check the config, write it into the run folder (on
+//! resume, check it against the one the run started with), load the data,
+//! let the method build its network and [`Objective`], train on the shared
+//! loop ([`train`]), then sample the report grids from fixed noise, write
+//! `report.md` and the model card `model.toml`.
+//!
+//! A method supplies only what differs, through [`Method`]: its config
+//! section, the network and objective, the recipe in words, the samplers of
+//! its report and its model card. "Adding a method" in docs/architecture.md
+//! walks through it.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tch::{Device, Tensor};
+
+use cm_core::Validate;
+use cm_data::DataSource;
+use cm_nets::Model;
+use cm_sample::{ModelCard, Sampled, CARD_FILE};
+
+use crate::checkpoint::final_weights;
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::objective::Objective;
+use crate::observer::Observer;
+use crate::source::{loader_for, LoaderOptions};
+use crate::trainer::{eval_model, fixed_latents, mix_seed, train, TrainOutcome};
+
+/// Where a run goes and how it is driven.
+pub struct RunContext<'a> {
+    /// The run folder (config, checkpoints, metrics, grids, report, card).
+    pub run_dir: &'a Path,
+    /// Continue from the newest checkpoint in the run folder, if any.
+    pub resume: bool,
+    /// Where the networks live.
+    pub device: Device,
+    /// Raised by Ctrl-C: the loop saves a checkpoint and returns.
+    pub stop: &'a AtomicBool,
+    /// Progress and messages.
+    pub observer: &'a mut dyn Observer,
+}
+
+/// One grid of the report: a sampler run on the run's fixed latents.
+pub struct ReportSampler<'a> {
+    /// The row label, e.g. `"1 step"`.
+    pub label: String,
+    /// The grid's file name in the run folder, e.g. `"samples_1step.png"`.
+    pub file: String,
+    /// Samples from standard-normal latents `[N, ...]`.
+    pub sample: Box<dyn Fn(&Tensor) -> Result<Sampled> + 'a>,
+}
+
+/// What a method adds to the run skeleton.
+pub trait Method {
+    /// The whole run config, as written to `config.toml`.
+    type Config: Serialize + DeserializeOwned + PartialEq + Validate;
+    /// The training objective.
+    type Objective: Objective;
+
+    /// The report's title, e.g. `"Consistency training run"`.
+    fn title(&self) -> &str;
+    /// The resolved config.
+    fn config(&self) -> &Self::Config;
+    /// Copies the step counts of `new` into `old`: a resumed run may be
+    /// extended, nothing else may change.
+    fn with_steps_of(old: &mut Self::Config, new: &Self::Config);
+    /// The training data and how it is loaded.
+    fn data(&self) -> (&DataSource, LoaderOptions);
+    /// The loop settings.
+    fn train_config(&self) -> &TrainConfig;
+    /// The online network at step 0 and the objective. Called with
+    /// libtorch's generator seeded from `train.seed`, so fresh weights are
+    /// reproducible.
+    fn build(
+        &mut self,
+        device: Device,
+        observer: &mut dyn Observer,
+    ) -> Result<(Model, Self::Objective)>;
+    /// The recipe in words and numbers, one report line each.
+    fn describe(&self) -> Vec<String>;
+    /// The samplers of the report's grids, on the evaluation network.
+    fn report_samplers<'a>(
+        &'a self,
+        objective: &'a Self::Objective,
+        eval: &'a Model,
+    ) -> Vec<ReportSampler<'a>>;
+    /// The model card of the finished run, its weights at `weights`
+    /// (relative to the run folder).
+    fn card(&self, weights: PathBuf) -> ModelCard;
+}
+
+/// One row of the report's sampler table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerRow {
+    /// Row label.
+    pub label: String,
+    /// Grid file name.
+    pub file: String,
+    /// Network evaluations per sample.
+    pub nfe: usize,
+    /// Seconds for the whole grid.
+    pub seconds: f64,
+}
+
+/// What a run leaves.
+#[derive(Debug)]
+pub struct RunOutcome<O> {
+    /// The loop's outcome (online network, EMAs, losses, newest checkpoint).
+    pub train: TrainOutcome,
+    /// The objective (e.g. a target network or a teacher).
+    pub objective: O,
+    /// `report.md`, if the run finished.
+    pub report: Option<PathBuf>,
+    /// `model.toml`, if the run finished.
+    pub card: Option<PathBuf>,
+    /// The report's sampler rows, if the run finished.
+    pub samplers: Vec<SamplerRow>,
+}
+
+/// Runs (or with `ctx.resume`, continues) `method` into `ctx.run_dir`.
+pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<M::Objective>> {
+    let RunContext {
+        run_dir,
+        resume,
+        device,
+        stop,
+        observer,
+    } = ctx;
+    method.config().validate()?;
+    write_run_config(run_dir, method.config(), resume, M::with_steps_of)?;
+    let train_config = method.train_config().clone();
+    observer.on_message("loading data");
+    let (data, loader) = method.data();
+    let data = data
+        .load(None)
+        .map_err(|e| TrainError::Batch(e.to_string()))?;
+    tch::manual_seed(mix_seed(train_config.seed, u64::MAX));
+    let (model, mut objective) = method.build(device, observer)?;
+    let source = loader_for(&data, loader, &train_config, model.config())?;
+    observer.on_message(&format!(
+        "network: {:.2} M parameters, {:.1} MFLOPs per sample",
+        model.num_params() as f64 / 1e6,
+        model.flops_per_sample() as f64 / 1e6
+    ));
+    let started = Instant::now();
+    let out = train(
+        &mut objective,
+        model,
+        &source,
+        &train_config,
+        run_dir,
+        resume,
+        stop,
+        observer,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    if out.stopped {
+        return Ok(RunOutcome {
+            train: out,
+            objective,
+            report: None,
+            card: None,
+            samplers: Vec::new(),
+        });
+    }
+    let rows = write_report_grids(method, &objective, &out, run_dir)?;
+    let report = write_report(method, &out, &rows, run_dir, seconds)?;
+    let card = run_dir.join(CARD_FILE);
+    method.card(final_weights(&train_config)).save(&card)?;
+    Ok(RunOutcome {
+        train: out,
+        objective,
+        report: Some(report),
+        card: Some(card),
+        samplers: rows,
+    })
+}
+
+/// Every report grid from the same fixed latents, each sampler starting
+/// from the same generator state, timed.
+fn write_report_grids<M: Method>(
+    method: &M,
+    objective: &M::Objective,
+    out: &TrainOutcome,
+    run_dir: &Path,
+) -> Result<Vec<SamplerRow>> {
+    let config = method.train_config();
+    let eval = eval_model(&out.online, &out.emas);
+    let latents = fixed_latents(eval, config.sample_count, config.seed);
+    let mut rows = Vec::new();
+    for sampler in method.report_samplers(objective, eval) {
+        tch::manual_seed(mix_seed(config.seed, 77));
+        let t = Instant::now();
+        let sampled = (sampler.sample)(&latents)?;
+        let seconds = t.elapsed().as_secs_f64();
+        crate::report::write_samples(&sampled.x, &run_dir.join(&sampler.file))?;
+        rows.push(SamplerRow {
+            label: sampler.label,
+            file: sampler.file,
+            nfe: sampled.nfe,
+            seconds,
+        });
+    }
+    Ok(rows)
+}
+
+fn write_report<M: Method>(
+    method: &M,
+    out: &TrainOutcome,
+    rows: &[SamplerRow],
+    run_dir: &Path,
+    seconds: f64,
+) -> Result<PathBuf> {
+    let config = method.train_config();
+    let eval = eval_model(&out.online, &out.emas);
+    let last = out.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", method.title());
+    let _ = writeln!(
+        md,
+        "- {} steps, batch {}, {:.1} min in this session, final loss {last:.5}",
+        out.step,
+        config.batch_size,
+        seconds / 60.0
+    );
+    for line in method.describe() {
+        let _ = writeln!(md, "- {line}");
+    }
+    let _ = writeln!(
+        md,
+        "- optimizer: {}; EMA rates {:?}{}",
+        config.optimizer.describe(),
+        config.ema_rates,
+        if config.ema_warmup { " with warm-up" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "- network: {} parameters; evaluation weights `{}`\n",
+        eval.num_params(),
+        final_weights(config).display()
+    );
+    let _ = writeln!(
+        md,
+        "| sampler | NFE | seconds for {} samples | samples |",
+        config.sample_count
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | --- |");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | ![{}]({}) |",
+            r.label, r.nfe, r.seconds, r.label, r.file
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nLoss curve: ![loss](loss.png). Metrics: `metrics.csv`. Config: `config.toml`. \
+         Model card: `{CARD_FILE}`."
+    );
+    let path = run_dir.join("report.md");
+    std::fs::write(&path, md).map_err(TrainError::io("cannot write", &path))?;
+    Ok(path)
+}
+
+/// Writes `config` as the run's `config.toml`. When resuming a folder that
+/// already has one, the two must agree once `with_steps_of` has copied the
+/// new step counts into the old config (a run may be extended); otherwise the
+/// checkpoints would continue under settings they were not made with.
+pub fn write_run_config<T>(
+    run_dir: &Path,
+    config: &T,
+    resume: bool,
+    with_steps_of: impl Fn(&mut T, &T),
+) -> Result<()>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Validate,
+{
+    let path = run_dir.join("config.toml");
+    if resume && path.is_file() {
+        let mut old: T = cm_core::load_toml(&path)?;
+        with_steps_of(&mut old, config);
+        if old != *config {
+            return Err(TrainError::RunFolder {
+                path,
+                reason: "the config differs from the one this run was started with (only step counts may change); \
+                         restore it, or start a new run folder"
+                    .into(),
+            });
+        }
+    }
+    std::fs::create_dir_all(run_dir)
+        .map_err(TrainError::io("cannot create run folder", run_dir))?;
+    let text = toml::to_string(config).expect("configs serialize to TOML");
+    std::fs::write(&path, text).map_err(TrainError::io("cannot write", &path))
+}
