@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use cm_core::KarrasGrid;
 use cm_sample::edit::{
     box_mask, half_mask, interpolate, sdedit, stroke_mask, EditTask, Side, Transform,
 };
@@ -268,8 +267,8 @@ fn low_res_inputs(args: &InputArgs, shape: &[i64], factor: i64) -> Result<Tensor
 }
 
 /// The times after the first evaluation: --taus, or the interior of the
-/// Karras sampling grid (Karras et al. 2022, Eq. 5) from `start` (sigma_max,
-/// or SDEdit's tau) down to sigma_min with `steps + 1` levels, so that
+/// Karras sampling grid from `start` (sigma_max, or SDEdit's tau) down to
+/// sigma_min with `steps + 1` levels ([`ModelCard::karras_taus`]), so that
 /// `--steps k` means k network evaluations.
 fn chain_taus(chain: &ChainArgs, card: &ModelCard, start: Option<f64>) -> Result<Vec<f64>> {
     if let Some(t) = &chain.taus {
@@ -278,18 +277,10 @@ fn chain_taus(chain: &ChainArgs, card: &ModelCard, start: Option<f64>) -> Result
     if !(1..=1000).contains(&chain.steps) {
         bail!("--steps {}: expected 1 to 1000", chain.steps);
     }
-    let ModelCard::Consistency { consistency, .. } = card else {
+    if !matches!(card, ModelCard::Consistency { .. }) {
         bail!("editing needs a consistency model");
-    };
-    let grid = KarrasGrid {
-        sigma_min: consistency.sigma_min,
-        sigma_max: start.unwrap_or(consistency.sigma_max),
-        rho: consistency.rho,
-    };
-    // steps + 1 levels: start = s_0 > s_1 > ... > s_steps = sigma_min, then
-    // 0; the steps - 1 interior levels are the re-noising times.
-    let sigmas = grid.sampling_sigmas(chain.steps + 1)?;
-    Ok(sigmas[1..sigmas.len().saturating_sub(2)].to_vec())
+    }
+    Ok(card.karras_taus(chain.steps, start)?)
 }
 
 /// Per-image, per-result noise: result `s` of input `i` is seeded by

@@ -18,8 +18,12 @@
 //!   switches, iCT; [`ConsistencyCore`] is what CT and consistency
 //!   distillation (cm-distill) share. All run on this loop.
 //! - [`ct_pipeline`]: the CT / iCT pipeline ([`run_ct`]) configured by
-//!   [`CtRunConfig`] (`configs/ct/*.toml`), and the CT-to-iCT ablation.
+//!   [`CtRunConfig`] (`configs/ct/*.toml`), and the CT-to-iCT ablation
+//!   ladder ([`ict_ablation`]).
+//! - [`ablation`]: the CT-to-iCT ablation run ([`run_ablation`]): every
+//!   rung for several seeds, measured by a caller-supplied 2-D metric.
 
+pub mod ablation;
 pub mod ct;
 pub mod ct_pipeline;
 pub mod edm;
@@ -31,6 +35,9 @@ pub mod report;
 pub mod teacher;
 pub mod trainer;
 
+pub use ablation::{
+    run_ablation, AblationObserver, AblationOptions, AblationOutcome, PointScores, RunScores,
+};
 pub use ct::{ConsistencyCore, CtObjective};
 pub use ct_pipeline::{ict_ablation, run_ct, CtConfig, CtOutcome, CtRunConfig};
 pub use edm::{EdmObjective, EdmObjectiveConfig};
