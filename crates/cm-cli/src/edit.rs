@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use cm_core::KarrasGrid;
+use cm_core::{Conditioning, NoiseRange};
 use cm_sample::edit::{
     box_mask, half_mask, interpolate, sdedit, stroke_mask, EditTask, Side, Transform,
 };
@@ -211,11 +211,9 @@ pub struct SdeditArgs {
 }
 
 /// The consistency card's noise range, or an error for an EDM card.
-fn consistency_range(card: &ModelCard, path: &std::path::Path) -> Result<(f64, f64)> {
+fn consistency_range(card: &ModelCard, path: &std::path::Path) -> Result<NoiseRange> {
     match card {
-        ModelCard::Consistency { consistency, .. } => {
-            Ok((consistency.sigma_min, consistency.sigma_max))
-        }
+        ModelCard::Consistency { consistency, .. } => Ok(consistency.range()),
         ModelCard::Edm { .. } => bail!(
             "{}: zero-shot editing needs a consistency model (kind = \"consistency\"), \
              this card is an EDM teacher",
@@ -268,8 +266,8 @@ fn low_res_inputs(args: &InputArgs, shape: &[i64], factor: i64) -> Result<Tensor
 }
 
 /// The times after the first evaluation: --taus, or the interior of the
-/// Karras sampling grid (Karras et al. 2022, Eq. 5) from `start` (sigma_max,
-/// or SDEdit's tau) down to sigma_min with `steps + 1` levels, so that
+/// Karras sampling grid from `start` (sigma_max, or SDEdit's tau) down to
+/// sigma_min with `steps + 1` levels ([`ModelCard::karras_taus`]), so that
 /// `--steps k` means k network evaluations.
 fn chain_taus(chain: &ChainArgs, card: &ModelCard, start: Option<f64>) -> Result<Vec<f64>> {
     if let Some(t) = &chain.taus {
@@ -278,18 +276,10 @@ fn chain_taus(chain: &ChainArgs, card: &ModelCard, start: Option<f64>) -> Result
     if !(1..=1000).contains(&chain.steps) {
         bail!("--steps {}: expected 1 to 1000", chain.steps);
     }
-    let ModelCard::Consistency { consistency, .. } = card else {
+    if !matches!(card, ModelCard::Consistency { .. }) {
         bail!("editing needs a consistency model");
-    };
-    let grid = KarrasGrid {
-        sigma_min: consistency.sigma_min,
-        sigma_max: start.unwrap_or(consistency.sigma_max),
-        rho: consistency.rho,
-    };
-    // steps + 1 levels: start = s_0 > s_1 > ... > s_steps = sigma_min, then
-    // 0; the steps - 1 interior levels are the re-noising times.
-    let sigmas = grid.sampling_sigmas(chain.steps + 1)?;
-    Ok(sigmas[1..sigmas.len().saturating_sub(2)].to_vec())
+    }
+    Ok(card.karras_taus(chain.steps, start)?)
 }
 
 /// Per-image, per-result noise: result `s` of input `i` is seeded by
@@ -428,12 +418,12 @@ pub fn edit(cmd: &EditCommand) -> Result<()> {
     }
 }
 
-fn setup(common: &CommonArgs) -> Result<(Device, ModelCard, cm_nets::Model, f64, f64)> {
+fn setup(common: &CommonArgs) -> Result<(Device, ModelCard, cm_nets::Model, NoiseRange)> {
     crate::set_threads(common.threads)?;
     let device = crate::device(common.device)?;
     let (card, model) = load_card(&common.card, device)?;
-    let (sigma_min, sigma_max) = consistency_range(&card, &common.card)?;
-    Ok((device, card, model, sigma_min, sigma_max))
+    let range = consistency_range(&card, &common.card)?;
+    Ok((device, card, model, range))
 }
 
 /// Inpainting, colorization and super-resolution: Algorithm 4 with the
@@ -444,7 +434,7 @@ fn run_task(
     task: impl Fn(&[i64]) -> Result<EditTask>,
 ) -> Result<()> {
     check_common(&a.common, a.chain.samples)?;
-    let (device, card, model, sigma_min, sigma_max) = setup(&a.common)?;
+    let (device, card, model, range) = setup(&a.common)?;
     let shape = model.config().sample_shape();
     let y = match low_res {
         Some(factor) => low_res_inputs(&a.input, &shape, factor)?,
@@ -466,10 +456,9 @@ fn run_task(
             .run(
                 f.as_ref(),
                 &y,
-                sigma_max,
-                sigma_min,
+                range,
                 &taus,
-                None,
+                Conditioning::none(),
                 &mut noise,
             )
             .with_context(|| task.name())?;
@@ -506,7 +495,7 @@ fn run_task(
 
 fn run_denoise(a: &DenoiseArgs) -> Result<()> {
     check_common(&a.common, 1)?;
-    let (device, card, model, sigma_min, sigma_max) = setup(&a.common)?;
+    let (device, card, model, range) = setup(&a.common)?;
     let shape = model.config().sample_shape();
     let y = inputs(&a.input, &shape)?.to_device(device);
     let n = y.size()[0] as usize;
@@ -517,7 +506,7 @@ fn run_denoise(a: &DenoiseArgs) -> Result<()> {
         &y + noise.draw(&shape, Kind::Float, device) * a.sigma
     };
     let f = card.denoiser(&model);
-    let out = cm_sample::edit::denoise(f.as_ref(), &noisy, a.sigma, sigma_min, sigma_max, None)
+    let out = cm_sample::edit::denoise(f.as_ref(), &noisy, a.sigma, range, Conditioning::none())
         .context("denoise")?;
     let mse = |x: &Tensor| (x - &y).square().mean(Kind::Float).double_value(&[]);
     if !a.already_noisy {
@@ -545,7 +534,7 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
             a.frames
         );
     }
-    let (device, card, model, _, sigma_max) = setup(&a.common)?;
+    let (device, card, model, range) = setup(&a.common)?;
     let shape = model.config().sample_shape();
     let f = card.denoiser(&model);
     let mut frames = Vec::new();
@@ -557,8 +546,8 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
             &z.narrow(0, 0, 1),
             &z.narrow(0, 1, 1),
             a.frames,
-            sigma_max,
-            None,
+            range.sigma_max,
+            Conditioning::none(),
         )
         .context("interpolate")?;
         frames.push(out.x.clamp(-1.0, 1.0).to_device(Device::Cpu));
@@ -590,7 +579,11 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
 
 fn run_sdedit(a: &SdeditArgs) -> Result<()> {
     check_common(&a.task.common, a.task.chain.samples)?;
-    let (device, card, model, sigma_min, sigma_max) = setup(&a.task.common)?;
+    let (device, card, model, range) = setup(&a.task.common)?;
+    let NoiseRange {
+        sigma_min,
+        sigma_max,
+    } = range;
     let shape = model.config().sample_shape();
     let strokes = inputs(&a.task.input, &shape)?.to_device(device);
     if !(a.tau > sigma_min && a.tau <= sigma_max) {
@@ -610,9 +603,8 @@ fn run_sdedit(a: &SdeditArgs) -> Result<()> {
             &strokes,
             a.tau,
             &taus,
-            sigma_min,
-            sigma_max,
-            None,
+            range,
+            Conditioning::none(),
             &mut noise,
         )
         .context("sdedit")?;

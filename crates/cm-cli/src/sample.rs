@@ -4,15 +4,14 @@
 //! card).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::progress::Bars;
-use cm_eval::{feature_space, frechet_distance, ClassifierConfig, FeatureStats, Progress};
+use cm_eval::timestep_search::{self, SearchOptions};
+use cm_eval::Progress;
 use cm_sample::generate::{to_u8, Chunk};
-use cm_sample::search::{search_timesteps, SearchConfig};
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
 use cm_train::report::{write_image_grid, write_line_plot, write_png, LineSeries, SERIES_COLORS};
 
@@ -199,13 +198,13 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     pub data: DataArg,
     /// Search the times of 2-step sampling, then (greedily) 3-step, ... up
-    /// to this many steps.
+    /// to this many steps (2 to 8).
     #[arg(long, default_value_t = 3)]
     pub max_steps: usize,
-    /// Samples per probe (the same seeds for every probe).
+    /// Samples per probe (the same seeds for every probe; 2 to 50000).
     #[arg(long, default_value_t = 1000)]
     pub samples: usize,
-    /// Golden-section rounds per time (each one more probe).
+    /// Golden-section rounds per time (each one more probe; 1 to 30).
     #[arg(long, default_value_t = 8)]
     pub rounds: usize,
     /// Lower end of the searched times.
@@ -232,126 +231,58 @@ pub struct SearchArgs {
 /// Runs `cm search-timesteps`.
 pub fn search(args: &SearchArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
+    let options = SearchOptions {
+        max_steps: args.max_steps,
+        samples: args.samples,
+        rounds: args.rounds,
+        lower: args.lower,
+        upper: args.upper,
+        seed: args.seed,
+        ..SearchOptions::default()
+    };
+    options.validate().with_context(|| {
+        format!(
+            "--max-steps {} / --rounds {} / --samples {}",
+            args.max_steps, args.rounds, args.samples
+        )
+    })?;
     let device = crate::device(args.device)?;
-    let (mut card, model) = load_card(&args.card, device)?;
-    let (sigma_min, sigma_max) = match &card {
-        ModelCard::Consistency { consistency, .. } => {
-            (consistency.sigma_min, consistency.sigma_max)
-        }
-        ModelCard::Edm { .. } => bail!(
+    let (card, model) = load_card(&args.card, device)?;
+    if let ModelCard::Edm { .. } = card {
+        bail!(
             "{}: an EDM model has no intermediate times to search (kind = \"edm\"); \
              pass a consistency model's card",
             args.card.display()
-        ),
-    };
-    if args.max_steps < 2 || args.rounds == 0 || args.samples < 2 {
-        bail!(
-            "--max-steps {} / --rounds {} / --samples {}: expected at least 2 / 1 / 2",
-            args.max_steps,
-            args.rounds,
-            args.samples
         );
     }
     let data = args.data.load()?;
-    let shape = model.config().sample_shape();
-    if shape != data.shape().map(|s| s as i64) {
-        bail!(
-            "--data {:?} has images {:?}, the model makes {:?}: pass the data set it was trained on",
-            args.data,
-            data.shape(),
-            shape
-        );
-    }
-    let space = feature_space(
-        &data,
-        &ClassifierConfig::default(),
-        None,
-        device,
-        &mut cm_eval::Log,
-    )
-    .context("the feature network")?;
-    let reference: &FeatureStats = &space.reference.stats;
-    let config = SearchConfig {
-        rounds: args.rounds,
-        lower: args.lower,
-        upper: args.upper.unwrap_or(sigma_max / 2.0),
-    };
-    let probes_total = 1 + (args.max_steps.saturating_sub(1) * (args.rounds + 2)) as u64;
     let mut bar = Bars::new();
-    bar.start("search", probes_total);
-    let started = Instant::now();
-    let mut fid_of = |taus: &[f64]| -> Result<f64> {
-        let gen = GenerateConfig {
-            count: args.samples,
-            batch_size: 250,
-            seed: args.seed,
-            steps: taus.len() + 1,
-            taus: Some(taus.to_vec()),
-            classes: ClassChoice::None,
-        };
-        let mut feats = Vec::new();
-        generate::<anyhow::Error>(&card, &model, &gen, device, &mut |chunk| {
-            let (f, _) = space.net.features(&chunk.images)?;
-            feats.push(f);
-            Ok(())
-        })?;
-        let stats = FeatureStats::from_features(&Tensor::cat(&feats, 0))?;
-        let fid = frechet_distance(&stats, reference)?;
-        bar.advance(1);
-        bar.message(&format!(
-            "taus {:?}: FID {fid:.3}",
-            taus.iter()
-                .map(|t| (t * 1e4).round() / 1e4)
-                .collect::<Vec<_>>()
-        ));
-        Ok(fid)
-    };
-    let one_step = fid_of(&[])?;
-    let result = search_timesteps(args.max_steps, sigma_min, sigma_max, &config, &mut fid_of)
-        .context("the timestep search")?;
-    bar.finish();
+    let out = timestep_search::run(&card, &model, &data, &options, device, &mut bar)
+        .with_context(|| format!("the timestep search (--data {:?})", args.data))?;
     eprintln!(
-        "1-step FID {one_step:.3}; {} probes of {} samples in {:.0} s",
-        result.probes.len(),
-        args.samples,
-        started.elapsed().as_secs_f64()
+        "1-step FID {:.3}; {} probes of {} samples in {:.0} s",
+        out.one_step,
+        out.result.probes.len(),
+        out.samples,
+        out.seconds
     );
     let dir = args.card.parent().unwrap_or(Path::new("."));
-    // A table and a plot of FID against tau_1 for the 2-step probes.
-    let mut csv = format!("steps,taus,fid\n1,,{one_step}\n");
-    for p in &result.probes {
-        let taus: Vec<String> = p.taus.iter().map(|t| format!("{t}")).collect();
-        csv.push_str(&format!(
-            "{},{},{}\n",
-            p.taus.len() + 1,
-            taus.join(" "),
-            p.score
-        ));
-    }
+    // A table and a plot of FID against the searched time.
     let csv_path = dir.join("timestep_search.csv");
-    cm_eval::pipeline::write_text(&csv_path, &csv)
+    cm_eval::pipeline::write_text(&csv_path, &out.csv())
         .with_context(|| format!("writing {}", csv_path.display()))?;
-    let mut series = Vec::new();
-    for k in 2..=args.max_steps {
-        let mut points: Vec<(f64, f64)> = result
-            .probes
-            .iter()
-            .filter(|p| p.taus.len() + 1 == k)
-            .map(|p| (*p.taus.last().unwrap_or(&1.0), p.score))
-            .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(LineSeries {
+    let series: Vec<LineSeries> = out
+        .curves()
+        .into_iter()
+        .map(|(k, points)| LineSeries {
             points,
             color: SERIES_COLORS[(k - 2) % SERIES_COLORS.len()],
-        });
-    }
+        })
+        .collect();
     let plot = dir.join("timestep_search.png");
     write_line_plot(&series, true, &plot).with_context(|| format!("writing {}", plot.display()))?;
-    for (k, best) in &result.best {
+    for (k, best) in out.best() {
         eprintln!("{k}-step: taus {:?}, FID {:.3}", best.taus, best.score);
-        if let ModelCard::Consistency { timesteps, .. } = &mut card {
-            timesteps.insert(k.to_string(), best.taus.clone());
-        }
     }
     eprintln!(
         "table {}, plot {} (x: the searched time, log scale; y: FID; blue 2-step, orange 3-step)",
@@ -361,19 +292,10 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     if args.dry_run {
         eprintln!("--dry-run: {} left as it was", args.card.display());
     } else {
-        save_card_keeping_relative(&card, &args.card)?;
+        out.card
+            .save_over(&args.card)
+            .with_context(|| format!("writing {}", args.card.display()))?;
         eprintln!("stored in {} ([timesteps])", args.card.display());
     }
     Ok(())
-}
-
-/// Saves `card` (loaded from `path`, so its weights path was made absolute
-/// or card-relative-joined) with the weights path as the file had it.
-pub fn save_card_keeping_relative(card: &ModelCard, path: &Path) -> Result<()> {
-    let mut card = card.clone();
-    let on_disk: ModelCard =
-        cm_core::load_toml(path).with_context(|| format!("re-reading {}", path.display()))?;
-    card.set_weights(on_disk.weights().to_path_buf());
-    card.save(path)
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -3,6 +3,7 @@
 //! and the ODE `dx/dt = (x - D)/t` is solved by
 //! `x(t) = x(T) sqrt(sd^2+t^2) / sqrt(sd^2+T^2)`.
 
+use cm_core::Conditioning;
 use cm_core::{Denoiser, KarrasGrid, OdeSolver, Solver};
 use tch::{Device, Kind, Tensor};
 
@@ -11,7 +12,7 @@ struct GaussianDenoiser {
 }
 
 impl Denoiser for GaussianDenoiser {
-    fn denoise(&self, x: &Tensor, sigma: &Tensor, _class: Option<&Tensor>) -> Tensor {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, _cond: Conditioning<'_>) -> Tensor {
         let w = (sigma.square() + self.sd * self.sd).reciprocal() * (self.sd * self.sd);
         x * w.reshape([-1, 1])
     }
@@ -28,7 +29,13 @@ fn integrate(solver: Solver, steps: usize) -> (f64, usize) {
     for w in grid[..steps].windows(2) {
         let t = Tensor::full([3], w[0], (Kind::Double, Device::Cpu));
         let t_next = Tensor::full([3], w[1], (Kind::Double, Device::Cpu));
-        x = solver.step(&GaussianDenoiser { sd }, &x, &t, &t_next, None);
+        x = solver.step(
+            &GaussianDenoiser { sd },
+            &x,
+            &t,
+            &t_next,
+            Conditioning::none(),
+        );
         nfe += solver.evaluations(w[1] == 0.0);
     }
     let t_end = grid[steps - 1];
@@ -65,17 +72,24 @@ fn heun_step_to_zero_is_an_euler_step() {
     let x = Tensor::from_slice(&[0.3f64, 2.0]).reshape([2, 1]);
     let t = Tensor::from_slice(&[0.5f64, 0.5]);
     let zero = Tensor::zeros([2], (Kind::Double, Device::Cpu));
-    let heun = Solver::Heun.step(&d, &x, &t, &zero, None);
-    let euler = Solver::Euler.step(&d, &x, &t, &zero, None);
+    let heun = Solver::Heun.step(&d, &x, &t, &zero, Conditioning::none());
+    let euler = Solver::Euler.step(&d, &x, &t, &zero, Conditioning::none());
     assert!(heun.equal(&euler));
     // Euler to t = 0 lands on the denoised value D(x; t).
-    assert!(heun.allclose(&d.denoise(&x, &t, None), 1e-12, 1e-12, false));
+    assert!(heun.allclose(
+        &d.denoise(&x, &t, Conditioning::none()),
+        1e-12,
+        1e-12,
+        false
+    ));
     // Mixed batch: one example to 0, one to 0.25.
     let mixed = Tensor::from_slice(&[0.0f64, 0.25]);
-    let out = Solver::Heun.step(&d, &x, &t, &mixed, None);
+    let out = Solver::Heun.step(&d, &x, &t, &mixed, Conditioning::none());
     assert!(out.get(0).equal(&euler.get(0)));
     let both = Tensor::from_slice(&[0.25f64, 0.25]);
-    assert!(out
-        .get(1)
-        .equal(&Solver::Heun.step(&d, &x, &t, &both, None).get(1)));
+    assert!(out.get(1).equal(
+        &Solver::Heun
+            .step(&d, &x, &t, &both, Conditioning::none())
+            .get(1)
+    ));
 }

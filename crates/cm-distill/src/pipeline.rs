@@ -128,13 +128,21 @@ impl Method for CdMethod<'_> {
         &self.config.train
     }
 
-    fn build(&mut self, device: Device, observer: &mut dyn Observer) -> cm_train::Result<(Model, CdObjective)> {
+    fn build(
+        &mut self,
+        device: Device,
+        observer: &mut dyn Observer,
+    ) -> cm_train::Result<(Model, CdObjective)> {
         let weights = &self.teacher.weights;
         let teacher = Model::from_checkpoint(weights, device)?;
         // The student starts from the teacher's weights (CM, Section 4).
         let student = Model::from_checkpoint(weights, device)?;
-        let objective =
-            CdObjective::new(self.config.cd, teacher, self.config.teacher.edm.edm, &student)?;
+        let objective = CdObjective::new(
+            self.config.cd,
+            teacher,
+            self.config.teacher.edm.edm,
+            &student,
+        )?;
         observer.on_message("distilling");
         Ok((student, objective))
     }

@@ -3,6 +3,7 @@
 //! own 1-step Euler sample, within 2x of the teacher's 35-NFE Heun distance,
 //! and its 2-step samples within 1.5x.
 
+use cm_core::Conditioning;
 use std::sync::atomic::AtomicBool;
 
 use cm_core::Solver;
@@ -54,9 +55,15 @@ fn toy_cd_one_step_approaches_the_teacher() {
     let f = Preconditioned::eval(&out.train.emas[0].model, c.parameterization());
     tch::manual_seed(5);
     let z = Tensor::randn([n, 2], (Kind::Float, Device::Cpu));
-    let heun = edm_sample(&d, &z, &edm.grid(), &EdmSampler::default(), None)
-        .unwrap()
-        .x;
+    let heun = edm_sample(
+        &d,
+        &z,
+        &edm.grid(),
+        &EdmSampler::default(),
+        Conditioning::none(),
+    )
+    .unwrap()
+    .x;
     let euler1 = edm_sample(
         &d,
         &z,
@@ -66,18 +73,17 @@ fn toy_cd_one_step_approaches_the_teacher() {
             solver: Solver::Euler,
             ..Default::default()
         },
-        None,
+        Conditioning::none(),
     )
     .unwrap()
     .x;
-    let one = consistency_sample(&f, &z, c.sigma_max, c.sigma_min, &[], None).unwrap();
+    let one = consistency_sample(&f, &z, c.range(), &[], Conditioning::none()).unwrap();
     let two = consistency_sample(
         &f,
         &z,
-        c.sigma_max,
-        c.sigma_min,
+        c.range(),
         &[config.cd.two_step_tau],
-        None,
+        Conditioning::none(),
     )
     .unwrap();
     assert_eq!((one.nfe, two.nfe), (1, 2));

@@ -16,6 +16,8 @@
 //!   user-supplied safetensors file.
 //! - [`pipeline`]: `cm eval`: N samples per model card and step count, a
 //!   results table against NFE and time.
+//! - [`timestep_search`]: `cm search-timesteps`: the intermediate times of
+//!   few-step consistency sampling by FID (CM Section 6), stored in the card.
 //! - [`degrade`]: noise and blur, to check that metrics respond.
 //! - [`toy`]: exact distances between 2-D sample sets (sliced Wasserstein,
 //!   energy distance) and mode coverage, for the toy experiments.
@@ -32,6 +34,7 @@ pub mod kid;
 pub mod pipeline;
 pub mod precision_recall;
 pub mod progress;
+pub mod timestep_search;
 pub mod toy;
 pub mod weights;
 
@@ -44,4 +47,5 @@ pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
 pub use pipeline::{evaluate, EvalConfig, EvalOutput, EvalRow, ModelEntry};
 pub use precision_recall::{precision_recall, PrecisionRecall};
 pub use progress::{Log, Progress, Silent};
+pub use timestep_search::{SearchOptions, SearchOutcome};
 pub use toy::{energy_distance, mode_coverage, sliced_wasserstein};

@@ -37,9 +37,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use cm_core::{CoreError, Solver, Validate};
+use cm_core::{Conditioning, CoreError, Solver, Validate};
 use cm_data::{DataSource, Dataset, ImageDataset};
-use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard};
+use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, TauSource};
 
 use crate::classifier::{feature_space, images_to_float, ClassifierCard, ClassifierConfig};
 use crate::error::{EvalError, Result};
@@ -364,12 +364,10 @@ pub fn evaluate(
                 Edm(EdmSampler),
             }
             let (plan, sampler, tag) = match &card {
-                ModelCard::Consistency { consistency, .. } => {
-                    let (taus, how) = match card.taus(steps) {
-                        Ok(t) => (t, if steps == 1 { "" } else { "stored times" }),
-                        Err(_) => {
-                            let grid = consistency.grid().sampling_sigmas(steps + 1)?;
-                            let taus = grid[1..steps].to_vec();
+                ModelCard::Consistency { .. } => {
+                    let (taus, how) = match card.taus_or_karras(steps)? {
+                        (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
+                        (taus, TauSource::Karras) => {
                             notes.push(format!(
                                 "`{}` {steps}-step: the card stores no times; used the interior points of the {}-level EDM sampling grid, {:?}",
                                 entry.name,
@@ -429,17 +427,22 @@ pub fn evaluate(
                     Plan::Consistency(taus) => consistency_sample(
                         denoiser.as_ref(),
                         &latents,
-                        card.sigma_max(),
-                        card.sigma_min(),
+                        card.range(),
                         taus,
-                        class.as_ref(),
+                        Conditioning::from_class(class.as_ref()),
                     )?,
                     Plan::Edm(s) => {
                         let grid = match &card {
                             ModelCard::Edm { edm, .. } => edm.grid(),
                             ModelCard::Consistency { consistency, .. } => consistency.grid(),
                         };
-                        edm_sample(denoiser.as_ref(), &latents, &grid, s, class.as_ref())?
+                        edm_sample(
+                            denoiser.as_ref(),
+                            &latents,
+                            &grid,
+                            s,
+                            Conditioning::from_class(class.as_ref()),
+                        )?
                     }
                 };
                 let x = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);

@@ -5,6 +5,7 @@
 //!
 //! `cargo xtask bench -- -p cm-nets`; reports in `target/criterion`.
 
+use cm_core::Conditioning;
 use std::time::Duration;
 
 use cm_nets::{Model, NetConfig};
@@ -69,7 +70,7 @@ fn bench_preset(c: &mut Criterion, name: &str, variant: &str, threads: i32, cl: 
             |b, _| {
                 b.iter(|| {
                     let _guard = tch::no_grad_guard();
-                    model.forward_t(&x, &s, None, false)
+                    model.forward_t(&x, &s, Conditioning::none(), false)
                 })
             },
         );
@@ -80,7 +81,7 @@ fn bench_preset(c: &mut Criterion, name: &str, variant: &str, threads: i32, cl: 
     group.bench_function(BenchmarkId::new("forward_backward", 64), |b| {
         b.iter(|| {
             let loss = model
-                .forward_t(&x, &s, None, true)
+                .forward_t(&x, &s, Conditioning::none(), true)
                 .square()
                 .mean(Kind::Float);
             loss.backward();

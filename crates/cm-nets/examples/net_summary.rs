@@ -6,6 +6,7 @@
 //! `cargo run --release -p cm-nets --example net_summary [-- STEPS [PRESET ...]]`
 //! (with `cargo xtask env` exported). The table in docs/nets.md comes from it.
 
+use cm_core::Conditioning;
 use std::time::Instant;
 
 use cm_nets::{Model, NetConfig, PRESETS};
@@ -73,7 +74,7 @@ fn main() {
             let (x, s) = inputs(&model, 64);
             let t = time_median(steps, || {
                 let loss = model
-                    .forward_t(&x, &s, None, true)
+                    .forward_t(&x, &s, Conditioning::none(), true)
                     .square()
                     .mean(Kind::Float);
                 opt.backward_step(&loss);
@@ -86,7 +87,7 @@ fn main() {
         let classes = model.null_class().map(|n| Tensor::from_slice(&[n]));
         let fwd = time_median(steps.min(5), || {
             let _guard = tch::no_grad_guard();
-            let _ = model.forward_t(&x, &s, classes.as_ref(), false);
+            let _ = model.forward_t(&x, &s, Conditioning::from_class(classes.as_ref()), false);
         });
         println!(
             "| `{name}` | {:.2} M | {:.2} | {step} | {:.1} |",

@@ -270,7 +270,11 @@ impl Model {
     /// (safetensors, atomically), without a config sidecar: a partial
     /// checkpoint belongs to a model built from elsewhere. Returns how many
     /// tensors were written; an empty selection is an error.
-    pub fn save_subset(&self, path: impl AsRef<Path>, keep: impl Fn(&str) -> bool) -> Result<usize> {
+    pub fn save_subset(
+        &self,
+        path: impl AsRef<Path>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<usize> {
         let path = path.as_ref();
         let mut named: Vec<(String, Tensor)> = self
             .vs

@@ -16,6 +16,11 @@ use tch::Tensor;
 /// [`crate::Model::check_input`].
 pub trait Network: Send + std::fmt::Debug {
     /// `F(x, c_noise, cond)`.
-    fn forward_t(&self, x: &Tensor, c_noise: &Tensor, cond: Conditioning<'_>, train: bool)
-        -> Tensor;
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        c_noise: &Tensor,
+        cond: Conditioning<'_>,
+        train: bool,
+    ) -> Tensor;
 }

@@ -2,6 +2,7 @@
 //! generator is process-global, so tests running in parallel threads would
 //! interleave their draws.
 
+use cm_core::Conditioning;
 use cm_nets::{DiTConfig, MlpConfig, Model, NetConfig, UNetConfig, PRESETS};
 use tch::{Device, Kind, Tensor};
 
@@ -68,7 +69,7 @@ fn same_seed_same_network_and_output() {
             perturb(&model);
             tch::manual_seed(99);
             let (x, c) = batch(&model, 2);
-            model.forward_t(&x, &c, None, false)
+            model.forward_t(&x, &c, Conditioning::none(), false)
         };
         let (a, b, other) = (run(1), run(1), run(2));
         assert!(a.equal(&b), "{name}: not deterministic under a seed");

@@ -3,6 +3,7 @@
 //! conditioning and the null class, zero output at initialisation, bit-exact
 //! checkpoint round trips and named errors for mismatched checkpoints.
 
+use cm_core::Conditioning;
 use cm_nets::{
     DiTConfig, MlpConfig, Model, NetConfig, NetError, NoiseEmbedding, Resample, UNetConfig, PRESETS,
 };
@@ -110,8 +111,10 @@ fn every_preset_builds_and_keeps_the_shape() {
         let _guard = tch::no_grad_guard();
         let (x, c) = batch(&model, 1);
         let classes = model.null_class().map(|n| Tensor::from_slice(&[n - 1]));
-        model.check_input(&x, classes.as_ref()).unwrap();
-        let y = model.forward_t(&x, &c, classes.as_ref(), false);
+        model
+            .check_input(&x, Conditioning::from_class(classes.as_ref()))
+            .unwrap();
+        let y = model.forward_t(&x, &c, Conditioning::from_class(classes.as_ref()), false);
         assert_eq!(y.size(), x.size(), "{name}");
     }
     // The ImageNet-64 preset is the ADM size the issue names.
@@ -146,7 +149,7 @@ fn shapes_for_every_architecture_and_resolution() {
         let classes = model
             .null_class()
             .map(|_| Tensor::from_slice(&[0i64, 5, 2]));
-        let y = model.forward_t(&x, &c, classes.as_ref(), true);
+        let y = model.forward_t(&x, &c, Conditioning::from_class(classes.as_ref()), true);
         assert_eq!(y.size(), x.size(), "{name}");
     }
 }
@@ -156,7 +159,7 @@ fn fresh_networks_output_zeros() {
     for (name, config) in variants() {
         let model = Model::new(config, Device::Cpu).unwrap();
         let (x, c) = batch(&model, 2);
-        let y = model.forward_t(&x, &c, None, false);
+        let y = model.forward_t(&x, &c, Conditioning::none(), false);
         assert_eq!(
             y.abs().max().double_value(&[]),
             0.0,
@@ -174,7 +177,7 @@ fn every_parameter_receives_a_gradient() {
         let (x, c) = batch(&model, 2);
         let classes = model.null_class().map(|n| Tensor::from_slice(&[1i64, n]));
         let loss = model
-            .forward_t(&x, &c, classes.as_ref(), true)
+            .forward_t(&x, &c, Conditioning::from_class(classes.as_ref()), true)
             .square()
             .mean(Kind::Float);
         loss.backward();
@@ -204,15 +207,29 @@ fn class_conditioning_changes_the_output_and_null_class_works() {
         perturb(&model);
         let _guard = tch::no_grad_guard();
         let (x, c) = batch(&model, 2);
-        let a = model.forward_t(&x, &c, Some(&Tensor::from_slice(&[0i64, 0])), false);
-        let b = model.forward_t(&x, &c, Some(&Tensor::from_slice(&[3i64, 3])), false);
+        let a = model.forward_t(
+            &x,
+            &c,
+            Conditioning::class(&Tensor::from_slice(&[0i64, 0])),
+            false,
+        );
+        let b = model.forward_t(
+            &x,
+            &c,
+            Conditioning::class(&Tensor::from_slice(&[3i64, 3])),
+            false,
+        );
         assert!(
             !a.allclose(&b, 1e-6, 1e-6, false),
             "{name}: class has no effect"
         );
-        let explicit_null =
-            model.forward_t(&x, &c, Some(&Tensor::from_slice(&[null, null])), false);
-        let implicit_null = model.forward_t(&x, &c, None, false);
+        let explicit_null = model.forward_t(
+            &x,
+            &c,
+            Conditioning::class(&Tensor::from_slice(&[null, null])),
+            false,
+        );
+        let implicit_null = model.forward_t(&x, &c, Conditioning::none(), false);
         assert!(
             explicit_null.equal(&implicit_null),
             "{name}: None is not the null class"
@@ -235,21 +252,24 @@ fn bad_inputs_are_errors_not_panics() {
     )
     .unwrap();
     let x = Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu));
-    let err = model.check_input(&x, None).unwrap_err().to_string();
+    let err = model
+        .check_input(&x, Conditioning::none())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("[B, 1, 28, 28]") && err.contains("[2, 1, 32, 32]"),
         "{err}"
     );
     let x = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
     let err = model
-        .check_input(&x, Some(&Tensor::from_slice(&[0i64, 11])))
+        .check_input(&x, Conditioning::class(&Tensor::from_slice(&[0i64, 11])))
         .unwrap_err()
         .to_string();
     assert!(err.contains("0..=10"), "{err}");
     let mlp = Model::new(NetConfig::Mlp(MlpConfig::default()), Device::Cpu).unwrap();
     let err = mlp.check_input(
         &Tensor::zeros([4, 2], (Kind::Float, Device::Cpu)),
-        Some(&Tensor::from_slice(&[0i64; 4])),
+        Conditioning::class(&Tensor::from_slice(&[0i64; 4])),
     );
     assert!(err.unwrap_err().to_string().contains("unconditional"));
 }
@@ -358,8 +378,8 @@ fn checkpoint_round_trip_is_bit_identical() {
         let loaded = Model::from_checkpoint(&path, Device::Cpu).unwrap();
         assert_eq!(loaded.config(), model.config());
         let (x, c) = batch(&model, 2);
-        let a = model.forward_t(&x, &c, None, false);
-        let b = loaded.forward_t(&x, &c, None, false);
+        let a = model.forward_t(&x, &c, Conditioning::none(), false);
+        let b = loaded.forward_t(&x, &c, Conditioning::none(), false);
         assert!(
             a.equal(&b),
             "{name}: outputs differ after a save/load round trip"

@@ -7,6 +7,7 @@
 //!
 //! `cargo xtask bench -- -p cm-sample`; reports in `target/criterion`.
 
+use cm_core::Conditioning;
 use std::time::Duration;
 
 use cm_core::{ConsistencyConfig, EdmConfig};
@@ -59,10 +60,9 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
                     consistency_sample_with(
                         &f,
                         &z,
-                        cm.sigma_max,
-                        cm.sigma_min,
+                        cm.range(),
                         &taus,
-                        None,
+                        Conditioning::none(),
                         &mut noise,
                     )
                     .unwrap()
@@ -70,7 +70,7 @@ fn bench_preset(c: &mut Criterion, preset: &str) {
             });
         }
         group.bench_with_input(BenchmarkId::new("edm_heun_35nfe", batch), &batch, |b, _| {
-            b.iter(|| edm_sample(&d, &z, &edm.grid(), &heun, None).unwrap())
+            b.iter(|| edm_sample(&d, &z, &edm.grid(), &heun, Conditioning::none()).unwrap())
         });
     }
     group.finish();

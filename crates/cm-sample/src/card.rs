@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use cm_core::{Conditioning, ConsistencyConfig, CoreError, Denoiser, EdmConfig, NoiseRange, Validate};
+use cm_core::{
+    Conditioning, ConsistencyConfig, CoreError, Denoiser, EdmConfig, NoiseRange, Validate,
+};
 use cm_nets::{Model, Preconditioned};
 
 use crate::consistency::consistency_sample;
@@ -35,6 +37,17 @@ use crate::error::{Result, SampleError};
 
 /// File name pipelines give the card of a finished run: `<run>/model.toml`.
 pub const CARD_FILE: &str = "model.toml";
+
+/// Where the intermediate times of k-step consistency sampling came from
+/// ([`ModelCard::taus_or_karras`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TauSource {
+    /// The card's `[timesteps]` entry (or, for one step, no times at all).
+    Stored,
+    /// The interior points of the Karras sampling grid: the card stores no
+    /// times for this step count.
+    Karras,
+}
 
 /// What kind of model a card describes and how to sample from it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,6 +161,17 @@ impl ModelCard {
         Ok(())
     }
 
+    /// Writes the card over the file it was loaded from, `path`, keeping
+    /// the weights path as that file has it ([`ModelCard::load`] makes a
+    /// relative one card-relative-joined; this keeps the run folder movable).
+    pub fn save_over(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let on_disk: ModelCard = cm_core::load_toml(path)?;
+        let mut card = self.clone();
+        card.set_weights(on_disk.weights().to_path_buf());
+        card.save(path)
+    }
+
     /// The weights file.
     pub fn weights(&self) -> &Path {
         match self {
@@ -241,6 +265,60 @@ impl ModelCard {
         }
     }
 
+    /// The default intermediate times of `steps`-step consistency sampling:
+    /// the interior points of the `(steps + 1)`-level EDM sampling grid
+    /// (Karras et al. 2022, Eq. 5) from `start` (default `sigma_max`; SDEdit
+    /// starts lower) down to `sigma_min`, with the card's `rho`. The grid is
+    /// `start = s_0 > s_1 > ... > s_steps = sigma_min`; its `steps - 1`
+    /// interior levels are the re-noising times, so `steps` counts network
+    /// evaluations (one step: no times).
+    pub fn karras_taus(&self, steps: usize, start: Option<f64>) -> Result<Vec<f64>> {
+        let ModelCard::Consistency { consistency, .. } = self else {
+            return Err(CoreError::invalid(
+                "kind",
+                "edm",
+                "a consistency model (intermediate times belong to consistency sampling)",
+            )
+            .into());
+        };
+        if steps == 0 {
+            return Err(CoreError::invalid("steps", 0, "at least 1").into());
+        }
+        let start = start.unwrap_or(consistency.sigma_max);
+        if !(start > consistency.sigma_min && start <= consistency.sigma_max) {
+            return Err(CoreError::invalid(
+                "start",
+                start,
+                format!(
+                    "a time in (sigma_min, sigma_max] = ({}, {}]",
+                    consistency.sigma_min, consistency.sigma_max
+                ),
+            )
+            .into());
+        }
+        let grid = cm_core::KarrasGrid {
+            sigma_max: start,
+            ..consistency.grid()
+        };
+        // steps + 2 values: s_0 .. s_steps, then 0.
+        let sigmas = grid.sampling_sigmas(steps + 1)?;
+        Ok(sigmas[1..steps].to_vec())
+    }
+
+    /// The times of `steps`-step consistency sampling as `cm eval` uses
+    /// them: the card's stored ones ([`ModelCard::taus`]; none for one
+    /// step), else the default Karras times ([`ModelCard::karras_taus`] from
+    /// `sigma_max`), with where they came from.
+    pub fn taus_or_karras(&self, steps: usize) -> Result<(Vec<f64>, TauSource)> {
+        match self.taus(steps) {
+            Ok(taus) => Ok((taus, TauSource::Stored)),
+            Err(_) if steps >= 2 && matches!(self, ModelCard::Consistency { .. }) => {
+                Ok((self.karras_taus(steps, None)?, TauSource::Karras))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Samples from standard-normal `latents` with the card's defaults and
     /// `steps` network steps: consistency sampling with the stored times
     /// (CM Algorithm 1), or the EDM sampler with `steps` steps (Heun uses
@@ -275,5 +353,71 @@ impl ModelCard {
                 )?)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm_core::ConsistencyConfig;
+
+    fn card(timesteps: &[(&str, Vec<f64>)]) -> ModelCard {
+        ModelCard::Consistency {
+            weights: "w.safetensors".into(),
+            consistency: ConsistencyConfig::default(),
+            timesteps: timesteps
+                .iter()
+                .map(|(k, t)| (k.to_string(), t.clone()))
+                .collect(),
+        }
+    }
+
+    /// Karras et al. 2022, Eq. 5, written out: level `i` of `n` from `hi` to `lo`.
+    fn karras(hi: f64, lo: f64, rho: f64, i: usize, n: usize) -> f64 {
+        let t = i as f64 / (n - 1) as f64;
+        (hi.powf(1.0 / rho) + t * (lo.powf(1.0 / rho) - hi.powf(1.0 / rho))).powf(rho)
+    }
+
+    #[test]
+    fn karras_taus_are_the_interior_grid_levels() {
+        let c = ConsistencyConfig::default();
+        let card = card(&[]);
+        assert!(card.karras_taus(1, None).unwrap().is_empty());
+        for steps in [2, 3, 5] {
+            let taus = card.karras_taus(steps, None).unwrap();
+            assert_eq!(taus.len(), steps - 1);
+            for (j, tau) in taus.iter().enumerate() {
+                let want = karras(c.sigma_max, c.sigma_min, c.rho, j + 1, steps + 1);
+                assert!((tau - want).abs() < 1e-9 * want, "{steps}: {tau} vs {want}");
+            }
+        }
+        // SDEdit: the grid starts at the given time.
+        let taus = card.karras_taus(3, Some(2.0)).unwrap();
+        assert!((taus[0] - karras(2.0, c.sigma_min, c.rho, 1, 4)).abs() < 1e-9);
+        assert!(card.karras_taus(0, None).is_err());
+        assert!(card.karras_taus(2, Some(c.sigma_max * 2.0)).is_err());
+        assert!(card.karras_taus(2, Some(c.sigma_min)).is_err());
+    }
+
+    #[test]
+    fn stored_times_win_over_karras_times() {
+        let card = card(&[("2", vec![0.821])]);
+        assert_eq!(
+            card.taus_or_karras(2).unwrap(),
+            (vec![0.821], TauSource::Stored)
+        );
+        assert_eq!(card.taus_or_karras(1).unwrap(), (vec![], TauSource::Stored));
+        assert_eq!(
+            card.taus_or_karras(3).unwrap(),
+            (card.karras_taus(3, None).unwrap(), TauSource::Karras)
+        );
+        assert!(card.taus_or_karras(0).is_err());
+        let edm = ModelCard::Edm {
+            weights: "w.safetensors".into(),
+            edm: Default::default(),
+            sampler: Default::default(),
+        };
+        assert!(edm.taus_or_karras(2).is_err());
+        assert!(edm.karras_taus(2, None).is_err());
     }
 }

@@ -668,7 +668,12 @@ pub fn interpolate(
         .map(|i| slerp(&a, &b, i as f64 / (steps - 1) as f64))
         .collect::<cm_core::Result<Vec<_>>>()?;
     let latents = Tensor::cat(&path, 0);
-    let x = denoise_at(f, &(&latents * sigma_max), sigma_max, cond.with_class(class.as_ref()));
+    let x = denoise_at(
+        f,
+        &(&latents * sigma_max),
+        sigma_max,
+        cond.with_class(class.as_ref()),
+    );
     Ok(Sampled { x, nfe: 1 })
 }
 

@@ -26,7 +26,7 @@ pub mod generate;
 pub mod noise;
 pub mod search;
 
-pub use card::{ModelCard, CARD_FILE};
+pub use card::{ModelCard, TauSource, CARD_FILE};
 pub use consistency::{
     check_taus, consistency_chain, consistency_sample, consistency_sample_with, denoise_at,
 };

@@ -1,6 +1,7 @@
 //! Model cards: TOML round trip, relative weights, validation, and sampling
 //! through a card equals calling the samplers directly.
 
+use cm_core::Conditioning;
 use cm_core::{ConsistencyConfig, EdmConfig, KarrasGrid, Solver};
 use cm_nets::{Model, NetConfig, Preconditioned};
 use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, CARD_FILE};
@@ -87,18 +88,22 @@ fn sampling_through_a_card_matches_the_samplers() {
     let card = ModelCard::load(dir.path().join("cm.toml")).unwrap();
     let loaded = card.load_model(Device::Cpu).unwrap();
     let f = Preconditioned::eval(&model, c.parameterization());
-    let direct = consistency_sample(&f, &latents, c.sigma_max, c.sigma_min, &[], None).unwrap();
-    let via = card.sample(&loaded, &latents, 1, None).unwrap();
+    let direct = consistency_sample(&f, &latents, c.range(), &[], Conditioning::none()).unwrap();
+    let via = card
+        .sample(&loaded, &latents, 1, Conditioning::none())
+        .unwrap();
     assert_eq!(via.nfe, 1);
     assert_eq!(
         f64::try_from((&via.x - &direct.x).abs().max()).unwrap(),
         0.0
     );
     tch::manual_seed(9);
-    let two = card.sample(&loaded, &latents, 2, None).unwrap();
+    let two = card
+        .sample(&loaded, &latents, 2, Conditioning::none())
+        .unwrap();
     tch::manual_seed(9);
     let two_direct =
-        consistency_sample(&f, &latents, c.sigma_max, c.sigma_min, &[0.821], None).unwrap();
+        consistency_sample(&f, &latents, c.range(), &[0.821], Conditioning::none()).unwrap();
     assert_eq!(two.nfe, 2);
     assert_eq!(
         f64::try_from((&two.x - &two_direct.x).abs().max()).unwrap(),
@@ -115,7 +120,9 @@ fn sampling_through_a_card_matches_the_samplers() {
         },
     };
     let d = Preconditioned::eval(&model, edm.preconditioning());
-    let via = card.sample(&loaded, &latents, 4, None).unwrap();
+    let via = card
+        .sample(&loaded, &latents, 4, Conditioning::none())
+        .unwrap();
     let direct = edm_sample(
         &d,
         &latents,
@@ -124,7 +131,7 @@ fn sampling_through_a_card_matches_the_samplers() {
             steps: 4,
             ..Default::default()
         },
-        None,
+        Conditioning::none(),
     )
     .unwrap();
     assert_eq!(via.nfe, 7);

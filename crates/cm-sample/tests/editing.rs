@@ -4,9 +4,9 @@
 //! the algorithm, calls the network once per step, reproduces under a seed,
 //! and rejects bad input with errors naming the field.
 
+use cm_core::{Conditioning, Denoiser, NoiseRange};
 use std::cell::{Cell, RefCell};
 
-use cm_core::Denoiser;
 use cm_sample::{
     box_mask, denoise, half_mask, interpolate, mask_from_image, mask_from_values, sdedit, slerp,
     stroke_mask, zero_shot_edit, EditTask, Identity, LumaChroma, PatchBasis, SeededNoise, Side,
@@ -16,6 +16,11 @@ use tch::{Device, Kind, Tensor};
 
 const T: f64 = 80.0;
 const EPS: f64 = 0.002;
+/// The noise range `[EPS, T]`.
+const RANGE: NoiseRange = NoiseRange {
+    sigma_min: EPS,
+    sigma_max: T,
+};
 
 /// A deterministic nonlinear stand-in for a consistency function,
 /// `f(x, t) = tanh(0.3 x + 0.01 t)`: it moves every pixel, so a missing
@@ -27,7 +32,7 @@ struct Tanh {
 }
 
 impl Denoiser for Tanh {
-    fn denoise(&self, x: &Tensor, sigma: &Tensor, _class: Option<&Tensor>) -> Tensor {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, _cond: Conditioning<'_>) -> Tensor {
         self.calls.set(self.calls.get() + 1);
         self.levels.borrow_mut().push(sigma.double_value(&[0]));
         assert_eq!(sigma.size(), vec![x.size()[0]], "sigma must be [B]");
@@ -167,7 +172,7 @@ fn edit(task: &EditTask, y: &Tensor, seed: u64) -> Tensor {
     let f = Tanh::default();
     let mut noise = SeededNoise::for_range(seed, 0, y.size()[0] as usize);
     let out = task
-        .run(&f, y, T, EPS, &[5.0, 0.5], None, &mut noise)
+        .run(&f, y, RANGE, &[5.0, 0.5], Conditioning::none(), &mut noise)
         .unwrap();
     assert_eq!(out.nfe, 3);
     assert_eq!(f.calls.get(), 3);
@@ -232,7 +237,17 @@ fn zero_shot_edit_matches_a_hand_written_algorithm_4() {
     let taus = [3.0, 0.7];
     let f = Tanh::default();
     let mut noise = SeededNoise::for_range(77, 0, 2);
-    let out = zero_shot_edit(&f, &y, &Identity, &mask, T, EPS, &taus, None, &mut noise).unwrap();
+    let out = zero_shot_edit(
+        &f,
+        &y,
+        &Identity,
+        &mask,
+        RANGE,
+        &taus,
+        Conditioning::none(),
+        &mut noise,
+    )
+    .unwrap();
     assert_eq!(*f.levels.borrow(), vec![T, 3.0, 0.7]);
 
     let g = |x: &Tensor, t: f64| (x * 0.3 + 0.01 * t).tanh();
@@ -294,14 +309,23 @@ fn each_edit_calls_the_network_once_per_step() {
     for taus in [vec![], vec![2.0], vec![10.0, 2.0, 0.1]] {
         let f = Tanh::default();
         let mut noise = SeededNoise::for_range(1, 0, 2);
-        let out =
-            zero_shot_edit(&f, &y, &Identity, &mask, T, EPS, &taus, None, &mut noise).unwrap();
+        let out = zero_shot_edit(
+            &f,
+            &y,
+            &Identity,
+            &mask,
+            RANGE,
+            &taus,
+            Conditioning::none(),
+            &mut noise,
+        )
+        .unwrap();
         assert_eq!(f.calls.get(), 1 + taus.len());
         assert_eq!(out.nfe, 1 + taus.len());
 
         let f = Tanh::default();
         let mut noise = SeededNoise::for_range(1, 0, 2);
-        let out = sdedit(&f, &y, 20.0, &taus, EPS, T, None, &mut noise).unwrap();
+        let out = sdedit(&f, &y, 20.0, &taus, RANGE, Conditioning::none(), &mut noise).unwrap();
         assert_eq!(f.calls.get(), 1 + taus.len());
         assert_eq!(out.nfe, 1 + taus.len());
         let mut want = vec![20.0];
@@ -310,7 +334,7 @@ fn each_edit_calls_the_network_once_per_step() {
     }
 
     let f = Tanh::default();
-    let out = denoise(&f, &y, 0.5, EPS, T, None).unwrap();
+    let out = denoise(&f, &y, 0.5, RANGE, Conditioning::none()).unwrap();
     assert_eq!((f.calls.get(), out.nfe), (1, 1));
     assert_eq!(*f.levels.borrow(), vec![0.5]);
     assert!(out.x.equal(&(&y * 0.3 + 0.005).tanh()));
@@ -318,7 +342,15 @@ fn each_edit_calls_the_network_once_per_step() {
     // Interpolation sends all its latents through as one batch.
     let f = Tanh::default();
     let z = images(62, [2, 3, 8, 8]);
-    let out = interpolate(&f, &z.get(0), &z.narrow(0, 1, 1), 5, T, None).unwrap();
+    let out = interpolate(
+        &f,
+        &z.get(0),
+        &z.narrow(0, 1, 1),
+        5,
+        T,
+        Conditioning::none(),
+    )
+    .unwrap();
     assert_eq!((f.calls.get(), out.nfe), (1, 1));
     assert_eq!(out.x.size(), vec![5, 3, 8, 8]);
     let g = |x: Tensor| (x * (0.3 * T) + 0.01 * T).tanh();
@@ -347,7 +379,14 @@ fn edits_reproduce_under_a_seed() {
         let f = Tanh::default();
         let mut one = SeededNoise::for_range(7, 2, 1);
         let alone = task
-            .run(&f, &y.narrow(0, 2, 1), T, EPS, &[5.0, 0.5], None, &mut one)
+            .run(
+                &f,
+                &y.narrow(0, 2, 1),
+                RANGE,
+                &[5.0, 0.5],
+                Conditioning::none(),
+                &mut one,
+            )
             .unwrap();
         assert!(
             max_diff(&alone.x, &a.narrow(0, 2, 1)) < 1e-12,
@@ -357,9 +396,17 @@ fn edits_reproduce_under_a_seed() {
     }
     let run = |seed| {
         let mut noise = SeededNoise::for_range(seed, 0, 3);
-        sdedit(&Tanh::default(), &y, 10.0, &[1.0], EPS, T, None, &mut noise)
-            .unwrap()
-            .x
+        sdedit(
+            &Tanh::default(),
+            &y,
+            10.0,
+            &[1.0],
+            RANGE,
+            Conditioning::none(),
+            &mut noise,
+        )
+        .unwrap()
+        .x
     };
     assert!(run(5).equal(&run(5)));
     assert!(!run(5).equal(&run(6)));
@@ -499,17 +546,17 @@ fn bad_input_is_an_error_naming_the_field() {
     let err = err_of(EditTask::SuperResolution { factor: 3 }.run(
         &f,
         &y,
-        T,
-        EPS,
+        RANGE,
         &[],
-        None,
+        Conditioning::none(),
         &mut noise(),
     ));
     assert!(err.contains("factor"), "{err}");
 
     // Colorization needs RGB.
     let gray = images(92, [2, 1, 8, 8]);
-    let err = err_of(EditTask::Colorize.run(&f, &gray, T, EPS, &[], None, &mut noise()));
+    let err =
+        err_of(EditTask::Colorize.run(&f, &gray, RANGE, &[], Conditioning::none(), &mut noise()));
     assert!(err.contains("channels"), "{err}");
 
     // Masks must fit the image and be 0/1.
@@ -541,10 +588,9 @@ fn bad_input_is_an_error_naming_the_field() {
             &y,
             &Identity,
             &mask,
-            T,
-            EPS,
+            RANGE,
             &[],
-            None,
+            Conditioning::none(),
             &mut noise(),
         ));
         assert!(err.contains("omega"), "{what}: {err}");
@@ -557,44 +603,60 @@ fn bad_input_is_an_error_naming_the_field() {
         &y,
         &PatchBasis { factor: 2 },
         &pixel_mask,
-        T,
-        EPS,
+        RANGE,
         &[],
-        None,
+        Conditioning::none(),
         &mut noise(),
     ));
     assert!(err.contains("omega"), "{err}");
 
     // Noise levels and times.
-    let err = err_of(denoise(&f, &y, 100.0, EPS, T, None));
+    let err = err_of(denoise(&f, &y, 100.0, RANGE, Conditioning::none()));
     assert!(err.contains("sigma"), "{err}");
-    let err = err_of(denoise(&f, &y, 0.001, EPS, T, None));
+    let err = err_of(denoise(&f, &y, 0.001, RANGE, Conditioning::none()));
     assert!(err.contains("sigma"), "{err}");
     let err = err_of(zero_shot_edit(
         &f,
         &y,
         &Identity,
         &pixel_mask,
-        T,
-        EPS,
+        RANGE,
         &[1.0, 2.0],
-        None,
+        Conditioning::none(),
         &mut noise(),
     ));
     assert!(err.contains("taus["), "{err}");
-    let err = err_of(sdedit(&f, &y, 90.0, &[], EPS, T, None, &mut noise()));
+    let err = err_of(sdedit(
+        &f,
+        &y,
+        90.0,
+        &[],
+        RANGE,
+        Conditioning::none(),
+        &mut noise(),
+    ));
     assert!(err.contains("tau_start"), "{err}");
-    let err = err_of(sdedit(&f, &y, 10.0, &[10.0], EPS, T, None, &mut noise()));
+    let err = err_of(sdedit(
+        &f,
+        &y,
+        10.0,
+        &[10.0],
+        RANGE,
+        Conditioning::none(),
+        &mut noise(),
+    ));
     assert!(err.contains("taus["), "{err}");
     let err = err_of(zero_shot_edit(
         &f,
         &y,
         &Identity,
         &pixel_mask,
-        0.001,
-        EPS,
+        NoiseRange {
+            sigma_min: EPS,
+            sigma_max: 0.001,
+        },
         &[],
-        None,
+        Conditioning::none(),
         &mut noise(),
     ));
     assert!(err.contains("sigma_max"), "{err}");
@@ -606,18 +668,24 @@ fn bad_input_is_an_error_naming_the_field() {
         &y,
         &Identity,
         &pixel_mask,
-        T,
-        EPS,
+        RANGE,
         &[],
-        Some(&class),
+        Conditioning::class(&class),
         &mut noise(),
     ));
     assert!(err.contains("class"), "{err}");
-    let err = err_of(denoise(&f, &y.get(0), 1.0, EPS, T, None));
+    let err = err_of(denoise(&f, &y.get(0), 1.0, RANGE, Conditioning::none()));
     assert!(err.contains("x_noisy"), "{err}");
-    let err = err_of(interpolate(&f, &y.get(0), &y.get(1), 1, T, None));
+    let err = err_of(interpolate(
+        &f,
+        &y.get(0),
+        &y.get(1),
+        1,
+        T,
+        Conditioning::none(),
+    ));
     assert!(err.contains("steps"), "{err}");
-    let err = err_of(interpolate(&f, &y, &y, 3, T, None));
+    let err = err_of(interpolate(&f, &y, &y, 3, T, Conditioning::none()));
     assert!(err.contains("z0"), "{err}");
 
     // Mask builders.

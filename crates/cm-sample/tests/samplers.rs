@@ -3,10 +3,17 @@
 //! boundary (`tau` must lie in `(eps, T)`); the EDM sampler's NFE count, and
 //! its stochastic variant adds noise only within `[s_tmin, s_tmax]`.
 
+use cm_core::{Conditioning, NoiseRange};
 use std::cell::Cell;
 
 use cm_core::{Denoiser, KarrasGrid, Solver};
 use cm_sample::{consistency_sample, edm_sample, EdmSampler};
+
+/// CM's noise range `[0.002, 80]`.
+const RANGE: NoiseRange = NoiseRange {
+    sigma_min: 0.002,
+    sigma_max: 80.0,
+};
 use tch::{Device, Kind, Tensor};
 
 /// Counts its calls; returns a fixed shrink of the input.
@@ -16,7 +23,7 @@ struct Counting {
 }
 
 impl Denoiser for Counting {
-    fn denoise(&self, x: &Tensor, sigma: &Tensor, _class: Option<&Tensor>) -> Tensor {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, _cond: Conditioning<'_>) -> Tensor {
         self.calls.set(self.calls.get() + 1);
         self.levels.borrow_mut().push(sigma.double_value(&[0]));
         x * (sigma.square() + 0.25).reciprocal().reshape([-1, 1]) * 0.25
@@ -36,7 +43,7 @@ fn consistency_sampling_calls_the_network_once_per_step() {
     for taus in [vec![], vec![0.821], vec![5.0, 0.821, 0.1]] {
         let f = counting();
         tch::manual_seed(3);
-        let out = consistency_sample(&f, &z, 80.0, 0.002, &taus, None).unwrap();
+        let out = consistency_sample(&f, &z, RANGE, &taus, Conditioning::none()).unwrap();
         assert_eq!(f.calls.get(), taus.len() + 1);
         assert_eq!(out.nfe, taus.len() + 1);
         let mut want = vec![80.0];
@@ -47,11 +54,13 @@ fn consistency_sampling_calls_the_network_once_per_step() {
             "{got:?} vs {want:?}"
         );
         tch::manual_seed(3);
-        let again = consistency_sample(&counting(), &z, 80.0, 0.002, &taus, None).unwrap();
+        let again =
+            consistency_sample(&counting(), &z, RANGE, &taus, Conditioning::none()).unwrap();
         assert!(out.x.equal(&again.x), "not reproducible under a seed");
     }
     for bad in [vec![90.0], vec![0.5, 1.0], vec![0.001]] {
-        let err = consistency_sample(&counting(), &z, 80.0, 0.002, &bad, None).unwrap_err();
+        let err =
+            consistency_sample(&counting(), &z, RANGE, &bad, Conditioning::none()).unwrap_err();
         assert!(err.to_string().contains("taus["), "{err}");
     }
 }
@@ -76,14 +85,20 @@ fn edm_sampler_counts_evaluations_and_churns_only_in_range() {
                 solver,
                 ..Default::default()
             },
-            None,
+            Conditioning::none(),
         )
         .unwrap();
         assert_eq!((out.nfe, d.calls.get()), (nfe, nfe), "{steps} {solver:?}");
     }
-    let det = edm_sample(&counting(), &z, &grid, &EdmSampler::default(), None)
-        .unwrap()
-        .x;
+    let det = edm_sample(
+        &counting(),
+        &z,
+        &grid,
+        &EdmSampler::default(),
+        Conditioning::none(),
+    )
+    .unwrap()
+    .x;
     tch::manual_seed(1);
     let churn = EdmSampler {
         s_churn: 40.0,
@@ -92,7 +107,9 @@ fn edm_sampler_counts_evaluations_and_churns_only_in_range() {
         ..Default::default()
     };
     let d = counting();
-    let sto = edm_sample(&d, &z, &grid, &churn, None).unwrap().x;
+    let sto = edm_sample(&d, &z, &grid, &churn, Conditioning::none())
+        .unwrap()
+        .x;
     assert!(
         !sto.allclose(&det, 1e-9, 1e-9, false),
         "churn changed nothing"

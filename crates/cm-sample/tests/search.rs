@@ -1,17 +1,24 @@
 //! The timestep search against metrics with known minima.
 
 use cm_core::CoreError;
+use cm_core::NoiseRange;
 use cm_sample::search::{search_timesteps, SearchConfig};
 
+/// CM's noise range `[0.002, 80]`.
+const RANGE: NoiseRange = NoiseRange {
+    sigma_min: 0.002,
+    sigma_max: 80.0,
+};
+
 fn config() -> SearchConfig {
-    SearchConfig::for_range(0.002, 80.0)
+    SearchConfig::for_range(RANGE)
 }
 
 #[test]
 fn finds_the_minimum_of_a_two_step_metric() {
     for optimum in [0.05, 0.821, 3.0, 20.0] {
         let mut calls = 0;
-        let result = search_timesteps::<CoreError>(2, 0.002, 80.0, &config(), &mut |taus| {
+        let result = search_timesteps::<CoreError>(2, RANGE, &config(), &mut |taus| {
             calls += 1;
             assert_eq!(taus.len(), 1);
             Ok((taus[0].ln() - f64::ln(optimum)).powi(2) + 1.5)
@@ -42,7 +49,7 @@ fn finds_the_minimum_of_a_two_step_metric() {
 
 #[test]
 fn greedy_three_step_search_fixes_the_first_time() {
-    let result = search_timesteps::<CoreError>(3, 0.002, 80.0, &config(), &mut |taus| {
+    let result = search_timesteps::<CoreError>(3, RANGE, &config(), &mut |taus| {
         let first = (taus[0].ln() - 2f64.ln()).powi(2);
         Ok(match taus {
             [_] => first,
@@ -66,8 +73,7 @@ fn greedy_three_step_search_fixes_the_first_time() {
 #[test]
 fn a_minimum_at_the_edge_is_approached() {
     // Monotone metric: the best time is the bracket's lower end.
-    let result =
-        search_timesteps::<CoreError>(2, 0.002, 80.0, &config(), &mut |t| Ok(t[0])).unwrap();
+    let result = search_timesteps::<CoreError>(2, RANGE, &config(), &mut |t| Ok(t[0])).unwrap();
     let tau = result.best[0].1.taus[0];
     assert!(tau > 0.01 && (tau / 0.01).ln() < 0.07, "{tau}");
 }
@@ -75,15 +81,15 @@ fn a_minimum_at_the_edge_is_approached() {
 #[test]
 fn bad_settings_and_metric_errors() {
     let mut ok = |_: &[f64]| Ok::<f64, CoreError>(0.0);
-    let e = search_timesteps(1, 0.002, 80.0, &config(), &mut ok).unwrap_err();
+    let e = search_timesteps(1, RANGE, &config(), &mut ok).unwrap_err();
     assert!(e.to_string().contains("steps"), "{e}");
     let bad = SearchConfig {
         lower: 0.001,
         ..config()
     };
-    let e = search_timesteps(2, 0.002, 80.0, &bad, &mut ok).unwrap_err();
+    let e = search_timesteps(2, RANGE, &bad, &mut ok).unwrap_err();
     assert!(e.to_string().contains("bracket"), "{e}");
-    let e = search_timesteps(2, 0.002, 80.0, &config(), &mut |_| {
+    let e = search_timesteps(2, RANGE, &config(), &mut |_| {
         Err(CoreError::invalid("metric", "nan", "a number"))
     })
     .unwrap_err();

@@ -202,7 +202,9 @@ impl Checkpointer<'_> {
                 ),
             });
         }
-        self.roles.online.load_weights(dir.join("online.safetensors"))?;
+        self.roles
+            .online
+            .load_weights(dir.join("online.safetensors"))?;
         for ema in &mut self.roles.emas {
             let name = ema.name();
             ema.model
@@ -213,7 +215,8 @@ impl Checkpointer<'_> {
         }
         let opt_path = dir.join("optimizer.safetensors");
         let tensors = Tensor::read_safetensors(&opt_path)?;
-        self.roles.optimizer
+        self.roles
+            .optimizer
             .load_state(tensors, state.optimizer_steps)
             .map_err(|reason| TrainError::Checkpoint {
                 path: opt_path,

@@ -135,7 +135,12 @@ impl ConsistencyCore {
     }
 
     /// One-step samples `f(T z, T)` from `model`.
-    pub fn sample(&self, model: &Model, latents: &Tensor, cond: Conditioning<'_>) -> Result<Tensor> {
+    pub fn sample(
+        &self,
+        model: &Model,
+        latents: &Tensor,
+        cond: Conditioning<'_>,
+    ) -> Result<Tensor> {
         let c = self.recipe.consistency;
         let f = Preconditioned::eval(model, c.parameterization());
         Ok(consistency_sample(&f, latents, c.range(), &[], cond)?.x)

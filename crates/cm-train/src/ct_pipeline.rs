@@ -186,7 +186,8 @@ impl Method for CtMethod<'_> {
     }
 
     fn describe(&self) -> Vec<String> {
-        let mut lines = vec!["objective: consistency training (CM Alg. 3; iCT switches per field)".to_string()];
+        let mut lines =
+            vec!["objective: consistency training (CM Alg. 3; iCT switches per field)".to_string()];
         lines.extend(self.config.ct.recipe.describe());
         lines.push(format!(
             "2-step sampling re-noises to tau = {}",

@@ -43,6 +43,19 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// One training run of the CT -> iCT ablation failed.
+    #[error("ablation rung {rung} ({name}), seed {seed}")]
+    AblationRun {
+        /// The rung's index.
+        rung: usize,
+        /// The rung's name.
+        name: String,
+        /// The seed index.
+        seed: u64,
+        /// What went wrong.
+        #[source]
+        source: Box<TrainError>,
+    },
     /// A batch does not fit the network or the objective.
     #[error("batch: {0}")]
     Batch(String),

@@ -22,7 +22,10 @@
 //!   and, through the recipe's switches, iCT, with the CT-to-iCT ablation.
 //! - [`consistency`]: [`ConsistencyCore`], the machinery CT and consistency
 //!   distillation (cm-distill) share.
+//! - [`ablation`]: the CT-to-iCT ablation run ([`run_ablation`]): every
+//!   rung for several seeds, measured by a caller-supplied 2-D metric.
 
+pub mod ablation;
 pub mod checkpoint;
 pub mod config;
 pub mod consistency;
@@ -41,6 +44,9 @@ pub mod source;
 pub mod teacher;
 pub mod trainer;
 
+pub use ablation::{
+    run_ablation, AblationObserver, AblationOptions, AblationOutcome, PointScores, RunScores,
+};
 pub use checkpoint::{
     checkpoint_name, evaluation_weights_file, final_weights, latest_checkpoint, list_checkpoints,
 };

@@ -237,7 +237,11 @@ fn write_report<M: Method>(
         "- optimizer: {}; EMA rates {:?}{}",
         config.optimizer.describe(),
         config.ema_rates,
-        if config.ema_warmup { " with warm-up" } else { "" }
+        if config.ema_warmup {
+            " with warm-up"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,

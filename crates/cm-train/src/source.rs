@@ -112,10 +112,7 @@ impl BatchSource for TensorSource {
         let (epoch, index) = (step / per_epoch, (step % per_epoch) as i64);
         // A private generator stream per epoch: reseeding the global one here
         // is safe because the loop reseeds it again before the loss.
-        tch::manual_seed(mix_seed(
-            self.seed as u64 ^ 0x5EED_DA7A,
-            epoch,
-        ));
+        tch::manual_seed(mix_seed(self.seed as u64 ^ 0x5EED_DA7A, epoch));
         let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
         let idx = perm.narrow(0, index * self.batch_size, self.batch_size);
         let x = self.data.index_select(0, &idx).to_device(device);

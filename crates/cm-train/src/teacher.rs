@@ -119,7 +119,13 @@ pub fn teacher_report_samplers<'a>(
                 solver,
                 ..Default::default()
             };
-            Ok(edm_sample(&d, latents, &edm.grid(), &sampler, Conditioning::none())?)
+            Ok(edm_sample(
+                &d,
+                latents,
+                &edm.grid(),
+                &sampler,
+                Conditioning::none(),
+            )?)
         }
     };
     vec![
@@ -288,7 +294,10 @@ pub fn prepare_teacher(
     let started = Instant::now();
     let dir = teacher_dir(teachers, config);
     if let Some(weights) = finished_teacher(&dir, config) {
-        observer.on_message(&format!("reusing the finished teacher in {}", dir.display()));
+        observer.on_message(&format!(
+            "reusing the finished teacher in {}",
+            dir.display()
+        ));
         return Ok(TeacherStage::Ready(ReadyTeacher {
             dir,
             weights,

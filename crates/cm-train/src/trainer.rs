@@ -26,7 +26,9 @@ use tch::{Kind, Tensor};
 use cm_core::Conditioning;
 use cm_nets::Model;
 
-use crate::checkpoint::{checkpoint_name, latest_checkpoint, list_checkpoints, Checkpointer, Roles};
+use crate::checkpoint::{
+    checkpoint_name, latest_checkpoint, list_checkpoints, Checkpointer, Roles,
+};
 use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::error::{Result, TrainError};

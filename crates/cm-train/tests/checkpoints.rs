@@ -4,6 +4,7 @@
 
 mod common;
 
+use cm_core::Conditioning;
 use std::sync::atomic::AtomicBool;
 
 use cm_nets::{Model, NetConfig};
@@ -127,9 +128,9 @@ impl Objective for NanAt {
         &self,
         model: &Model,
         latents: &Tensor,
-        class: Option<&Tensor>,
+        cond: Conditioning<'_>,
     ) -> cm_train::Result<Tensor> {
-        self.inner.sample(model, latents, class)
+        self.inner.sample(model, latents, cond)
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use cm_core::Conditioning;
 use std::sync::atomic::AtomicBool;
 
 use cm_sample::ModelCard;
@@ -56,9 +57,12 @@ fn finished_stopped_and_resumed_runs() {
     assert_eq!(card.taus(2).unwrap(), vec![config.ct.two_step_tau]);
     let from_card = card.load_model(Device::Cpu).unwrap();
     let z = Tensor::randn([64, 2], (Kind::Float, Device::Cpu));
-    let a = card.sample(&from_card, &z, 1, None).unwrap().x;
+    let a = card
+        .sample(&from_card, &z, 1, Conditioning::none())
+        .unwrap()
+        .x;
     let b = card
-        .sample(&out.train.emas[0].model, &z, 1, None)
+        .sample(&out.train.emas[0].model, &z, 1, Conditioning::none())
         .unwrap()
         .x;
     assert_eq!(

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::AtomicBool;
 
+use cm_core::Conditioning;
 use cm_data::Dataset;
 use cm_eval::sliced_wasserstein;
 use cm_sample::ModelCard;
@@ -36,15 +37,15 @@ fn train_and_measure(config: &CtRunConfig, tag: &str, held_out: &Tensor) -> (f64
     let model = card.load_model(Device::Cpu).unwrap();
     tch::manual_seed(9);
     let z = Tensor::randn([held_out.size()[0], 2], (Kind::Float, Device::Cpu));
-    let one = card.sample(&model, &z, 1, None).unwrap().x;
-    let two = card.sample(&model, &z, 2, None).unwrap().x;
+    let one = card.sample(&model, &z, 1, Conditioning::none()).unwrap().x;
+    let two = card.sample(&model, &z, 2, Conditioning::none()).unwrap().x;
     // The untrained network of the same architecture and seed.
     let mut fresh = config.clone();
     fresh.train.steps = 0;
     let untrained = {
         tch::manual_seed(cm_train::mix_seed(config.train.seed, u64::MAX));
         let m = cm_nets::Model::new(config.net.clone(), Device::Cpu).unwrap();
-        card.sample(&m, &z, 1, None).unwrap().x
+        card.sample(&m, &z, 1, Conditioning::none()).unwrap().x
     };
     std::fs::remove_dir_all(dir).unwrap();
     let d = |x: &Tensor| sliced_wasserstein(x, held_out, 128).unwrap();

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use cm_nets::{MlpConfig, Model, NetConfig};
-use cm_train::teacher::loader_for;
+use cm_train::loader_for;
 use cm_train::{train, EdmObjective, LoaderOptions, OptimizerConfig, Quiet, TrainConfig};
 use common::{temp_dir, StopAt};
 use tch::Device;

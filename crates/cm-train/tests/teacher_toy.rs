@@ -4,6 +4,7 @@
 
 mod common;
 
+use cm_core::Conditioning;
 use std::sync::atomic::AtomicBool;
 
 use cm_core::Solver;
@@ -69,7 +70,7 @@ fn toy_teacher_matches_the_data() {
         &latents,
         &edm.grid(),
         &EdmSampler::default(),
-        None,
+        Conditioning::none(),
     )
     .unwrap();
     assert_eq!(heun.nfe, 35);
@@ -78,7 +79,14 @@ fn toy_teacher_matches_the_data() {
         solver: Solver::Euler,
         ..Default::default()
     };
-    let one = edm_sample(&denoiser, &latents, &edm.grid(), &euler1, None).unwrap();
+    let one = edm_sample(
+        &denoiser,
+        &latents,
+        &edm.grid(),
+        &euler1,
+        Conditioning::none(),
+    )
+    .unwrap();
     assert_eq!(one.nfe, 1);
 
     let baseline = sliced_wasserstein(&reference, &held_out, 128).unwrap();

@@ -1,0 +1,349 @@
+//! `cm search-timesteps`: the intermediate times of 2-, 3-, ... step
+//! consistency sampling chosen by FID (CM, Song et al. 2023, Section 6 and
+//! Appendix C). [`run`] measures every probe of the greedy golden-section
+//! search ([`cm_sample::search::search_timesteps`]) as the FID of a fixed set
+//! of seeded samples in the project's feature space against the test split,
+//! and returns the probes, the best times and the card with them stored.
+//!
+//! Limits ([`SearchOptions::validate`]): `max_steps` in
+//! 2..=[`MAX_SEARCH_STEPS`], `rounds` in 1..=[`MAX_ROUNDS`], `samples` in
+//! 2..=[`MAX_SAMPLES`].
+
+use std::time::Instant;
+
+use tch::{Device, Tensor};
+
+use cm_core::CoreError;
+use cm_data::ImageDataset;
+use cm_nets::Model;
+use cm_sample::search::{search_timesteps, Probe, SearchConfig, SearchResult};
+use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
+
+use crate::classifier::{feature_space, ClassifierConfig};
+use crate::error::{EvalError, Result};
+use crate::frechet::{frechet_distance, FeatureStats};
+use crate::progress::Progress;
+
+/// Largest `max_steps`: each step count searched costs `rounds + 2` probes,
+/// and the times of ever more steps crowd into the bracket's low end.
+pub const MAX_SEARCH_STEPS: usize = 8;
+/// Most golden-section rounds per time: 30 rounds shrink the bracket (in
+/// `ln tau`) about 2e6-fold, far below the FID noise between probes.
+pub const MAX_ROUNDS: usize = 30;
+/// Most samples per probe (50,000: the size of the standard FID set).
+pub const MAX_SAMPLES: usize = 50_000;
+
+/// Settings of [`run`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchOptions {
+    /// Search the times of 2-step sampling, then greedily 3-step, ... up to
+    /// this many steps (2..=[`MAX_SEARCH_STEPS`]).
+    pub max_steps: usize,
+    /// Samples per probe, the same seeds for every probe
+    /// (2..=[`MAX_SAMPLES`]).
+    pub samples: usize,
+    /// Golden-section rounds per time, each one more probe
+    /// (1..=[`MAX_ROUNDS`]).
+    pub rounds: usize,
+    /// Lower end of the searched times (above the card's `sigma_min`).
+    pub lower: f64,
+    /// Upper end of the searched times (default `sigma_max / 2`).
+    pub upper: Option<f64>,
+    /// Seed of the probes' samples.
+    pub seed: u64,
+    /// Samples per sampler call.
+    pub batch_size: usize,
+    /// The feature network (trained once on the data set, cached).
+    pub classifier: ClassifierConfig,
+}
+
+impl Default for SearchOptions {
+    /// 2- and 3-step times, 1,000 samples, 8 rounds over `[0.01,
+    /// sigma_max / 2]`, seed 0, chunks of 250, the default feature network.
+    fn default() -> Self {
+        SearchOptions {
+            max_steps: 3,
+            samples: 1000,
+            rounds: 8,
+            lower: 0.01,
+            upper: None,
+            seed: 0,
+            batch_size: 250,
+            classifier: ClassifierConfig::default(),
+        }
+    }
+}
+
+impl SearchOptions {
+    /// Checks the sizes against the documented limits (the bracket is
+    /// checked against the card's noise range by [`run`]).
+    pub fn validate(&self) -> Result<()> {
+        let check = |field: &str, value: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(CoreError::invalid(field, value, format!("{lo} to {hi}")))
+            }
+        };
+        check("max_steps", self.max_steps, 2, MAX_SEARCH_STEPS)?;
+        check("rounds", self.rounds, 1, MAX_ROUNDS)?;
+        check("samples", self.samples, 2, MAX_SAMPLES)?;
+        check("batch_size", self.batch_size, 1, MAX_SAMPLES)?;
+        Ok(())
+    }
+
+    /// Probes the search makes: the 1-step reference, then `rounds + 2`
+    /// for each step count from 2 to `max_steps`.
+    pub fn probes(&self) -> u64 {
+        1 + (self.max_steps.saturating_sub(1) * (self.rounds + 2)) as u64
+    }
+}
+
+/// What [`run`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchOutcome {
+    /// FID of 1-step sampling on the same seeds (the reference point).
+    pub one_step: f64,
+    /// Every probe and the best times per step count.
+    pub result: SearchResult,
+    /// Samples per probe.
+    pub samples: usize,
+    /// Wall time of the probes in seconds (the feature network excluded).
+    pub seconds: f64,
+    /// The input card with the best times stored under `[timesteps]`.
+    pub card: ModelCard,
+}
+
+impl SearchOutcome {
+    /// The probes as CSV (`steps,taus,fid`; the 1-step reference first,
+    /// times separated by spaces).
+    pub fn csv(&self) -> String {
+        let mut csv = format!("steps,taus,fid\n1,,{}\n", self.one_step);
+        for p in &self.result.probes {
+            let taus: Vec<String> = p.taus.iter().map(|t| format!("{t}")).collect();
+            csv.push_str(&format!(
+                "{},{},{}\n",
+                p.taus.len() + 1,
+                taus.join(" "),
+                p.score
+            ));
+        }
+        csv
+    }
+
+    /// For each searched step count `k` (2, 3, ...), the points `(searched
+    /// time, FID)` of its probes sorted by time: the curves of FID against
+    /// the last time.
+    pub fn curves(&self) -> Vec<(usize, Vec<(f64, f64)>)> {
+        let max_steps = self.result.best.iter().map(|(k, _)| *k).max().unwrap_or(1);
+        (2..=max_steps)
+            .map(|k| {
+                let mut points: Vec<(f64, f64)> = self
+                    .result
+                    .probes
+                    .iter()
+                    .filter(|p| p.taus.len() + 1 == k)
+                    .map(|p| (*p.taus.last().unwrap_or(&1.0), p.score))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (k, points)
+            })
+            .collect()
+    }
+
+    /// The best times and FID per step count.
+    pub fn best(&self) -> &[(usize, Probe)] {
+        &self.result.best
+    }
+}
+
+/// Runs the search for `card` (a consistency model; `model` its network)
+/// against `data`'s test split on `device`: the feature network (trained
+/// and cached on first use), the 1-step reference, then every probe, each
+/// reported through `progress` (one unit per probe, a message with its
+/// FID). The card itself is not written: store `SearchOutcome::card`.
+pub fn run(
+    card: &ModelCard,
+    model: &Model,
+    data: &ImageDataset,
+    options: &SearchOptions,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<SearchOutcome> {
+    options.validate()?;
+    let ModelCard::Consistency { consistency, .. } = card else {
+        return Err(EvalError::InvalidInput(
+            "an EDM model has no intermediate times to search (kind = \"edm\"); \
+             pass a consistency model's card"
+                .into(),
+        ));
+    };
+    let (sigma_min, sigma_max) = (consistency.sigma_min, consistency.sigma_max);
+    let shape = model.config().sample_shape();
+    if shape != data.shape().map(|s| s as i64) {
+        return Err(EvalError::InvalidInput(format!(
+            "the data set {} has images {:?}, the model makes {:?}: pass the data set it was trained on",
+            data.name,
+            data.shape(),
+            shape
+        )));
+    }
+    let config = SearchConfig {
+        rounds: options.rounds,
+        lower: options.lower,
+        upper: options.upper.unwrap_or(sigma_max / 2.0),
+    };
+    if !(config.lower > sigma_min && config.lower < config.upper && config.upper < sigma_max) {
+        return Err(CoreError::invalid(
+            "lower / upper",
+            format!("[{}, {}]", config.lower, config.upper),
+            format!("sigma_min = {sigma_min} < lower < upper < sigma_max = {sigma_max}"),
+        )
+        .into());
+    }
+    let space = feature_space(data, &options.classifier, None, device, progress)?;
+    let reference = &space.reference.stats;
+    progress.start("search", options.probes());
+    let started = Instant::now();
+    let mut fid_of = |taus: &[f64]| -> Result<f64> {
+        let gen = GenerateConfig {
+            count: options.samples,
+            batch_size: options.batch_size,
+            seed: options.seed,
+            steps: taus.len() + 1,
+            taus: Some(taus.to_vec()),
+            classes: ClassChoice::None,
+        };
+        let mut feats = Vec::new();
+        generate::<EvalError>(card, model, &gen, device, &mut |chunk| {
+            let (f, _) = space.net.features(&chunk.images)?;
+            feats.push(f);
+            Ok(())
+        })?;
+        let stats = FeatureStats::from_features(&Tensor::cat(&feats, 0))?;
+        let fid = frechet_distance(&stats, reference)?;
+        progress.advance(1);
+        progress.message(&format!(
+            "taus {:?}: FID {fid:.3}",
+            taus.iter()
+                .map(|t| (t * 1e4).round() / 1e4)
+                .collect::<Vec<_>>()
+        ));
+        Ok(fid)
+    };
+    let one_step = fid_of(&[])?;
+    let result = search_timesteps(options.max_steps, consistency.range(), &config, &mut fid_of)?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut card = card.clone();
+    if let ModelCard::Consistency { timesteps, .. } = &mut card {
+        for (k, best) in &result.best {
+            timesteps.insert(k.to_string(), best.taus.clone());
+        }
+    }
+    Ok(SearchOutcome {
+        one_step,
+        result,
+        samples: options.samples,
+        seconds,
+        card,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cm_core::ConsistencyConfig;
+
+    #[test]
+    fn options_are_bounded() {
+        let ok = SearchOptions::default();
+        ok.validate().unwrap();
+        assert_eq!(ok.probes(), 1 + 2 * 10);
+        for (bad, field) in [
+            (
+                SearchOptions {
+                    max_steps: 1,
+                    ..ok.clone()
+                },
+                "max_steps",
+            ),
+            (
+                SearchOptions {
+                    max_steps: MAX_SEARCH_STEPS + 1,
+                    ..ok.clone()
+                },
+                "max_steps",
+            ),
+            (
+                SearchOptions {
+                    rounds: 0,
+                    ..ok.clone()
+                },
+                "rounds",
+            ),
+            (
+                SearchOptions {
+                    rounds: usize::MAX,
+                    ..ok.clone()
+                },
+                "rounds",
+            ),
+            (
+                SearchOptions {
+                    samples: 1,
+                    ..ok.clone()
+                },
+                "samples",
+            ),
+            (
+                SearchOptions {
+                    samples: MAX_SAMPLES + 1,
+                    ..ok.clone()
+                },
+                "samples",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn csv_and_curves_list_every_probe() {
+        let probe = |taus: &[f64], score| Probe {
+            taus: taus.to_vec(),
+            score,
+        };
+        let out = SearchOutcome {
+            one_step: 9.0,
+            result: SearchResult {
+                best: vec![(2, probe(&[0.5], 3.0)), (3, probe(&[0.5, 0.1], 2.0))],
+                probes: vec![
+                    probe(&[1.0], 4.0),
+                    probe(&[0.5], 3.0),
+                    probe(&[0.5, 0.2], 2.5),
+                    probe(&[0.5, 0.1], 2.0),
+                ],
+            },
+            samples: 10,
+            seconds: 1.0,
+            card: ModelCard::Consistency {
+                weights: "w.safetensors".into(),
+                consistency: ConsistencyConfig::default(),
+                timesteps: Default::default(),
+            },
+        };
+        assert_eq!(
+            out.csv(),
+            "steps,taus,fid\n1,,9\n2,1,4\n2,0.5,3\n3,0.5 0.2,2.5\n3,0.5 0.1,2\n"
+        );
+        assert_eq!(
+            out.curves(),
+            vec![
+                (2, vec![(0.5, 3.0), (1.0, 4.0)]),
+                (3, vec![(0.1, 2.0), (0.2, 2.5)]),
+            ]
+        );
+    }
+}
