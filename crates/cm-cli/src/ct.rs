@@ -11,8 +11,9 @@ use tch::{Device, Kind, Tensor};
 
 use cm_data::{eight_gaussians_modes, Dataset, ToyKind};
 use cm_eval::{energy_distance, mode_coverage, sliced_wasserstein};
+use cm_report as report;
 use cm_sample::ModelCard;
-use cm_train::{ict_ablation, mix_seed, report, run_ct, CtRunConfig, Quiet};
+use cm_train::{ict_ablation, mix_seed, run_ct, CtRunConfig, Quiet};
 
 use crate::progress::BarObserver;
 use crate::{device, install_stop_handler, set_threads, RunArgs};

@@ -11,10 +11,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::progress::Bars;
 use cm_eval::{feature_space, frechet_distance, ClassifierConfig, FeatureStats, Progress};
+use cm_report::{
+    write_image_grid, write_line_plot, write_png, LinePlot, LineSeries, SERIES_COLORS,
+};
 use cm_sample::generate::{to_u8, Chunk};
 use cm_sample::search::{search_timesteps, SearchConfig};
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
-use cm_train::report::{write_image_grid, write_line_plot, write_png, LineSeries, SERIES_COLORS};
 
 /// The data sets commands can name on the command line (`--data`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -340,13 +342,24 @@ pub fn search(args: &SearchArgs) -> Result<()> {
             .map(|p| (*p.taus.last().unwrap_or(&1.0), p.score))
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(LineSeries {
-            points,
-            color: SERIES_COLORS[(k - 2) % SERIES_COLORS.len()],
-        });
+        if !points.is_empty() {
+            series.push(LineSeries {
+                label: format!("{k}-step"),
+                points,
+                color: SERIES_COLORS[(k - 2) % SERIES_COLORS.len()],
+            });
+        }
     }
     let plot = dir.join("timestep_search.png");
-    write_line_plot(&series, true, &plot).with_context(|| format!("writing {}", plot.display()))?;
+    if !series.is_empty() {
+        let axes = LinePlot {
+            log_x: true,
+            y_from_zero: false,
+            ..LinePlot::new("searched time (last tau, log scale)", "FID")
+        };
+        write_line_plot(&series, &axes, &plot)
+            .with_context(|| format!("writing {}", plot.display()))?;
+    }
     for (k, best) in &result.best {
         eprintln!("{k}-step: taus {:?}, FID {:.3}", best.taus, best.score);
         if let ModelCard::Consistency { timesteps, .. } = &mut card {
@@ -354,7 +367,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "table {}, plot {} (x: the searched time, log scale; y: FID; blue 2-step, orange 3-step)",
+        "table {}, plot {} (and .svg; x: the searched time, log scale; y: FID; one curve per step count)",
         csv_path.display(),
         plot.display()
     );

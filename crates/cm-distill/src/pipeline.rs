@@ -14,12 +14,11 @@ use tch::{Device, Kind, Tensor};
 
 use cm_core::{Solver, Validate};
 use cm_nets::{Model, Preconditioned};
+use cm_report as report;
 use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, CARD_FILE};
 use cm_train::teacher::loader_for;
 use cm_train::trainer::{checkpoint_name, final_weights, latest_checkpoint};
-use cm_train::{
-    mix_seed, report, run_teacher, train, Observer, TeacherConfig, TrainConfig, TrainError,
-};
+use cm_train::{mix_seed, run_teacher, train, Observer, TeacherConfig, TrainConfig, TrainError};
 
 use crate::cd::{CdConfig, CdObjective};
 

@@ -248,7 +248,7 @@ fn bad_series_are_errors_naming_what_is_wrong() {
         "{msg}"
     );
     let zero = series("data", &[(0.0, 0.5)], 0);
-    let msg = invalid(write_line_plot(&[zero.clone()], &log, &path));
+    let msg = invalid(write_line_plot(std::slice::from_ref(&zero), &log, &path));
     assert!(
         msg.contains("'data', point 0") && msg.contains("log axis"),
         "{msg}"

@@ -24,11 +24,11 @@ use cm_sample::{consistency_sample, ModelCard, CARD_FILE};
 
 use crate::ct::CtObjective;
 use crate::error::{Result, TrainError};
-use crate::report;
 use crate::teacher::{loader_for, write_run_config, LoaderOptions};
 use crate::trainer::{
     eval_model, final_weights, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
 };
+use cm_report as report;
 
 /// The consistency-training objective and its sampling defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

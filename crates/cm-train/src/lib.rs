@@ -7,7 +7,7 @@
 //!   retention, exact resume (libtorch's generator is reseeded from
 //!   `(seed, step)` every step and batches are a pure function of the step),
 //!   a stop flag for Ctrl-C that saves first, NaN detection, a metrics CSV,
-//!   sample grids and a loss plot ([`report`]).
+//!   sample grids and a loss plot (drawn by cm-report).
 //! - [`teacher`]: the EDM teacher pipeline ([`run_teacher`]) configured by
 //!   [`TeacherConfig`] (`configs/teacher/*.toml`).
 //! - [`edm`]: the EDM teacher (Karras et al. 2022): lognormal noise levels,
@@ -27,7 +27,6 @@ pub mod ema;
 pub mod error;
 pub mod objective;
 pub mod optim;
-pub mod report;
 pub mod teacher;
 pub mod trainer;
 

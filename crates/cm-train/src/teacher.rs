@@ -18,10 +18,10 @@ use cm_sample::{edm_sample, EdmSampler, ModelCard, CARD_FILE};
 use crate::edm::{EdmObjective, EdmObjectiveConfig};
 use crate::error::{Result, TrainError};
 use crate::objective::{Batch, BatchSource};
-use crate::report;
 use crate::trainer::{
     eval_model, final_weights, fixed_latents, mix_seed, train, Observer, TrainConfig, TrainOutcome,
 };
+use cm_report as report;
 
 /// Loader options beyond batch size and seed (which come from `[train]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

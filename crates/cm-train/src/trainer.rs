@@ -30,7 +30,7 @@ use crate::ema::Ema;
 use crate::error::{Result, TrainError};
 use crate::objective::{BatchSource, Objective};
 use crate::optim::{Optimizer, OptimizerConfig};
-use crate::report;
+use cm_report as report;
 
 /// Loop settings shared by every objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -604,5 +604,5 @@ fn write_samples(
     let path = run_dir
         .join("samples")
         .join(format!("{}.png", checkpoint_name(step)));
-    report::write_samples(&samples, &path)
+    Ok(report::write_samples(&samples, &path)?)
 }
