@@ -13,11 +13,11 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use cm_core::{Conditioning, NoiseRange};
+use cm_report::{write_image_grid_with_columns, write_png};
 use cm_sample::edit::{
     box_mask, half_mask, interpolate, sdedit, stroke_mask, EditTask, Side, Transform,
 };
 use cm_sample::{ModelCard, SeededNoise};
-use cm_train::report::{write_image_grid_with_columns, write_png};
 
 use crate::images::{data_images, read_images, read_mask};
 use crate::sample::{load_card, DataArg};

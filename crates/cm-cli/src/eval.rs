@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use cm_eval::pipeline::{results_csv, results_markdown, write_text};
 use cm_eval::{evaluate, EvalConfig};
-use cm_train::report::{write_image_grid, write_line_plot, LineSeries, SERIES_COLORS};
+use cm_report::{write_image_grid, write_line_plot, LinePlot, LineSeries, SERIES_COLORS};
 
 /// Arguments of `cm eval`.
 #[derive(Debug, clap::Args)]
@@ -73,15 +73,25 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             .push((r.nfe as f64, r.fid));
     }
     let mut series = Vec::new();
-    let mut legend = Vec::new();
-    for (i, (name, mut points)) in curves {
+    for (i, (label, mut points)) in curves {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         let color = SERIES_COLORS[i % SERIES_COLORS.len()];
-        legend.push(format!("{name}: {}", color_name(i)));
-        series.push(LineSeries { points, color });
+        series.push(LineSeries {
+            label,
+            points,
+            color,
+        });
     }
     let plot = args.out.join("fid_vs_nfe.png");
-    write_line_plot(&series, true, &plot).with_context(|| format!("writing {}", plot.display()))?;
+    if !series.is_empty() {
+        let axes = LinePlot {
+            log_x: true,
+            legend_title: Some("model".into()),
+            ..LinePlot::new("NFE (log scale)", "FID")
+        };
+        write_line_plot(&series, &axes, &plot)
+            .with_context(|| format!("writing {}", plot.display()))?;
+    }
     let command = format!(
         "cm eval --config {} --out {}{}",
         args.config.display(),
@@ -91,10 +101,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             .unwrap_or_default()
     );
     let mut md = results_markdown(&out, &command);
-    md.push_str(&format!(
-        "\nPlot colours: {} (x: NFE, log scale; y: FID).\n",
-        legend.join(", ")
-    ));
+    if !series.is_empty() {
+        md.push_str(
+            "\nPlot: fid_vs_nfe.png (and .svg), FID against NFE (log scale), one curve per model.\n",
+        );
+    }
     let md_path = args.out.join("results.md");
     write_text(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let csv_path = args.out.join("results.csv");
@@ -109,8 +120,4 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     );
     eprintln!("results in {}", md_path.display());
     Ok(())
-}
-
-fn color_name(i: usize) -> &'static str {
-    ["blue", "orange", "green", "red", "purple", "brown"][i % 6]
 }

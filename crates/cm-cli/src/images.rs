@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
 use cm_data::{load_image, ColorMode};
-use cm_train::report::write_png;
+use cm_report::write_png;
 
 use crate::sample::DataArg;
 

@@ -5,6 +5,7 @@ mod ct;
 mod edit;
 mod eval;
 mod images;
+mod plot;
 mod progress;
 mod sample;
 
@@ -110,6 +111,10 @@ enum Command {
     Edit(edit::EditCommand),
     /// Write data set images as PNG files (inputs for `cm edit`).
     ExportImages(images::ExportArgs),
+    /// Redraw a plot (PNG plus SVG) from a CSV: a run's loss curve from its
+    /// metrics.csv, or curves such as FID against NFE from a results table.
+    #[command(subcommand)]
+    Plot(plot::PlotCommand),
 }
 
 pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
@@ -242,6 +247,7 @@ fn main() -> ExitCode {
         Command::SearchTimesteps(args) => sample::search(args),
         Command::Edit(cmd) => edit::edit(cmd),
         Command::ExportImages(args) => images::export(args),
+        Command::Plot(cmd) => plot::plot(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

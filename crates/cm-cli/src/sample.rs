@@ -11,9 +11,11 @@ use tch::{Device, Kind, Tensor};
 use crate::progress::Bars;
 use cm_eval::timestep_search::{self, SearchOptions};
 use cm_eval::Progress;
+use cm_report::{
+    write_image_grid, write_line_plot, write_png, LinePlot, LineSeries, SERIES_COLORS,
+};
 use cm_sample::generate::{to_u8, Chunk};
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
-use cm_train::report::{write_image_grid, write_line_plot, write_png, LineSeries, SERIES_COLORS};
 
 /// The data sets commands can name on the command line (`--data`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -274,18 +276,28 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let series: Vec<LineSeries> = out
         .curves()
         .into_iter()
+        .filter(|(_, points)| !points.is_empty())
         .map(|(k, points)| LineSeries {
+            label: format!("{k}-step"),
             points,
             color: SERIES_COLORS[(k - 2) % SERIES_COLORS.len()],
         })
         .collect();
     let plot = dir.join("timestep_search.png");
-    write_line_plot(&series, true, &plot).with_context(|| format!("writing {}", plot.display()))?;
+    if !series.is_empty() {
+        let axes = LinePlot {
+            log_x: true,
+            y_from_zero: false,
+            ..LinePlot::new("searched time (last tau, log scale)", "FID")
+        };
+        write_line_plot(&series, &axes, &plot)
+            .with_context(|| format!("writing {}", plot.display()))?;
+    }
     for (k, best) in out.best() {
         eprintln!("{k}-step: taus {:?}, FID {:.3}", best.taus, best.score);
     }
     eprintln!(
-        "table {}, plot {} (x: the searched time, log scale; y: FID; blue 2-step, orange 3-step)",
+        "table {}, plot {} (and .svg; x: the searched time, log scale; y: FID; one curve per step count)",
         csv_path.display(),
         plot.display()
     );

@@ -21,8 +21,8 @@ use cm_sample::ModelCard;
 use crate::ct_pipeline::{ict_ablation, run_ct, CtRunConfig};
 use crate::error::{Result, TrainError};
 use crate::observer::Quiet;
-use crate::report;
 use crate::trainer::mix_seed;
+use cm_report as report;
 
 /// Most training seeds per rung.
 pub const MAX_SEEDS: u64 = 100;
@@ -194,7 +194,8 @@ pub fn run_ablation<E: From<TrainError>>(
                     }
                 })?;
             if s == 0 {
-                report::write_samples(&one, &out.join(format!("rung{r}_1step.png")))?;
+                report::write_samples(&one, &out.join(format!("rung{r}_1step.png")))
+                    .map_err(TrainError::from)?;
             }
             let run = RunScores {
                 one_step: metric(&one, &held_out, kind)?,

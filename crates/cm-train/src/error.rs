@@ -79,6 +79,9 @@ pub enum TrainError {
     /// Model-card or sampling errors from cm-sample.
     #[error(transparent)]
     Sample(#[from] cm_sample::SampleError),
+    /// A sample grid or plot could not be drawn or written (cm-report).
+    #[error(transparent)]
+    Report(#[from] cm_report::ReportError),
     /// A libtorch operation failed.
     #[error(transparent)]
     Tch(#[from] tch::TchError),

@@ -38,7 +38,6 @@ pub mod metrics;
 pub mod objective;
 pub mod observer;
 pub mod optim;
-pub mod report;
 pub mod run;
 pub mod source;
 pub mod teacher;

@@ -199,7 +199,7 @@ fn write_report_grids<M: Method>(
         let t = Instant::now();
         let sampled = (sampler.sample)(&latents)?;
         let seconds = t.elapsed().as_secs_f64();
-        crate::report::write_samples(&sampled.x, &run_dir.join(&sampler.file))?;
+        cm_report::write_samples(&sampled.x, &run_dir.join(&sampler.file))?;
         rows.push(SamplerRow {
             label: sampler.label,
             file: sampler.file,

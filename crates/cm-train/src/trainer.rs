@@ -36,7 +36,7 @@ use crate::metrics::{read_losses, truncate_metrics, METRICS_HEADER};
 use crate::objective::{BatchSource, Objective};
 use crate::observer::{Observer, StepInfo};
 use crate::optim::Optimizer;
-use crate::report;
+use cm_report as report;
 
 /// Mixes a seed and a step into one generator seed (splitmix64), so every
 /// step draws from its own reproducible stream.
@@ -269,5 +269,5 @@ fn write_samples(
     let path = run_dir
         .join("samples")
         .join(format!("{}.png", checkpoint_name(step)));
-    report::write_samples(&samples, &path)
+    Ok(report::write_samples(&samples, &path)?)
 }
