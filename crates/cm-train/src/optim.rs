@@ -92,7 +92,7 @@ impl OptimizerConfig {
             OptimizerKind::Radam => "RAdam",
         };
         let mut text = format!(
-            "{kind}, lr {}, betas ({}, {}), eps {}",
+            "{kind}, lr {}, betas ({}, {}), eps {:e}",
             self.lr, self.beta1, self.beta2, self.eps
         );
         if self.warmup_steps > 0 {

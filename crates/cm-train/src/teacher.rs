@@ -101,7 +101,7 @@ pub fn teacher_report_samplers<'a>(
         if prefix.is_empty() {
             s.to_string()
         } else {
-            format!("{prefix}, {}", s.to_lowercase())
+            format!("{prefix}, {s}")
         }
     };
     let file = |s: &str| {

@@ -1,0 +1,128 @@
+//! Conditioning and classifier-free guidance: `D_w = D_c + w (D_c - D_u)`
+//! (LCM's convention) computed in one batch of `2B` equals the two
+//! evaluations written out by hand; `w = 0` is the conditional model; no
+//! labels means no guidance; bad scales are refused.
+
+use std::cell::Cell;
+
+use cm_core::{ClassifierFreeGuidance, Conditioning, Denoiser};
+use tch::{Device, Kind, Tensor};
+
+/// `D(x; sigma, c) = x * (1 + c) / (1 + sigma)` with the null class 9:
+/// simple enough to compute the guided value independently.
+struct ClassScaled {
+    calls: Cell<usize>,
+    rows: Cell<i64>,
+}
+
+impl Denoiser for ClassScaled {
+    fn denoise(&self, x: &Tensor, sigma: &Tensor, cond: Conditioning<'_>) -> Tensor {
+        self.calls.set(self.calls.get() + 1);
+        self.rows.set(x.size()[0]);
+        let b = x.size()[0];
+        let class = match cond.class {
+            Some(c) => c.to_kind(Kind::Double),
+            None => Tensor::full([b], 9.0, (Kind::Double, Device::Cpu)),
+        };
+        x * (class + 1.0).view([b, 1]) / (sigma + 1.0).view([b, 1])
+    }
+}
+
+fn net() -> ClassScaled {
+    ClassScaled {
+        calls: Cell::new(0),
+        rows: Cell::new(0),
+    }
+}
+
+#[test]
+fn guided_denoiser_matches_the_formula_in_one_batch() {
+    let x = Tensor::from_slice(&[1.0f64, -2.0, 0.5, 3.0]).view([2, 2]);
+    let sigma = Tensor::from_slice(&[0.5f64, 2.0]);
+    let labels = Tensor::from_slice(&[2i64, 4]);
+    let inner = net();
+    let w = 1.5;
+    let guided = ClassifierFreeGuidance::new(&inner, w, 9).unwrap();
+    let out = guided.denoise(&x, &sigma, Conditioning::class(&labels));
+    assert_eq!((inner.calls.get(), inner.rows.get()), (1, 4));
+    // By hand: row i scaled by (c_i + 1)/(1 + s_i) and (9 + 1)/(1 + s_i).
+    let (x, s) = ([[1.0, -2.0], [0.5, 3.0]], [0.5, 2.0]);
+    let c = [2.0, 4.0];
+    for i in 0..2 {
+        for j in 0..2 {
+            let d_c = x[i][j] * (c[i] + 1.0) / (1.0 + s[i]);
+            let d_u = x[i][j] * 10.0 / (1.0 + s[i]);
+            let want = d_c + w * (d_c - d_u);
+            let got = out.double_value(&[i as i64, j as i64]);
+            assert!((got - want).abs() < 1e-12, "[{i},{j}] {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn zero_scale_and_no_labels_are_the_plain_model() {
+    let x = Tensor::from_slice(&[1.0f64, 2.0]).view([1, 2]);
+    let sigma = Tensor::from_slice(&[1.0f64]);
+    let labels = Tensor::from_slice(&[3i64]);
+    let inner = net();
+    let plain = inner.denoise(&x, &sigma, Conditioning::class(&labels));
+    let guided = ClassifierFreeGuidance::new(&inner, 0.0, 9).unwrap();
+    let out = guided.denoise(&x, &sigma, Conditioning::class(&labels));
+    assert!(out.equal(&plain));
+    let guided = ClassifierFreeGuidance::new(&inner, 3.0, 9).unwrap();
+    let unconditional = guided.denoise(&x, &sigma, Conditioning::none());
+    assert!(unconditional.equal(&inner.denoise(&x, &sigma, Conditioning::none())));
+}
+
+#[test]
+fn guidance_scale_is_repeated_for_both_halves() {
+    struct Echo;
+    impl Denoiser for Echo {
+        fn denoise(&self, x: &Tensor, _: &Tensor, cond: Conditioning<'_>) -> Tensor {
+            let w = cond
+                .guidance
+                .expect("the guidance scale reaches the network");
+            assert_eq!(w.size(), [x.size()[0]]);
+            x.zeros_like()
+        }
+    }
+    let x = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
+    let labels = Tensor::from_slice(&[0i64, 1, 2]);
+    let w = Tensor::full([3], 4.0, (Kind::Float, Device::Cpu));
+    let g = ClassifierFreeGuidance::new(&Echo, 2.0, 10).unwrap();
+    let _ = g.denoise(
+        &x,
+        &Tensor::ones([3], (Kind::Float, Device::Cpu)),
+        Conditioning::class(&labels).with_guidance(&w),
+    );
+}
+
+#[test]
+fn bad_guidance_settings_name_the_field() {
+    let inner = net();
+    for (w, null, field) in [
+        (-1.0, 9, "guidance_scale"),
+        (f64::NAN, 9, "guidance_scale"),
+        (1.0, 0, "null_class"),
+    ] {
+        let err = ClassifierFreeGuidance::new(&inner, w, null).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}
+
+#[test]
+fn noise_range_checks_its_ends() {
+    use cm_core::{ConsistencyConfig, NoiseRange};
+    let r = ConsistencyConfig::default().range();
+    assert_eq!((r.sigma_min, r.sigma_max), (0.002, 80.0));
+    assert!(r.contains(0.002) && r.contains(80.0) && !r.contains(80.5));
+    assert!(NoiseRange::new(0.0, 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("sigma_min"));
+    assert!(NoiseRange::new(1.0, 0.5)
+        .unwrap_err()
+        .to_string()
+        .contains("sigma_max"));
+    assert!(NoiseRange::new(0.1, f64::INFINITY).is_err());
+}

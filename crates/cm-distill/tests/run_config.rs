@@ -1,0 +1,118 @@
+//! A CD config names its teacher's config (`[teacher] include = ...`)
+//! instead of copying it; the noise settings student and teacher share must
+//! agree (the error names both fields); and a resumed CD run checks its
+//! config against the one it started with (only step counts may change).
+
+use std::sync::atomic::AtomicBool;
+
+use cm_distill::{run_cd, CdRunConfig};
+use cm_train::{Quiet, TeacherConfig, TrainError};
+use tch::Device;
+
+fn configs() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cm-distill-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A toy CD config that includes the toy teacher preset, with `extra` TOML
+/// appended.
+fn toy_cd(
+    dir: &std::path::Path,
+    teacher_steps: u64,
+    cd_steps: u64,
+    extra: &str,
+) -> std::path::PathBuf {
+    let teacher = configs().join("teacher/toy.toml");
+    let text = format!(
+        "[teacher]\ninclude = {:?}\n[teacher.train]\nsteps = {teacher_steps}\ncheckpoint_every = {teacher_steps}\n\
+         sample_every = 0\n\n[train]\nsteps = {cd_steps}\nbatch_size = 64\nseed = 1\nema_rates = [0.995]\n\
+         checkpoint_every = 5\nsample_count = 16\n\n[cd.recipe.consistency]\nsigma_data = 1.0\n\n\
+         [cd.recipe.schedule]\nkind = \"fixed\"\nn = 18\nmu = 0.95\n{extra}",
+        teacher.display().to_string()
+    );
+    let path = dir.join(format!("cd-{cd_steps}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_teacher_section_includes_the_preset_and_overrides_it() {
+    let dir = scratch("include");
+    let run: CdRunConfig = cm_core::load_toml(toy_cd(&dir, 40, 10, "")).unwrap();
+    let mut preset: TeacherConfig = cm_core::load_toml(configs().join("teacher/toy.toml")).unwrap();
+    assert_ne!(
+        run.teacher, preset,
+        "the override of teacher.train.steps applies"
+    );
+    preset.train.steps = 40;
+    preset.train.checkpoint_every = 40;
+    preset.train.sample_every = 0;
+    assert_eq!(run.teacher, preset);
+}
+
+#[test]
+fn student_and_teacher_noise_settings_must_agree() {
+    let dir = scratch("agree");
+    let path = toy_cd(&dir, 40, 10, "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[cd.recipe.consistency]\nsigma_data = 1.0",
+        "[cd.recipe.consistency]\nsigma_data = 0.5",
+    );
+    std::fs::write(&path, text).unwrap();
+    let err = cm_core::load_toml::<CdRunConfig>(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cd.recipe.consistency.sigma_data")
+            && err.contains("teacher.edm.edm.sigma_data"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_resumed_cd_run_keeps_its_config() {
+    let dir = scratch("resume");
+    let first: CdRunConfig = cm_core::load_toml(toy_cd(&dir, 20, 10, "")).unwrap();
+    let never = AtomicBool::new(false);
+    let run = |config: &CdRunConfig, resume: bool| {
+        run_cd(
+            config,
+            &dir.join("cd"),
+            &dir.join("teachers"),
+            resume,
+            Device::Cpu,
+            &never,
+            &mut Quiet,
+        )
+    };
+    let out = run(&first, false).unwrap();
+    assert_eq!(out.train.step, 10);
+    assert!(dir.join("cd/model.toml").is_file() && out.report.is_some());
+
+    // Another recipe on the same run folder: refused before any training.
+    let mut changed = first.clone();
+    if let cm_core::ScheduleConfig::Fixed(f) = &mut changed.cd.recipe.schedule {
+        f.mu = 0.5;
+    }
+    changed.train.steps = 15;
+    match run(&changed, true) {
+        Err(TrainError::RunFolder { reason, .. }) => {
+            assert!(reason.contains("differs"), "{reason}")
+        }
+        other => panic!("expected a run-folder error, got {other:?}"),
+    }
+    // More steps of the same recipe: continues from step 10.
+    let mut longer = first.clone();
+    longer.train.steps = 15;
+    let out = run(&longer, true).unwrap();
+    assert!(out.teacher_reused);
+    assert_eq!(out.train.step, 15);
+    assert_eq!(out.train.losses.first().map(|l| l.0), Some(11));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
