@@ -18,6 +18,9 @@
 //! - [`weighting`]: `lambda(t_n)`, behind [`LossWeighting`].
 //! - [`metric`]: `d(x, y)`, behind [`DistanceMetric`]: squared L2, L1,
 //!   pseudo-Huber, and any learned feature-space metric.
+//! - [`seed`]: SplitMix64 seed mixing ([`mix_seed`], [`SplitMix64`]) and
+//!   FNV-1a ([`fnv1a64`]), shared by every crate that keys random streams or
+//!   names caches.
 //! - [`config`]: serde configs with the papers' defaults, validated on load.
 //!
 //! Noise levels that vary per example are `[B]` tensors; grid values and
@@ -31,6 +34,7 @@ pub mod noise;
 pub mod ode;
 pub mod precond;
 pub mod schedule;
+pub mod seed;
 pub mod sigmas;
 pub mod weighting;
 
@@ -51,5 +55,6 @@ pub use schedule::{
     CtAdaptiveSchedule, Discretization, DiscretizationSchedule, FixedSchedule,
     IctExponentialSchedule,
 };
+pub use seed::{fnv1a64, mix_seed, splitmix64, SplitMix64};
 pub use sigmas::{adjacent_pairs, grid_tensor, KarrasGrid, NoiseRange};
 pub use weighting::{BoundWeighting, LossWeighting, Weighting};

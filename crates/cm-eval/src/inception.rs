@@ -29,7 +29,8 @@
 //! safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, "pt_inception.safetensors")
 //! ```
 //!
-//! Loading is strict: every tensor must be present with its shape; only
+//! Loading is strict (cm-nets' loader): every tensor must be present with
+//! its shape and dtype (float32, as the conversion above keeps it); only
 //! PyTorch's `num_batches_tracked` counters may be left over.
 
 use std::path::Path;

@@ -101,39 +101,17 @@ pub fn mmd2_unbiased(x: &Tensor, y: &Tensor) -> Result<f64> {
     Ok(kxx + kyy - 2.0 * kxy)
 }
 
-/// SplitMix64 (Steele et al. 2014): a tiny seeded generator for subset
-/// draws, independent of libtorch's global generator.
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `k` distinct indices of `0..n` (partial Fisher-Yates), `k <= n`.
-    pub(crate) fn choose(&mut self, n: usize, k: usize) -> Vec<i64> {
-        let mut idx: Vec<i64> = (0..n as i64).collect();
-        for i in 0..k.min(n) {
-            let j = i + (self.next_u64() % (n - i) as u64) as usize;
-            idx.swap(i, j);
-        }
-        idx.truncate(k);
-        idx
-    }
-}
+/// The subset generator (SplitMix64, shared from cm-core); kept under this
+/// path for the rest of the crate.
+pub(crate) use cm_core::seed::SplitMix64;
 
 /// KID between feature sets `x` and `y`: the unbiased MMD^2 on
 /// `config.subsets` pairs of random subsets of size
-/// `min(subset_size, |x|, |y|)`, drawn without replacement.
+/// `min(subset_size, |x|, |y|)`, drawn without replacement. An invalid
+/// `config` is an [`EvalError::Config`] naming the field (`kid.subsets`).
 pub fn kid(x: &Tensor, y: &Tensor, config: &KidConfig) -> Result<Kid> {
     check_pair(x, y, 2)?;
-    config
-        .validate_at("kid.")
-        .map_err(|e| EvalError::InvalidInput(e.to_string()))?;
+    config.validate_at("kid.")?;
     let (nx, ny) = (x.size()[0] as usize, y.size()[0] as usize);
     let m = config.subset_size.min(nx).min(ny);
     let mut rng = SplitMix64(config.seed ^ 0x6b69_645f_7375_6273);
@@ -153,4 +131,24 @@ pub fn kid(x: &Tensor, y: &Tensor, config: &KidConfig) -> Result<Kid> {
         0.0
     };
     Ok(Kid { mean, std })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_config_is_a_config_error_with_the_field_path() {
+        let x = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
+        let config = KidConfig {
+            subsets: 0,
+            ..KidConfig::default()
+        };
+        match kid(&x, &x, &config) {
+            Err(EvalError::Config(cm_core::CoreError::InvalidConfig { field, .. })) => {
+                assert_eq!(field, "kid.subsets")
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
 }

@@ -1,7 +1,11 @@
-//! Atomic file writes and the checkpoint file layout: weights in
-//! `NAME.safetensors`, the network config beside them in `NAME.toml`.
+//! Atomic file writes, the checkpoint file layout (weights in
+//! `NAME.safetensors`, the network config beside them in `NAME.toml`) and
+//! the one strict safetensors loader every cm-rs network uses.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use tch::{nn, Tensor};
 
 use crate::error::{NetError, Result};
 
@@ -50,4 +54,166 @@ where
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Loads the safetensors file `path` into every variable of `vs`, strictly:
+/// see [`load_strict_tensors`] (no leftover tensors allowed).
+pub fn load_strict(path: &Path, vs: &nn::VarStore) -> Result<()> {
+    load_strict_tensors(path, vs.variables(), &[])
+}
+
+/// Loads the safetensors file `path` into `vars` (name, variable). Every
+/// variable must be in the file with its shape and dtype; every tensor of the
+/// file must be a variable, except those whose name ends with one of
+/// `ignored_suffixes` (e.g. PyTorch's `num_batches_tracked`). Missing,
+/// unexpected, mis-shaped and mis-typed tensors are all reported, each by
+/// name, in one [`NetError::CheckpointMismatch`], and nothing is loaded
+/// unless all match; values are copied under no-grad onto the variables'
+/// devices.
+pub fn load_strict_tensors(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, Tensor)>,
+    ignored_suffixes: &[&str],
+) -> Result<()> {
+    if !path.is_file() {
+        return Err(NetError::Io {
+            action: "cannot read checkpoint",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let mut file: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+    let mut vars: Vec<(String, Tensor)> = vars.into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut problems = Vec::new();
+    let mut matched = Vec::new();
+    for (name, var) in vars {
+        match file.remove(&name) {
+            None => problems.push(format!(
+                "missing tensor `{name}` (expected shape {:?})",
+                var.size()
+            )),
+            Some(t) if t.size() != var.size() => problems.push(format!(
+                "tensor `{name}`: expected shape {:?}, found {:?}",
+                var.size(),
+                t.size()
+            )),
+            Some(t) if t.kind() != var.kind() => problems.push(format!(
+                "tensor `{name}`: expected dtype {:?}, found {:?}",
+                var.kind(),
+                t.kind()
+            )),
+            Some(t) => matched.push((var, t)),
+        }
+    }
+    let mut unexpected: Vec<_> = file
+        .into_iter()
+        .filter(|(n, _)| !ignored_suffixes.iter().any(|s| n.ends_with(s)))
+        .collect();
+    unexpected.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in unexpected {
+        problems.push(format!(
+            "unexpected tensor `{name}` (shape {:?}) is not in the network",
+            t.size()
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(NetError::CheckpointMismatch {
+            path: PathBuf::from(path),
+            problems,
+        });
+    }
+    tch::no_grad(|| {
+        for (mut var, t) in matched {
+            var.f_copy_(&t)?;
+        }
+        Ok::<(), tch::TchError>(())
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn store(width: i64, kind: Kind) -> nn::VarStore {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _ = nn::linear(vs.root() / "fc", 3, width, Default::default());
+        vs.set_kind(kind);
+        vs
+    }
+
+    fn save(vs: &nn::VarStore, path: &Path, extra: &[(&str, Tensor)]) {
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.extend(
+            extra
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.shallow_clone())),
+        );
+        Tensor::write_safetensors(&named, path).unwrap();
+    }
+
+    fn problems(result: Result<()>) -> Vec<String> {
+        match result {
+            Err(NetError::CheckpointMismatch { problems, .. }) => problems,
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn strict_loading_names_every_problem_and_loads_nothing_on_error() {
+        let dir = std::env::temp_dir().join(format!("cm-nets-strict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fc.safetensors");
+        let saved = store(2, Kind::Float);
+        save(&saved, &path, &[]);
+        let loaded = store(2, Kind::Float);
+        load_strict(&path, &loaded).unwrap();
+        assert!(saved.variables()["fc.weight"].equal(&loaded.variables()["fc.weight"]));
+
+        // Shape, then dtype, each by name with both values.
+        let narrow = store(1, Kind::Float);
+        let before = narrow.variables()["fc.bias"].copy();
+        let p = problems(load_strict(&path, &narrow));
+        assert_eq!(
+            p,
+            [
+                "tensor `fc.bias`: expected shape [1], found [2]",
+                "tensor `fc.weight`: expected shape [1, 3], found [2, 3]",
+            ]
+        );
+        assert!(narrow.variables()["fc.bias"].equal(&before));
+        let p = problems(load_strict(&path, &store(2, Kind::Double)));
+        assert_eq!(
+            p[1],
+            "tensor `fc.weight`: expected dtype Double, found Float"
+        );
+
+        // Missing and unexpected; ignored suffixes may be left over.
+        let extra = dir.join("extra.safetensors");
+        save(&saved, &extra, &[("fc.count", Tensor::from_slice(&[0i64]))]);
+        let p = problems(load_strict(&extra, &loaded));
+        assert_eq!(
+            p,
+            ["unexpected tensor `fc.count` (shape [1]) is not in the network"]
+        );
+        load_strict_tensors(&extra, loaded.variables(), &["count"]).unwrap();
+        let mut vars: Vec<(String, Tensor)> = loaded.variables().into_iter().collect();
+        vars.push((
+            "fc.gain".into(),
+            Tensor::ones([2], (Kind::Float, Device::Cpu)),
+        ));
+        let p = problems(load_strict_tensors(&path, vars, &[]));
+        assert_eq!(p, ["missing tensor `fc.gain` (expected shape [2])"]);
+
+        // Absent and corrupt files are errors naming them.
+        let err = load_strict(&dir.join("absent.safetensors"), &loaded).unwrap_err();
+        assert!(err.to_string().contains("absent.safetensors"), "{err}");
+        let corrupt = dir.join("corrupt.safetensors");
+        std::fs::write(&corrupt, b"not a safetensors file").unwrap();
+        let err = load_strict(&corrupt, &loaded).unwrap_err();
+        assert!(err.to_string().contains("corrupt.safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

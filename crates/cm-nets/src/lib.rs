@@ -24,7 +24,7 @@ pub mod model;
 pub mod network;
 pub mod unet;
 
-pub use checkpoint::{sidecar_path, write_atomic};
+pub use checkpoint::{load_strict, load_strict_tensors, sidecar_path, write_atomic};
 pub use config::{DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, PRESETS};
 pub use denoiser::Preconditioned;
 pub use dit::DiT;

@@ -2,8 +2,7 @@
 //! FLOP estimate, parameter groups (which variables train) and strict
 //! safetensors checkpoints of all or part of its variables.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cm_core::Conditioning;
 use tch::{nn, Device, Kind, Tensor};
@@ -310,64 +309,7 @@ impl Model {
         path: impl AsRef<Path>,
         keep: impl Fn(&str) -> bool,
     ) -> Result<()> {
-        let path = path.as_ref();
-        if !path.is_file() {
-            return Err(NetError::Io {
-                action: "cannot read checkpoint",
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
-        let mut file: HashMap<String, Tensor> =
-            Tensor::read_safetensors(path)?.into_iter().collect();
-        let mut vars: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(n, _)| keep(n))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut problems = Vec::new();
-        let mut matched = Vec::new();
-        for (name, var) in vars {
-            match file.remove(&name) {
-                None => problems.push(format!(
-                    "missing tensor `{name}` (expected shape {:?})",
-                    var.size()
-                )),
-                Some(t) if t.size() != var.size() => problems.push(format!(
-                    "tensor `{name}`: expected shape {:?}, found {:?}",
-                    var.size(),
-                    t.size()
-                )),
-                Some(t) if t.kind() != var.kind() => problems.push(format!(
-                    "tensor `{name}`: expected dtype {:?}, found {:?}",
-                    var.kind(),
-                    t.kind()
-                )),
-                Some(t) => matched.push((var, t)),
-            }
-        }
-        let mut unexpected: Vec<_> = file.into_iter().collect();
-        unexpected.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, t) in unexpected {
-            problems.push(format!(
-                "unexpected tensor `{name}` (shape {:?}) is not in the network",
-                t.size()
-            ));
-        }
-        if !problems.is_empty() {
-            return Err(NetError::CheckpointMismatch {
-                path: PathBuf::from(path),
-                problems,
-            });
-        }
-        tch::no_grad(|| {
-            for (mut var, t) in matched {
-                var.f_copy_(&t)?;
-            }
-            Ok::<(), tch::TchError>(())
-        })?;
-        Ok(())
+        let vars = self.vs.variables().into_iter().filter(|(n, _)| keep(n));
+        crate::checkpoint::load_strict_tensors(path.as_ref(), vars, &[])
     }
 }

@@ -234,18 +234,14 @@ pub fn run_teacher(
     )
 }
 
-/// FNV-1a, 64 bits: a stable name for a teacher config.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Where the teacher of `config` lives: `TEACHERS/teacher-<hash>` where the
 /// hash is of the resolved teacher config, so a changed config trains anew.
 pub fn teacher_dir(teachers: &Path, config: &TeacherConfig) -> PathBuf {
     let text = toml::to_string(config).expect("configs serialize to TOML");
-    teachers.join(format!("teacher-{:016x}", fnv1a(&text)))
+    teachers.join(format!(
+        "teacher-{:016x}",
+        cm_core::fnv1a64(text.as_bytes())
+    ))
 }
 
 /// The evaluation weights of a finished teacher run in `dir` for `config`.

@@ -38,14 +38,7 @@ use crate::observer::{Observer, StepInfo};
 use crate::optim::Optimizer;
 use cm_report as report;
 
-/// Mixes a seed and a step into one generator seed (splitmix64), so every
-/// step draws from its own reproducible stream.
-pub fn mix_seed(seed: u64, step: u64) -> i64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 1) as i64
-}
+pub use cm_core::seed::mix_seed;
 
 /// What a finished (or stopped) run leaves.
 #[derive(Debug)]

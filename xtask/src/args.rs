@@ -1,0 +1,118 @@
+//! The command line of `cargo xtask`: one command, its options, and what
+//! follows `--` (passed on to cargo or `cm`).
+
+use std::env;
+
+/// Parsed command line: the command, `--cuda`, and what follows `--`.
+#[derive(Debug, Default)]
+pub struct Args {
+    /// The command (`help` when none is given).
+    pub command: String,
+    /// `--cuda` or `CM_RS_CUDA=1`.
+    pub cuda: bool,
+    /// `--resume`.
+    pub resume: bool,
+    /// `--preset NAME`.
+    pub preset: Option<String>,
+    /// `--recipe NAME` (consistency training).
+    pub recipe: Option<String>,
+    /// `--config FILE`.
+    pub config: Option<String>,
+    /// `--run-dir DIR`.
+    pub run_dir: Option<String>,
+    /// `--out DIR`.
+    pub out: Option<String>,
+    /// Everything after `--`.
+    pub passthrough: Vec<String>,
+}
+
+/// Parses the arguments after `cargo xtask`.
+pub fn parse(args: Vec<String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        cuda: env::var("CM_RS_CUDA").is_ok_and(|v| v == "1" || v == "true"),
+        ..Args::default()
+    };
+    let mut command = None;
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .filter(|v| !v.starts_with("--"))
+                .ok_or_else(|| format!("`{name}` needs a value"))
+        };
+        match arg.as_str() {
+            "--" => {
+                parsed.passthrough.extend(iter.by_ref());
+            }
+            "--cuda" => parsed.cuda = true,
+            "--resume" => parsed.resume = true,
+            "--preset" => parsed.preset = Some(value("--preset")?),
+            "--recipe" => parsed.recipe = Some(value("--recipe")?),
+            "--config" => parsed.config = Some(value("--config")?),
+            "--run-dir" => parsed.run_dir = Some(value("--run-dir")?),
+            "--out" => parsed.out = Some(value("--out")?),
+            "-h" | "--help" => command = Some("help".to_string()),
+            flag if flag.starts_with('-') => {
+                return Err(format!("unknown option `{flag}` (try `cargo xtask help`)"))
+            }
+            name if command.is_none() => command = Some(name.to_string()),
+            extra => {
+                return Err(format!(
+                    "unexpected argument `{extra}`; pass cargo arguments after `--`"
+                ))
+            }
+        }
+    }
+    parsed.command = command.unwrap_or_else(|| "help".into());
+    Ok(parsed)
+}
+
+/// Owned strings of `v` (tests).
+#[cfg(test)]
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_command_flags_and_passthrough() {
+        let a = parse(strings(&["test", "--cuda", "--", "-p", "cm-core"])).unwrap();
+        assert_eq!(a.command, "test");
+        assert!(a.cuda);
+        assert_eq!(a.passthrough, strings(&["-p", "cm-core"]));
+        assert_eq!(parse(vec![]).unwrap().command, "help");
+    }
+
+    #[test]
+    fn parses_run_options() {
+        let a = parse(strings(&[
+            "train-teacher",
+            "--preset",
+            "toy",
+            "--resume",
+            "--run-dir",
+            "r",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (a.preset.as_deref(), a.run_dir.as_deref(), a.resume),
+            (Some("toy"), Some("r"), true)
+        );
+        assert!(parse(strings(&["train-teacher", "--preset"]))
+            .unwrap_err()
+            .contains("--preset"));
+    }
+
+    #[test]
+    fn rejects_unknown_flags_and_stray_arguments() {
+        assert!(parse(strings(&["test", "--fast"]))
+            .unwrap_err()
+            .contains("--fast"));
+        assert!(parse(strings(&["test", "cm-core"]))
+            .unwrap_err()
+            .contains("cm-core"));
+    }
+}

@@ -1,0 +1,127 @@
+//! `cargo xtask help`: the usage text, with the preset lists read from the
+//! `configs/` folder so they match what the commands accept.
+
+use std::path::Path;
+
+use crate::presets;
+
+/// The usage text; `{teacher}`, `{cd}`, `{ct}`, `{recipes}` and `{eval}`
+/// stand for the preset lists.
+const TEMPLATE: &str = "\
+cargo xtask: the cm-rs task runner
+
+USAGE:
+    cargo xtask <COMMAND> [--cuda] [-- <extra cargo arguments>]
+
+COMMANDS:
+    setup    Install libtorch 2.13.0 (what tch 0.26 builds against) from the PyPI
+             `torch` wheel into the per-user cache (CPU subset by default, the
+             full CUDA stack with --cuda). Idempotent: a second run is instant.
+    env      Print the shell exports that let plain `cargo` build the workspace.
+    test     Set-up, then the whole test suite (README's test command).
+    bench    Set-up, then the criterion benchmarks (reports in target/criterion).
+    train-cd [--preset {cd}] [--config FILE] [--run-dir DIR] [--resume]
+             The main job: consistency distillation on Fashion-MNIST (default).
+             Trains the EDM teacher (or reuses a finished one with the same
+             config from runs/teachers/), distills it, writes 1-step and
+             2-step grids and runs/cd-<preset>/report.md. ~40 min on 2 cores;
+             `--preset smoke` under 2 minutes.
+    train-teacher [--preset {teacher}] [--config FILE] [--run-dir DIR] [--resume]
+             Train the EDM teacher alone (runs/teacher-<preset>).
+    train-ct [--preset {ct}] [--recipe {recipes}] [--config FILE] [--run-dir DIR] [--resume]
+             Consistency training from data alone, no teacher: iCT (default)
+             or CT from configs/ct/<preset>-<recipe>.toml into
+             runs/<recipe>-<preset>: grids, report.md, model card model.toml.
+             Fashion-MNIST iCT takes ~50 min on 2 cores; `--preset toy` ~25 s.
+    ct-ablation
+             The CT -> iCT ablation on 2-D toy data (configs/ct/toy-{ct,ict}.toml):
+             every rung, 3 seeds, exact distances; runs/ct-ablation/ablation.md.
+             Ctrl-C saves a checkpoint; --resume continues. Extra `cm` flags after `--`.
+    eval [--preset {eval}] [--config FILE] [--out DIR]
+             Sample quality of the configured model cards (FID, KID,
+             precision/recall, IS-like in the project's feature space)
+             against NFE and time: runs/eval-<preset>/results.md, results.csv,
+             fid_vs_nfe.png. Trains the feature network on first use.
+    edit-grids [--run-dir DIR] [--out DIR]
+             Every zero-shot editing grid of docs/sampling.md (inpainting with
+             four masks, colorization, super-resolution x2 and x4, denoising,
+             interpolation, SDEdit) from the coloured Fashion-MNIST iCT model
+             (default runs/ict-cfmnist, made by `train-ct --preset cfmnist`)
+             into docs/images (or --out).
+    help     Print this help.
+
+PRESETS:
+    A preset NAME of a command is the file configs/<group>/NAME.toml (train-cd:
+    cd, train-teacher: teacher, eval: eval; train-ct: ct/NAME-RECIPE.toml),
+    read when the command runs: add a file to add a preset. Without --preset
+    the preset is fmnist (and the recipe ict).
+
+OPTIONS:
+    --cuda   Use the CUDA libtorch (also: CM_RS_CUDA=1). Builds go to
+             target/cuda so CPU and CUDA builds do not evict each other.
+
+ENVIRONMENT:
+    LIBTORCH        Use this libtorch 2.13.0 folder instead of installing one.
+    CM_RS_CACHE     Cache folder (default $XDG_CACHE_HOME/cm-rs or ~/.cache/cm-rs).
+    CM_RS_PYTHON    Python used to run pip (default python3).
+
+Runs build the `cm` binary in release mode (`cargo run --release -p cm-cli`)
+in the workspace xtask was started in.
+";
+
+/// The help text with the presets found under `root` (`NAME` where the
+/// workspace or a group's folder was not found).
+pub fn text(root: Option<&Path>) -> String {
+    let alternatives = |names: Vec<String>| {
+        if names.is_empty() {
+            "NAME".to_string()
+        } else {
+            names.join("|")
+        }
+    };
+    let group = |g: &str| alternatives(root.map(|r| presets::available(r, g)).unwrap_or_default());
+    let ct_presets = root
+        .map(|r| {
+            let mut all: Vec<String> = presets::ct_recipes(r)
+                .iter()
+                .flat_map(|recipe| presets::ct_presets(r, recipe))
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        })
+        .unwrap_or_default();
+    let recipes = root.map(presets::ct_recipes).unwrap_or_default();
+    TEMPLATE
+        .replace("{teacher}", &group("teacher"))
+        .replace("{cd}", &group("cd"))
+        .replace("{eval}", &group("eval"))
+        .replace("{ct}", &alternatives(ct_presets))
+        .replace("{recipes}", &alternatives(recipes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace;
+
+    #[test]
+    fn help_lists_every_preset_file_and_command() {
+        let root = workspace::root().unwrap();
+        let help = text(Some(&root));
+        for group in ["teacher", "cd", "eval"] {
+            let names = presets::available(&root, group);
+            assert!(!names.is_empty(), "no presets in configs/{group}");
+            assert!(help.contains(&names.join("|")), "{group}: {help}");
+        }
+        assert!(help.contains("[--preset cfmnist|cifar10|fmnist|toy] [--recipe ct|ict]"));
+        for command in crate::COMMANDS {
+            assert!(help.contains(&format!("\n    {command}")), "{command}");
+        }
+        for placeholder in ["{teacher}", "{cd}", "{ct}", "{recipes}", "{eval}"] {
+            assert!(!help.contains(placeholder), "{placeholder}");
+        }
+        let bare = text(None);
+        assert!(bare.contains("[--preset NAME]"), "{bare}");
+    }
+}

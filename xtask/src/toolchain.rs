@@ -1,0 +1,74 @@
+//! The toolchain commands: `setup` (install libtorch), `env` (shell exports
+//! for plain cargo), `test` and `bench` (cargo with libtorch set up).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::args::Args;
+use crate::libtorch::{self, Flavor, Source};
+use crate::process::{cargo, cuda_target_dir, exit, shell_quote};
+use crate::workspace;
+
+/// The commands of this group.
+pub const COMMANDS: &[&str] = &["setup", "env", "test", "bench"];
+
+/// Runs toolchain command `args.command`.
+pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
+    match args.command.as_str() {
+        "setup" => {
+            let started = Instant::now();
+            let torch = libtorch::ensure(flavor)?;
+            let how = match torch.source {
+                Source::UserEnv => "from LIBTORCH",
+                Source::Cached => "already installed",
+                Source::Installed => "installed",
+            };
+            eprintln!(
+                "xtask: libtorch {} ({:?}) {how}: {} [{:.3}s]",
+                libtorch::TORCH_VERSION,
+                torch.flavor,
+                torch.dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "env" => {
+            let torch = libtorch::ensure(flavor)?;
+            println!(
+                "export LIBTORCH={}",
+                shell_quote(&torch.dir.to_string_lossy())
+            );
+            // Only CUDA needs the workspace (its own target folder).
+            if torch.flavor == Flavor::Cuda {
+                if let Some(dir) = cuda_target_dir(&workspace::root()?, &torch) {
+                    println!(
+                        "export CARGO_TARGET_DIR={}",
+                        shell_quote(&dir.to_string_lossy())
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "test" => {
+            let root = workspace::root()?;
+            let torch = libtorch::ensure(flavor)?;
+            let started = Instant::now();
+            let mut code = cargo(&root, &torch, &["test", "--all-targets"], &args.passthrough)?;
+            if code.success() {
+                code = cargo(&root, &torch, &["test", "--doc"], &args.passthrough)?;
+            }
+            eprintln!(
+                "xtask: test suite finished in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(exit(code))
+        }
+        "bench" => {
+            let root = workspace::root()?;
+            let torch = libtorch::ensure(flavor)?;
+            let code = cargo(&root, &torch, &["bench"], &args.passthrough)?;
+            Ok(exit(code))
+        }
+        other => Err(format!("`{other}` is not a toolchain command")),
+    }
+}
