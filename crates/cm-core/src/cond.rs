@@ -1,13 +1,8 @@
 //! What a network or denoiser evaluation is conditioned on besides the noise
-//! level ([`Conditioning`]: class labels, a guidance scale, room for more),
-//! and classifier-free guidance (Ho & Salimans 2022) as a [`Denoiser`]
-//! wrapper in LCM's form `D = D_c + w (D_c - D_u)` (Luo et al. 2023, Eq. 9),
-//! so every sampler and teacher ODE step can use a guided model.
+//! level ([`Conditioning`]: class labels, a guidance scale, room for more).
+//! Classifier-free guidance on top of it is [`crate::guidance`].
 
-use tch::{Kind, Tensor};
-
-use crate::error::{CoreError, Result};
-use crate::ode::Denoiser;
+use tch::Tensor;
 
 /// The conditioning of one batched evaluation. Fields are optional and
 /// borrowed; `Conditioning::default()` is unconditional. New kinds of
@@ -61,79 +56,5 @@ impl<'a> Conditioning<'a> {
             class: labels,
             ..self
         }
-    }
-}
-
-/// Classifier-free guidance around a class-conditional denoiser:
-/// `D_w(x; sigma, c) = D(x; sigma, c) + w (D(x; sigma, c) - D(x; sigma, null))`
-/// (LCM's convention: `w = 0` is the plain conditional model; diffusers'
-/// `guidance_scale` is `1 + w`). Conditional and unconditional halves run as
-/// one batch of `2B`. Without class labels the wrapper is the inner denoiser.
-#[derive(Clone, Copy)]
-pub struct ClassifierFreeGuidance<'d> {
-    /// The class-conditional denoiser (trained with label dropout).
-    pub inner: &'d dyn Denoiser,
-    /// The guidance scale `w >= 0`.
-    pub scale: f64,
-    /// The null-class label (`num_classes` in cm-nets).
-    pub null_class: i64,
-}
-
-impl std::fmt::Debug for ClassifierFreeGuidance<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClassifierFreeGuidance")
-            .field("scale", &self.scale)
-            .field("null_class", &self.null_class)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'d> ClassifierFreeGuidance<'d> {
-    /// Checks `scale` (finite, `>= 0`) and `null_class` (`>= 1`: a model
-    /// with at least one real class).
-    pub fn new(inner: &'d dyn Denoiser, scale: f64, null_class: i64) -> Result<Self> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(CoreError::invalid(
-                "guidance_scale",
-                scale,
-                "a finite w >= 0 (LCM's convention: 0 = no guidance)",
-            ));
-        }
-        if null_class < 1 {
-            return Err(CoreError::invalid(
-                "null_class",
-                null_class,
-                "the null-class label of a class-conditional model (>= 1)",
-            ));
-        }
-        Ok(ClassifierFreeGuidance {
-            inner,
-            scale,
-            null_class,
-        })
-    }
-}
-
-impl Denoiser for ClassifierFreeGuidance<'_> {
-    fn denoise(&self, x: &Tensor, sigma: &Tensor, cond: Conditioning<'_>) -> Tensor {
-        let Some(class) = cond.class else {
-            return self.inner.denoise(x, sigma, cond);
-        };
-        if self.scale == 0.0 {
-            return self.inner.denoise(x, sigma, cond);
-        }
-        let b = x.size()[0];
-        let null = class.full_like(self.null_class).to_kind(Kind::Int64);
-        let classes = Tensor::cat(&[class, &null], 0);
-        let guidance = cond.guidance.map(|w| Tensor::cat(&[w, w], 0));
-        let mut both = cond.with_class(Some(&classes));
-        both.guidance = guidance.as_ref();
-        let d = self.inner.denoise(
-            &Tensor::cat(&[x, x], 0),
-            &Tensor::cat(&[sigma, sigma], 0),
-            both,
-        );
-        let (d_c, d_u) = (d.narrow(0, 0, b), d.narrow(0, b, b));
-        &d_c + (&d_c - d_u) * self.scale
     }
 }

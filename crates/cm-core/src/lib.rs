@@ -11,8 +11,8 @@
 //! - [`noise`]: which noise levels a loss is evaluated at, behind
 //!   [`IndexSampler`]: uniform pairs, iCT lognormal pairs, EDM lognormal sigma.
 //! - [`cond`]: what an evaluation is conditioned on ([`Conditioning`]:
-//!   class labels, a guidance scale) and classifier-free guidance as a
-//!   denoiser wrapper ([`ClassifierFreeGuidance`]).
+//!   class labels, a guidance scale); [`guidance`]: classifier-free
+//!   guidance as a denoiser wrapper ([`ClassifierFreeGuidance`]).
 //! - [`ode`]: the PF-ODE of a [`Denoiser`] and its one-step solvers
 //!   (Euler, Heun) behind [`OdeSolver`].
 //! - [`weighting`]: `lambda(t_n)`, behind [`LossWeighting`].
@@ -29,6 +29,7 @@
 pub mod cond;
 pub mod config;
 pub mod error;
+pub mod guidance;
 pub mod metric;
 pub mod noise;
 pub mod ode;
@@ -38,12 +39,13 @@ pub mod seed;
 pub mod sigmas;
 pub mod weighting;
 
-pub use cond::{ClassifierFreeGuidance, Conditioning};
+pub use cond::Conditioning;
 pub use config::{
     load_toml, parse_toml, ConsistencyConfig, ConsistencyRecipe, EdmConfig, IndexSamplerConfig,
     ScheduleConfig, Validate,
 };
 pub use error::{CoreError, Result};
+pub use guidance::ClassifierFreeGuidance;
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
 pub use noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
 pub use ode::{ode_derivative, Denoiser, OdeSolver, Solver};

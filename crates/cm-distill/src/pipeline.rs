@@ -22,8 +22,8 @@ use cm_nets::Model;
 use cm_sample::ModelCard;
 use cm_train::{
     consistency_report_samplers, prepare_teacher, run, teacher_report_samplers, LoaderOptions,
-    Method, Observer, ReadyTeacher, ReportSampler, RunContext, RunOutcome, TeacherConfig,
-    TeacherStage, TrainConfig,
+    Method, Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext, RunOutcome,
+    TeacherConfig, TeacherStage, TrainConfig,
 };
 
 use crate::cd::{CdConfig, CdObjective};
@@ -76,6 +76,20 @@ impl Validate for CdRunConfig {
     }
 }
 
+impl RunConfig for CdRunConfig {
+    fn data(&self) -> (&DataSource, LoaderOptions) {
+        (&self.teacher.data, self.teacher.loader)
+    }
+
+    fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    fn take_steps_of(&mut self, new: &Self) {
+        self.train.steps = new.train.steps;
+    }
+}
+
 /// What a CD run leaves.
 #[derive(Debug)]
 pub struct CdOutcome {
@@ -114,18 +128,6 @@ impl Method for CdMethod<'_> {
 
     fn config(&self) -> &CdRunConfig {
         self.config
-    }
-
-    fn with_steps_of(old: &mut CdRunConfig, new: &CdRunConfig) {
-        old.train.steps = new.train.steps;
-    }
-
-    fn data(&self) -> (&DataSource, LoaderOptions) {
-        (&self.config.teacher.data, self.config.teacher.loader)
-    }
-
-    fn train_config(&self) -> &TrainConfig {
-        &self.config.train
     }
 
     fn build(

@@ -26,7 +26,7 @@ use crate::config::TrainConfig;
 use crate::ct::CtObjective;
 use crate::error::{Result, TrainError};
 use crate::observer::Observer;
-use crate::run::{run, Method, ReportSampler, RunContext, RunOutcome};
+use crate::run::{run, Method, ReportSampler, RunConfig, RunContext, RunOutcome};
 use crate::source::LoaderOptions;
 
 /// The consistency-training objective and its sampling defaults.
@@ -107,6 +107,20 @@ impl Validate for CtRunConfig {
     }
 }
 
+impl RunConfig for CtRunConfig {
+    fn data(&self) -> (&DataSource, LoaderOptions) {
+        (&self.data, self.loader)
+    }
+
+    fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    fn take_steps_of(&mut self, new: &Self) {
+        self.train.steps = new.train.steps;
+    }
+}
+
 /// The report grids of a consistency model: 1 step, and 2 steps through
 /// `two_step_tau` (CM Algorithm 1), each named `samples_{prefix}1step.png`
 /// and `samples_{prefix}2step.png`.
@@ -165,18 +179,6 @@ impl Method for CtMethod<'_> {
 
     fn config(&self) -> &CtRunConfig {
         self.config
-    }
-
-    fn with_steps_of(old: &mut CtRunConfig, new: &CtRunConfig) {
-        old.train.steps = new.train.steps;
-    }
-
-    fn data(&self) -> (&DataSource, LoaderOptions) {
-        (&self.config.data, self.config.loader)
-    }
-
-    fn train_config(&self) -> &TrainConfig {
-        &self.config.train
     }
 
     fn build(&mut self, device: Device, _: &mut dyn Observer) -> Result<(Model, CtObjective)> {

@@ -62,7 +62,9 @@ pub use metrics::read_losses;
 pub use objective::{Batch, BatchSource, Objective};
 pub use observer::{Observer, Quiet, StepInfo};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use run::{run, write_run_config, Method, ReportSampler, RunContext, RunOutcome, SamplerRow};
+pub use run::{
+    run, write_run_config, Method, ReportSampler, RunConfig, RunContext, RunOutcome, SamplerRow,
+};
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
 pub use teacher::{
     prepare_teacher, run_teacher, teacher_dir, teacher_report_samplers, ReadyTeacher,

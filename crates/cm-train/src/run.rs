@@ -56,10 +56,22 @@ pub struct ReportSampler<'a> {
     pub sample: Box<dyn Fn(&Tensor) -> Result<Sampled> + 'a>,
 }
 
+/// The sections every run config has, whatever the method: the data, how
+/// it is loaded, and the loop settings.
+pub trait RunConfig: Serialize + DeserializeOwned + PartialEq + Validate {
+    /// The training data and how it is loaded.
+    fn data(&self) -> (&DataSource, LoaderOptions);
+    /// The loop settings (`[train]`).
+    fn train(&self) -> &TrainConfig;
+    /// Copies the step counts of `new` into `self`: a resumed run may be
+    /// extended, nothing else may change.
+    fn take_steps_of(&mut self, new: &Self);
+}
+
 /// What a method adds to the run skeleton.
 pub trait Method {
     /// The whole run config, as written to `config.toml`.
-    type Config: Serialize + DeserializeOwned + PartialEq + Validate;
+    type Config: RunConfig;
     /// The training objective.
     type Objective: Objective;
 
@@ -67,13 +79,6 @@ pub trait Method {
     fn title(&self) -> &str;
     /// The resolved config.
     fn config(&self) -> &Self::Config;
-    /// Copies the step counts of `new` into `old`: a resumed run may be
-    /// extended, nothing else may change.
-    fn with_steps_of(old: &mut Self::Config, new: &Self::Config);
-    /// The training data and how it is loaded.
-    fn data(&self) -> (&DataSource, LoaderOptions);
-    /// The loop settings.
-    fn train_config(&self) -> &TrainConfig;
     /// The online network at step 0 and the objective. Called with
     /// libtorch's generator seeded from `train.seed`, so fresh weights are
     /// reproducible.
@@ -133,10 +138,12 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         observer,
     } = ctx;
     method.config().validate()?;
-    write_run_config(run_dir, method.config(), resume, M::with_steps_of)?;
-    let train_config = method.train_config().clone();
+    write_run_config(run_dir, method.config(), resume, |old, new| {
+        old.take_steps_of(new)
+    })?;
+    let train_config = method.config().train().clone();
     observer.on_message("loading data");
-    let (data, loader) = method.data();
+    let (data, loader) = method.config().data();
     let data = data
         .load(None)
         .map_err(|e| TrainError::Batch(e.to_string()))?;
@@ -190,7 +197,7 @@ fn write_report_grids<M: Method>(
     out: &TrainOutcome,
     run_dir: &Path,
 ) -> Result<Vec<SamplerRow>> {
-    let config = method.train_config();
+    let config = method.config().train();
     let eval = eval_model(&out.online, &out.emas);
     let latents = fixed_latents(eval, config.sample_count, config.seed);
     let mut rows = Vec::new();
@@ -217,7 +224,7 @@ fn write_report<M: Method>(
     run_dir: &Path,
     seconds: f64,
 ) -> Result<PathBuf> {
-    let config = method.train_config();
+    let config = method.config().train();
     let eval = eval_model(&out.online, &out.emas);
     let last = out.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     let mut md = String::new();

@@ -26,7 +26,7 @@ use crate::config::TrainConfig;
 use crate::edm::{EdmObjective, EdmObjectiveConfig};
 use crate::error::Result;
 use crate::observer::Observer;
-use crate::run::{run, Method, ReportSampler, RunContext, RunOutcome};
+use crate::run::{run, Method, ReportSampler, RunConfig, RunContext, RunOutcome};
 use crate::source::LoaderOptions;
 use crate::trainer::TrainOutcome;
 
@@ -71,6 +71,20 @@ impl TeacherConfig {
 impl Validate for TeacherConfig {
     fn validate(&self) -> cm_core::Result<()> {
         self.validate_at("")
+    }
+}
+
+impl RunConfig for TeacherConfig {
+    fn data(&self) -> (&DataSource, LoaderOptions) {
+        (&self.data, self.loader)
+    }
+
+    fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    fn take_steps_of(&mut self, new: &Self) {
+        self.train.steps = new.train.steps;
     }
 }
 
@@ -152,18 +166,6 @@ impl Method for TeacherMethod<'_> {
 
     fn config(&self) -> &TeacherConfig {
         self.config
-    }
-
-    fn with_steps_of(old: &mut TeacherConfig, new: &TeacherConfig) {
-        old.train.steps = new.train.steps;
-    }
-
-    fn data(&self) -> (&DataSource, LoaderOptions) {
-        (&self.config.data, self.config.loader)
-    }
-
-    fn train_config(&self) -> &TrainConfig {
-        &self.config.train
     }
 
     fn build(&mut self, device: Device, _: &mut dyn Observer) -> Result<(Model, EdmObjective)> {
