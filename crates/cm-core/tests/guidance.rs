@@ -48,10 +48,10 @@ fn guided_denoiser_matches_the_formula_in_one_batch() {
     // By hand: row i scaled by (c_i + 1)/(1 + s_i) and (9 + 1)/(1 + s_i).
     let (x, s) = ([[1.0, -2.0], [0.5, 3.0]], [0.5, 2.0]);
     let c = [2.0, 4.0];
-    for i in 0..2 {
-        for j in 0..2 {
-            let d_c = x[i][j] * (c[i] + 1.0) / (1.0 + s[i]);
-            let d_u = x[i][j] * 10.0 / (1.0 + s[i]);
+    for (i, row) in x.iter().enumerate() {
+        for (j, &xij) in row.iter().enumerate() {
+            let d_c = xij * (c[i] + 1.0) / (1.0 + s[i]);
+            let d_u = xij * 10.0 / (1.0 + s[i]);
             let want = d_c + w * (d_c - d_u);
             let got = out.double_value(&[i as i64, j as i64]);
             assert!((got - want).abs() < 1e-12, "[{i},{j}] {got} vs {want}");

@@ -220,7 +220,7 @@ pub fn run_cd(
             return Ok(CdOutcome {
                 teacher_dir: teacher_dir(teachers, &config.teacher),
                 teacher_reused: false,
-                train,
+                train: *train,
                 report: None,
             })
         }

@@ -46,6 +46,9 @@ pub struct RunContext<'a> {
     pub observer: &'a mut dyn Observer,
 }
 
+/// Draws samples from standard-normal latents `[N, ...]`.
+pub type SampleFn<'a> = Box<dyn Fn(&Tensor) -> Result<Sampled> + 'a>;
+
 /// One grid of the report: a sampler run on the run's fixed latents.
 pub struct ReportSampler<'a> {
     /// The row label, e.g. `"1 step"`.
@@ -53,7 +56,7 @@ pub struct ReportSampler<'a> {
     /// The grid's file name in the run folder, e.g. `"samples_1step.png"`.
     pub file: String,
     /// Samples from standard-normal latents `[N, ...]`.
-    pub sample: Box<dyn Fn(&Tensor) -> Result<Sampled> + 'a>,
+    pub sample: SampleFn<'a>,
 }
 
 /// The sections every run config has, whatever the method: the data, how

@@ -277,7 +277,7 @@ pub enum TeacherStage {
     Ready(ReadyTeacher),
     /// The stop flag ended its training (a checkpoint was saved); resume to
     /// continue.
-    Stopped(TrainOutcome),
+    Stopped(Box<TrainOutcome>),
 }
 
 /// Finds the finished teacher of `config` under `teachers`, or trains it
@@ -306,7 +306,7 @@ pub fn prepare_teacher(
     observer.on_message(&format!("training the teacher in {}", dir.display()));
     let out = run_teacher(config, &dir, true, device, stop, observer)?;
     if out.train.stopped {
-        return Ok(TeacherStage::Stopped(out.train));
+        return Ok(TeacherStage::Stopped(Box::new(out.train)));
     }
     let weights = out
         .train
