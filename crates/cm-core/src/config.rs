@@ -122,49 +122,56 @@ where
 /// Replaces every `include = "file"` in `table` (at any depth) by the
 /// included file's tables, overridden by the keys beside it.
 fn resolve_includes(
-    mut table: toml::Table,
+    table: toml::Table,
     dir: Option<&Path>,
     origin: &str,
     depth: usize,
 ) -> Result<toml::Table> {
-    if let Some(include) = table.remove(INCLUDE_KEY) {
-        let toml::Value::String(file) = include else {
-            return Err(CoreError::invalid(
-                format!("{origin}: {INCLUDE_KEY}"),
-                include,
-                "a path to a TOML file (a string)",
-            ));
-        };
-        let Some(dir) = dir else {
-            return Err(CoreError::invalid(
-                format!("{origin}: {INCLUDE_KEY}"),
-                file,
-                "no include in text that is not read from a file (use load_toml)",
-            ));
-        };
-        if depth >= MAX_INCLUDE_DEPTH {
-            return Err(CoreError::invalid(
-                format!("{origin}: {INCLUDE_KEY}"),
-                file,
-                format!("at most {MAX_INCLUDE_DEPTH} nested includes (is there a cycle?)"),
-            ));
-        }
-        let path = dir.join(&file);
-        let base = read_table(&path)?;
-        let base = resolve_includes(base, path.parent(), &path.display().to_string(), depth + 1)?;
-        table = merge(base, table);
-    }
-    let mut resolved = toml::Table::new();
+    // The keys written here, their own includes resolved first, so that an
+    // include in a sub-table wins over the outer include's values.
+    let mut local = toml::Table::new();
+    let mut include = None;
     for (key, value) in table {
+        if key == INCLUDE_KEY {
+            include = Some(value);
+            continue;
+        }
         let value = match value {
             toml::Value::Table(inner) => {
                 toml::Value::Table(resolve_includes(inner, dir, origin, depth)?)
             }
             other => other,
         };
-        resolved.insert(key, value);
+        local.insert(key, value);
     }
-    Ok(resolved)
+    let Some(include) = include else {
+        return Ok(local);
+    };
+    let toml::Value::String(file) = include else {
+        return Err(CoreError::invalid(
+            format!("{origin}: {INCLUDE_KEY}"),
+            include,
+            "a path to a TOML file (a string)",
+        ));
+    };
+    let Some(dir) = dir else {
+        return Err(CoreError::invalid(
+            format!("{origin}: {INCLUDE_KEY}"),
+            file,
+            "no include in text that is not read from a file (use load_toml)",
+        ));
+    };
+    if depth >= MAX_INCLUDE_DEPTH {
+        return Err(CoreError::invalid(
+            format!("{origin}: {INCLUDE_KEY}"),
+            file,
+            format!("at most {MAX_INCLUDE_DEPTH} nested includes (is there a cycle?)"),
+        ));
+    }
+    let path = dir.join(&file);
+    let base = read_table(&path)?;
+    let base = resolve_includes(base, path.parent(), &path.display().to_string(), depth + 1)?;
+    Ok(merge(base, local))
 }
 
 /// `over`'s keys replace `base`'s, merging tables key by key.

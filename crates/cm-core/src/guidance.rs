@@ -15,12 +15,9 @@ use crate::ode::Denoiser;
 /// one batch of `2B`. Without class labels the wrapper is the inner denoiser.
 #[derive(Clone, Copy)]
 pub struct ClassifierFreeGuidance<'d> {
-    /// The class-conditional denoiser (trained with label dropout).
-    pub inner: &'d dyn Denoiser,
-    /// The guidance scale `w >= 0`.
-    pub scale: f64,
-    /// The null-class label (`num_classes` in cm-nets).
-    pub null_class: i64,
+    inner: &'d dyn Denoiser,
+    scale: f64,
+    null_class: i64,
 }
 
 impl std::fmt::Debug for ClassifierFreeGuidance<'_> {
@@ -33,8 +30,11 @@ impl std::fmt::Debug for ClassifierFreeGuidance<'_> {
 }
 
 impl<'d> ClassifierFreeGuidance<'d> {
-    /// Checks `scale` (finite, `>= 0`) and `null_class` (`>= 1`: a model
-    /// with at least one real class).
+    /// Guidance of scale `w = scale` around `inner` (a class-conditional
+    /// denoiser trained with label dropout), whose null-class label is
+    /// `null_class` (`num_classes` in cm-nets). Checks `scale` (finite,
+    /// `>= 0`) and `null_class` (`>= 1`: a model with at least one real
+    /// class).
     pub fn new(inner: &'d dyn Denoiser, scale: f64, null_class: i64) -> Result<Self> {
         if !(scale.is_finite() && scale >= 0.0) {
             return Err(CoreError::invalid(
@@ -56,6 +56,16 @@ impl<'d> ClassifierFreeGuidance<'d> {
             null_class,
         })
     }
+
+    /// The guidance scale `w`.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The null-class label.
+    pub fn null_class(&self) -> i64 {
+        self.null_class
+    }
 }
 
 impl Denoiser for ClassifierFreeGuidance<'_> {
@@ -67,6 +77,8 @@ impl Denoiser for ClassifierFreeGuidance<'_> {
             return self.inner.denoise(x, sigma, cond);
         }
         let b = x.size()[0];
+        // A scalar noise level stands for the whole batch.
+        let sigma = &sigma.expand([b], false);
         let null = class.full_like(self.null_class).to_kind(Kind::Int64);
         let classes = Tensor::cat(&[class, &null], 0);
         let guidance = cond.guidance.map(|w| Tensor::cat(&[w, w], 0));

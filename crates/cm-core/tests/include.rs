@@ -105,3 +105,24 @@ fn include_errors_name_the_file_and_the_problem() {
     let err = parse_toml::<EdmConfig>("include = \"x.toml\"\n", "inline").unwrap_err();
     assert!(err.to_string().contains("load_toml"), "{err}");
 }
+
+#[test]
+fn an_include_in_a_sub_table_wins_over_the_outer_include() {
+    let dir = scratch("order");
+    std::fs::write(
+        dir.join("sub/outer.toml"),
+        "[edm]\nsigma_data = 2.0\nrho = 3.0\n[recipe.consistency]\nsigma_data = 2.0\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("sub/edm.toml"), "sigma_data = 0.25\n").unwrap();
+    std::fs::write(
+        dir.join("run.toml"),
+        "include = \"sub/outer.toml\"\n[edm]\ninclude = \"sub/edm.toml\"\n",
+    )
+    .unwrap();
+    let pair: Pair = load_toml(dir.join("run.toml")).unwrap();
+    // Written here (through its own include) beats the outer file; what
+    // this file does not say comes from the outer file.
+    assert_eq!((pair.edm.sigma_data, pair.edm.rho), (0.25, 3.0));
+    assert_eq!(pair.recipe.consistency.sigma_data, 2.0);
+}

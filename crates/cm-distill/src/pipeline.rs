@@ -21,9 +21,9 @@ use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::ModelCard;
 use cm_train::{
-    consistency_report_samplers, prepare_teacher, run, teacher_report_samplers, LoaderOptions,
-    Method, Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext, RunOutcome,
-    TeacherConfig, TeacherStage, TrainConfig,
+    check_run_folder, consistency_report_samplers, prepare_teacher, run, teacher_report_samplers,
+    LoaderOptions, Method, Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext,
+    RunOutcome, SamplerRow, TeacherConfig, TeacherStage, TrainConfig,
 };
 
 use crate::cd::{CdConfig, CdObjective};
@@ -102,6 +102,10 @@ pub struct CdOutcome {
     pub train: cm_train::TrainOutcome,
     /// The report, if the run finished.
     pub report: Option<PathBuf>,
+    /// The model card, if the run finished.
+    pub card: Option<PathBuf>,
+    /// The report's sampler rows, if the run finished.
+    pub samplers: Vec<SamplerRow>,
 }
 
 /// Consistency distillation on the run skeleton, from a finished teacher.
@@ -179,8 +183,12 @@ impl Method for CdMethod<'_> {
         objective: &'a CdObjective,
         eval: &'a Model,
     ) -> Vec<ReportSampler<'a>> {
-        let mut samplers =
-            teacher_report_samplers(objective.teacher(), &self.config.teacher.edm.edm, "teacher");
+        let mut samplers = teacher_report_samplers(
+            objective.teacher(),
+            &self.config.teacher.edm.edm,
+            "teacher, ",
+            "teacher_",
+        );
         samplers.extend(consistency_report_samplers(
             eval,
             &self.config.cd.recipe.consistency,
@@ -201,9 +209,11 @@ impl Method for CdMethod<'_> {
 }
 
 /// Runs the pipeline into `run_dir`, with teachers kept under `teachers`.
-/// With `resume`, an interrupted teacher or distillation continues from its
-/// newest checkpoint. When `stop` is raised, the current stage saves and the
-/// function returns with `train.stopped = true`.
+/// The run folder is checked first (see `cm_train::check_run_folder`). An
+/// interrupted teacher always continues from its newest checkpoint; with
+/// `resume`, an interrupted distillation does too. When `stop` is raised,
+/// the current stage saves and the function returns with
+/// `train.stopped = true`.
 pub fn run_cd(
     config: &CdRunConfig,
     run_dir: &Path,
@@ -214,6 +224,8 @@ pub fn run_cd(
     observer: &mut dyn Observer,
 ) -> cm_train::Result<CdOutcome> {
     config.validate()?;
+    // Refuse a wrong run folder before the teacher stage, which can be long.
+    check_run_folder(run_dir, config, resume)?;
     let teacher = match prepare_teacher(&config.teacher, teachers, device, stop, observer)? {
         TeacherStage::Ready(teacher) => teacher,
         TeacherStage::Stopped(train) => {
@@ -222,6 +234,8 @@ pub fn run_cd(
                 teacher_reused: false,
                 train: *train,
                 report: None,
+                card: None,
+                samplers: Vec::new(),
             })
         }
     };
@@ -241,5 +255,7 @@ pub fn run_cd(
         teacher_reused,
         train: out.train,
         report: out.report,
+        card: out.card,
+        samplers: out.samplers,
     })
 }

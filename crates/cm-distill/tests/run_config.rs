@@ -107,6 +107,17 @@ fn a_resumed_cd_run_keeps_its_config() {
         }
         other => panic!("expected a run-folder error, got {other:?}"),
     }
+    // Another teacher: refused before the (long) teacher stage starts, so
+    // no second teacher folder appears.
+    let mut other_teacher = first.clone();
+    other_teacher.teacher.train.steps = 30;
+    assert!(matches!(
+        run(&other_teacher, true),
+        Err(TrainError::RunFolder { .. })
+    ));
+    // A fresh run into a folder that holds one: refused the same way.
+    assert!(matches!(run(&first, false), Err(TrainError::RunFolder { .. })));
+    assert_eq!(std::fs::read_dir(dir.join("teachers")).unwrap().count(), 1);
     // More steps of the same recipe: continues from step 10.
     let mut longer = first.clone();
     longer.train.steps = 15;

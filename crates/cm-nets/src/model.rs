@@ -155,7 +155,8 @@ impl Model {
         self.vs.device()
     }
 
-    /// Number of trainable parameters.
+    /// Number of parameters (all of them, whichever group trains; see
+    /// [`Model::trainable_variables`] for the ones that train now).
     pub fn num_params(&self) -> i64 {
         self.vs
             .trainable_variables()
@@ -222,7 +223,8 @@ impl Model {
     /// Marks which variables train (a parameter group): those `trains`
     /// accepts by name keep gradients, the others are frozen. Adapters train
     /// alone this way, the base weights frozen. Returns how many variables
-    /// train.
+    /// train. (`VarStore::freeze` / `unfreeze` act on every parameter and so
+    /// replace the group.)
     pub fn set_trainable(&mut self, trains: impl Fn(&str) -> bool) -> usize {
         let mut count = 0;
         let params = self.trainable_names();
@@ -240,12 +242,18 @@ impl Model {
 
     /// Names of the variables registered as parameters (not buffers).
     fn trainable_names(&self) -> Vec<String> {
-        let params = self.vs.trainable_variables();
+        let params: std::collections::HashSet<usize> = self
+            .vs
+            .trainable_variables()
+            .iter()
+            .filter(|p| p.numel() > 0)
+            .map(|p| p.data_ptr() as usize)
+            .collect();
         let mut names: Vec<String> = self
             .vs
             .variables()
             .into_iter()
-            .filter(|(_, t)| params.iter().any(|p| p.data_ptr() == t.data_ptr()))
+            .filter(|(_, t)| t.numel() > 0 && params.contains(&(t.data_ptr() as usize)))
             .map(|(n, _)| n)
             .collect();
         names.sort();
@@ -309,7 +317,18 @@ impl Model {
         path: impl AsRef<Path>,
         keep: impl Fn(&str) -> bool,
     ) -> Result<()> {
-        let vars = self.vs.variables().into_iter().filter(|(n, _)| keep(n));
+        let vars: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| keep(n))
+            .collect();
+        if vars.is_empty() {
+            return Err(NetError::InvalidInput(format!(
+                "no variable of the network is selected to load from {}",
+                path.as_ref().display()
+            )));
+        }
         crate::checkpoint::load_strict_tensors(path.as_ref(), vars, &[])
     }
 }

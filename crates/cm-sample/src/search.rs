@@ -76,6 +76,7 @@ pub fn search_timesteps<E: From<CoreError>>(
         )
         .into());
     }
+    range.validate()?;
     let NoiseRange {
         sigma_min,
         sigma_max,

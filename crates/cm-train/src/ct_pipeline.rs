@@ -122,8 +122,8 @@ impl RunConfig for CtRunConfig {
 }
 
 /// The report grids of a consistency model: 1 step, and 2 steps through
-/// `two_step_tau` (CM Algorithm 1), each named `samples_{prefix}1step.png`
-/// and `samples_{prefix}2step.png`.
+/// `two_step_tau` (CM Algorithm 1), labelled `{label_prefix}1 step` and
+/// written to `samples_{file_prefix}1step.png` (likewise 2).
 pub fn consistency_report_samplers<'a>(
     model: &'a Model,
     consistency: &'a ConsistencyConfig,

@@ -63,7 +63,8 @@ pub use objective::{Batch, BatchSource, Objective};
 pub use observer::{Observer, Quiet, StepInfo};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use run::{
-    run, write_run_config, Method, ReportSampler, RunConfig, RunContext, RunOutcome, SamplerRow,
+    check_run_folder, run, write_run_config, Method, ReportSampler, RunConfig, RunContext,
+    RunOutcome, SamplerRow,
 };
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
 pub use teacher::{

@@ -24,7 +24,7 @@ use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::{ModelCard, Sampled, CARD_FILE};
 
-use crate::checkpoint::final_weights;
+use crate::checkpoint::{final_weights, latest_checkpoint};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::objective::Objective;
@@ -141,9 +141,7 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         observer,
     } = ctx;
     method.config().validate()?;
-    write_run_config(run_dir, method.config(), resume, |old, new| {
-        old.take_steps_of(new)
-    })?;
+    write_run_config(run_dir, method.config(), resume)?;
     let train_config = method.config().train().clone();
     observer.on_message("loading data");
     let (data, loader) = method.config().data();
@@ -282,23 +280,30 @@ fn write_report<M: Method>(
     Ok(path)
 }
 
-/// Writes `config` as the run's `config.toml`. When resuming a folder that
-/// already has one, the two must agree once `with_steps_of` has copied the
-/// new step counts into the old config (a run may be extended); otherwise the
-/// checkpoints would continue under settings they were not made with.
-pub fn write_run_config<T>(
-    run_dir: &Path,
-    config: &T,
-    resume: bool,
-    with_steps_of: impl Fn(&mut T, &T),
-) -> Result<()>
-where
-    T: Serialize + DeserializeOwned + PartialEq + Validate,
-{
+/// Checks that `config` may run in `run_dir` before anything is trained:
+/// a fresh run (`resume = false`) refuses a folder that already holds
+/// checkpoints, and a resumed one refuses a config that differs from the
+/// folder's `config.toml` in anything but the step counts
+/// ([`RunConfig::take_steps_of`]): the checkpoints would otherwise continue
+/// under settings they were not made with. Methods that train a teacher
+/// first call this before the teacher stage.
+pub fn check_run_folder<C: RunConfig>(run_dir: &Path, config: &C, resume: bool) -> Result<()> {
+    if !resume {
+        if let Some((step, dir)) = latest_checkpoint(run_dir) {
+            return Err(TrainError::RunFolder {
+                path: run_dir.to_path_buf(),
+                reason: format!(
+                    "it already holds a run (checkpoint {} at step {step}); resume it, or choose a new run folder",
+                    dir.display()
+                ),
+            });
+        }
+        return Ok(());
+    }
     let path = run_dir.join("config.toml");
-    if resume && path.is_file() {
-        let mut old: T = cm_core::load_toml(&path)?;
-        with_steps_of(&mut old, config);
+    if path.is_file() {
+        let mut old: C = cm_core::load_toml(&path)?;
+        old.take_steps_of(config);
         if old != *config {
             return Err(TrainError::RunFolder {
                 path,
@@ -308,8 +313,16 @@ where
             });
         }
     }
+    Ok(())
+}
+
+/// Checks the run folder ([`check_run_folder`]), then writes `config` as its
+/// `config.toml`.
+pub fn write_run_config<C: RunConfig>(run_dir: &Path, config: &C, resume: bool) -> Result<()> {
+    check_run_folder(run_dir, config, resume)?;
     std::fs::create_dir_all(run_dir)
         .map_err(TrainError::io("cannot create run folder", run_dir))?;
+    let path = run_dir.join("config.toml");
     let text = toml::to_string(config).expect("configs serialize to TOML");
     std::fs::write(&path, text).map_err(TrainError::io("cannot write", &path))
 }

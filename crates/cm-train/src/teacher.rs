@@ -105,26 +105,17 @@ impl<'a> TeacherMethod<'a> {
 }
 
 /// The teacher's report grids: EDM's 18-step Heun sampler (35 NFE) and, for
-/// contrast with one-step consistency models, a single Euler step.
+/// contrast with one-step consistency models, a single Euler step, labelled
+/// `{label_prefix}Heun 18 steps` and written to
+/// `samples_{file_prefix}heun35.png` (likewise `euler1`).
 pub fn teacher_report_samplers<'a>(
     teacher: &'a Model,
     edm: &'a cm_core::EdmConfig,
-    prefix: &str,
+    label_prefix: &str,
+    file_prefix: &str,
 ) -> Vec<ReportSampler<'a>> {
-    let label = |s: &str| {
-        if prefix.is_empty() {
-            s.to_string()
-        } else {
-            format!("{prefix}, {s}")
-        }
-    };
-    let file = |s: &str| {
-        if prefix.is_empty() {
-            format!("samples_{s}.png")
-        } else {
-            format!("samples_{prefix}_{s}.png")
-        }
-    };
+    let label = |s: &str| format!("{label_prefix}{s}");
+    let file = |s: &str| format!("samples_{file_prefix}{s}.png");
     let sampler = move |steps: usize, solver: Solver| {
         move |latents: &tch::Tensor| {
             let d = Preconditioned::eval(teacher, edm.preconditioning());
@@ -200,7 +191,7 @@ impl Method for TeacherMethod<'_> {
         _: &'a EdmObjective,
         eval: &'a Model,
     ) -> Vec<ReportSampler<'a>> {
-        teacher_report_samplers(eval, &self.config.edm.edm, "")
+        teacher_report_samplers(eval, &self.config.edm.edm, "", "")
     }
 
     fn card(&self, weights: PathBuf) -> ModelCard {
