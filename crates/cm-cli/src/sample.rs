@@ -192,7 +192,8 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
 #[derive(Debug, clap::Args)]
 pub struct SearchArgs {
     /// Consistency model card; the best times are written into it
-    /// (`[timesteps]`), where `cm sample`, `cm eval` and `cm edit` find them.
+    /// (`[timesteps]`), where `cm sample` and `cm eval` find them (`cm edit`
+    /// takes `--taus`, or Karras times from `--steps`).
     #[arg(long)]
     pub card: PathBuf,
     /// The data set the model was trained on: FID is measured against its
