@@ -116,7 +116,10 @@ fn a_resumed_cd_run_keeps_its_config() {
         Err(TrainError::RunFolder { .. })
     ));
     // A fresh run into a folder that holds one: refused the same way.
-    assert!(matches!(run(&first, false), Err(TrainError::RunFolder { .. })));
+    assert!(matches!(
+        run(&first, false),
+        Err(TrainError::RunFolder { .. })
+    ));
     assert_eq!(std::fs::read_dir(dir.join("teachers")).unwrap().count(), 1);
     // More steps of the same recipe: continues from step 10.
     let mut longer = first.clone();
