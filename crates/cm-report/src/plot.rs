@@ -205,24 +205,20 @@ impl Figure for LossFigure {
             )))?;
             return Ok(());
         }
-        chart
-            .draw_series(plotters::series::LineSeries::new(
-                self.raw.iter().map(at),
-                RAW_COLOR.stroke_width(1),
-            ))?
-            .label("loss")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], RAW_COLOR.stroke_width(2))
-            });
-        chart
-            .draw_series(plotters::series::LineSeries::new(
-                self.smooth.iter().map(at),
-                SMOOTH_COLOR.stroke_width(2),
-            ))?
-            .label("moving average")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], SMOOTH_COLOR.stroke_width(2))
-            });
+        for (points, label, color, width) in [
+            (&self.raw, "loss", RAW_COLOR, 1),
+            (&self.smooth, "moving average", SMOOTH_COLOR, 2),
+        ] {
+            chart
+                .draw_series(plotters::series::LineSeries::new(
+                    points.iter().map(at),
+                    color.stroke_width(width),
+                ))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                });
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
