@@ -13,8 +13,7 @@ use cm_train::{
     run_ablation, run_ct, AblationObserver, AblationOptions, CtRunConfig, PointScores, RunScores,
 };
 
-use crate::progress::BarObserver;
-use crate::{device, install_stop_handler, set_threads, RunArgs};
+use crate::{device, install_stop_handler, observe, set_threads, Interrupted, RunArgs};
 
 /// `cm train-ct`.
 pub fn train_ct(args: &RunArgs) -> Result<()> {
@@ -23,21 +22,14 @@ pub fn train_ct(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
-    let mut observer = BarObserver::new("ct");
     eprintln!(
         "consistency training on {device:?} into {}",
         args.run_dir.display()
     );
-    let out = run_ct(
-        &config,
-        &args.run_dir,
-        args.resume,
-        device,
-        &stop,
-        &mut observer,
-    )
-    .with_context(|| format!("consistency-training run in {}", args.run_dir.display()))?;
-    observer.finish();
+    let out = observe(args, "ct", |observer| {
+        run_ct(&config, &args.run_dir, args.resume, device, &stop, observer)
+            .with_context(|| format!("consistency-training run in {}", args.run_dir.display()))
+    })?;
     match (&out.report, &out.card) {
         (Some(report), Some(card)) => eprintln!(
             "done: {} steps; report in {}, model card {}",
@@ -45,7 +37,12 @@ pub fn train_ct(args: &RunArgs) -> Result<()> {
             report.display(),
             card.display()
         ),
-        _ => eprintln!("stopped at step {}; resume with --resume", out.train.step),
+        _ => {
+            return Err(Interrupted {
+                step: out.train.step,
+            }
+            .into())
+        }
     }
     Ok(())
 }

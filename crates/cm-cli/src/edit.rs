@@ -49,7 +49,8 @@ pub struct CommonArgs {
     /// Consistency model card (model.toml).
     #[arg(long)]
     pub card: PathBuf,
-    /// Output grid PNG: one row per input (reference, model input, results).
+    /// Output grid PNG. Editing tasks: one row per input (reference, model
+    /// input, results); interpolate: one row per pair of end points.
     #[arg(long)]
     pub out: PathBuf,
     /// Also write every result as a PNG into this folder.
@@ -229,7 +230,8 @@ fn inputs(args: &InputArgs, shape: &[i64]) -> Result<Tensor> {
             let d = data.load()?;
             if d.shape().map(|s| s as i64) != shape {
                 bail!(
-                    "--data {data:?} has images {:?}, the model makes {shape:?}",
+                    "--data {} has images {:?}, the model makes {shape:?}",
+                    data.name(),
                     d.shape()
                 );
             }
@@ -338,10 +340,11 @@ fn write_results(
         }
     }
     eprintln!(
-        "{} rows x {} columns (reference, model input, {} results) -> {}",
+        "{} rows x {} columns (reference, model input, {} result{}) -> {}",
         n,
         columns,
         results.len(),
+        if results.len() == 1 { "" } else { "s" },
         common.out.display()
     );
     Ok(())

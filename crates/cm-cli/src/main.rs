@@ -58,6 +58,58 @@ pub(crate) struct RunArgs {
     /// libtorch intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Also log loss, learning rate, gradient norm and steps/s as
+    /// TensorBoard event files in RUN/tensorboard/ (watch live with
+    /// `tensorboard --logdir RUN/tensorboard`); metrics.csv is always written.
+    #[arg(long)]
+    pub tensorboard: bool,
+}
+
+/// A training run stopped by Ctrl-C after saving its checkpoint: `cm`
+/// exits with code 130 (as shells report SIGINT), so a script can tell it
+/// from a finished run (0) and from a failure (1).
+#[derive(Debug)]
+pub(crate) struct Interrupted {
+    /// The step the saved checkpoint holds.
+    pub step: u64,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped by Ctrl-C at step {}, checkpoint saved; continue with --resume",
+            self.step
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Exit code of a run stopped by Ctrl-C (128 + SIGINT).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs a training command with its progress bar, and with `--tensorboard`
+/// a TensorBoard event file beside it; closes the bar afterwards.
+pub(crate) fn observe<T>(
+    args: &RunArgs,
+    label: &'static str,
+    f: impl FnOnce(&mut dyn cm_train::Observer) -> Result<T>,
+) -> Result<T> {
+    let mut bars = progress::BarObserver::new(label);
+    let out = if args.tensorboard {
+        let dir = args.run_dir.join("tensorboard");
+        let mut tb = cm_train::tensorboard::TensorBoard::new(&dir, &mut bars)
+            .with_context(|| format!("creating a TensorBoard event file in {}", dir.display()))?;
+        if let Some(path) = tb.path() {
+            eprintln!("TensorBoard events: {}", path.display());
+        }
+        f(&mut tb)
+    } else {
+        f(&mut bars)
+    };
+    bars.finish();
+    out
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,29 +225,34 @@ fn distill(args: &DistillArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("teachers")),
     };
     let stop = install_stop_handler()?;
-    let mut observer = progress::BarObserver::new("cd");
     eprintln!(
         "consistency distillation on {device:?} into {}",
         run.run_dir.display()
     );
-    let out = run_cd(
-        &config,
-        &run.run_dir,
-        &teachers,
-        run.resume,
-        device,
-        &stop,
-        &mut observer,
-    )
-    .with_context(|| format!("distillation run in {}", run.run_dir.display()))?;
-    observer.finish();
+    let out = observe(run, "cd", |observer| {
+        run_cd(
+            &config,
+            &run.run_dir,
+            &teachers,
+            run.resume,
+            device,
+            &stop,
+            observer,
+        )
+        .with_context(|| format!("distillation run in {}", run.run_dir.display()))
+    })?;
     match &out.report {
         Some(report) => eprintln!(
             "done: {} steps; report in {}",
             out.train.step,
             report.display()
         ),
-        None => eprintln!("stopped at step {}; resume with --resume", out.train.step),
+        None => {
+            return Err(Interrupted {
+                step: out.train.step,
+            }
+            .into())
+        }
     }
     Ok(())
 }
@@ -206,25 +263,18 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
-    let mut observer = progress::BarObserver::new("teacher");
     eprintln!(
         "training the EDM teacher on {device:?} into {}",
         args.run_dir.display()
     );
-    let out = run_teacher(
-        &config,
-        &args.run_dir,
-        args.resume,
-        device,
-        &stop,
-        &mut observer,
-    )
-    .with_context(|| format!("teacher run in {}", args.run_dir.display()))?;
-    observer.finish();
+    let out = observe(args, "teacher", |observer| {
+        run_teacher(&config, &args.run_dir, args.resume, device, &stop, observer)
+            .with_context(|| format!("teacher run in {}", args.run_dir.display()))
+    })?;
     let t = &out.train;
     let last = t.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     if t.stopped {
-        eprintln!("stopped at step {}; resume with --resume", t.step);
+        return Err(Interrupted { step: t.step }.into());
     } else {
         eprintln!(
             "done: step {}, final loss {last:.4}; samples in {}/samples_heun35.png",
@@ -251,9 +301,31 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(stopped) => {
+                eprintln!("{stopped}");
+                ExitCode::from(EXIT_INTERRUPTED)
+            }
+            None => {
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// The error and its causes joined by ": ", skipping a cause whose text the
+/// message before it already ends with (errors that print their source,
+/// such as an I/O error's "No such file or directory (os error 2)", would
+/// otherwise show it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }

@@ -74,6 +74,19 @@ impl Observer for BarObserver {
     }
 }
 
+/// A rate with three significant figures: 340.5 -> "341", 12.34 -> "12.3",
+/// 0.5 -> "0.50".
+pub fn format_rate(per_s: f64) -> String {
+    if !per_s.is_finite() {
+        return "-".to_string();
+    }
+    match per_s.abs() {
+        r if r >= 100.0 => format!("{per_s:.0}"),
+        r if r >= 10.0 => format!("{per_s:.1}"),
+        _ => format!("{per_s:.2}"),
+    }
+}
+
 /// Counted work outside training (evaluation rows, sampling, the timestep
 /// search): a bar with rate and ETA on a terminal, a log line per quarter
 /// otherwise.
@@ -106,9 +119,16 @@ impl Progress for Bars {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ({eta})",
+                    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {rate} ({eta})",
                 )
-                .expect("valid template"),
+                .expect("valid template")
+                // indicatif's {per_sec} prints four decimals ("340.5312/s").
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{}/s", format_rate(state.per_sec()));
+                    },
+                ),
             );
             bar.set_prefix(label.to_string());
             self.bar = Some(bar);
@@ -141,5 +161,18 @@ impl Progress for Bars {
             Some(bar) => bar.println(message),
             None => eprintln!("{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_rate;
+
+    #[test]
+    fn rates_have_three_significant_figures() {
+        assert_eq!(format_rate(340.5312), "341");
+        assert_eq!(format_rate(12.345), "12.3");
+        assert_eq!(format_rate(0.5), "0.50");
+        assert_eq!(format_rate(f64::NAN), "-");
     }
 }

@@ -12,9 +12,10 @@ use crate::progress::Bars;
 use cm_eval::timestep_search::{self, SearchOptions};
 use cm_eval::Progress;
 use cm_report::{
-    write_image_grid, write_line_plot, write_png, LinePlot, LineSeries, SERIES_COLORS,
+    to_u8, write_image_grid, write_line_plot, write_pngs, write_points_csv, write_scatter,
+    LinePlot, LineSeries, SERIES_COLORS,
 };
-use cm_sample::generate::{to_u8, Chunk};
+use cm_sample::generate::Chunk;
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
 
 /// The data sets commands can name on the command line (`--data`).
@@ -29,6 +30,14 @@ pub enum DataArg {
 }
 
 impl DataArg {
+    /// The name the command line uses (`fashion-mnist`, ...).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
     /// The cm-data source.
     pub fn source(self) -> cm_data::DataSource {
         match self {
@@ -65,27 +74,36 @@ pub struct SampleArgs {
     /// sampling (CM Algorithm 1), overriding the card's.
     #[arg(long, value_delimiter = ',')]
     pub taus: Option<Vec<f64>>,
-    /// Number of images.
+    /// Number of samples.
     #[arg(long, default_value_t = 64)]
     pub count: usize,
-    /// Images per sampler call.
+    /// Samples per sampler call.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Run seed; image i uses its own seed derived from (seed, i), so any
-    /// image can be regenerated alone and chunking does not change results.
+    /// Run seed; sample i uses its own seed derived from (seed, i), so any
+    /// sample can be regenerated alone and chunking does not change results.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Class of every image (class-conditional models).
+    /// Class of every sample (class-conditional models).
     #[arg(long, conflicts_with = "balanced")]
     pub class: Option<i64>,
-    /// Cycle through the classes: image i gets class i mod K.
+    /// Cycle through the classes: sample i gets class i mod K.
     #[arg(long)]
     pub balanced: bool,
-    /// Output folder: 000000.png, ..., samples.safetensors (u8 `images`
-    /// [N, C, H, W] and `labels` when conditional) and grid.png (the first 64).
+    /// Classifier-free guidance scale w (class-conditional models, with
+    /// --class or --balanced), in LCM's form D = D_c + w (D_c - D_u): 0 is
+    /// the plain conditional model; diffusers' guidance_scale is 1 + w. Each
+    /// evaluation then runs the network twice (one batch of 2B).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Output folder. Images: 000000.png, ..., samples.safetensors (u8
+    /// `images` [N, C, H, W] and `labels` when conditional) and grid.png (the
+    /// first 64). 2-D toy models: samples.csv (x0,x1[,class]),
+    /// samples.safetensors (f32 `points` [N, 2]) and scatter.png (+ .svg).
     #[arg(long)]
     pub out: PathBuf,
-    /// Skip the per-image PNGs (the tensor file and the grid are still written).
+    /// Skip the per-image PNGs (the tensor file and the grid are still
+    /// written; no effect for 2-D models, which write no per-sample files).
     #[arg(long)]
     pub no_png: bool,
     /// Where to run.
@@ -117,6 +135,23 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         (ModelCard::Consistency { .. }, None, None) => 1,
         (ModelCard::Edm { sampler, .. }, None, _) => sampler.steps,
     };
+    if let (ModelCard::Consistency { .. }, None) = (&card, &args.taus) {
+        if steps >= 2 && card.taus(steps).is_err() {
+            let karras = card.karras_taus(steps, None)?;
+            bail!(
+                "--steps {steps}: the card {} stores no {steps}-step times; pass them with \
+                 --taus (e.g. the default Karras times --taus {}), or run `cm search-timesteps \
+                 --card {}` to find and store the best ones",
+                args.card.display(),
+                karras
+                    .iter()
+                    .map(|t| format!("{t:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                args.card.display()
+            );
+        }
+    }
     let config = GenerateConfig {
         count: args.count,
         batch_size: args.batch_size,
@@ -128,25 +163,28 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
             (None, true) => ClassChoice::Cycle,
             (None, false) => ClassChoice::None,
         },
+        guidance: args.guidance,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut images: Vec<Tensor> = Vec::new();
+    let is_image = model.config().sample_shape().len() == 3;
+    let mut samples: Vec<Tensor> = Vec::new();
     let mut labels: Vec<Tensor> = Vec::new();
     let mut bar = Bars::new();
     bar.start("sample", args.count as u64);
     let out = &args.out;
-    let no_png = args.no_png;
+    let write_each = is_image && !args.no_png;
     let done = generate::<anyhow::Error>(&card, &model, &config, device, &mut |chunk: Chunk| {
-        if !no_png {
-            for j in 0..chunk.images.size()[0] {
-                let path = out.join(format!("{:06}.png", chunk.first + j as usize));
-                write_png(&chunk.images.get(j), &path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+        if write_each {
+            write_pngs(&chunk.images, out, chunk.first)
+                .with_context(|| format!("writing PNGs into {}", out.display()))?;
         }
         bar.advance(chunk.images.size()[0] as u64);
-        images.push(to_u8(&chunk.images));
+        samples.push(if is_image {
+            to_u8(&chunk.images)
+        } else {
+            chunk.images
+        });
         if let Some(c) = chunk.classes {
             labels.push(c);
         }
@@ -154,10 +192,13 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
     })
     .with_context(|| format!("sampling from {}", args.card.display()))?;
     bar.finish();
-    let images = Tensor::cat(&images, 0);
-    let tensor_path = out.join("samples.safetensors");
-    let mut named = vec![("images", images.shallow_clone())];
+    let samples = Tensor::cat(&samples, 0);
     let labels = (!labels.is_empty()).then(|| Tensor::cat(&labels, 0));
+    let tensor_path = out.join("samples.safetensors");
+    let mut named = vec![(
+        if is_image { "images" } else { "points" },
+        samples.shallow_clone(),
+    )];
     if let Some(l) = &labels {
         named.push(("labels", l.shallow_clone()));
     }
@@ -169,21 +210,36 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         })
     })
     .with_context(|| format!("writing {}", tensor_path.display()))?;
-    let grid = images
-        .narrow(0, 0, images.size()[0].min(64))
-        .to_kind(Kind::Float)
-        / 127.5
-        - 1.0;
-    let grid_path = out.join("grid.png");
-    write_image_grid(&grid, &grid_path)
-        .with_context(|| format!("writing {}", grid_path.display()))?;
+    let picture = if is_image {
+        let grid = samples
+            .narrow(0, 0, samples.size()[0].min(64))
+            .to_kind(Kind::Float)
+            / 127.5
+            - 1.0;
+        let grid_path = out.join("grid.png");
+        write_image_grid(&grid, &grid_path)
+            .with_context(|| format!("writing {}", grid_path.display()))?;
+        grid_path
+    } else {
+        let csv_path = out.join("samples.csv");
+        write_points_csv(&samples, labels.as_ref(), &csv_path)
+            .with_context(|| format!("writing {}", csv_path.display()))?;
+        let plot_path = out.join("scatter.png");
+        write_scatter(&samples, &plot_path)
+            .with_context(|| format!("writing {}", plot_path.display()))?;
+        plot_path
+    };
     eprintln!(
-        "{} images, {} NFE each, {:.2} s sampling ({:.1} ms per image) -> {}",
+        "{} samples, {} NFE each, {:.2} s sampling ({:.1} ms per sample) -> {} ({})",
         done.count,
         done.nfe,
         done.seconds,
         1e3 * done.seconds / done.count as f64,
-        out.display()
+        out.display(),
+        picture
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -261,7 +317,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let data = args.data.load()?;
     let mut bar = Bars::new();
     let out = timestep_search::run(&card, &model, &data, &options, device, &mut bar)
-        .with_context(|| format!("the timestep search (--data {:?})", args.data))?;
+        .with_context(|| format!("the timestep search (--data {})", args.data.name()))?;
     eprintln!(
         "1-step FID {:.3}; {} probes of {} samples in {:.0} s",
         out.one_step,

@@ -213,6 +213,7 @@ pub fn run(
             steps: taus.len() + 1,
             taus: Some(taus.to_vec()),
             classes: ClassChoice::None,
+            guidance: None,
         };
         let mut feats = Vec::new();
         generate::<EvalError>(card, model, &gen, device, &mut |chunk| {

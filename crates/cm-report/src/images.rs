@@ -2,13 +2,13 @@
 //! PNG, many as a grid with 2-pixel gaps, and [`write_samples`], which picks a
 //! grid for images and a scatter plot for 2-D points.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use tch::{Kind, Tensor};
 
 use crate::error::{ReportError, Result};
-use crate::fsio::save_png;
+use crate::fsio::{save_png, write_atomic};
 
 /// Background of the gaps between grid cells.
 const GAP_COLOR: Rgb<u8> = Rgb([40, 40, 40]);
@@ -110,6 +110,65 @@ pub fn write_png(image: &Tensor, path: &Path) -> Result<()> {
         let img = RgbImage::from_raw(w as u32, h as u32, data).ok_or_else(wrong_size)?;
         save_png(&img, path)
     }
+}
+
+/// Writes `[N, C, H, W]` images in [-1, 1] as one PNG each,
+/// `dir/{first + i:06}.png` (the numbering of `cm sample`), creating `dir`;
+/// returns the paths in order.
+pub fn write_pngs(images: &Tensor, dir: &Path, first: usize) -> Result<Vec<PathBuf>> {
+    let size = shape_of(images, 4, "PNG images", "[N, C, H, W]")?;
+    (0..size[0])
+        .map(|i| {
+            let path = dir.join(format!("{:06}.png", first + i as usize));
+            write_png(&images.get(i), &path)?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Writes `[N, D]` points (2-D toy samples) as CSV: a header `x0,x1,...`
+/// (plus `class` when `classes` is given, `[N]` int64), then one row per
+/// point with values as f32 prints them (round-trip exact), atomically.
+pub fn write_points_csv(points: &Tensor, classes: Option<&Tensor>, path: &Path) -> Result<()> {
+    let size = shape_of(points, 2, "points CSV", "[N, D]")?;
+    let (n, d) = (size[0], size[1]);
+    let values = Vec::<f32>::try_from(
+        points
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .flatten(0, -1),
+    )?;
+    let labels = match classes {
+        Some(c) if c.size() != [n] => {
+            return Err(ReportError::invalid(
+                "points CSV",
+                format!("needs [{n}] class labels, got shape {:?}", c.size()),
+            ))
+        }
+        Some(c) => Some(Vec::<i64>::try_from(
+            c.to_device(tch::Device::Cpu).to_kind(Kind::Int64),
+        )?),
+        None => None,
+    };
+    let mut text = (0..d)
+        .map(|j| format!("x{j}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    if labels.is_some() {
+        text.push_str(",class");
+    }
+    text.push('\n');
+    for (i, row) in values.chunks_exact(d.max(1) as usize).enumerate() {
+        let row: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        text.push_str(&row.join(","));
+        if let Some(l) = &labels {
+            text.push_str(&format!(",{}", l[i]));
+        }
+        text.push('\n');
+    }
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(ReportError::io("cannot write", tmp))
+    })
 }
 
 /// Writes samples as a picture: an image grid for `[N, C, H, W]`, a

@@ -20,7 +20,8 @@ pub mod ticks;
 pub use error::{ReportError, Result};
 pub use figure::svg_path;
 pub use images::{
-    to_u8, write_image_grid, write_image_grid_with_columns, write_png, write_samples,
+    to_u8, write_image_grid, write_image_grid_with_columns, write_png, write_pngs,
+    write_points_csv, write_samples,
 };
 pub use plot::{
     write_line_plot, write_loss_plot, write_scatter, LinePlot, LineSeries, SERIES_COLORS,

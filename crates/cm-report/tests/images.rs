@@ -114,3 +114,59 @@ fn wrong_shapes_are_errors_naming_the_shape() {
     assert!(msg.contains("channels") && msg.contains('4'), "{msg}");
     assert!(!path.exists(), "no file after an error");
 }
+
+#[test]
+fn pngs_are_numbered_from_first() {
+    let dir = tempfile::tempdir().unwrap();
+    // Image i is filled with a distinct grey level, so the files can be told apart.
+    let levels = Tensor::from_slice(&[-1.0f32, 0.0, 1.0]).view([3, 1, 1, 1]);
+    let images = levels.expand([3, 1, 4, 6], true).contiguous();
+    let paths = cm_report::write_pngs(&images, dir.path(), 7).unwrap();
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["000007.png", "000008.png", "000009.png"]);
+    for (path, want) in paths.iter().zip([0u8, 128, 255]) {
+        let img = image::open(path).unwrap().to_luma8();
+        assert_eq!(img.dimensions(), (6, 4));
+        assert!(img.pixels().all(|p| p.0[0] == want), "{}", path.display());
+    }
+    assert!(cm_report::write_pngs(
+        &Tensor::zeros([3, 4, 4], tch::kind::FLOAT_CPU),
+        dir.path(),
+        0
+    )
+    .is_err());
+}
+
+#[test]
+fn points_csv_round_trips_values_and_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = [0.1f32, -2.5, 1e-7, 3.25, -0.0, 7.0];
+    let points = Tensor::from_slice(&values).view([3, 2]);
+    let classes = Tensor::from_slice(&[2i64, 0, 1]);
+    let path = dir.path().join("samples.csv");
+    cm_report::write_points_csv(&points, Some(&classes), &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("x0,x1,class"));
+    let mut read = Vec::new();
+    let mut labels = Vec::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 3, "{line}");
+        read.push(cells[0].parse::<f32>().unwrap());
+        read.push(cells[1].parse::<f32>().unwrap());
+        labels.push(cells[2].parse::<i64>().unwrap());
+    }
+    assert_eq!(read, values);
+    assert_eq!(labels, [2, 0, 1]);
+    // Without classes: no class column; wrong label count: an error.
+    cm_report::write_points_csv(&points, None, &path).unwrap();
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("x0,x1\n"));
+    let err = cm_report::write_points_csv(&points, Some(&Tensor::from_slice(&[1i64])), &path);
+    assert!(err.unwrap_err().to_string().contains("[3] class labels"));
+}

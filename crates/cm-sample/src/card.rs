@@ -131,8 +131,26 @@ impl Validate for ModelCard {
 impl ModelCard {
     /// Reads and validates a card; a relative `weights` path is resolved
     /// against the card's folder.
+    /// A folder (a run folder) is refused with the card path to pass.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if path.is_dir() {
+            let inside = path.join(CARD_FILE);
+            return Err(SampleError::Card {
+                path: path.to_path_buf(),
+                message: if inside.is_file() {
+                    format!(
+                        "is a folder; pass the model card inside it, {}",
+                        inside.display()
+                    )
+                } else {
+                    format!(
+                        "is a folder, not a model card (a finished run writes {CARD_FILE} in its folder; \
+                         this one has none)"
+                    )
+                },
+            });
+        }
         let mut card: ModelCard = cm_core::load_toml(path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let weights = card.weights_mut();

@@ -11,7 +11,10 @@ pub enum SampleError {
     /// The network or its weights could not be built or read.
     #[error(transparent)]
     Net(#[from] cm_nets::NetError),
-    /// A model card could not be written.
+    /// A picture or sample file could not be written.
+    #[error(transparent)]
+    Report(#[from] cm_report::ReportError),
+    /// A model card could not be read or written.
     #[error("model card {path}: {message}")]
     Card {
         /// The card file.

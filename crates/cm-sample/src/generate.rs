@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use cm_core::{Conditioning, CoreError};
+use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, Denoiser};
 use cm_nets::Model;
 
 use crate::card::ModelCard;
@@ -45,6 +45,12 @@ pub struct GenerateConfig {
     pub taus: Option<Vec<f64>>,
     /// Classes.
     pub classes: ClassChoice,
+    /// Classifier-free guidance scale `w` in LCM's form
+    /// `D = D_c + w (D_c - D_u)` ([`cm_core::ClassifierFreeGuidance`]; `0`
+    /// is the plain conditional model, diffusers' `guidance_scale` is
+    /// `1 + w`), for class-conditional models with class labels; `None`: no
+    /// guidance. Each guided evaluation runs the network on a batch of `2B`.
+    pub guidance: Option<f64>,
 }
 
 impl GenerateConfig {
@@ -58,6 +64,7 @@ impl GenerateConfig {
             steps: 1,
             taus: None,
             classes: ClassChoice::None,
+            guidance: None,
         }
     }
 }
@@ -78,7 +85,8 @@ pub struct Chunk {
 pub struct Generated {
     /// Images generated.
     pub count: usize,
-    /// Network evaluations per image.
+    /// Network evaluations per image (a guided evaluation counts two: the
+    /// conditional and the unconditional half).
     pub nfe: usize,
     /// Seconds spent sampling (excluding the callback).
     pub seconds: f64,
@@ -125,6 +133,18 @@ pub fn generate<E: From<crate::SampleError>>(
                 .into())
             }
         }
+        if let Some(w) = config.guidance {
+            if matches!(config.classes, ClassChoice::None) {
+                return Err(CoreError::invalid(
+                    "guidance",
+                    w,
+                    "class labels to guide towards (a class or a balanced set of classes)",
+                )
+                .into());
+            }
+            // Checks w (finite, >= 0) the same way the wrapper will.
+            ClassifierFreeGuidance::new(card.denoiser(model).as_ref(), w, num_classes.max(1))?;
+        }
         match (card, &config.taus) {
             (ModelCard::Consistency { consistency, .. }, Some(taus)) => {
                 if taus.len() + 1 != config.steps {
@@ -155,7 +175,20 @@ pub fn generate<E: From<crate::SampleError>>(
     let taus = check().map_err(E::from)?;
     let shape = model.config().sample_shape();
     let num_classes = model.config().num_classes() as i64;
-    let f = card.denoiser(model);
+    let plain = card.denoiser(model);
+    let guided = match config.guidance {
+        // The null class is `num_classes` (cm-nets' label dropout).
+        Some(w) => Some(
+            ClassifierFreeGuidance::new(plain.as_ref(), w, num_classes)
+                .map_err(|e| E::from(e.into()))?,
+        ),
+        None => None,
+    };
+    let f: &dyn Denoiser = match &guided {
+        Some(g) => g,
+        None => plain.as_ref(),
+    };
+    let evaluations_per_call = if guided.is_some() { 2 } else { 1 };
     let _guard = tch::no_grad_guard();
     let mut seconds = 0.0;
     let mut nfe = 0;
@@ -175,7 +208,7 @@ pub fn generate<E: From<crate::SampleError>>(
         };
         let sampled = match card {
             ModelCard::Consistency { consistency, .. } => consistency_sample_with(
-                f.as_ref(),
+                f,
                 &latents,
                 consistency.range(),
                 &taus,
@@ -189,7 +222,7 @@ pub fn generate<E: From<crate::SampleError>>(
                     ..*sampler
                 };
                 edm_sample_with(
-                    f.as_ref(),
+                    f,
                     &latents,
                     &edm.grid(),
                     &sampler,
@@ -201,7 +234,7 @@ pub fn generate<E: From<crate::SampleError>>(
         };
         let images = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
         seconds += started.elapsed().as_secs_f64();
-        nfe = sampled.nfe;
+        nfe = sampled.nfe * evaluations_per_call;
         on_chunk(Chunk {
             first,
             images,
@@ -214,12 +247,4 @@ pub fn generate<E: From<crate::SampleError>>(
         nfe,
         seconds,
     })
-}
-
-/// Images in `[-1, 1]` to u8 (`round((x + 1) * 127.5)`, clamped), the
-/// inverse of the data loader's `x / 127.5 - 1`.
-pub fn to_u8(images: &Tensor) -> Tensor {
-    ((images.clamp(-1.0, 1.0) + 1.0) * 127.5)
-        .round()
-        .to_kind(Kind::Uint8)
 }

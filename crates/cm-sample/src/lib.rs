@@ -11,11 +11,19 @@
 //!   super-resolution, denoising, interpolation, SDEdit.
 //! - [`search`]: the search for the intermediate times of 2- and 3-step
 //!   sampling against a quality metric.
-//! - [`generate`]: N samples in chunks, to PNGs and a tensor file.
+//! - [`pipeline`]: the one-call API, [`Pipeline`]: load a card, generate
+//!   `n` samples in `k` steps under a seed (class and guidance for
+//!   class-conditional models).
+//! - [`generate`]: N samples in chunks, handed to a callback.
+//! - [`images`]: samples to 8-bit pixels, PNG files, grids; scatter plots and
+//!   CSV for 2-D models.
 //! - [`card`]: the model card (`model.toml`) that names a weights file and
 //!   how to sample from it; every command that samples takes one.
 //!
 //! Samplers take any cm-core `Denoiser` and run without autograd.
+//!
+//! Embedding in another program (a crate outside this workspace, with its
+//! libtorch link set-up) is described in `docs/embedding.md`.
 
 pub mod card;
 pub mod consistency;
@@ -23,7 +31,9 @@ pub mod edit;
 pub mod edm;
 pub mod error;
 pub mod generate;
+pub mod images;
 pub mod noise;
+pub mod pipeline;
 pub mod search;
 
 pub use card::{ModelCard, TauSource, CARD_FILE};
@@ -39,3 +49,4 @@ pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled};
 pub use error::{Result, SampleError};
 pub use generate::{generate, ClassChoice, GenerateConfig, Generated};
 pub use noise::{sample_seed, GlobalNoise, NoiseSource, SeededNoise};
+pub use pipeline::{Pipeline, MAX_PIPELINE_COUNT};

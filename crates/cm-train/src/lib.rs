@@ -13,7 +13,8 @@
 //!   every step and batches are a pure function of the step), a stop flag
 //!   for Ctrl-C that saves first, NaN detection, a metrics CSV
 //!   ([`metrics`]), sample grids and a loss plot.
-//! - [`config`]: the loop settings `[train]`; [`observer`]: progress.
+//! - [`config`]: the loop settings `[train]`; [`observer`]: progress;
+//!   [`tensorboard`]: TensorBoard event files of the same metrics.
 //!
 //! The objectives that learn from data, each a method on the skeleton:
 //! - [`teacher`] / [`edm`]: the EDM teacher (Karras et al. 2022), and
@@ -41,6 +42,7 @@ pub mod optim;
 pub mod run;
 pub mod source;
 pub mod teacher;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use ablation::{

@@ -31,6 +31,18 @@ pub trait Observer {
     fn on_message(&mut self, _message: &str) {}
 }
 
+impl<O: Observer + ?Sized> Observer for &mut O {
+    fn on_start(&mut self, step: u64, total: u64) {
+        (**self).on_start(step, total);
+    }
+    fn on_step(&mut self, info: &StepInfo) {
+        (**self).on_step(info);
+    }
+    fn on_message(&mut self, message: &str) {
+        (**self).on_message(message);
+    }
+}
+
 /// An observer that ignores everything.
 #[derive(Debug, Default)]
 pub struct Quiet;

@@ -1,0 +1,294 @@
+//! What a new user hits first: sampling a 2-D toy card (scatter + CSV),
+//! guided sampling, a run folder passed as a card, a missing card (the OS
+//! error said once), k-step sampling without stored times (the error names
+//! `--taus`), and Ctrl-C during training (exit code 130, checkpoint and
+//! TensorBoard events written).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cm_core::ConsistencyConfig;
+use cm_nets::{Model, NetConfig, UNetConfig};
+use cm_sample::ModelCard;
+use tch::{Device, Tensor};
+
+fn cm(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cm"))
+        .args(args)
+        .output()
+        .expect("run cm");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A consistency card around `net` with random (perturbed) weights.
+fn card_for(dir: &Path, net: NetConfig, name: &str) -> PathBuf {
+    tch::manual_seed(3);
+    let model = Model::new(net, Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for mut v in model.var_store().trainable_variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.05));
+        }
+    });
+    model.save(dir.join(format!("{name}.safetensors"))).unwrap();
+    let card = ModelCard::Consistency {
+        weights: format!("{name}.safetensors").into(),
+        consistency: ConsistencyConfig::default(),
+        timesteps: Default::default(),
+    };
+    let path = dir.join(format!("card-{name}.toml"));
+    card.save(&path).unwrap();
+    path
+}
+
+fn tensor(path: &Path, name: &str) -> Tensor {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{} has no `{name}`", path.display()))
+        .1
+}
+
+#[test]
+fn sample_writes_a_scatter_plot_and_csv_for_a_toy_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = card_for(dir.path(), NetConfig::preset("toy-mlp").unwrap(), "toy");
+    let out = dir.path().join("toy-samples");
+    let (code, err) = cm(&[
+        "sample",
+        "--card",
+        card.to_str().unwrap(),
+        "--count",
+        "300",
+        "--batch-size",
+        "128",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    for f in [
+        "samples.csv",
+        "scatter.png",
+        "scatter.svg",
+        "samples.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing: {err}");
+    }
+    assert!(!out.join("grid.png").exists() && !out.join("000000.png").exists());
+    // The CSV holds exactly the tensor file's points.
+    let points = tensor(&out.join("samples.safetensors"), "points");
+    assert_eq!(points.size(), [300, 2]);
+    let values = Vec::<f32>::try_from(points.flatten(0, -1)).unwrap();
+    let text = std::fs::read_to_string(out.join("samples.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("x0,x1"));
+    let csv: Vec<f32> = lines
+        .flat_map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(csv, values);
+    // --no-png is harmless for points.
+    let (code, err) = cm(&[
+        "sample",
+        "--card",
+        card.to_str().unwrap(),
+        "--count",
+        "10",
+        "--no-png",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn guided_sampling_doubles_the_evaluations_and_needs_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetConfig::Unet(UNetConfig {
+        model_channels: 16,
+        num_classes: 10,
+        ..UNetConfig::default()
+    });
+    let card = card_for(dir.path(), net, "cond");
+    let out = dir.path().join("guided");
+    let base = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "sample",
+            "--card",
+            card.to_str().unwrap(),
+            "--count",
+            "4",
+            "--no-png",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = base(extra);
+        cm(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (code, err) = run(&["--class", "3"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1 NFE each"), "{err}");
+    let plain = tensor(&out.join("samples.safetensors"), "images");
+    let (code, err) = run(&["--class", "3", "--guidance", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("2 NFE each"), "{err}");
+    let guided = tensor(&out.join("samples.safetensors"), "images");
+    assert_ne!(plain, guided, "guidance changed nothing");
+    // w = 0 is the plain conditional model, exactly.
+    let (code, err) = run(&["--class", "3", "--guidance", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(tensor(&out.join("samples.safetensors"), "images"), plain);
+    let (code, err) = run(&["--guidance", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("guidance") && err.contains("class"), "{err}");
+    let (code, err) = run(&["--class", "3", "--guidance=-1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("guidance_scale"), "{err}");
+}
+
+#[test]
+fn card_errors_say_what_to_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = card_for(
+        dir.path(),
+        NetConfig::Unet(UNetConfig {
+            model_channels: 16,
+            ..UNetConfig::default()
+        }),
+        "model",
+    );
+    let out = dir.path().join("o");
+    let out = out.to_str().unwrap();
+    // A run folder as --card: the card inside it is named.
+    let (code, err) = cm(&[
+        "sample",
+        "--card",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("is a folder") && err.contains("model.toml"),
+        "{err}"
+    );
+    // A missing card: the OS error appears once.
+    let missing = dir.path().join("nope.toml");
+    let (code, err) = cm(&["sample", "--card", missing.to_str().unwrap(), "--out", out]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    // 3 steps without stored times: the error names --taus and the search.
+    let (code, err) = cm(&[
+        "sample",
+        "--card",
+        card.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--count",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--taus") && err.contains("search-timesteps"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ctrl_c_exits_130_after_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let config = std::fs::read_to_string(root.join("configs/teacher/toy.toml"))
+        .unwrap()
+        .replace("steps = 3000", "steps = 1000000")
+        .replace("log_every = 100", "log_every = 5")
+        .replace("checkpoint_every = 1000", "checkpoint_every = 100000");
+    let config_path = dir.path().join("teacher.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let run_dir = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cm"))
+        .args([
+            "train-teacher",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--tensorboard",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Wait until two steps have been logged, then interrupt as a shell would.
+    let mut logged = 0;
+    while logged < 2 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("cm exited early: {log}");
+        }
+        logged += line.contains(": step ") as usize;
+        log.push_str(&line);
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    log.push_str(&rest);
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.contains("continue with --resume"), "{log}");
+    assert!(
+        cm_train::latest_checkpoint(&run_dir).is_some(),
+        "no checkpoint: {log}"
+    );
+    // The TensorBoard events hold the logged losses, readable by an
+    // independent reader that checks every record's CRCs.
+    let events: Vec<_> = std::fs::read_dir(run_dir.join("tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let scalars = cm_train::tensorboard::read_scalars(&events[0]).unwrap();
+    let losses: Vec<_> = scalars.iter().filter(|s| s.1 == "train/loss").collect();
+    assert!(losses.len() >= 2, "{scalars:?}");
+    assert_eq!(losses[0].0, 5);
+    assert!(losses.iter().all(|l| l.2.is_finite() && l.2 > 0.0));
+}
