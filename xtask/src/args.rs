@@ -22,6 +22,8 @@ pub struct Args {
     pub run_dir: Option<String>,
     /// `--out DIR`.
     pub out: Option<String>,
+    /// `--cargo-config` (`env`: print a `.cargo/config.toml` table).
+    pub cargo_config: bool,
     /// Everything after `--`.
     pub passthrough: Vec<String>,
 }
@@ -46,6 +48,7 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
             }
             "--cuda" => parsed.cuda = true,
             "--resume" => parsed.resume = true,
+            "--cargo-config" => parsed.cargo_config = true,
             "--preset" => parsed.preset = Some(value("--preset")?),
             "--recipe" => parsed.recipe = Some(value("--recipe")?),
             "--config" => parsed.config = Some(value("--config")?),
@@ -58,7 +61,8 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
             name if command.is_none() => command = Some(name.to_string()),
             extra => {
                 return Err(format!(
-                    "unexpected argument `{extra}`; pass cargo arguments after `--`"
+                    "unexpected argument `{extra}`; pass extra arguments after `--` \
+                     (to cargo for test and bench, to `cm` for the training and eval commands)"
                 ))
             }
         }

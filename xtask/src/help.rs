@@ -11,13 +11,22 @@ const TEMPLATE: &str = "\
 cargo xtask: the cm-rs task runner
 
 USAGE:
-    cargo xtask <COMMAND> [--cuda] [-- <extra cargo arguments>]
+    cargo xtask <COMMAND> [--cuda] [-- <extra arguments>]
+
+    Extra arguments after `--` go to cargo for `test` and `bench`
+    (`cargo xtask test -- -p cm-core`) and to `cm` for the training and eval
+    commands (`cargo xtask train-cd -- --threads 1 --tensorboard`).
 
 COMMANDS:
     setup    Install libtorch 2.13.0 (what tch 0.26 builds against) from the PyPI
              `torch` wheel into the per-user cache (CPU subset by default, the
              full CUDA stack with --cuda). Idempotent: a second run is instant.
-    env      Print the shell exports that let plain `cargo` build the workspace.
+    env [--cargo-config]
+             Print the shell exports that let plain `cargo` build the workspace;
+             with --cargo-config, the `[env]` table that lets a crate outside
+             the workspace build against the same libtorch with no shell
+             variable (put it in that crate's .cargo/config.toml;
+             docs/embedding.md).
     test     Set-up, then the whole test suite (README's test command).
     bench    Set-up, then the criterion benchmarks (reports in target/criterion).
     train-cd [--preset {cd}] [--config FILE] [--run-dir DIR] [--resume]

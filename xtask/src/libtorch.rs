@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// The libtorch release `tch 0.26` / `torch-sys 0.26` is written against.
-pub const TORCH_VERSION: &str = "2.13.0";
+pub const TORCH_VERSION: &str = cm_build::TORCH_VERSION;
 
 /// sha256 of `torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl` on PyPI.
 const TORCH_WHEEL_SHA256: &str = "60fcdcb2f3876e21146cb4524ef06397d727ca9ad5f020818547e25075fe3cb7";
@@ -117,16 +117,8 @@ pub struct Libtorch {
 /// The cm-rs cache root: `$CM_RS_CACHE`, else `$XDG_CACHE_HOME/cm-rs`, else
 /// `$HOME/.cache/cm-rs`.
 pub fn cache_root() -> Result<PathBuf, String> {
-    if let Some(dir) = non_empty_var("CM_RS_CACHE") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = non_empty_var("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(dir).join("cm-rs"));
-    }
-    match non_empty_var("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".cache").join("cm-rs")),
-        None => Err("cannot find a cache folder: set CM_RS_CACHE, XDG_CACHE_HOME or HOME".into()),
-    }
+    cm_build::cache_root()
+        .ok_or_else(|| "cannot find a cache folder: set CM_RS_CACHE, XDG_CACHE_HOME or HOME".into())
 }
 
 fn non_empty_var(name: &str) -> Option<String> {
@@ -141,6 +133,7 @@ pub fn ensure(flavor: Flavor) -> Result<Libtorch, String> {
         return user_libtorch(PathBuf::from(dir));
     }
     let root = cache_root()?;
+    // cm_build::cache_install(root, flavor) is `install/torch`.
     let install = root.join(format!("libtorch-{TORCH_VERSION}-{}", flavor.name()));
     let stamp_text = stamp(flavor);
     if fs::read_to_string(install.join(STAMP_FILE)).ok().as_deref() == Some(stamp_text.as_str())

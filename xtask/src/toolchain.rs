@@ -34,6 +34,11 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
         }
         "env" => {
             let torch = libtorch::ensure(flavor)?;
+            if args.cargo_config {
+                // For crates outside the workspace (docs/embedding.md).
+                print!("{}", cm_build::cargo_config(&torch.dir));
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "export LIBTORCH={}",
                 shell_quote(&torch.dir.to_string_lossy())

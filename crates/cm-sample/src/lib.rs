@@ -25,6 +25,10 @@
 //! Embedding in another program (a crate outside this workspace, with its
 //! libtorch link set-up) is described in `docs/embedding.md`.
 
+/// The `tch` this crate is built on (tensors, devices), so an embedding
+/// program needs no matching `tch` dependency of its own.
+pub use tch;
+
 pub mod card;
 pub mod consistency;
 pub mod edit;
