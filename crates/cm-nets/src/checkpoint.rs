@@ -2,10 +2,11 @@
 //! `NAME.safetensors`, the network config beside them in `NAME.toml`) and
 //! the one strict safetensors loader every cm-rs network uses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::error::{NetError, Result};
 
@@ -130,6 +131,100 @@ pub fn load_strict_tensors(
         Ok::<(), tch::TchError>(())
     })?;
     Ok(())
+}
+
+/// The largest safetensors header [`read_metadata`] reads (the format's own
+/// limit is 100 MB).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The safetensors dtype of a tensor kind (the kinds cm-rs checkpoints hold).
+fn dtype_of(kind: Kind) -> Option<safetensors::Dtype> {
+    use safetensors::Dtype;
+    Some(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        _ => return None,
+    })
+}
+
+/// Writes `named` tensors to the safetensors file `path` with string
+/// `metadata` in its header (`__metadata__`, readable by any safetensors
+/// reader, e.g. Python's `safe_open(path, "np").metadata()`). Tensors are
+/// copied to the CPU in their row-major (contiguous) layout. Not atomic by
+/// itself: wrap it in [`write_atomic`].
+pub fn write_safetensors_with_metadata(
+    named: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let mut data = Vec::with_capacity(named.len());
+    for (name, t) in named {
+        let dtype = dtype_of(t.kind()).ok_or_else(|| {
+            NetError::InvalidInput(format!(
+                "tensor `{name}` has dtype {:?}, which safetensors cannot store",
+                t.kind()
+            ))
+        })?;
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel)?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        data.push((name.clone(), dtype, shape, bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| NetError::InvalidInput(format!("{}: {e:?}", path.display())))?;
+    let info: HashMap<String, String> = metadata.clone().into_iter().collect();
+    safetensors::tensor::serialize_to_file(views, &Some(info), path).map_err(|e| NetError::Io {
+        action: "cannot write",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("{e:?}")),
+    })
+}
+
+/// The string metadata (`__metadata__`) of the safetensors file `path`, read
+/// from its header alone (at most [`MAX_HEADER_BYTES`]); empty when the file
+/// has none.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let io = |source: std::io::Error| NetError::Io {
+        action: "cannot read checkpoint header",
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad = |what: String| NetError::InvalidInput(format!("{}: {what}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER_BYTES || n > len.saturating_sub(8) {
+        return Err(bad(format!(
+            "not a safetensors file: header length {n} (file of {len} bytes, limit {MAX_HEADER_BYTES})"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors file: header is not JSON ({e})")))?;
+    let Some(meta) = header.get("__metadata__") else {
+        return Ok(BTreeMap::new());
+    };
+    serde_json::from_value(meta.clone())
+        .map_err(|e| bad(format!("__metadata__ is not a table of strings ({e})")))
 }
 
 #[cfg(test)]

@@ -24,7 +24,11 @@ pub mod model;
 pub mod network;
 pub mod unet;
 
-pub use checkpoint::{load_strict, load_strict_tensors, sidecar_path, write_atomic};
+pub use checkpoint::{
+    load_strict, load_strict_tensors, read_metadata, sidecar_path, write_atomic,
+    write_safetensors_with_metadata,
+};
+pub use model::{META_NET, META_VERSION};
 pub use config::{DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, PRESETS};
 pub use denoiser::Preconditioned;
 pub use dit::DiT;

@@ -2,12 +2,15 @@
 //! FLOP estimate, parameter groups (which variables train) and strict
 //! safetensors checkpoints of all or part of its variables.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use cm_core::Conditioning;
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::checkpoint::{sidecar_path, write_atomic};
+use crate::checkpoint::{
+    read_metadata, sidecar_path, write_atomic, write_safetensors_with_metadata,
+};
 use crate::config::NetConfig;
 use crate::dit::DiT;
 use crate::error::{NetError, Result};
@@ -15,6 +18,12 @@ use crate::layers::MacCounter;
 use crate::mlp::ResidualMlp;
 use crate::network::Network;
 use crate::unet::UNet;
+
+/// Checkpoint metadata key: the cm-rs version that wrote the file.
+pub const META_VERSION: &str = "cm_rs.version";
+/// Checkpoint metadata key: the network config as JSON (what the `.toml`
+/// sidecar holds), so a file can be rebuilt without its sidecar.
+pub const META_NET: &str = "cm_rs.net";
 
 /// A network with its weights, config and bookkeeping. Teacher, student and
 /// target networks are each a `Model` (one `VarStore` per role).
@@ -24,6 +33,9 @@ pub struct Model {
     net: Box<dyn Network>,
     config: NetConfig,
     macs: u64,
+    /// Extra checkpoint metadata (e.g. the parameterization), written by
+    /// every save beside the standard keys.
+    metadata: BTreeMap<String, String>,
 }
 
 impl Model {
@@ -45,6 +57,7 @@ impl Model {
             net,
             config,
             macs: macs.macs,
+            metadata: BTreeMap::new(),
         };
         if matches!(model.config, NetConfig::Unet(_)) {
             // Measured faster on CPU (docs/benchmarks.md): the U-Net's
@@ -180,9 +193,40 @@ impl Model {
 
     /// Copies every weight from `other` (same architecture), e.g. to start a
     /// student or target network from a teacher.
+    /// The extra metadata ([`Model::set_metadata`]) comes along.
     pub fn copy_from(&mut self, other: &Model) -> Result<()> {
         self.vs.copy(&other.vs)?;
+        self.metadata = other.metadata.clone();
         Ok(())
+    }
+
+    /// Adds a string to the metadata every checkpoint of this model carries
+    /// in its safetensors header (a run stores its parameterization this
+    /// way, so a reader needs nothing but the file). `format`,
+    /// [`META_VERSION`] and [`META_NET`] are always written and cannot be
+    /// replaced.
+    pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.insert(key.into(), value.into());
+    }
+
+    /// The extra metadata (what [`Model::set_metadata`] added, or what the
+    /// loaded checkpoint carried beyond the standard keys).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The full header metadata a save writes: the extras, then `format =
+    /// "pt"` (the safetensors convention for PyTorch tensors), the cm-rs
+    /// version and the network config as JSON.
+    pub fn checkpoint_metadata(&self) -> BTreeMap<String, String> {
+        let mut meta = self.metadata.clone();
+        meta.insert("format".into(), "pt".into());
+        meta.insert(META_VERSION.into(), env!("CARGO_PKG_VERSION").into());
+        meta.insert(
+            META_NET.into(),
+            serde_json::to_string(&self.config).expect("network configs serialize to JSON"),
+        );
+        meta
     }
 
     /// Writes the weights to `path` (safetensors) and the config to the
@@ -207,16 +251,35 @@ impl Model {
             .map(|(n, t)| (n, t.contiguous()))
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        write_atomic(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))
+        let meta = self.checkpoint_metadata();
+        write_atomic(path, |tmp| write_safetensors_with_metadata(&named, &meta, tmp))
     }
 
-    /// Builds the network described by the sidecar config of `path` and loads
-    /// its weights.
+    /// Builds the network described by the sidecar config of `path` (or,
+    /// without a sidecar, by the file's [`META_NET`] metadata) and loads its
+    /// weights; the file's extra metadata is kept on the model.
     pub fn from_checkpoint(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref();
-        let config: NetConfig = cm_core::load_toml(sidecar_path(path))?;
+        let sidecar = sidecar_path(path);
+        let meta = read_metadata(path)?;
+        let config: NetConfig = if sidecar.exists() || !meta.contains_key(META_NET) {
+            cm_core::load_toml(&sidecar)?
+        } else {
+            let config: NetConfig = serde_json::from_str(&meta[META_NET]).map_err(|e| {
+                NetError::InvalidInput(format!(
+                    "{}: metadata `{META_NET}` is not a network config ({e})",
+                    path.display()
+                ))
+            })?;
+            cm_core::Validate::validate(&config)?;
+            config
+        };
         let mut model = Model::new(config, device)?;
         model.load_weights(path)?;
+        model.metadata = meta
+            .into_iter()
+            .filter(|(k, _)| k != "format" && k != META_VERSION && k != META_NET)
+            .collect();
         Ok(model)
     }
 
@@ -297,7 +360,8 @@ impl Model {
             )));
         }
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        write_atomic(path, |tmp| Ok(Tensor::write_safetensors(&named, tmp)?))?;
+        let meta = self.checkpoint_metadata();
+        write_atomic(path, |tmp| write_safetensors_with_metadata(&named, &meta, tmp))?;
         Ok(named.len())
     }
 

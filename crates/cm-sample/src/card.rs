@@ -38,6 +38,12 @@ use crate::error::{Result, SampleError};
 /// File name pipelines give the card of a finished run: `<run>/model.toml`.
 pub const CARD_FILE: &str = "model.toml";
 
+/// Checkpoint metadata key of the card (kind, parameterization, stored
+/// times; no weights path) as JSON: training runs write it into every
+/// checkpoint, so a weights file alone says how to sample from it
+/// ([`ModelCard::from_weights`]).
+pub const META_CARD: &str = "cm_rs.card";
+
 /// Where the intermediate times of k-step consistency sampling came from
 /// ([`ModelCard::taus_or_karras`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +163,45 @@ impl ModelCard {
         if weights.is_relative() {
             *weights = dir.join(&*weights);
         }
+        Ok(card)
+    }
+
+    /// The card as checkpoint metadata ([`META_CARD`]): JSON without the
+    /// weights path.
+    pub fn metadata_json(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("model cards serialize to JSON");
+        if let Some(map) = value.as_object_mut() {
+            map.remove("weights");
+        }
+        value.to_string()
+    }
+
+    /// The card stored in the metadata of the weights file `weights` (what a
+    /// training run writes, [`META_CARD`]), pointing at that file: sampling
+    /// needs no `model.toml` and no sidecar.
+    pub fn from_weights(weights: impl AsRef<Path>) -> Result<Self> {
+        let weights = weights.as_ref();
+        let meta = cm_nets::read_metadata(weights)?;
+        let bad = |message: String| SampleError::Card {
+            path: weights.to_path_buf(),
+            message,
+        };
+        let json = meta.get(META_CARD).ok_or_else(|| {
+            bad(format!(
+                "has no `{META_CARD}` metadata (written by cm-rs training runs); pass its model.toml"
+            ))
+        })?;
+        let mut value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| bad(format!("metadata `{META_CARD}` is not JSON ({e})")))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "weights".into(),
+                serde_json::Value::String(weights.to_string_lossy().into_owned()),
+            );
+        }
+        let card: ModelCard = serde_json::from_value(value)
+            .map_err(|e| bad(format!("metadata `{META_CARD}` is not a model card ({e})")))?;
+        card.validate()?;
         Ok(card)
     }
 

@@ -141,3 +141,47 @@ fn sampling_through_a_card_matches_the_samplers() {
     );
     assert!(card.taus(2).is_err());
 }
+
+/// A weights file written with the card in its metadata samples with no
+/// `model.toml` and no sidecar: `ModelCard::from_weights` plus the network
+/// config from the same header.
+#[test]
+fn a_weights_file_alone_is_enough_to_sample() {
+    use cm_sample::{ModelCard, Pipeline, META_CARD};
+    let dir = tempfile::tempdir().unwrap();
+    let card = ModelCard::Consistency {
+        weights: "ignored.safetensors".into(),
+        consistency: cm_core::ConsistencyConfig {
+            sigma_max: 40.0,
+            ..Default::default()
+        },
+        timesteps: [("2".to_string(), vec![0.5])].into(),
+    };
+    let json = card.metadata_json();
+    assert!(!json.contains("ignored"), "{json}");
+    let mut model = cm_nets::Model::new(
+        cm_nets::NetConfig::preset("toy-mlp").unwrap(),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    model.set_metadata(META_CARD, json);
+    let path = dir.path().join("ema.safetensors");
+    model.save(&path).unwrap();
+    std::fs::remove_file(cm_nets::sidecar_path(&path)).unwrap();
+    let read = ModelCard::from_weights(&path).unwrap();
+    let mut want = card.clone();
+    want.set_weights(path.clone());
+    assert_eq!(read, want);
+    let pipe = Pipeline::new(read.clone(), read.load_model(tch::Device::Cpu).unwrap());
+    let twice = (pipe.generate(5, 2, 3).unwrap(), pipe.generate(5, 2, 3).unwrap());
+    assert_eq!(twice.0.size(), [5, 2]);
+    assert_eq!(twice.0, twice.1);
+    // A file without the card says what to pass instead.
+    let plain = dir.path().join("plain.safetensors");
+    cm_nets::Model::new(cm_nets::NetConfig::preset("toy-mlp").unwrap(), tch::Device::Cpu)
+        .unwrap()
+        .save(&plain)
+        .unwrap();
+    let err = ModelCard::from_weights(&plain).unwrap_err().to_string();
+    assert!(err.contains(META_CARD) && err.contains("model.toml"), "{err}");
+}

@@ -149,7 +149,12 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         .load(None)
         .map_err(|e| TrainError::Batch(e.to_string()))?;
     tch::manual_seed(mix_seed(train_config.seed, u64::MAX));
-    let (model, mut objective) = method.build(device, observer)?;
+    let (mut model, mut objective) = method.build(device, observer)?;
+    // Every checkpoint says how to sample from it (cm_sample::META_CARD).
+    model.set_metadata(
+        cm_sample::META_CARD,
+        method.card(PathBuf::new()).metadata_json(),
+    );
     let source = loader_for(&data, loader, &train_config, model.config())?;
     observer.on_message(&format!(
         "network: {:.2} M parameters, {:.1} MFLOPs per sample",

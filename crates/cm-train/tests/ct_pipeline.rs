@@ -66,10 +66,19 @@ fn finished_stopped_and_resumed_runs() {
         .unwrap()
         .x;
     assert_eq!(
-        f64::try_from((a - b).abs().max()).unwrap(),
+        f64::try_from((&a - b).abs().max()).unwrap(),
         0.0,
         "the card names the EMA"
     );
+    // The weights file alone says how to sample from it (the card in its
+    // safetensors metadata) and gives the same samples.
+    let from_weights = ModelCard::from_weights(card.weights()).unwrap();
+    assert_eq!(from_weights, card);
+    let c = from_weights
+        .sample(&from_card, &z, 1, Conditioning::none())
+        .unwrap()
+        .x;
+    assert_eq!(c, a);
 
     // Stopped at step 30: no card; resuming ends at the same weights.
     let part = temp_dir("ct-part");
