@@ -12,11 +12,10 @@
 //!    crate's binaries, tests and examples an rpath to libtorch's `lib`
 //!    folder ([`link_libtorch`]), so they start with no `LD_LIBRARY_PATH`.
 //!
+//! A build script (`build.rs`) needs one line in its `main`:
+//!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     cm_build::link_libtorch();
-//! }
+//! cm_build::link_libtorch();
 //! ```
 //!
 //! libtorch is looked for in this order ([`find_libtorch`]): the

@@ -28,7 +28,6 @@ pub use checkpoint::{
     load_strict, load_strict_tensors, read_metadata, sidecar_path, write_atomic,
     write_safetensors_with_metadata,
 };
-pub use model::{META_NET, META_VERSION};
 pub use config::{DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, PRESETS};
 pub use denoiser::Preconditioned;
 pub use dit::DiT;
@@ -36,5 +35,6 @@ pub use error::{NetError, Result};
 pub use layers::NoiseEmbedding;
 pub use mlp::ResidualMlp;
 pub use model::Model;
+pub use model::{META_NET, META_VERSION};
 pub use network::Network;
 pub use unet::UNet;

@@ -252,7 +252,9 @@ impl Model {
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let meta = self.checkpoint_metadata();
-        write_atomic(path, |tmp| write_safetensors_with_metadata(&named, &meta, tmp))
+        write_atomic(path, |tmp| {
+            write_safetensors_with_metadata(&named, &meta, tmp)
+        })
     }
 
     /// Builds the network described by the sidecar config of `path` (or,
@@ -361,7 +363,9 @@ impl Model {
         }
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let meta = self.checkpoint_metadata();
-        write_atomic(path, |tmp| write_safetensors_with_metadata(&named, &meta, tmp))?;
+        write_atomic(path, |tmp| {
+            write_safetensors_with_metadata(&named, &meta, tmp)
+        })?;
         Ok(named.len())
     }
 

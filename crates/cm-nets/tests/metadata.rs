@@ -67,7 +67,10 @@ fn a_file_without_its_sidecar_loads_from_metadata() {
     std::fs::remove_file(cm_nets::sidecar_path(&path)).unwrap();
     let loaded = Model::from_checkpoint(&path, Device::Cpu).unwrap();
     assert_eq!(loaded.config(), model.config());
-    assert_eq!(loaded.metadata().get("note").map(String::as_str), Some("kept"));
+    assert_eq!(
+        loaded.metadata().get("note").map(String::as_str),
+        Some("kept")
+    );
     assert!(!loaded.metadata().contains_key(META_NET));
     // Same weights: the same output on the same input.
     let x = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
@@ -87,7 +90,9 @@ fn a_file_without_its_sidecar_loads_from_metadata() {
         .collect();
     Tensor::write_safetensors(&named, &bare).unwrap();
     assert!(cm_nets::read_metadata(&bare).unwrap().is_empty());
-    let err = Model::from_checkpoint(&bare, Device::Cpu).unwrap_err().to_string();
+    let err = Model::from_checkpoint(&bare, Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bare.toml"), "{err}");
 }
 

@@ -173,15 +173,24 @@ fn a_weights_file_alone_is_enough_to_sample() {
     want.set_weights(path.clone());
     assert_eq!(read, want);
     let pipe = Pipeline::new(read.clone(), read.load_model(tch::Device::Cpu).unwrap());
-    let twice = (pipe.generate(5, 2, 3).unwrap(), pipe.generate(5, 2, 3).unwrap());
+    let twice = (
+        pipe.generate(5, 2, 3).unwrap(),
+        pipe.generate(5, 2, 3).unwrap(),
+    );
     assert_eq!(twice.0.size(), [5, 2]);
     assert_eq!(twice.0, twice.1);
     // A file without the card says what to pass instead.
     let plain = dir.path().join("plain.safetensors");
-    cm_nets::Model::new(cm_nets::NetConfig::preset("toy-mlp").unwrap(), tch::Device::Cpu)
-        .unwrap()
-        .save(&plain)
-        .unwrap();
+    cm_nets::Model::new(
+        cm_nets::NetConfig::preset("toy-mlp").unwrap(),
+        tch::Device::Cpu,
+    )
+    .unwrap()
+    .save(&plain)
+    .unwrap();
     let err = ModelCard::from_weights(&plain).unwrap_err().to_string();
-    assert!(err.contains(META_CARD) && err.contains("model.toml"), "{err}");
+    assert!(
+        err.contains(META_CARD) && err.contains("model.toml"),
+        "{err}"
+    );
 }
