@@ -133,8 +133,8 @@ pub fn ensure(flavor: Flavor) -> Result<Libtorch, String> {
         return user_libtorch(PathBuf::from(dir));
     }
     let root = cache_root()?;
-    // cm_build::cache_install(root, flavor) is `install/torch`.
-    let install = root.join(format!("libtorch-{TORCH_VERSION}-{}", flavor.name()));
+    let torch_dir = cm_build::cache_install(&root, flavor.name());
+    let install = torch_dir.parent().unwrap_or(&root).to_path_buf();
     let stamp_text = stamp(flavor);
     if fs::read_to_string(install.join(STAMP_FILE)).ok().as_deref() == Some(stamp_text.as_str())
         && install.join("torch/lib/libtorch_cpu.so").is_file()

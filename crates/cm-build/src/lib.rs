@@ -174,6 +174,8 @@ pub fn link_lines(libtorch: &Libtorch) -> Vec<String> {
     let mut lines = vec![
         "cargo:rerun-if-env-changed=LIBTORCH".to_string(),
         "cargo:rerun-if-env-changed=CM_RS_CACHE".to_string(),
+        "cargo:rerun-if-env-changed=XDG_CACHE_HOME".to_string(),
+        "cargo:rerun-if-env-changed=HOME".to_string(),
         format!("cargo:rustc-link-arg=-Wl,-rpath,{}", libtorch.lib.display()),
     ];
     if libtorch.is_cuda() {

@@ -101,9 +101,11 @@ pub(crate) fn observe<T>(
         let dir = args.run_dir.join("tensorboard");
         let mut tb = cm_train::tensorboard::TensorBoard::new(&dir, &mut bars)
             .with_context(|| format!("creating a TensorBoard event file in {}", dir.display()))?;
-        if let Some(path) = tb.path() {
-            eprintln!("TensorBoard events: {}", path.display());
-        }
+        eprintln!(
+            "TensorBoard events in {} (one folder per stage; tensorboard --logdir {})",
+            dir.display(),
+            dir.display()
+        );
         f(&mut tb)
     } else {
         f(&mut bars)

@@ -74,8 +74,8 @@ impl Observer for BarObserver {
     }
 }
 
-/// A rate with three significant figures: 340.5 -> "341", 12.34 -> "12.3",
-/// 0.5 -> "0.50".
+/// A rate rounded for reading: no decimals from 100 up (340.5 -> "341"),
+/// one from 10 (12.34 -> "12.3"), two below (0.5 -> "0.50").
 pub fn format_rate(per_s: f64) -> String {
     if !per_s.is_finite() {
         return "-".to_string();

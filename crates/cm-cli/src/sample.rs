@@ -62,11 +62,13 @@ impl DataArg {
 /// Arguments of `cm sample`.
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {
-    /// Model card (`model.toml` of a finished teacher, CD, CT or iCT run).
+    /// Model card (`model.toml` of a finished teacher, CD, CT or iCT run),
+    /// or a run's weights file (`.safetensors`), which carries its card.
     #[arg(long)]
     pub card: PathBuf,
     /// Consistency: network steps (default 1; k uses the card's stored
-    /// k-step times, or --taus). EDM teacher: sampler steps (default: the
+    /// k-step times, or --taus; without either it is refused, unlike the
+    /// library's Pipeline and `cm eval`, which fall back to Karras times). EDM teacher: sampler steps (default: the
     /// card's sampler, e.g. 18 Heun steps = 35 NFE).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -116,8 +118,8 @@ pub struct SampleArgs {
 
 /// Loads a card and its network.
 pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Model)> {
-    let card = ModelCard::load(path)
-        .with_context(|| format!("loading the model card {}", path.display()))?;
+    // Card errors name the file themselves.
+    let card = ModelCard::load(path)?;
     let model = card
         .load_model(device)
         .with_context(|| format!("loading the weights {}", card.weights().display()))?;
@@ -229,8 +231,13 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
             .with_context(|| format!("writing {}", plot_path.display()))?;
         plot_path
     };
+    let (noun, one) = if is_image {
+        ("images", "image")
+    } else {
+        ("points", "point")
+    };
     eprintln!(
-        "{} samples, {} NFE each, {:.2} s sampling ({:.1} ms per sample) -> {} ({})",
+        "{} {noun}, {} NFE each, {:.2} s sampling ({:.1} ms per {one}) -> {} ({})",
         done.count,
         done.nfe,
         done.seconds,

@@ -24,6 +24,23 @@ fn cm(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `cm sample --card CARD --out OUT` on one CPU thread, plus `extra`.
+fn sample(card: &Path, out: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec![
+        "sample",
+        "--card",
+        card.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    cm(&args)
+}
+
 /// A consistency card around `net` with random (perturbed) weights.
 fn card_for(dir: &Path, net: NetConfig, name: &str) -> PathBuf {
     tch::manual_seed(3);
@@ -58,21 +75,7 @@ fn sample_writes_a_scatter_plot_and_csv_for_a_toy_card() {
     let dir = tempfile::tempdir().unwrap();
     let card = card_for(dir.path(), NetConfig::preset("toy-mlp").unwrap(), "toy");
     let out = dir.path().join("toy-samples");
-    let (code, err) = cm(&[
-        "sample",
-        "--card",
-        card.to_str().unwrap(),
-        "--count",
-        "300",
-        "--batch-size",
-        "128",
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ]);
+    let (code, err) = sample(&card, &out, &["--count", "300", "--batch-size", "128"]);
     assert_eq!(code, Some(0), "{err}");
     for f in [
         "samples.csv",
@@ -99,20 +102,7 @@ fn sample_writes_a_scatter_plot_and_csv_for_a_toy_card() {
         .collect();
     assert_eq!(csv, values);
     // --no-png is harmless for points.
-    let (code, err) = cm(&[
-        "sample",
-        "--card",
-        card.to_str().unwrap(),
-        "--count",
-        "10",
-        "--no-png",
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ]);
+    let (code, err) = sample(&card, &out, &["--count", "10", "--no-png"]);
     assert_eq!(code, Some(0), "{err}");
 }
 
@@ -126,30 +116,10 @@ fn guided_sampling_doubles_the_evaluations_and_needs_classes() {
     });
     let card = card_for(dir.path(), net, "cond");
     let out = dir.path().join("guided");
-    let base = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "sample",
-            "--card",
-            card.to_str().unwrap(),
-            "--count",
-            "4",
-            "--no-png",
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
     let run = |extra: &[&str]| {
-        let a = base(extra);
-        cm(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        let mut args = vec!["--count", "4", "--no-png"];
+        args.extend_from_slice(extra);
+        sample(&card, &out, &args)
     };
     let (code, err) = run(&["--class", "3"]);
     assert_eq!(code, Some(0), "{err}");
@@ -160,16 +130,17 @@ fn guided_sampling_doubles_the_evaluations_and_needs_classes() {
     assert!(err.contains("2 NFE each"), "{err}");
     let guided = tensor(&out.join("samples.safetensors"), "images");
     assert_ne!(plain, guided, "guidance changed nothing");
-    // w = 0 is the plain conditional model, exactly.
+    // w = 0 is the plain conditional model, exactly, at one evaluation.
     let (code, err) = run(&["--class", "3", "--guidance", "0"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1 NFE each"), "{err}");
     assert_eq!(tensor(&out.join("samples.safetensors"), "images"), plain);
     let (code, err) = run(&["--guidance", "2"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("guidance") && err.contains("class"), "{err}");
     let (code, err) = run(&["--class", "3", "--guidance=-1"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("guidance_scale"), "{err}");
+    assert!(err.contains("guidance") && err.contains("w >= 0"), "{err}");
 }
 
 #[test]
@@ -181,42 +152,33 @@ fn card_errors_say_what_to_pass() {
             model_channels: 16,
             ..UNetConfig::default()
         }),
-        "model",
+        "net",
     );
     let out = dir.path().join("o");
-    let out = out.to_str().unwrap();
     // A run folder as --card: the card inside it is named.
-    let (code, err) = cm(&[
-        "sample",
-        "--card",
-        dir.path().to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (code, err) = sample(dir.path(), &out, &[]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("is a folder") && err.contains("model.toml"),
+        err.contains("is a folder") && err.contains("has none"),
+        "{err}"
+    );
+    std::fs::copy(&card, dir.path().join("model.toml")).unwrap();
+    let (code, err) = sample(dir.path(), &out, &[]);
+    assert_eq!(code, Some(1));
+    let inside = dir.path().join("model.toml");
+    assert!(
+        err.contains(&format!(
+            "pass the model card inside it, {}",
+            inside.display()
+        )),
         "{err}"
     );
     // A missing card: the OS error appears once.
-    let missing = dir.path().join("nope.toml");
-    let (code, err) = cm(&["sample", "--card", missing.to_str().unwrap(), "--out", out]);
+    let (code, err) = sample(&dir.path().join("nope.toml"), &out, &[]);
     assert_eq!(code, Some(1));
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     // 3 steps without stored times: the error names --taus and the search.
-    let (code, err) = cm(&[
-        "sample",
-        "--card",
-        card.to_str().unwrap(),
-        "--steps",
-        "3",
-        "--count",
-        "2",
-        "--out",
-        out,
-        "--device",
-        "cpu",
-    ]);
+    let (code, err) = sample(&card, &out, &["--steps", "3", "--count", "2"]);
     assert_eq!(code, Some(1));
     assert!(
         err.contains("--taus") && err.contains("search-timesteps"),
@@ -279,9 +241,9 @@ fn ctrl_c_exits_130_after_saving() {
         cm_train::latest_checkpoint(&run_dir).is_some(),
         "no checkpoint: {log}"
     );
-    // The TensorBoard events hold the logged losses, readable by an
-    // independent reader that checks every record's CRCs.
-    let events: Vec<_> = std::fs::read_dir(run_dir.join("tensorboard"))
+    // The TensorBoard events hold the logged losses (read back with the
+    // module's reader, which checks every record's CRCs).
+    let events: Vec<_> = std::fs::read_dir(run_dir.join("tensorboard/edm-teacher"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();

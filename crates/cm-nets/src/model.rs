@@ -193,11 +193,18 @@ impl Model {
 
     /// Copies every weight from `other` (same architecture), e.g. to start a
     /// student or target network from a teacher.
-    /// The extra metadata ([`Model::set_metadata`]) comes along.
+    /// The metadata is not copied: a copy plays another role (a target
+    /// network is not the model a card describes); see
+    /// [`Model::copy_metadata_from`].
     pub fn copy_from(&mut self, other: &Model) -> Result<()> {
         self.vs.copy(&other.vs)?;
-        self.metadata = other.metadata.clone();
         Ok(())
+    }
+
+    /// Takes `other`'s extra metadata (e.g. an EMA copy of the online
+    /// network describes the same model).
+    pub fn copy_metadata_from(&mut self, other: &Model) {
+        self.metadata = other.metadata.clone();
     }
 
     /// Adds a string to the metadata every checkpoint of this model carries

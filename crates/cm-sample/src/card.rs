@@ -137,9 +137,14 @@ impl Validate for ModelCard {
 impl ModelCard {
     /// Reads and validates a card; a relative `weights` path is resolved
     /// against the card's folder.
-    /// A folder (a run folder) is refused with the card path to pass.
+    /// A folder (a run folder) is refused with the card path to pass; a
+    /// `.safetensors` file is read as a weights file that carries its card
+    /// ([`ModelCard::from_weights`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            return Self::from_weights(path);
+        }
         if path.is_dir() {
             let inside = path.join(CARD_FILE);
             return Err(SampleError::Card {
@@ -254,7 +259,8 @@ impl ModelCard {
         }
     }
 
-    /// Loads the network (architecture from the weights' sidecar).
+    /// Loads the network (architecture from the weights' sidecar, else from
+    /// the weights' metadata).
     pub fn load_model(&self, device: Device) -> Result<Model> {
         Ok(Model::from_checkpoint(self.weights(), device)?)
     }

@@ -74,7 +74,8 @@ impl GenerateConfig {
 pub struct Chunk {
     /// Index of the chunk's first image in the run.
     pub first: usize,
-    /// Images in `[-1, 1]`, `[B, C, H, W]`, f32 on the CPU.
+    /// Images in `[-1, 1]`, `[B, C, H, W]` (or 2-D points `[B, D]`, not
+    /// clamped), f32 on the CPU.
     pub images: Tensor,
     /// Their classes, when class-conditional.
     pub classes: Option<Tensor>,
@@ -142,8 +143,14 @@ pub fn generate<E: From<crate::SampleError>>(
                 )
                 .into());
             }
-            // Checks w (finite, >= 0) the same way the wrapper will.
-            ClassifierFreeGuidance::new(card.denoiser(model).as_ref(), w, num_classes.max(1))?;
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(CoreError::invalid(
+                    "guidance",
+                    w,
+                    "a finite w >= 0 (LCM's convention: 0 = the plain conditional model)",
+                )
+                .into());
+            }
         }
         match (card, &config.taus) {
             (ModelCard::Consistency { consistency, .. }, Some(taus)) => {
@@ -188,7 +195,13 @@ pub fn generate<E: From<crate::SampleError>>(
         Some(g) => g,
         None => plain.as_ref(),
     };
-    let evaluations_per_call = if guided.is_some() { 2 } else { 1 };
+    // The guided denoiser runs the network twice, except at w = 0 (the
+    // plain conditional model, one evaluation).
+    let evaluations_per_call = match config.guidance {
+        Some(w) if w > 0.0 => 2,
+        _ => 1,
+    };
+    let is_image = shape.len() == 3;
     let _guard = tch::no_grad_guard();
     let mut seconds = 0.0;
     let mut nfe = 0;
@@ -232,7 +245,14 @@ pub fn generate<E: From<crate::SampleError>>(
                 .map_err(|e| E::from(e.into()))?
             }
         };
-        let images = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
+        // Images live in [-1, 1]; 2-D points (unit-variance toy data) are
+        // returned as they are.
+        let images = if is_image {
+            sampled.x.clamp(-1.0, 1.0)
+        } else {
+            sampled.x
+        }
+        .to_device(Device::Cpu);
         seconds += started.elapsed().as_secs_f64();
         nfe = sampled.nfe * evaluations_per_call;
         on_chunk(Chunk {

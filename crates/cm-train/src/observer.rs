@@ -23,6 +23,10 @@ pub struct StepInfo {
 
 /// Receives progress; binaries show a bar or log lines, libraries stay quiet.
 pub trait Observer {
+    /// A training stage begins (a pipeline may have several: CD trains or
+    /// reuses its teacher first); `name` is a short slug such as
+    /// `edm-teacher` or `consistency-distillation`.
+    fn on_stage(&mut self, _name: &str) {}
     /// Training (re)starts at `step` of `total`.
     fn on_start(&mut self, _step: u64, _total: u64) {}
     /// A step finished (called every `log_every` steps and at the end).
@@ -32,6 +36,9 @@ pub trait Observer {
 }
 
 impl<O: Observer + ?Sized> Observer for &mut O {
+    fn on_stage(&mut self, name: &str) {
+        (**self).on_stage(name);
+    }
     fn on_start(&mut self, step: u64, total: u64) {
         (**self).on_start(step, total);
     }

@@ -141,6 +141,7 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         observer,
     } = ctx;
     method.config().validate()?;
+    observer.on_stage(&stage_name(method.title()));
     write_run_config(run_dir, method.config(), resume)?;
     let train_config = method.config().train().clone();
     observer.on_message("loading data");
@@ -193,6 +194,22 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         card: Some(card),
         samplers: rows,
     })
+}
+
+/// A method's title as a slug for [`Observer::on_stage`]: "EDM teacher
+/// run" -> "edm-teacher".
+fn stage_name(title: &str) -> String {
+    let title = title.strip_suffix(" run").unwrap_or(title);
+    title
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Every report grid from the same fixed latents, each sampler starting

@@ -485,27 +485,36 @@ pub fn read_scalars(path: &Path) -> io::Result<Vec<(i64, String, f32)>> {
 }
 
 /// An [`Observer`] that writes every step's loss, learning rate, gradient
-/// norm and speed to a TensorBoard event file (tags `train/loss`,
+/// norm and speed to TensorBoard event files (tags `train/loss`,
 /// `train/lr`, `train/grad_norm`, `train/steps_per_s`), then passes
-/// everything on to `inner`. Each session writes a new file in the folder; a
-/// resumed run's steps continue where its checkpoint left off (TensorBoard
-/// drops the orphaned steps of the interrupted session). A write failure is
-/// reported once through `inner` and stops the logging, not the run.
+/// everything on to `inner`. Each training stage gets its own subfolder,
+/// which TensorBoard shows as its own run (`DIR/edm-teacher`,
+/// `DIR/consistency-distillation`, ...; [`Observer::on_stage`]); each session
+/// writes a new file there, and a resumed run's steps continue where its
+/// checkpoint left off (TensorBoard drops the orphaned steps of the
+/// interrupted session). A write failure is reported once through `inner`
+/// and stops the logging, not the run.
 pub struct TensorBoard<O> {
+    dir: PathBuf,
     writer: Option<EventWriter>,
+    failed: bool,
     inner: O,
 }
 
 impl<O: Observer> TensorBoard<O> {
-    /// Logs into a new event file in `dir` (created if needed).
+    /// Logs into `dir` (created now, so an unwritable folder fails before
+    /// training).
     pub fn new(dir: &Path, inner: O) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
         Ok(TensorBoard {
-            writer: Some(EventWriter::create(dir)?),
+            dir: dir.to_path_buf(),
+            writer: None,
+            failed: false,
             inner,
         })
     }
 
-    /// The event file, while logging works.
+    /// The event file being written, once a stage has started.
     pub fn path(&self) -> Option<&Path> {
         self.writer.as_ref().map(|w| w.path())
     }
@@ -515,29 +524,54 @@ impl<O: Observer> TensorBoard<O> {
         self.inner
     }
 
-    fn write(&mut self, step: u64, scalars: &[(&str, f64)], flush: bool) {
+    fn open(&mut self, dir: PathBuf) {
+        match EventWriter::create(&dir) {
+            Ok(w) => self.writer = Some(w),
+            Err(e) => self.fail(&dir, e),
+        }
+    }
+
+    fn fail(&mut self, path: &Path, e: io::Error) {
+        self.writer = None;
+        self.failed = true;
+        self.inner.on_message(&format!(
+            "tensorboard: cannot write {} ({e}); logging stopped",
+            path.display()
+        ));
+    }
+
+    fn write(&mut self, step: u64, scalars: &[(&str, f64)]) {
+        if self.writer.is_none() && !self.failed {
+            // No stage was announced: log into the folder itself.
+            self.open(self.dir.clone());
+        }
         let Some(w) = &mut self.writer else { return };
+        // Flushing every logged step keeps the file live for `tensorboard`;
+        // steps are logged every `log_every` updates, so this is cheap.
         let result = w
             .add_scalars(step.min(i64::MAX as u64) as i64, scalars)
-            .and_then(|()| if flush { w.flush() } else { Ok(()) });
+            .and_then(|()| w.flush());
         if let Err(e) = result {
-            let path = w.path().display().to_string();
-            self.writer = None;
-            self.inner.on_message(&format!(
-                "tensorboard: cannot write {path} ({e}); logging stopped"
-            ));
+            let path = w.path().to_path_buf();
+            self.fail(&path, e);
         }
     }
 }
 
 impl<O: Observer> Observer for TensorBoard<O> {
+    fn on_stage(&mut self, name: &str) {
+        if !self.failed {
+            let dir = self.dir.join(name);
+            self.open(dir);
+        }
+        self.inner.on_stage(name);
+    }
+
     fn on_start(&mut self, step: u64, total: u64) {
         self.inner.on_start(step, total);
     }
 
     fn on_step(&mut self, info: &StepInfo) {
-        // Flushing every logged step keeps the file live for `tensorboard`;
-        // steps are logged every `log_every` updates, so this is cheap.
         self.write(
             info.step,
             &[
@@ -546,7 +580,6 @@ impl<O: Observer> Observer for TensorBoard<O> {
                 ("train/grad_norm", info.grad_norm),
                 ("train/steps_per_s", info.steps_per_s),
             ],
-            true,
         );
         self.inner.on_step(info);
     }

@@ -82,6 +82,8 @@ pub fn train(
         .map(|&rate| {
             let mut model = Model::new(online.config().clone(), device)?;
             model.copy_from(&online)?;
+            // The EMA is the model the card describes: same metadata.
+            model.copy_metadata_from(&online);
             Ok(Ema {
                 rate,
                 warmup: config.ema_warmup,

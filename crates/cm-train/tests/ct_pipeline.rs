@@ -79,6 +79,11 @@ fn finished_stopped_and_resumed_runs() {
         .unwrap()
         .x;
     assert_eq!(c, a);
+    // The target network is not the model the card describes: its file
+    // carries no card.
+    let (_, last) = cm_train::latest_checkpoint(&full).unwrap();
+    assert!(ModelCard::from_weights(last.join("target.safetensors")).is_err());
+    assert!(ModelCard::from_weights(last.join("online.safetensors")).is_ok());
 
     // Stopped at step 30: no card; resuming ends at the same weights.
     let part = temp_dir("ct-part");
