@@ -202,10 +202,19 @@ pub(crate) fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// `--threads N` takes 1 to this many times the machine's cores
+/// (oversubscribed OpenMP threads only spin; libgomp runs out of memory
+/// long before `i32::MAX`).
+const MAX_THREADS_PER_CORE: usize = 4;
+
 pub(crate) fn set_threads(threads: Option<i32>) -> Result<()> {
     if let Some(n) = threads {
-        if n < 1 {
-            bail!("--threads must be at least 1, got {n}");
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let max = (cores * MAX_THREADS_PER_CORE) as i32;
+        if !(1..=max).contains(&n) {
+            bail!(
+                "--threads {n}: expected 1 to {max} ({MAX_THREADS_PER_CORE} x the {cores} cores here)"
+            );
         }
         tch::set_num_threads(n);
     }

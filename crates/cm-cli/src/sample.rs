@@ -116,6 +116,9 @@ pub struct SampleArgs {
     pub threads: Option<i32>,
 }
 
+/// The most memory `cm sample` may keep for the finished samples.
+const MAX_KEPT_BYTES: u64 = 4 << 30;
+
 /// Loads a card and its network.
 pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Model)> {
     // Card errors name the file themselves.
@@ -167,9 +170,24 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         },
         guidance: args.guidance,
     };
+    let is_image = model.config().sample_shape().len() == 3;
+    // Every sample is kept (u8 pixels, or f32 points) for the tensor file:
+    // refuse before sampling what would not fit.
+    let per_sample: u64 =
+        model.config().sample_shape().iter().product::<i64>() as u64 * if is_image { 1 } else { 4 };
+    let kept = per_sample.saturating_mul(args.count as u64);
+    if kept > MAX_KEPT_BYTES {
+        bail!(
+            "--count {}: the samples would take {:.1} GiB in memory ({} bytes each), \
+             above the {} GiB limit; sample in several runs with other --seed values",
+            args.count,
+            kept as f64 / (1u64 << 30) as f64,
+            per_sample,
+            MAX_KEPT_BYTES >> 30
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let is_image = model.config().sample_shape().len() == 3;
     let mut samples: Vec<Tensor> = Vec::new();
     let mut labels: Vec<Tensor> = Vec::new();
     let mut bar = Bars::new();

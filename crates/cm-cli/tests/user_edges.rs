@@ -254,3 +254,43 @@ fn ctrl_c_exits_130_after_saving() {
     assert_eq!(losses[0].0, 5);
     assert!(losses.iter().all(|l| l.2.is_finite() && l.2 > 0.0));
 }
+
+#[test]
+fn sizes_on_the_command_line_and_in_cards_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = card_for(
+        dir.path(),
+        NetConfig::Unet(UNetConfig {
+            model_channels: 16,
+            ..UNetConfig::default()
+        }),
+        "net",
+    );
+    let out = dir.path().join("o");
+    let (code, err) = cm(&[
+        "sample",
+        "--card",
+        card.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        "2147483647",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--threads 2147483647: expected 1 to"), "{err}");
+    let (code, err) = sample(&card, &out, &["--count", "1000000000000"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("GiB") && err.contains("--count"), "{err}");
+    let (code, err) = sample(&card, &out, &["--steps", "100000000", "--taus", "1.0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("steps") && err.contains("10000"), "{err}");
+    // An EDM card asking for 2^32 - 1 sampler steps is refused on load.
+    let text =
+        "kind = \"edm\"\nweights = \"net.safetensors\"\n[edm]\n[sampler]\nsteps = 4294967295\n";
+    let edm = dir.path().join("edm.toml");
+    std::fs::write(&edm, text).unwrap();
+    let (code, err) = sample(&edm, &out, &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("sampler.steps"), "{err}");
+    assert!(!out.join("samples.safetensors").exists());
+}

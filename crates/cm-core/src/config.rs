@@ -187,10 +187,7 @@ fn merge(mut base: toml::Table, over: toml::Table) -> toml::Table {
 }
 
 fn check_sigma_data(field: &str, sigma_data: f64) -> Result<()> {
-    if !(sigma_data.is_finite() && sigma_data > 0.0) {
-        return Err(CoreError::invalid(field, sigma_data, "a finite number > 0"));
-    }
-    Ok(())
+    crate::sigmas::check_sigma(field, sigma_data, "a data standard deviation")
 }
 
 /// The EDM teacher's math (Karras et al. 2022, Table 1): preconditioning,

@@ -58,5 +58,7 @@ pub use schedule::{
     IctExponentialSchedule,
 };
 pub use seed::{fnv1a64, mix_seed, splitmix64, SplitMix64};
-pub use sigmas::{adjacent_pairs, grid_tensor, KarrasGrid, NoiseRange};
+pub use sigmas::{
+    adjacent_pairs, check_sigma, grid_tensor, KarrasGrid, NoiseRange, MAX_GRID_POINTS, MAX_SIGMA,
+};
 pub use weighting::{BoundWeighting, LossWeighting, Weighting};

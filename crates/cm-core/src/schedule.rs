@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
+use crate::sigmas::MAX_GRID_POINTS;
 
 /// The discretization in force at one training step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,11 +44,11 @@ impl Default for FixedSchedule {
 impl FixedSchedule {
     /// Checks `n >= 2` and `mu` in `[0, 1)`.
     pub fn validate(&self, prefix: &str) -> Result<()> {
-        if self.n < 2 {
+        if !(2..=MAX_GRID_POINTS).contains(&self.n) {
             return Err(CoreError::invalid(
                 format!("{prefix}n"),
                 self.n,
-                "at least 2 grid points",
+                format!("2 to {MAX_GRID_POINTS} grid points"),
             ));
         }
         check_unit_interval(&format!("{prefix}mu"), self.mu)
@@ -213,11 +214,13 @@ fn check_steps(prefix: &str, s0: f64, s1: f64, total_steps: u64) -> Result<()> {
             "a number >= 1",
         ));
     }
-    if !(s1.is_finite() && s1 >= s0) {
+    if !(s1.is_finite() && s1 >= s0 && s1 < MAX_GRID_POINTS as f64) {
         return Err(CoreError::invalid(
             format!("{prefix}s1"),
             s1,
-            format!("a number >= s0 = {s0}"),
+            format!(
+                "a number >= s0 = {s0} and below {MAX_GRID_POINTS} (the grid has s1 + 1 points)"
+            ),
         ));
     }
     if total_steps == 0 {

@@ -7,6 +7,30 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{CoreError, Result};
 
+/// The largest noise level (and `sigma_data`) a config may set: far above
+/// any published schedule (EDM and CM use 80, the VE SDE 378), and small
+/// enough that `sigma^2 + sigma_data^2` and the preconditioning stay finite
+/// and accurate in the f32 the networks run in (`f32::MAX` is 3.4e38).
+pub const MAX_SIGMA: f64 = 1e5;
+
+/// The most points a sampling or training grid may have: more than any
+/// schedule uses (iCT ends at 1281, EDM samples with 18-256 steps); every
+/// point is an f64 and a network evaluation, so this bounds both memory
+/// and time.
+pub const MAX_GRID_POINTS: usize = 100_000;
+
+/// Checks that `value` is a noise level in `(0, MAX_SIGMA]`, named `field`.
+pub fn check_sigma(field: &str, value: f64, what: &str) -> Result<()> {
+    if !(value.is_finite() && value > 0.0 && value <= MAX_SIGMA) {
+        return Err(CoreError::invalid(
+            field,
+            value,
+            format!("{what} in (0, {MAX_SIGMA:e}] (larger values overflow f32 arithmetic)"),
+        ));
+    }
+    Ok(())
+}
+
 /// The noise range `[sigma_min, sigma_max]` of a model: a consistency model
 /// keeps `f(x, sigma_min) = x` and samples in one step from `sigma_max z`
 /// (Song et al. 2023, Section 3). Samplers and editing tasks take one of
@@ -36,6 +60,7 @@ impl NoiseRange {
                 format!("a finite time > sigma_min = {sigma_min}"),
             ));
         }
+        check_sigma("sigma_max", sigma_max, "a time")?;
         Ok(NoiseRange {
             sigma_min,
             sigma_max,
@@ -95,6 +120,7 @@ impl KarrasGrid {
                 format!("a finite number > sigma_min = {}", self.sigma_min),
             ));
         }
+        check_sigma(&f("sigma_max"), self.sigma_max, "a noise level")?;
         if !(self.rho.is_finite() && self.rho > 0.0) {
             return Err(CoreError::invalid(
                 f("rho"),
@@ -129,8 +155,12 @@ impl KarrasGrid {
     /// `n + 1` values. `n = 1` gives `[sigma_max, 0]`. The end points are set
     /// exactly (the powers do not round-trip in floating point).
     pub fn sampling_sigmas(&self, n: usize) -> Result<Vec<f64>> {
-        if n == 0 {
-            return Err(CoreError::invalid("steps", n, "at least 1 sampling step"));
+        if n == 0 || n > MAX_GRID_POINTS {
+            return Err(CoreError::invalid(
+                "steps",
+                n,
+                format!("1 to {MAX_GRID_POINTS} sampling steps"),
+            ));
         }
         let mut sigmas: Vec<f64> = if n == 1 {
             vec![self.sigma_max]
@@ -152,8 +182,12 @@ impl KarrasGrid {
     /// for `i = 1..n`, ascending; `t_1 = sigma_min` and `t_n = sigma_max`
     /// exactly. Needs `n >= 2` (one adjacent pair).
     pub fn training_sigmas(&self, n: usize) -> Result<Vec<f64>> {
-        if n < 2 {
-            return Err(CoreError::invalid("n", n, "at least 2 grid points"));
+        if !(2..=MAX_GRID_POINTS).contains(&n) {
+            return Err(CoreError::invalid(
+                "n",
+                n,
+                format!("2 to {MAX_GRID_POINTS} grid points"),
+            ));
         }
         let mut sigmas: Vec<f64> = (0..n)
             .map(|i| self.interpolate(i as f64 / (n - 1) as f64))

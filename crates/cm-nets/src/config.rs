@@ -267,11 +267,103 @@ fn invalid(field: &str, value: impl std::fmt::Debug, expected: impl Into<String>
     CoreError::invalid(field, format!("{value:?}"), expected)
 }
 
+/// The largest any single size field of a network config may be (widths,
+/// depths, resolutions, counts); [`MAX_PARAMS`] then bounds the whole.
+pub const MAX_DIM: usize = 1 << 16;
+
+/// The most parameters a config may describe (about 8 GB of f32 weights,
+/// before gradients and optimizer state), checked on an estimate before
+/// anything is allocated. The largest preset, `imagenet64-adm`, is about
+/// 0.3 G by the same estimate.
+pub const MAX_PARAMS: f64 = 2e9;
+
+/// The most tokens a DiT may attend over (`(resolution / patch_size)^2`):
+/// attention holds a tokens x tokens matrix per head.
+pub const MAX_TOKENS: usize = 16_384;
+
 fn check_positive(field: &str, value: usize) -> cm_core::Result<()> {
-    if value == 0 {
-        return Err(invalid(field, value, "at least 1"));
+    if value == 0 || value > MAX_DIM {
+        return Err(invalid(field, value, format!("1 to {MAX_DIM}")));
     }
     Ok(())
+}
+
+/// Refuses a config whose parameter estimate exceeds [`MAX_PARAMS`].
+fn check_params(estimate: f64) -> cm_core::Result<()> {
+    if estimate > MAX_PARAMS {
+        return Err(invalid(
+            "net",
+            format!("about {:.2e} parameters", estimate),
+            format!(
+                "at most {MAX_PARAMS:.0e} parameters (about {:.0} GB of f32 weights); \
+                 make the network narrower or shallower",
+                MAX_PARAMS * 4.0 / 1e9
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl UNetConfig {
+    /// An upper-side estimate of the parameter count from the sizes alone
+    /// (float arithmetic, no overflow): per level, `2 num_res_blocks + 2`
+    /// residual blocks of two 3x3 convolutions with inputs up to twice the
+    /// level's width, a 1x1 skip, the embedding projection and attention.
+    pub fn approx_params(&self) -> f64 {
+        let mc = self.model_channels as f64;
+        let emb = mc * self.emb_mult as f64;
+        let blocks = 2.0 * self.num_res_blocks as f64 + 2.0;
+        let per_level: f64 = self
+            .channel_mult
+            .iter()
+            .map(|&m| {
+                let w = mc * m as f64;
+                blocks * (9.0 * (2.0 * w * w + w * w) + 2.0 * w * w + 2.0 * emb * w + 4.0 * w * w)
+            })
+            .sum();
+        per_level + 2.0 * emb * emb + (self.num_classes as f64 + 1.0) * emb
+    }
+}
+
+impl DiTConfig {
+    /// An estimate of the parameter count: per block attention (4 h^2),
+    /// MLP (2 ratio h^2) and adaLN modulation (6 h^2), plus the embeddings,
+    /// the final layer and the position table.
+    pub fn approx_params(&self) -> f64 {
+        let h = self.hidden_size as f64;
+        let patch = (self.patch_size * self.patch_size * self.in_channels) as f64;
+        self.depth as f64 * (10.0 + 2.0 * self.mlp_ratio) * h * h
+            + 2.0 * patch * h
+            + self.frequency_embedding_size as f64 * h
+            + 4.0 * h * h
+            + ((self.resolution / self.patch_size.max(1)) as f64).powi(2) * h
+            + (self.num_classes as f64 + 1.0) * h
+    }
+}
+
+impl MlpConfig {
+    /// An estimate of the parameter count: per block two hidden x hidden
+    /// layers and the embedding projection, plus the embedding MLP.
+    pub fn approx_params(&self) -> f64 {
+        let h = self.hidden as f64;
+        let e = self.emb_channels as f64;
+        self.depth as f64 * (2.0 * h * h + 2.0 * e * h)
+            + 2.0 * self.dim as f64 * h
+            + 2.0 * e * e
+            + (self.num_classes as f64 + 1.0) * e
+    }
+}
+
+impl NetConfig {
+    /// An estimate of the parameter count (see each architecture's
+    /// `approx_params`); validation refuses above [`MAX_PARAMS`].
+    pub fn approx_params(&self) -> f64 {
+        match self {
+            NetConfig::Unet(c) => c.approx_params(),
+            NetConfig::Dit(c) => c.approx_params(),
+            NetConfig::Mlp(c) => c.approx_params(),
+        }
+    }
 }
 
 fn check_dropout(value: f64) -> cm_core::Result<()> {
@@ -302,13 +394,25 @@ impl Validate for UNetConfig {
         check_positive("num_res_blocks", self.num_res_blocks)?;
         check_positive("channels_per_head", self.channels_per_head)?;
         check_positive("emb_mult", self.emb_mult)?;
-        if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
+        check_positive("resolution", self.resolution)?;
+        if self.num_classes > MAX_DIM {
+            return Err(invalid(
+                "num_classes",
+                self.num_classes,
+                format!("0 to {MAX_DIM}"),
+            ));
+        }
+        if self.channel_mult.is_empty()
+            || self.channel_mult.len() > 8
+            || self.channel_mult.iter().any(|&m| m == 0 || m > 64)
+        {
             return Err(invalid(
                 "channel_mult",
                 &self.channel_mult,
-                "a non-empty list of positive multipliers",
+                "1 to 8 multipliers, each 1 to 64",
             ));
         }
+        check_params(self.approx_params())?;
         if !self.model_channels.is_multiple_of(2) {
             return Err(invalid(
                 "model_channels",
@@ -371,6 +475,19 @@ impl Validate for DiTConfig {
         check_positive("patch_size", self.patch_size)?;
         check_positive("depth", self.depth)?;
         check_positive("num_heads", self.num_heads)?;
+        check_positive("resolution", self.resolution)?;
+        check_positive("hidden_size", self.hidden_size)?;
+        check_positive("frequency_embedding_size", self.frequency_embedding_size)?;
+        if self.num_classes > MAX_DIM {
+            return Err(invalid(
+                "num_classes",
+                self.num_classes,
+                format!("0 to {MAX_DIM}"),
+            ));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(invalid("mlp_ratio", self.mlp_ratio, "a number in (0, 64]"));
+        }
         if self.resolution == 0 || !self.resolution.is_multiple_of(self.patch_size) {
             return Err(invalid(
                 "resolution",
@@ -398,9 +515,17 @@ impl Validate for DiTConfig {
                 "an even number >= 2",
             ));
         }
-        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
-            return Err(invalid("mlp_ratio", self.mlp_ratio, "a finite number > 0"));
+        let tokens = (self.resolution / self.patch_size).pow(2);
+        if tokens > MAX_TOKENS {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!(
+                    "at most {MAX_TOKENS} tokens: (resolution / patch_size)^2 = {tokens} (raise patch_size)"
+                ),
+            ));
         }
+        check_params(self.approx_params())?;
         check_dropout(self.dropout)?;
         check_embedding(self.noise_embedding, self.fourier_scale)
     }
@@ -411,6 +536,15 @@ impl Validate for MlpConfig {
         check_positive("dim", self.dim)?;
         check_positive("hidden", self.hidden)?;
         check_positive("depth", self.depth)?;
+        check_positive("emb_channels", self.emb_channels)?;
+        if self.num_classes > MAX_DIM {
+            return Err(invalid(
+                "num_classes",
+                self.num_classes,
+                format!("0 to {MAX_DIM}"),
+            ));
+        }
+        check_params(self.approx_params())?;
         if self.emb_channels == 0 || !self.emb_channels.is_multiple_of(2) {
             return Err(invalid(
                 "emb_channels",

@@ -28,7 +28,9 @@ pub use checkpoint::{
     load_strict, load_strict_tensors, read_metadata, sidecar_path, write_atomic,
     write_safetensors_with_metadata,
 };
-pub use config::{DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, PRESETS};
+pub use config::{
+    DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, MAX_DIM, MAX_PARAMS, MAX_TOKENS, PRESETS,
+};
 pub use denoiser::Preconditioned;
 pub use dit::DiT;
 pub use error::{NetError, Result};

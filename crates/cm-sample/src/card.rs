@@ -38,6 +38,11 @@ use crate::error::{Result, SampleError};
 /// File name pipelines give the card of a finished run: `<run>/model.toml`.
 pub const CARD_FILE: &str = "model.toml";
 
+/// The most sampler steps a card or a sampling call may ask for (DDPM's
+/// ancestral sampler uses 1000; each step is a network evaluation per
+/// sample).
+pub const MAX_SAMPLER_STEPS: usize = 10_000;
+
 /// Checkpoint metadata key of the card (kind, parameterization, stored
 /// times; no weights path) as JSON: training runs write it into every
 /// checkpoint, so a weights file alone says how to sample from it
@@ -125,8 +130,12 @@ impl Validate for ModelCard {
             }
             ModelCard::Edm { edm, sampler, .. } => {
                 edm.validate_at("edm.")?;
-                if sampler.steps == 0 {
-                    return Err(CoreError::invalid("sampler.steps", 0, "at least 1"));
+                if !(1..=MAX_SAMPLER_STEPS).contains(&sampler.steps) {
+                    return Err(CoreError::invalid(
+                        "sampler.steps",
+                        sampler.steps,
+                        format!("1 to {MAX_SAMPLER_STEPS}"),
+                    ));
                 }
                 Ok(())
             }

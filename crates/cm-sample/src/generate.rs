@@ -10,11 +10,15 @@ use tch::{Device, Kind, Tensor};
 use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, Denoiser};
 use cm_nets::Model;
 
-use crate::card::ModelCard;
+use crate::card::{ModelCard, MAX_SAMPLER_STEPS};
 use crate::consistency::consistency_sample_with;
 use crate::edm::{edm_sample_with, EdmSampler};
 use crate::error::Result;
 use crate::noise::SeededNoise;
+
+/// The largest chunk one sampler call may take (its activations are held
+/// at once).
+pub const MAX_BATCH_SIZE: usize = 65_536;
 
 /// Which class each generated image gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,11 +108,19 @@ pub fn generate<E: From<crate::SampleError>>(
     on_chunk: &mut dyn FnMut(Chunk) -> std::result::Result<(), E>,
 ) -> std::result::Result<Generated, E> {
     let check = || -> Result<Vec<f64>> {
-        if config.count == 0 || config.batch_size == 0 {
+        if config.count == 0 || config.batch_size == 0 || config.batch_size > MAX_BATCH_SIZE {
             return Err(CoreError::invalid(
                 "count / batch_size",
                 format!("{} / {}", config.count, config.batch_size),
-                "both at least 1",
+                format!("both at least 1, batch_size at most {MAX_BATCH_SIZE}"),
+            )
+            .into());
+        }
+        if !(1..=MAX_SAMPLER_STEPS).contains(&config.steps) {
+            return Err(CoreError::invalid(
+                "steps",
+                config.steps,
+                format!("1 to {MAX_SAMPLER_STEPS}"),
             )
             .into());
         }

@@ -40,7 +40,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod search;
 
-pub use card::{ModelCard, TauSource, CARD_FILE, META_CARD};
+pub use card::{ModelCard, TauSource, CARD_FILE, MAX_SAMPLER_STEPS, META_CARD};
 pub use consistency::{
     check_taus, consistency_chain, consistency_sample, consistency_sample_with, denoise_at,
 };
@@ -51,6 +51,6 @@ pub use edit::{
 };
 pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled};
 pub use error::{Result, SampleError};
-pub use generate::{generate, ClassChoice, GenerateConfig, Generated};
+pub use generate::{generate, ClassChoice, GenerateConfig, Generated, MAX_BATCH_SIZE};
 pub use noise::{sample_seed, GlobalNoise, NoiseSource, SeededNoise};
 pub use pipeline::{Pipeline, MAX_PIPELINE_COUNT};

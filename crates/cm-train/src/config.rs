@@ -8,6 +8,18 @@ use cm_core::CoreError;
 
 use crate::optim::OptimizerConfig;
 
+/// The most training steps (and checkpoint / log intervals) a run may set.
+pub const MAX_STEPS: u64 = 1 << 40;
+/// The largest training batch (its activations are held at once).
+pub const MAX_BATCH_SIZE: usize = 65_536;
+/// The most checkpoints kept.
+pub const MAX_KEEP_LAST: usize = 1_000;
+/// The most samples a periodic grid or scatter draws (their images are held
+/// in memory; 100,000,000 passed 20 GB).
+pub const MAX_SAMPLE_COUNT: usize = 100_000;
+/// The most EMA copies a run keeps.
+pub const MAX_EMA_RATES: usize = 16;
+
 /// Loop settings shared by every objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +68,8 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Checks the ranges; `prefix` is the dotted path of the section.
+    /// Every count is bounded (see the `MAX_*` constants): a config cannot
+    /// ask for more than a machine can hold.
     pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
         let f = |n: &str| format!("{prefix}{n}");
         for (name, v) in [
@@ -63,18 +77,25 @@ impl TrainConfig {
             ("checkpoint_every", self.checkpoint_every),
             ("log_every", self.log_every),
         ] {
-            if v == 0 {
-                return Err(CoreError::invalid(f(name), v, "at least 1"));
+            if v == 0 || v > MAX_STEPS {
+                return Err(CoreError::invalid(f(name), v, format!("1 to {MAX_STEPS}")));
             }
         }
-        for (name, v) in [
-            ("batch_size", self.batch_size),
-            ("keep_last", self.keep_last),
-            ("sample_count", self.sample_count),
+        for (name, v, max) in [
+            ("batch_size", self.batch_size, MAX_BATCH_SIZE),
+            ("keep_last", self.keep_last, MAX_KEEP_LAST),
+            ("sample_count", self.sample_count, MAX_SAMPLE_COUNT),
         ] {
-            if v == 0 {
-                return Err(CoreError::invalid(f(name), v, "at least 1"));
+            if v == 0 || v > max {
+                return Err(CoreError::invalid(f(name), v, format!("1 to {max}")));
             }
+        }
+        if self.ema_rates.len() > MAX_EMA_RATES {
+            return Err(CoreError::invalid(
+                f("ema_rates"),
+                format!("{} rates", self.ema_rates.len()),
+                format!("at most {MAX_EMA_RATES} (each is a full copy of the network)"),
+            ));
         }
         if let Some(r) = self.ema_rates.iter().find(|r| !(0.0..1.0).contains(*r)) {
             return Err(CoreError::invalid(f("ema_rates"), r, "rates in [0, 1)"));
@@ -89,5 +110,50 @@ impl TrainConfig {
             }
         }
         self.optimizer.validate_at(&f("optimizer."))
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_bounded_with_the_field_named() {
+        let ok = TrainConfig::default();
+        ok.validate_at("train.").unwrap();
+        let cases: [(&str, TrainConfig); 4] = [
+            (
+                "train.sample_count",
+                TrainConfig {
+                    sample_count: 100_000_000,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "train.batch_size",
+                TrainConfig {
+                    batch_size: usize::MAX,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "train.steps",
+                TrainConfig {
+                    steps: u64::MAX,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "train.ema_rates",
+                TrainConfig {
+                    ema_rates: (0..20).map(|i| i as f64 / 20.0).collect(),
+                    ..ok.clone()
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            let err = config.validate_at("train.").unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 }
