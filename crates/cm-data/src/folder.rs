@@ -1,9 +1,17 @@
 //! A folder of PNG / JPEG images as a data set, torchvision `ImageFolder`
 //! style: images in sub-folders are labelled by the sub-folder (classes
 //! sorted alphabetically by name, label = position), images lying directly in
-//! the folder are unlabelled. Each image is resized so its shorter side is
-//! the configured resolution (triangle filter, aspect ratio kept), then
-//! centre-cropped to a square, and converted to grey or RGB (alpha dropped).
+//! the folder are unlabelled. Each image is centre-cropped to a square (its
+//! shorter side), resized to the configured resolution (triangle filter),
+//! and converted to grey or RGB (alpha dropped).
+//!
+//! Bounded and safe on hostile folders: images are decoded under limits
+//! ([`MAX_DECODE_SIDE`] per side, [`MAX_DECODE_BYTES`] per image), cropped
+//! before resizing (a 1 x 1,000,000 strip never becomes a 28 x 28,000,000
+//! intermediate), links to folders are not followed (a `loop -> ..` link
+//! would read the tree again and mislabel it), and entries that are not
+//! regular files (a FIFO named `x.png` would block the read) are skipped;
+//! both are counted in [`ImageDataset::skipped_rows`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -87,35 +95,62 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.'))
 }
 
-/// Sorted entries of `dir`: (sub-folders, image files); hidden entries skipped.
-fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+/// The largest image side decoded.
+pub const MAX_DECODE_SIDE: u32 = 16_384;
+/// The most memory one image's decoding may allocate.
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
+/// Sorted entries of `dir`: (sub-folders, image files, skipped entries);
+/// hidden entries are ignored. Links to folders and image-named entries
+/// that are not regular files (FIFOs, devices) are skipped and counted;
+/// links to image files are read.
+fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>, usize)> {
     let rd = fs::read_dir(dir).map_err(|e| DataError::io("cannot list folder", dir, e))?;
     let mut dirs = Vec::new();
     let mut files = Vec::new();
+    let mut skipped = 0;
     for entry in rd {
         let entry = entry.map_err(|e| DataError::io("cannot list folder", dir, e))?;
         let path = entry.path();
         if is_hidden(&path) {
             continue;
         }
-        if path.is_dir() {
+        // file_type does not follow links.
+        let kind = entry
+            .file_type()
+            .map_err(|e| DataError::io("cannot list folder", dir, e))?;
+        if kind.is_dir() {
             dirs.push(path);
+        } else if kind.is_symlink() {
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() && is_image(&path) => files.push(path),
+                Ok(m) if m.is_dir() => skipped += 1,
+                _ if is_image(&path) => skipped += 1,
+                _ => {}
+            }
         } else if is_image(&path) {
-            files.push(path);
+            if kind.is_file() {
+                files.push(path);
+            } else {
+                skipped += 1;
+            }
         }
     }
     dirs.sort();
     files.sort();
-    Ok((dirs, files))
+    Ok((dirs, files, skipped))
 }
 
-/// Every image below `dir`, recursively, in sorted path order.
-fn images_below(dir: &Path) -> Result<Vec<PathBuf>> {
-    let (dirs, mut files) = list(dir)?;
+/// Every image below `dir`, recursively, in sorted path order, and the
+/// count of skipped entries.
+fn images_below(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
+    let (dirs, mut files, mut skipped) = list(dir)?;
     for d in dirs {
-        files.extend(images_below(&d)?);
+        let (more, s) = images_below(&d)?;
+        files.extend(more);
+        skipped += s;
     }
-    Ok(files)
+    Ok((files, skipped))
 }
 
 /// Decodes one image and returns it as `[C, res, res]` u8: shorter side
@@ -124,43 +159,56 @@ pub fn load_image(path: &Path, resolution: u32, color: ColorMode) -> Result<Vec<
     if resolution == 0 {
         return Err(DataError::invalid("resolution", 0, "at least 1 pixel"));
     }
-    let img = image::ImageReader::open(path)
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(DataError::corrupt(
+                path,
+                "not a regular file (a folder, device or pipe)".to_string(),
+            ))
+        }
+        Err(e) => return Err(DataError::io("cannot open", path, e)),
+    }
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| DataError::io("cannot open", path, e))?
         .with_guessed_format()
-        .map_err(|e| DataError::io("cannot read", path, e))?
-        .decode()
-        .map_err(|e| DataError::corrupt(path, format!("cannot decode image: {e}")))?;
+        .map_err(|e| DataError::io("cannot read", path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODE_SIDE);
+    limits.max_image_height = Some(MAX_DECODE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| {
+        DataError::corrupt(
+            path,
+            format!(
+                "cannot decode image: {e} (limits: {MAX_DECODE_SIDE} pixels per side, \
+                 {} MiB per image)",
+                MAX_DECODE_BYTES >> 20
+            ),
+        )
+    })?;
     Ok(match color {
         ColorMode::Grey => fit_square(&img.to_luma8(), resolution),
         ColorMode::Rgb => fit_square(&img.to_rgb8(), resolution),
     })
 }
 
-/// Resizes (shorter side to `res`) and centre-crops `img`, returning `[C, res, res]`.
+/// Centre-crops `img` to a square and resizes it to `res`, returning
+/// `[C, res, res]`. Cropping first keeps every intermediate at most the
+/// size of the input.
 fn fit_square<P>(img: &ImageBuffer<P, Vec<u8>>, res: u32) -> Vec<u8>
 where
     P: Pixel<Subpixel = u8> + 'static,
 {
     let (w, h) = img.dimensions();
-    let scale = |long: u32, short: u32| -> u32 {
-        ((u64::from(long) * u64::from(res) + u64::from(short) / 2) / u64::from(short))
-            .max(u64::from(res)) as u32
-    };
-    let (nw, nh) = if w <= h {
-        (res, scale(h, w))
+    let side = w.min(h);
+    let square = imageops::crop_imm(img, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    let crop = if side == res {
+        square
     } else {
-        (scale(w, h), res)
+        imageops::resize(&square, res, res, FilterType::Triangle)
     };
-    let resized;
-    let src = if (nw, nh) == (w, h) {
-        img
-    } else {
-        resized = imageops::resize(img, nw, nh, FilterType::Triangle);
-        &resized
-    };
-    let x0 = (nw - res) / 2;
-    let y0 = (nh - res) / 2;
-    let crop = imageops::crop_imm(src, x0, y0, res, res).to_image();
     let c = usize::from(P::CHANNEL_COUNT);
     let raw = crop.as_raw();
     let plane = (res * res) as usize;
@@ -184,10 +232,11 @@ pub fn load_image_folder(dir: &Path, config: &ImageFolderConfig) -> Result<Image
             expected: "a folder of PNG/JPEG images (optionally in class sub-folders)".into(),
         });
     }
-    let (sub_dirs, loose) = list(dir)?;
+    let (sub_dirs, loose, mut skipped) = list(dir)?;
     let mut classes: Vec<(String, Vec<PathBuf>)> = Vec::new();
     for d in sub_dirs {
-        let files = images_below(&d)?;
+        let (files, s) = images_below(&d)?;
+        skipped += s;
         if !files.is_empty() {
             let name = d
                 .file_name()
@@ -251,6 +300,6 @@ pub fn load_image_folder(dir: &Path, config: &ImageFolderConfig) -> Result<Image
         test: Arc::new(test),
         num_classes: classes.len(),
         class_names: classes.into_iter().map(|(n, _)| n).collect(),
-        skipped_rows: 0,
+        skipped_rows: skipped,
     })
 }

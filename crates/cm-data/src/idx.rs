@@ -136,6 +136,12 @@ fn read_payload(r: &mut dyn Read, path: &Path, len: u64, what: &str) -> Result<V
     Ok(data)
 }
 
+/// The largest image side an IDX header may declare.
+pub const MAX_IDX_SIDE: u32 = 16_384;
+/// The most pixel bytes an IDX file may hold (16 GiB; MNIST's training
+/// images are 47 MB).
+pub const MAX_IDX_BYTES: u64 = 16 << 30;
+
 /// Reads an IDX image file (raw or gzipped): pixels `[N, 1, rows, cols]` and
 /// the shape `[1, rows, cols]`.
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, [usize; 3])> {
@@ -148,7 +154,26 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, [usize; 3])> {
             format!("image size {rows}x{cols}; expected both sizes at least 1"),
         ));
     }
-    let len = u64::from(n) * u64::from(rows) * u64::from(cols);
+    if rows > MAX_IDX_SIDE || cols > MAX_IDX_SIDE {
+        return Err(DataError::corrupt(
+            path,
+            format!("image size {rows}x{cols}; expected sides of at most {MAX_IDX_SIDE}"),
+        ));
+    }
+    // Checked: a 16-byte header can name n = 2^22 images of 2^21 x 2^21,
+    // whose product overflows u64.
+    let len = u64::from(n)
+        .checked_mul(u64::from(rows) * u64::from(cols))
+        .filter(|&len| len <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            DataError::corrupt(
+                path,
+                format!(
+                    "the header promises {n} images of {rows}x{cols}, more than the \
+                     {MAX_IDX_BYTES}-byte limit"
+                ),
+            )
+        })?;
     let pixels = read_payload(&mut *r, path, len, "pixels")?;
     Ok((pixels, [1, rows as usize, cols as usize]))
 }

@@ -130,3 +130,54 @@ fn empty_and_mixed_folders_error() {
         Err(DataError::InvalidConfig { .. })
     ));
 }
+
+/// Hostile folders: a `loop -> ..` link is not followed (it would read the
+/// tree again and label one class's images as another's), a FIFO named like
+/// an image is skipped instead of blocking the read, both counted; a strip
+/// image is cropped before resizing (no huge intermediate) and one beyond
+/// the decoder's side limit is refused with the file named.
+#[test]
+fn links_pipes_and_strips_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for class in ["a", "b"] {
+        std::fs::create_dir(d.join(class)).unwrap();
+        for i in 0..3 {
+            save_png(&d.join(class).join(format!("{i}.png")), 10, 10);
+        }
+    }
+    std::os::unix::fs::symlink("..", d.join("a").join("loop")).unwrap();
+    let fifo = d.join("b").join("pipe.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let ds = load_image_folder(d, &config(8, ColorMode::Rgb)).unwrap();
+    assert_eq!(ds.train.len(), 6);
+    assert_eq!(ds.train.class_counts(2), vec![3, 3]);
+    assert_eq!(ds.skipped_rows, 2);
+
+    // A 1 x 16,000 strip: cropped to 1 x 1 first, then resized.
+    let strip = d.join("strip.png");
+    image::GrayImage::from_pixel(1, 16_000, image::Luma([200]))
+        .save(&strip)
+        .unwrap();
+    let px = load_image(&strip, 64, ColorMode::Rgb).unwrap();
+    assert_eq!(px.len(), 3 * 64 * 64);
+    assert!(px.iter().all(|&v| v == 200));
+    // Beyond the side limit: refused by the decoder, naming the file.
+    let long = d.join("long.png");
+    image::GrayImage::from_pixel(1, 1_000_000, image::Luma([7]))
+        .save(&long)
+        .unwrap();
+    let err = load_image(&long, 64, ColorMode::Rgb)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("long.png") && err.contains("16384"), "{err}");
+    // The FIFO itself, named directly, is refused without blocking.
+    let err = load_image(&fifo, 8, ColorMode::Grey)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}

@@ -184,3 +184,26 @@ fn truncated_and_trailing_bytes_are_corrupt() {
         Err(DataError::Corrupt { .. })
     ));
 }
+
+/// A 16-byte header naming 2^22 images of 2^21 x 2^21 (a product that
+/// overflows u64) is refused, not read as 0 images or a panic; so is a
+/// header whose size exceeds the limit without overflowing.
+#[test]
+fn header_sizes_are_checked_arithmetic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge-idx3-ubyte");
+    write(
+        &path,
+        &images_bytes(0x0803, 1 << 22, 1 << 21, 1 << 21, &[]),
+        false,
+    );
+    let err = read_idx_images(&path).unwrap_err().to_string();
+    assert!(err.contains("at most 16384"), "{err}");
+    write(
+        &path,
+        &images_bytes(0x0803, u32::MAX, 16_384, 16_384, &[]),
+        false,
+    );
+    let err = read_idx_images(&path).unwrap_err().to_string();
+    assert!(err.contains("limit"), "{err}");
+}

@@ -149,6 +149,15 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     let data = data
         .load(None)
         .map_err(|e| TrainError::Batch(e.to_string()))?;
+    if let cm_data::Dataset::Images(images) = &data {
+        if images.skipped_rows > 0 {
+            observer.on_message(&format!(
+                "data: {} entries skipped on import (malformed rows, links to folders, \
+                 entries that are not regular files)",
+                images.skipped_rows
+            ));
+        }
+    }
     tch::manual_seed(mix_seed(train_config.seed, u64::MAX));
     let (mut model, mut objective) = method.build(device, observer)?;
     // Every checkpoint says how to sample from it (cm_sample::META_CARD).
