@@ -45,6 +45,18 @@ fn preset(args: &Args) -> &str {
     args.preset.as_deref().unwrap_or(DEFAULT_PRESET)
 }
 
+/// `--preset` and `--config` each choose the config: both at once would
+/// silently ignore one, so they are refused together.
+fn check_one_config(args: &Args) -> Result<(), String> {
+    if let (Some(p), Some(c)) = (&args.preset, &args.config) {
+        return Err(format!(
+            "--preset {p} and --config {c} both choose the config; pass one \
+             (name the run folder with --run-dir)"
+        ));
+    }
+    Ok(())
+}
+
 /// `cm <subcommand> --config <config or configs/<group>/<preset>.toml>
 /// --run-dir <run dir or runs/<prefix>-<preset>> [--resume] [--device cuda]
 /// <extra>`; the preset must be a file under `root` unless `--config` is
@@ -56,8 +68,9 @@ fn cm_run_args(
     group: &str,
     prefix: &str,
 ) -> Result<Vec<String>, String> {
+    check_one_config(args)?;
     let preset = preset(args);
-    // With --config the preset only names the run folder.
+    // With --config the default preset only names the run folder.
     let config = match args.config {
         Some(_) => String::new(),
         None => presets::config_path(root, group, preset)?,
@@ -68,9 +81,10 @@ fn cm_run_args(
 /// `cm train-ct` for `--preset P --recipe R`: `configs/ct/P-R.toml` into
 /// `runs/R-P`.
 pub fn ct_args(args: &Args, root: &Path) -> Result<Vec<String>, String> {
+    check_one_config(args)?;
     let preset = preset(args);
     let recipe = args.recipe.as_deref().unwrap_or(DEFAULT_RECIPE);
-    // With --config the preset and recipe only name the run folder.
+    // With --config the default preset and recipe only name the run folder.
     let config = match args.config {
         Some(_) => String::new(),
         None => presets::ct_config_path(root, preset, recipe)?,
@@ -210,19 +224,26 @@ mod tests {
             err.contains("`smoke`") && err.contains("cifar10, fmnist, toy"),
             "{err}"
         );
-        // --config skips the preset check.
+        // --config alone takes that file; with --preset (even a bogus one)
+        // the two are refused together instead of one being ignored.
+        let a = parse(strings(&["train-teacher", "--config", "/c.toml"])).unwrap();
+        let cm = cm_run_args(&a, &root, "train-teacher", "teacher", "teacher").unwrap();
+        assert_eq!(
+            &cm[1..5],
+            &strings(&["--config", "/c.toml", "--run-dir", "runs/teacher-fmnist"])[..]
+        );
         let a = parse(strings(&[
             "train-teacher",
             "--preset",
-            "x",
+            "bogus",
             "--config",
             "/c.toml",
         ]))
         .unwrap();
-        let cm = cm_run_args(&a, &root, "train-teacher", "teacher", "teacher").unwrap();
-        assert_eq!(
-            &cm[1..5],
-            &strings(&["--config", "/c.toml", "--run-dir", "runs/teacher-x"])[..]
+        let err = cm_run_args(&a, &root, "train-teacher", "teacher", "teacher").unwrap_err();
+        assert!(
+            err.contains("--preset bogus") && err.contains("--config"),
+            "{err}"
         );
     }
 

@@ -172,9 +172,17 @@ impl Checkpointer<'_> {
         Ok(())
     }
 
-    /// Restores every role and the optimizer from the checkpoint `dir`;
-    /// returns its step.
-    pub(crate) fn load(&mut self, objective: &mut dyn Objective, dir: &Path) -> Result<u64> {
+    /// Restores every role and the optimizer from the checkpoint `dir` (of
+    /// step `expected`, from its folder name); returns its step. Nothing in
+    /// it is trusted: the state's step must match the folder and lie within
+    /// the run, tensors must match in shape and dtype exactly, and every
+    /// loaded weight and moment must be finite.
+    pub(crate) fn load(
+        &mut self,
+        objective: &mut dyn Objective,
+        dir: &Path,
+        expected: u64,
+    ) -> Result<u64> {
         let state_path = dir.join("state.json");
         let text =
             fs::read_to_string(&state_path).map_err(TrainError::io("cannot read", &state_path))?;
@@ -183,6 +191,34 @@ impl Checkpointer<'_> {
                 path: state_path.clone(),
                 reason: format!("corrupt state: {e}"),
             })?;
+        if state.step != expected {
+            return Err(TrainError::Checkpoint {
+                path: state_path,
+                reason: format!(
+                    "state.json says step {}, the folder is {}",
+                    state.step,
+                    checkpoint_name(expected)
+                ),
+            });
+        }
+        if state.step > self.config.steps {
+            return Err(TrainError::Checkpoint {
+                path: state_path,
+                reason: format!(
+                    "step {} is beyond the run's {} steps",
+                    state.step, self.config.steps
+                ),
+            });
+        }
+        if state.optimizer_steps > state.step {
+            return Err(TrainError::Checkpoint {
+                path: state_path,
+                reason: format!(
+                    "{} optimizer steps at step {}",
+                    state.optimizer_steps, state.step
+                ),
+            });
+        }
         if state.objective != objective.name() {
             return Err(TrainError::Checkpoint {
                 path: state_path,
@@ -219,9 +255,35 @@ impl Checkpointer<'_> {
             .optimizer
             .load_state(tensors, state.optimizer_steps)
             .map_err(|reason| TrainError::Checkpoint {
-                path: opt_path,
+                path: opt_path.clone(),
                 reason,
             })?;
+        // NaN or inf anywhere would poison the run (and reach the card).
+        let mut loaded: Vec<(String, Tensor)> = Vec::new();
+        let mut add = |file: &str, model: &Model| {
+            for (n, t) in model.var_store().variables() {
+                loaded.push((format!("{file}: {n}"), t));
+            }
+        };
+        add("online.safetensors", &self.roles.online);
+        for ema in &self.roles.emas {
+            add(&format!("{}.safetensors", ema.name()), &ema.model);
+        }
+        for (name, model) in objective.extra_models() {
+            add(&format!("{name}.safetensors"), model);
+        }
+        for (n, t) in self.roles.optimizer.state_tensors() {
+            loaded.push((format!("optimizer.safetensors: {n}"), t));
+        }
+        if let Some((name, _)) = loaded
+            .iter()
+            .find(|(_, t)| t.numel() > 0 && !bool::try_from(t.isfinite().all()).unwrap_or(false))
+        {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: format!("non-finite values (NaN or inf) in {name}"),
+            });
+        }
         Ok(state.step)
     }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("loss is {loss} at step {step}: training stopped; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    #[error(
+        "loss is {loss} at step {step}: training stopped; {}",
+        kept(last_checkpoint)
+    )]
     NonFiniteLoss {
         /// The step.
         step: u64,
@@ -17,13 +20,30 @@ pub enum TrainError {
     },
     /// The gradient norm became NaN or infinite; no update was applied and
     /// the last good checkpoint is kept.
-    #[error("gradient norm is {norm} at step {step}: training stopped before the update; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    #[error(
+        "gradient norm is {norm} at step {step}: training stopped before the update; {}",
+        kept(last_checkpoint)
+    )]
     NonFiniteGradient {
         /// The step.
         step: u64,
         /// The gradient norm.
         norm: f64,
         /// The newest checkpoint on disk, if any.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// Training diverged: the loss or the weights grew far beyond their
+    /// running range (finite, so the NaN checks do not see it).
+    #[error(
+        "training diverged at step {step}: {what}; stopped (lower the learning rate?); {}",
+        kept(last_checkpoint)
+    )]
+    Diverged {
+        /// The step.
+        step: u64,
+        /// What grew, by how much.
+        what: String,
+        /// The newest healthy checkpoint on disk, if any.
         last_checkpoint: Option<PathBuf>,
     },
     /// A run folder already holds another run, or a resumed run's config
@@ -104,3 +124,11 @@ impl TrainError {
 
 /// Result alias of cm-train.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// The end of a stopped-run message: which checkpoint a resume would use.
+fn kept(last: &Option<PathBuf>) -> String {
+    match last {
+        Some(p) => format!("the last good checkpoint is kept ({})", p.display()),
+        None => "no checkpoint was written yet, so a resume starts over".to_string(),
+    }
+}

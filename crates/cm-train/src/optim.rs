@@ -262,6 +262,13 @@ impl Optimizer {
                         src.size()
                     ));
                 }
+                if src.kind() != t.kind() {
+                    return Err(format!(
+                        "optimizer tensor `{key}`: expected dtype {:?}, found {:?}",
+                        t.kind(),
+                        src.kind()
+                    ));
+                }
                 t.copy_(&src);
             }
         }

@@ -144,6 +144,12 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     observer.on_stage(&stage_name(method.title()));
     write_run_config(run_dir, method.config(), resume)?;
     let train_config = method.config().train().clone();
+    // A finished run resumed is a no-op: its report and card (which later
+    // commands may have extended, e.g. the timestep search) stay as they are.
+    let card = run_dir.join(CARD_FILE);
+    let finished = resume
+        && card.is_file()
+        && latest_checkpoint(run_dir).is_some_and(|(step, _)| step >= train_config.steps);
     observer.on_message("loading data");
     let (data, loader) = method.config().data();
     let data = data
@@ -192,9 +198,22 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
             samplers: Vec::new(),
         });
     }
+    if finished {
+        observer.on_message(&format!(
+            "the run already finished at step {}; report.md and {CARD_FILE} left as they are",
+            out.step
+        ));
+        let report = run_dir.join("report.md");
+        return Ok(RunOutcome {
+            train: out,
+            objective,
+            report: report.is_file().then_some(report),
+            card: Some(card),
+            samplers: Vec::new(),
+        });
+    }
     let rows = write_report_grids(method, &objective, &out, run_dir)?;
     let report = write_report(method, &out, &rows, run_dir, seconds)?;
-    let card = run_dir.join(CARD_FILE);
     method.card(final_weights(&train_config)).save(&card)?;
     Ok(RunOutcome {
         train: out,

@@ -102,13 +102,19 @@ pub fn train(
         },
     };
 
+    let removed = clean_stale_temporaries(run_dir);
+    if removed > 0 {
+        observer.on_message(&format!(
+            "removed {removed} temporary file(s) left by an interrupted write"
+        ));
+    }
     let metrics_path = run_dir.join("metrics.csv");
     let mut start = 0;
     let mut checkpoint = None;
     if resume {
         let all = list_checkpoints(run_dir);
         if let Some((step, dir)) = all.last().cloned() {
-            start = s.load(objective, &dir).map_err(|e| {
+            start = s.load(objective, &dir, step).map_err(|e| {
                 // Say how to recover instead of silently skipping the newest state.
                 let hint = match all.len().checked_sub(2).map(|i| &all[i]) {
                     Some((prev, _)) => format!("; move this folder away to resume from the previous checkpoint (step {prev})"),
@@ -147,6 +153,7 @@ pub fn train(
     }
 
     observer.on_start(start, config.steps);
+    let mut guard = DivergenceGuard::new(&s.roles.online);
     let started = Instant::now();
     let mut losses = Vec::new();
     let mut stopped = false;
@@ -166,6 +173,13 @@ pub fn train(
             return Err(TrainError::NonFiniteLoss {
                 step,
                 loss: loss_value,
+                last_checkpoint: checkpoint,
+            });
+        }
+        if let Some(what) = guard.loss(loss_value) {
+            return Err(TrainError::Diverged {
+                step,
+                what,
                 last_checkpoint: checkpoint,
             });
         }
@@ -208,6 +222,14 @@ pub fn train(
             write_samples(objective, &s, config, run_dir, step)?;
         }
         if step % config.checkpoint_every == 0 && step < config.steps {
+            // Only a healthy state becomes "the last good checkpoint".
+            if let Some(what) = guard.weights(&s.roles.online) {
+                return Err(TrainError::Diverged {
+                    step,
+                    what,
+                    last_checkpoint: checkpoint,
+                });
+            }
             checkpoint = Some(s.save(objective, step)?);
             report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
             observer.on_message(&format!("checkpoint at step {step}"));
@@ -217,6 +239,13 @@ pub fn train(
         .flush()
         .map_err(TrainError::io("cannot write", &metrics_path))?;
     if step > start || checkpoint.is_none() {
+        if let Some(what) = guard.weights(&s.roles.online) {
+            return Err(TrainError::Diverged {
+                step,
+                what,
+                last_checkpoint: checkpoint,
+            });
+        }
         checkpoint = Some(s.save(objective, step)?);
     }
     report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
@@ -235,6 +264,99 @@ pub fn train(
         losses,
         checkpoint,
     })
+}
+
+/// How far above its best value of the session a loss may go before the
+/// run counts as diverged (finite losses: lr = 1e3 reached 1.6e9 from 0.5).
+pub const LOSS_DIVERGENCE_FACTOR: f64 = 1e6;
+/// How far the weights' norm may grow over a session before the state is
+/// refused as a checkpoint (training moves it by a small factor; lr = 1e30
+/// by 1e30).
+pub const WEIGHT_DIVERGENCE_FACTOR: f64 = 1e3;
+
+/// Watches for divergence that stays finite: a loss far above the best of
+/// the session, weights far larger than at its start.
+struct DivergenceGuard {
+    best_loss: f64,
+    start_norm: f64,
+}
+
+impl DivergenceGuard {
+    fn new(online: &Model) -> Self {
+        DivergenceGuard {
+            best_loss: f64::INFINITY,
+            start_norm: weight_norm(online),
+        }
+    }
+
+    /// `Some(description)` when `loss` is far above the session's best.
+    fn loss(&mut self, loss: f64) -> Option<String> {
+        let best = self.best_loss.max(f64::MIN_POSITIVE);
+        if self.best_loss.is_finite() && loss > LOSS_DIVERGENCE_FACTOR * best {
+            return Some(format!(
+                "loss {loss:.3e}, more than {LOSS_DIVERGENCE_FACTOR:.0e} x the best of this session ({best:.3e})"
+            ));
+        }
+        self.best_loss = self.best_loss.min(loss);
+        None
+    }
+
+    /// `Some(description)` when the weights are not finite or grew far
+    /// beyond their norm at the start of the session.
+    fn weights(&self, online: &Model) -> Option<String> {
+        let norm = weight_norm(online);
+        let limit = WEIGHT_DIVERGENCE_FACTOR * self.start_norm.max(1.0);
+        (!norm.is_finite() || norm > limit).then(|| {
+            format!(
+                "weight norm {norm:.3e}, more than {WEIGHT_DIVERGENCE_FACTOR:.0e} x its {:.3e} at the start of the session",
+                self.start_norm
+            )
+        })
+    }
+}
+
+/// The L2 norm of all of `model`'s variables together.
+fn weight_norm(model: &Model) -> f64 {
+    let _guard = tch::no_grad_guard();
+    model
+        .var_store()
+        .variables()
+        .values()
+        .map(|t| t.square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Removes what interrupted writes of this run folder left behind:
+/// checkpoint folders `checkpoints/.tmp-*` and atomic-write files `.NAME.tmp-PID`
+/// (in the run folder and under `checkpoints/`) of other processes. Returns
+/// how many were removed.
+pub fn clean_stale_temporaries(run_dir: &Path) -> usize {
+    let own = format!("-{}", std::process::id());
+    let mut removed = 0;
+    let mut sweep = |dir: &Path| {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale =
+                name.starts_with('.') && name.contains(".tmp-") || name.starts_with(".tmp-");
+            if !stale || name.ends_with(&own) {
+                continue;
+            }
+            let path = e.path();
+            let ok = match e.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir_all(&path).is_ok(),
+                Ok(_) => fs::remove_file(&path).is_ok(),
+                Err(_) => false,
+            };
+            removed += ok as usize;
+        }
+    };
+    sweep(run_dir);
+    sweep(&run_dir.join("checkpoints"));
+    removed
 }
 
 /// Standard-normal latents for `count` samples of `model`, from a fixed

@@ -85,6 +85,32 @@ fn finished_stopped_and_resumed_runs() {
     assert!(ModelCard::from_weights(last.join("target.safetensors")).is_err());
     assert!(ModelCard::from_weights(last.join("online.safetensors")).is_ok());
 
+    // Resuming the finished run changes nothing: what a later command
+    // added to the card (here stored 3-step times) and the report stay.
+    let card_path = out.card.clone().unwrap();
+    let mut extended = ModelCard::load(&card_path).unwrap();
+    if let ModelCard::Consistency { timesteps, .. } = &mut extended {
+        timesteps.insert("3".into(), vec![1.0, 0.1]);
+    }
+    extended.save_over(&card_path).unwrap();
+    let (card_text, report_text) = (
+        std::fs::read(&card_path).unwrap(),
+        std::fs::read(full.join("report.md")).unwrap(),
+    );
+    let again = run_ct(
+        &config,
+        &full,
+        true,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(again.train.step, 60);
+    assert!(again.card.is_some() && again.report.is_some());
+    assert_eq!(std::fs::read(&card_path).unwrap(), card_text);
+    assert_eq!(std::fs::read(full.join("report.md")).unwrap(), report_text);
+
     // Stopped at step 30: no card; resuming ends at the same weights.
     let part = temp_dir("ct-part");
     let flag = AtomicBool::new(false);
