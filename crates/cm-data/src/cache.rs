@@ -3,12 +3,12 @@
 //! `$HOME/.cache/cm-rs/data`), atomic file writes (temp file, then rename),
 //! and the compact binary format converted image data sets are stored in.
 //!
-//! # Cache file format, version 1 (all integers little-endian)
+//! # Cache file format, version 2 (all integers little-endian)
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `CMRSDATA` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2) |
 //! | 12 | 4 x 3 | channels, height, width |
 //! | 24 | 4 | number of classes (at most 256) |
 //! | 28 | 4 | train images `n_train` |
@@ -20,8 +20,11 @@
 //! | 76 | 4 | length `L` of the names block |
 //! | 80 | L | UTF-8: data set name, then one class name per line (`\n`-separated) |
 //! | 80+L | | train pixels `[n_train, C, H, W]` u8, train labels `n_train` u8 (if labelled), test pixels, test labels (if labelled) |
+//! | end-32 | 32 | sha256 of every byte before it (version 2) |
 //!
-//! The file must end exactly after the test labels.
+//! The file must end exactly after the content hash, and the hash must
+//! match: a flipped pixel or a changed label is detected on read (version 1
+//! files had no hash and are rebuilt).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
@@ -29,14 +32,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
+
 use crate::dataset::{ImageDataset, ImageSplit};
 use crate::error::{DataError, Result};
 
 /// First 8 bytes of a cache file.
 pub const CACHE_MAGIC: [u8; 8] = *b"CMRSDATA";
 /// Version of the cache format (and of the split rules that produced it).
-pub const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 2;
 const HEADER_LEN: usize = 80;
+/// The content hash at the end of a version-2 file.
+const TRAILER_LEN: usize = 32;
 
 /// The data folder when none is given: `$CM_RS_CACHE/data`, else
 /// `$XDG_CACHE_HOME/cm-rs/data`, else `$HOME/.cache/cm-rs/data` (empty
@@ -147,7 +154,7 @@ impl CacheHeader {
         let n = (self.n_train as u64).checked_add(self.n_test as u64)?;
         let pixels = per.checked_mul(n)?;
         let labels = if self.labelled { n } else { 0 };
-        (HEADER_LEN as u64)
+        (HEADER_LEN as u64 + TRAILER_LEN as u64)
             .checked_add(self.names_len as u64)?
             .checked_add(pixels)?
             .checked_add(labels)
@@ -295,13 +302,24 @@ pub fn write_cache(path: &Path, dataset: &ImageDataset, source_sha256: &[u8; 32]
     header.extend_from_slice(source_sha256);
     header.extend_from_slice(&to_u32("names", names.len())?.to_le_bytes());
     debug_assert_eq!(header.len(), HEADER_LEN);
+    let parts: [&[u8]; 6] = [
+        &header,
+        names.as_bytes(),
+        dataset.train.pixels(),
+        &labels_u8[0],
+        dataset.test.pixels(),
+        &labels_u8[1],
+    ];
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
     write_atomic(path, |out| {
-        out.write_all(&header)?;
-        out.write_all(names.as_bytes())?;
-        out.write_all(dataset.train.pixels())?;
-        out.write_all(&labels_u8[0])?;
-        out.write_all(dataset.test.pixels())?;
-        out.write_all(&labels_u8[1])?;
+        for part in parts {
+            out.write_all(part)?;
+        }
+        out.write_all(&digest)?;
         Ok(())
     })
 }
@@ -323,10 +341,14 @@ pub fn read_cache(path: &Path) -> Result<(ImageDataset, [u8; 32])> {
     }
     let file = File::open(path).map_err(|e| DataError::io("cannot open", path, e))?;
     let mut file = std::io::BufReader::with_capacity(1 << 20, file);
+    let hasher = std::cell::RefCell::new(Sha256::new());
+    // Every byte read is hashed; the trailer must match at the end. (The
+    // header's length check bounds every read by the file's real size.)
     let read = |file: &mut std::io::BufReader<File>, n: usize| -> Result<Vec<u8>> {
         let mut v = vec![0u8; n];
         file.read_exact(&mut v)
             .map_err(|e| DataError::io("cannot read", path, e))?;
+        hasher.borrow_mut().update(&v);
         Ok(v)
     };
     read(&mut file, HEADER_LEN)?;
@@ -356,6 +378,15 @@ pub fn read_cache(path: &Path) -> Result<(ImageDataset, [u8; 32])> {
     // Train first: the file stores it first.
     let train = read_split(header.n_train)?;
     let test = read_split(header.n_test)?;
+    let mut stored = [0u8; TRAILER_LEN];
+    file.read_exact(&mut stored)
+        .map_err(|e| DataError::io("cannot read", path, e))?;
+    if hasher.into_inner().finalize().as_slice() != stored {
+        return Err(DataError::corrupt(
+            path,
+            "content hash mismatch: the cached data changed after it was written",
+        ));
+    }
     Ok((
         ImageDataset {
             name,

