@@ -61,6 +61,15 @@ fn card_for(dir: &Path, net: NetConfig, name: &str) -> PathBuf {
     path
 }
 
+/// A consistency card around a small random 1x28x28 U-Net.
+fn small_unet_card(dir: &Path) -> PathBuf {
+    let net = NetConfig::Unet(UNetConfig {
+        model_channels: 16,
+        ..UNetConfig::default()
+    });
+    card_for(dir, net, "net")
+}
+
 fn tensor(path: &Path, name: &str) -> Tensor {
     Tensor::read_safetensors(path)
         .unwrap()
@@ -146,14 +155,7 @@ fn guided_sampling_doubles_the_evaluations_and_needs_classes() {
 #[test]
 fn card_errors_say_what_to_pass() {
     let dir = tempfile::tempdir().unwrap();
-    let card = card_for(
-        dir.path(),
-        NetConfig::Unet(UNetConfig {
-            model_channels: 16,
-            ..UNetConfig::default()
-        }),
-        "net",
-    );
+    let card = small_unet_card(dir.path());
     let out = dir.path().join("o");
     // A run folder as --card: the card inside it is named.
     let (code, err) = sample(dir.path(), &out, &[]);
@@ -258,14 +260,7 @@ fn ctrl_c_exits_130_after_saving() {
 #[test]
 fn sizes_on_the_command_line_and_in_cards_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let card = card_for(
-        dir.path(),
-        NetConfig::Unet(UNetConfig {
-            model_channels: 16,
-            ..UNetConfig::default()
-        }),
-        "net",
-    );
+    let card = small_unet_card(dir.path());
     let out = dir.path().join("o");
     let (code, err) = cm(&[
         "sample",

@@ -288,6 +288,13 @@ fn check_positive(field: &str, value: usize) -> cm_core::Result<()> {
     Ok(())
 }
 
+fn check_num_classes(value: usize) -> cm_core::Result<()> {
+    if value > MAX_DIM {
+        return Err(invalid("num_classes", value, format!("0 to {MAX_DIM}")));
+    }
+    Ok(())
+}
+
 /// Refuses a config whose parameter estimate exceeds [`MAX_PARAMS`].
 fn check_params(estimate: f64) -> cm_core::Result<()> {
     if estimate > MAX_PARAMS {
@@ -395,13 +402,7 @@ impl Validate for UNetConfig {
         check_positive("channels_per_head", self.channels_per_head)?;
         check_positive("emb_mult", self.emb_mult)?;
         check_positive("resolution", self.resolution)?;
-        if self.num_classes > MAX_DIM {
-            return Err(invalid(
-                "num_classes",
-                self.num_classes,
-                format!("0 to {MAX_DIM}"),
-            ));
-        }
+        check_num_classes(self.num_classes)?;
         if self.channel_mult.is_empty()
             || self.channel_mult.len() > 8
             || self.channel_mult.iter().any(|&m| m == 0 || m > 64)
@@ -478,13 +479,7 @@ impl Validate for DiTConfig {
         check_positive("resolution", self.resolution)?;
         check_positive("hidden_size", self.hidden_size)?;
         check_positive("frequency_embedding_size", self.frequency_embedding_size)?;
-        if self.num_classes > MAX_DIM {
-            return Err(invalid(
-                "num_classes",
-                self.num_classes,
-                format!("0 to {MAX_DIM}"),
-            ));
-        }
+        check_num_classes(self.num_classes)?;
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
             return Err(invalid("mlp_ratio", self.mlp_ratio, "a number in (0, 64]"));
         }
@@ -537,13 +532,7 @@ impl Validate for MlpConfig {
         check_positive("hidden", self.hidden)?;
         check_positive("depth", self.depth)?;
         check_positive("emb_channels", self.emb_channels)?;
-        if self.num_classes > MAX_DIM {
-            return Err(invalid(
-                "num_classes",
-                self.num_classes,
-                format!("0 to {MAX_DIM}"),
-            ));
-        }
+        check_num_classes(self.num_classes)?;
         check_params(self.approx_params())?;
         if self.emb_channels == 0 || !self.emb_channels.is_multiple_of(2) {
             return Err(invalid(
