@@ -48,11 +48,13 @@ fn preset(args: &Args) -> &str {
 /// `--preset` and `--config` each choose the config: both at once would
 /// silently ignore one, so they are refused together.
 fn check_one_config(args: &Args) -> Result<(), String> {
-    if let (Some(p), Some(c)) = (&args.preset, &args.config) {
-        return Err(format!(
-            "--preset {p} and --config {c} both choose the config; pass one \
-             (name the run folder with --run-dir)"
-        ));
+    for (flag, value) in [("--preset", &args.preset), ("--recipe", &args.recipe)] {
+        if let (Some(p), Some(c)) = (value, &args.config) {
+            return Err(format!(
+                "{flag} {p} and --config {c} both choose the config; pass one \
+                 (name the run folder with --run-dir)"
+            ));
+        }
     }
     Ok(())
 }

@@ -103,8 +103,8 @@ pub fn data_images(split: &cm_data::ImageSplit, first: usize, count: usize) -> R
 }
 
 /// Reads PNG / JPEG files into `[N, C, H, W]` f32 in [-1, 1] for a model
-/// making `shape = [C, H, W]` images (square): resized (shorter side, then
-/// centre crop) and converted to grey or RGB as the model needs.
+/// making `shape = [C, H, W]` images (square): centre-cropped to a square,
+/// resized, and converted to grey or RGB as the model needs.
 pub fn read_images(paths: &[PathBuf], shape: &[i64]) -> Result<Tensor> {
     let (c, h, w) = match shape {
         [c, h, w] => (*c, *h, *w),

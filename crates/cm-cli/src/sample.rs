@@ -173,12 +173,21 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
     let is_image = model.config().sample_shape().len() == 3;
     // Every sample is kept (u8 pixels, or f32 points) for the tensor file:
     // refuse before sampling what would not fit.
-    let per_sample: u64 =
-        model.config().sample_shape().iter().product::<i64>() as u64 * if is_image { 1 } else { 4 };
-    let kept = per_sample.saturating_mul(args.count as u64);
+    // Plus an i64 label each when conditional, and twice for the chunks and
+    // their concatenation held at once.
+    let per_sample: u64 = model.config().sample_shape().iter().product::<i64>() as u64
+        * if is_image { 1 } else { 4 }
+        + if config.classes == ClassChoice::None {
+            0
+        } else {
+            8
+        };
+    let kept = per_sample
+        .saturating_mul(args.count as u64)
+        .saturating_mul(2);
     if kept > MAX_KEPT_BYTES {
         bail!(
-            "--count {}: the samples would take {:.1} GiB in memory ({} bytes each), \
+            "--count {}: the samples would take {:.1} GiB in memory ({} bytes each, twice), \
              above the {} GiB limit; sample in several runs with other --seed values",
             args.count,
             kept as f64 / (1u64 << 30) as f64,

@@ -79,16 +79,21 @@ fn parse_toml_in<T: DeserializeOwned + Validate>(
 pub fn load_toml<T: DeserializeOwned + Validate>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
     let text = read_text(path)?;
-    parse_toml_in(&text, &path.display().to_string(), path.parent()).map_err(|e| {
-        let is_toml = std::fs::canonicalize(path)
-            .ok()
-            .is_some_and(|p| p.extension().is_some_and(|x| x == "toml"));
-        if is_toml {
-            e
-        } else {
-            redact(e)
-        }
-    })
+    parse_toml_in(&text, &path.display().to_string(), path.parent())
+        .map_err(|e| redact_unless_toml(e, path))
+}
+
+/// `e` as it is for a file named `*.toml` (after links), else without its
+/// quoted source lines.
+fn redact_unless_toml(e: CoreError, path: &Path) -> CoreError {
+    let is_toml = std::fs::canonicalize(path)
+        .ok()
+        .is_some_and(|p| p.extension().is_some_and(|x| x == "toml"));
+    if is_toml {
+        e
+    } else {
+        redact(e)
+    }
 }
 
 /// The largest config, card or sidecar file read (real ones are a few KB).
@@ -150,6 +155,7 @@ fn redact(e: CoreError) -> CoreError {
 
 fn read_table(path: &Path) -> Result<toml::Table> {
     parse_table(&read_text(path)?, &path.display().to_string())
+        .map_err(|e| redact_unless_toml(e, path))
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {

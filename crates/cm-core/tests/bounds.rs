@@ -80,6 +80,13 @@ fn config_files_are_regular_bounded_and_not_echoed() {
         .to_string();
     assert!(!err.contains("secret-line"), "{err}");
     assert!(err.contains("sidecar.toml"), "{err}");
+    // Nor through an include of the linked file.
+    let outer = dir.path().join("outer.toml");
+    std::fs::write(&outer, "include = \"passwd\"\n").unwrap();
+    let err = cm_core::load_toml::<EdmConfig>(&outer)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("secret-line"), "{err}");
     // A real .toml with an error still shows the line, which helps.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "sigma_data = = 1\n").unwrap();

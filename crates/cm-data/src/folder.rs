@@ -153,11 +153,16 @@ fn images_below(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
     Ok((files, skipped))
 }
 
-/// Decodes one image and returns it as `[C, res, res]` u8: shorter side
-/// resized to `res` (triangle filter), centre-cropped, grey or RGB.
+/// Decodes one image and returns it as `[C, res, res]` u8: centre-cropped
+/// to a square, resized to `res` (triangle filter), grey or RGB.
+/// `resolution` is 1 to 4096, as in [`ImageFolderConfig`].
 pub fn load_image(path: &Path, resolution: u32, color: ColorMode) -> Result<Vec<u8>> {
-    if resolution == 0 {
-        return Err(DataError::invalid("resolution", 0, "at least 1 pixel"));
+    if !(1..=4096).contains(&resolution) {
+        return Err(DataError::invalid(
+            "resolution",
+            resolution,
+            "between 1 and 4096 pixels",
+        ));
     }
     match fs::metadata(path) {
         Ok(m) if m.is_file() => {}

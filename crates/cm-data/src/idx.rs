@@ -138,9 +138,9 @@ fn read_payload(r: &mut dyn Read, path: &Path, len: u64, what: &str) -> Result<V
 
 /// The largest image side an IDX header may declare.
 pub const MAX_IDX_SIDE: u32 = 16_384;
-/// The most pixel bytes an IDX file may hold (16 GiB; MNIST's training
+/// The most pixel bytes an IDX file may hold (4 GiB; MNIST's training
 /// images are 47 MB).
-pub const MAX_IDX_BYTES: u64 = 16 << 30;
+pub const MAX_IDX_BYTES: u64 = 4 << 30;
 
 /// Reads an IDX image file (raw or gzipped): pixels `[N, 1, rows, cols]` and
 /// the shape `[1, rows, cols]`.

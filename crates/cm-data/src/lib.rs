@@ -19,8 +19,8 @@
 //!   magic-number and count checks.
 //! - [`cifar`]: the CIFAR-10 binary batches (`data_batch_1..5.bin`,
 //!   `test_batch.bin`).
-//! - [`folder`]: a folder of PNG / JPEG images, resized (shorter side) and
-//!   centre-cropped to a square, grey or RGB, labelled by sub-folder.
+//! - [`folder`]: a folder of PNG / JPEG images, centre-cropped to a square
+//!   and resized, grey or RGB, labelled by sub-folder.
 //! - [`toy`]: 2-D toy distributions (8 Gaussians, two moons, checkerboard,
 //!   Swiss roll), seeded, standardised, with a held-out split from another
 //!   stream and the 8 Gaussians' mode centres for mode-coverage metrics.

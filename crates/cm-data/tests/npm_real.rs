@@ -116,4 +116,10 @@ fn a_damaged_cache_is_rebuilt_from_the_verified_download() {
         cm_data::read_cache(&cache).is_ok(),
         "the cache was rewritten"
     );
+    // A damaged header (the file cut short) is rebuilt the same way.
+    let bytes = std::fs::read(&cache).unwrap();
+    std::fs::write(&cache, &bytes[..bytes.len() - 100]).unwrap();
+    let third = ds.load(Some(dir.path())).unwrap();
+    assert_eq!(*third.train, *good.train);
+    assert_eq!(std::fs::read(&cache).unwrap(), bytes);
 }

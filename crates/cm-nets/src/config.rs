@@ -277,9 +277,14 @@ pub const MAX_DIM: usize = 1 << 16;
 /// 0.3 G by the same estimate.
 pub const MAX_PARAMS: f64 = 2e9;
 
-/// The most tokens a DiT may attend over (`(resolution / patch_size)^2`):
+/// The most tokens an attention layer may attend over (a DiT's
+/// `(resolution / patch_size)^2`, a U-Net attention level's `res^2`):
 /// attention holds a tokens x tokens matrix per head.
 pub const MAX_TOKENS: usize = 16_384;
+
+/// The largest image side a network may be built for (the image loaders'
+/// limit too).
+pub const MAX_RESOLUTION: usize = 4096;
 
 fn check_positive(field: &str, value: usize) -> cm_core::Result<()> {
     if value == 0 || value > MAX_DIM {
@@ -414,6 +419,13 @@ impl Validate for UNetConfig {
             ));
         }
         check_params(self.approx_params())?;
+        if self.resolution > MAX_RESOLUTION {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!("1 to {MAX_RESOLUTION}"),
+            ));
+        }
         if !self.model_channels.is_multiple_of(2) {
             return Err(invalid(
                 "model_channels",
@@ -431,6 +443,20 @@ impl Validate for UNetConfig {
             ));
         }
         let level_res: Vec<usize> = (0..levels).map(|l| self.resolution >> l).collect();
+        // Attention at a level holds a (res^2 x res^2) matrix per head.
+        for (level, &res) in level_res.iter().enumerate() {
+            let attends = self.attn_resolutions.contains(&res) || level + 1 == levels as usize;
+            if attends && res * res > MAX_TOKENS {
+                return Err(invalid(
+                    "attn_resolutions",
+                    format!("{:?}", self.attn_resolutions),
+                    format!(
+                        "attention only where res^2 <= {MAX_TOKENS} tokens (level {level} is {res}x{res}; \
+                         the lowest level always attends: add a level or lower the resolution)"
+                    ),
+                ));
+            }
+        }
         // Every attention block splits its width into whole heads (the
         // lowest level always has one, in the middle of the U-Net).
         for (level, &mult) in self.channel_mult.iter().enumerate() {
@@ -482,6 +508,13 @@ impl Validate for DiTConfig {
         check_num_classes(self.num_classes)?;
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
             return Err(invalid("mlp_ratio", self.mlp_ratio, "a number in (0, 64]"));
+        }
+        if self.resolution > MAX_RESOLUTION {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!("1 to {MAX_RESOLUTION}"),
+            ));
         }
         if self.resolution == 0 || !self.resolution.is_multiple_of(self.patch_size) {
             return Err(invalid(

@@ -29,7 +29,8 @@ pub use checkpoint::{
     write_safetensors_with_metadata,
 };
 pub use config::{
-    DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, MAX_DIM, MAX_PARAMS, MAX_TOKENS, PRESETS,
+    DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, MAX_DIM, MAX_PARAMS, MAX_RESOLUTION,
+    MAX_TOKENS, PRESETS,
 };
 pub use denoiser::Preconditioned;
 pub use dit::DiT;

@@ -50,4 +50,12 @@ fn hostile_sizes_are_refused_with_the_field() {
     assert!(err.contains("channel_mult"), "{err}");
     let err = refused("arch = \"mlp\"\ndepth = 4000\nhidden = 65536");
     assert!(err.contains("parameters"), "{err}");
+    // Activations: a U-Net attending at 4096 x 4096 (2.8e14 attention
+    // entries), or an image side beyond the loaders' limit.
+    let err = refused(
+        "arch = \"unet\"\nresolution = 4096\nmodel_channels = 8\nchannel_mult = [1, 1]\nattn_resolutions = [4096]",
+    );
+    assert!(err.contains("attn_resolutions"), "{err}");
+    let err = refused("arch = \"unet\"\nresolution = 65536\nmodel_channels = 8");
+    assert!(err.contains("resolution"), "{err}");
 }

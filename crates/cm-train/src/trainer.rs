@@ -266,38 +266,46 @@ pub fn train(
     })
 }
 
-/// How far above its best value of the session a loss may go before the
-/// run counts as diverged (finite losses: lr = 1e3 reached 1.6e9 from 0.5).
+/// How far above its running mean (an EMA of rate 0.99 over the session's
+/// losses) a loss may go before the run counts as diverged (finite losses:
+/// lr = 1e3 reached 1.6e9 from 0.5). A mean, not the best loss, so that a
+/// single lucky batch near `sigma_min` does not set the bar.
 pub const LOSS_DIVERGENCE_FACTOR: f64 = 1e6;
 /// How far the weights' norm may grow over a session before the state is
 /// refused as a checkpoint (training moves it by a small factor; lr = 1e30
 /// by 1e30).
 pub const WEIGHT_DIVERGENCE_FACTOR: f64 = 1e3;
 
-/// Watches for divergence that stays finite: a loss far above the best of
-/// the session, weights far larger than at its start.
+/// Watches for divergence that stays finite: a loss far above the running
+/// mean of the session, weights far larger than at its start.
 struct DivergenceGuard {
-    best_loss: f64,
+    mean_loss: Option<f64>,
     start_norm: f64,
 }
 
 impl DivergenceGuard {
     fn new(online: &Model) -> Self {
         DivergenceGuard {
-            best_loss: f64::INFINITY,
+            mean_loss: None,
             start_norm: weight_norm(online),
         }
     }
 
-    /// `Some(description)` when `loss` is far above the session's best.
+    /// `Some(description)` when `loss` is far above the session's running
+    /// mean.
     fn loss(&mut self, loss: f64) -> Option<String> {
-        let best = self.best_loss.max(f64::MIN_POSITIVE);
-        if self.best_loss.is_finite() && loss > LOSS_DIVERGENCE_FACTOR * best {
-            return Some(format!(
-                "loss {loss:.3e}, more than {LOSS_DIVERGENCE_FACTOR:.0e} x the best of this session ({best:.3e})"
-            ));
+        if let Some(mean) = self.mean_loss {
+            let bar = mean.abs().max(1e-12);
+            if loss > LOSS_DIVERGENCE_FACTOR * bar {
+                return Some(format!(
+                    "loss {loss:.3e}, more than {LOSS_DIVERGENCE_FACTOR:.0e} x its running mean ({bar:.3e})"
+                ));
+            }
         }
-        self.best_loss = self.best_loss.min(loss);
+        self.mean_loss = Some(match self.mean_loss {
+            Some(m) => 0.99 * m + 0.01 * loss,
+            None => loss,
+        });
         None
     }
 
@@ -328,11 +336,17 @@ fn weight_norm(model: &Model) -> f64 {
 }
 
 /// Removes what interrupted writes of this run folder left behind:
-/// checkpoint folders `checkpoints/.tmp-*` and atomic-write files `.NAME.tmp-PID`
-/// (in the run folder and under `checkpoints/`) of other processes. Returns
-/// how many were removed.
+/// checkpoint folders `checkpoints/.tmp-*-PID` and atomic-write files
+/// `.NAME.tmp-PID` (in the run folder, `checkpoints/` and `samples/`) whose
+/// process `PID` no longer runs (a live one, e.g. another command writing
+/// into the same folder, is left alone). Returns how many were removed.
 pub fn clean_stale_temporaries(run_dir: &Path) -> usize {
-    let own = format!("-{}", std::process::id());
+    let alive = |name: &str| {
+        name.rsplit('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
     let mut removed = 0;
     let mut sweep = |dir: &Path| {
         let Ok(entries) = fs::read_dir(dir) else {
@@ -342,7 +356,7 @@ pub fn clean_stale_temporaries(run_dir: &Path) -> usize {
             let name = e.file_name().to_string_lossy().into_owned();
             let stale =
                 name.starts_with('.') && name.contains(".tmp-") || name.starts_with(".tmp-");
-            if !stale || name.ends_with(&own) {
+            if !stale || alive(&name) {
                 continue;
             }
             let path = e.path();
@@ -356,6 +370,7 @@ pub fn clean_stale_temporaries(run_dir: &Path) -> usize {
     };
     sweep(run_dir);
     sweep(&run_dir.join("checkpoints"));
+    sweep(&run_dir.join("samples"));
     removed
 }
 
