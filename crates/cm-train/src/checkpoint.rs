@@ -69,6 +69,21 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<(u64, PathBuf)> {
     list_checkpoints(run_dir).pop()
 }
 
+/// Refuses to start a fresh run in a folder that already holds a
+/// checkpoint: it would be overwritten step by step.
+pub(crate) fn refuse_existing_run(run_dir: &Path) -> Result<()> {
+    match latest_checkpoint(run_dir) {
+        Some((step, dir)) => Err(TrainError::RunFolder {
+            path: run_dir.to_path_buf(),
+            reason: format!(
+                "it already holds a run (checkpoint {} at step {step}); resume it, or choose a new run folder",
+                dir.display()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Flushes a folder's entries (a rename inside it) to disk.
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)

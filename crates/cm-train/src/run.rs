@@ -24,7 +24,7 @@ use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::{ModelCard, Sampled, CARD_FILE};
 
-use crate::checkpoint::{final_weights, latest_checkpoint};
+use crate::checkpoint::{final_weights, latest_checkpoint, refuse_existing_run};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::objective::Objective;
@@ -358,16 +358,7 @@ fn write_report<M: Method>(
 /// first call this before the teacher stage.
 pub fn check_run_folder<C: RunConfig>(run_dir: &Path, config: &C, resume: bool) -> Result<()> {
     if !resume {
-        if let Some((step, dir)) = latest_checkpoint(run_dir) {
-            return Err(TrainError::RunFolder {
-                path: run_dir.to_path_buf(),
-                reason: format!(
-                    "it already holds a run (checkpoint {} at step {step}); resume it, or choose a new run folder",
-                    dir.display()
-                ),
-            });
-        }
-        return Ok(());
+        return refuse_existing_run(run_dir);
     }
     let path = run_dir.join("config.toml");
     if path.is_file() {

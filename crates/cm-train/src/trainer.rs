@@ -27,7 +27,7 @@ use cm_core::Conditioning;
 use cm_nets::Model;
 
 use crate::checkpoint::{
-    checkpoint_name, latest_checkpoint, list_checkpoints, Checkpointer, Roles,
+    checkpoint_name, list_checkpoints, refuse_existing_run, Checkpointer, Roles,
 };
 use crate::config::TrainConfig;
 use crate::ema::Ema;
@@ -128,15 +128,7 @@ pub fn train(
         }
     }
     if !resume {
-        if let Some((step, dir)) = latest_checkpoint(run_dir) {
-            return Err(TrainError::RunFolder {
-                path: run_dir.to_path_buf(),
-                reason: format!(
-                    "it already holds a run (checkpoint {} at step {step}); resume it, or choose a new run folder",
-                    dir.display()
-                ),
-            });
-        }
+        refuse_existing_run(run_dir)?;
     }
     if start == 0 {
         let _ = fs::remove_file(&metrics_path);
@@ -176,13 +168,7 @@ pub fn train(
                 last_checkpoint: checkpoint,
             });
         }
-        if let Some(what) = guard.loss(loss_value) {
-            return Err(TrainError::Diverged {
-                step,
-                what,
-                last_checkpoint: checkpoint,
-            });
-        }
+        guard.check_loss(loss_value, step, &checkpoint)?;
         loss.backward();
         let lr = config.optimizer.lr_at(step);
         let grad_norm = s.roles.optimizer.grad_norm();
@@ -223,13 +209,7 @@ pub fn train(
         }
         if step % config.checkpoint_every == 0 && step < config.steps {
             // Only a healthy state becomes "the last good checkpoint".
-            if let Some(what) = guard.weights(&s.roles.online) {
-                return Err(TrainError::Diverged {
-                    step,
-                    what,
-                    last_checkpoint: checkpoint,
-                });
-            }
+            guard.check_weights(&s.roles.online, step, &checkpoint)?;
             checkpoint = Some(s.save(objective, step)?);
             report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
             observer.on_message(&format!("checkpoint at step {step}"));
@@ -239,13 +219,7 @@ pub fn train(
         .flush()
         .map_err(TrainError::io("cannot write", &metrics_path))?;
     if step > start || checkpoint.is_none() {
-        if let Some(what) = guard.weights(&s.roles.online) {
-            return Err(TrainError::Diverged {
-                step,
-                what,
-                last_checkpoint: checkpoint,
-            });
-        }
+        guard.check_weights(&s.roles.online, step, &checkpoint)?;
         checkpoint = Some(s.save(objective, step)?);
     }
     report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
@@ -291,6 +265,24 @@ impl DivergenceGuard {
         }
     }
 
+    /// [`TrainError::Diverged`] (naming `last`, the newest checkpoint) when
+    /// `loss` is far above the session's running mean.
+    fn check_loss(&mut self, loss: f64, step: u64, last: &Option<PathBuf>) -> Result<()> {
+        match self.loss(loss) {
+            Some(what) => Err(diverged(step, what, last)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`TrainError::Diverged`] when the weights are not healthy enough to
+    /// become a checkpoint.
+    fn check_weights(&self, online: &Model, step: u64, last: &Option<PathBuf>) -> Result<()> {
+        match self.weights(online) {
+            Some(what) => Err(diverged(step, what, last)),
+            None => Ok(()),
+        }
+    }
+
     /// `Some(description)` when `loss` is far above the session's running
     /// mean.
     fn loss(&mut self, loss: f64) -> Option<String> {
@@ -320,6 +312,14 @@ impl DivergenceGuard {
                 self.start_norm
             )
         })
+    }
+}
+
+fn diverged(step: u64, what: String, last: &Option<PathBuf>) -> TrainError {
+    TrainError::Diverged {
+        step,
+        what,
+        last_checkpoint: last.clone(),
     }
 }
 
