@@ -49,6 +49,18 @@ pub fn cargo(
     args: &[&str],
     passthrough: &[String],
 ) -> Result<ExitStatus, String> {
+    cargo_with_env(root, torch, args, passthrough, &[])
+}
+
+/// [`cargo`] with extra environment variables, each set only where the
+/// caller's environment does not already set it.
+pub fn cargo_with_env(
+    root: &Path,
+    torch: &Libtorch,
+    args: &[&str],
+    passthrough: &[String],
+    defaults: &[(&str, &str)],
+) -> Result<ExitStatus, String> {
     let cargo = cargo_program();
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     if !picks_package(passthrough) {
@@ -61,6 +73,11 @@ pub fn cargo(
         .env("LIBTORCH", &torch.dir)
         // torch-sys prefers a Python torch when this is set; we want ours.
         .env_remove("LIBTORCH_USE_PYTORCH");
+    for (key, value) in defaults {
+        if env::var_os(key).is_none() {
+            cmd.env(key, value);
+        }
+    }
     if let Some(dir) = cuda_target_dir(root, torch) {
         cmd.env("CARGO_TARGET_DIR", dir);
     }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::args::Args;
 use crate::libtorch::{self, Flavor, Source};
-use crate::process::{cargo, cuda_target_dir, exit, shell_quote};
+use crate::process::{cargo, cargo_with_env, cuda_target_dir, exit, shell_quote};
 use crate::workspace;
 
 /// The commands of this group.
@@ -58,9 +58,24 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             let root = workspace::root()?;
             let torch = libtorch::ensure(flavor)?;
             let started = Instant::now();
-            let mut code = cargo(&root, &torch, &["test", "--all-targets"], &args.passthrough)?;
+            // A whole-suite run gains nothing from incremental caches,
+            // which would double the target folder's size on a fresh clone.
+            let defaults = [("CARGO_INCREMENTAL", "0")];
+            let mut code = cargo_with_env(
+                &root,
+                &torch,
+                &["test", "--all-targets"],
+                &args.passthrough,
+                &defaults,
+            )?;
             if code.success() {
-                code = cargo(&root, &torch, &["test", "--doc"], &args.passthrough)?;
+                code = cargo_with_env(
+                    &root,
+                    &torch,
+                    &["test", "--doc"],
+                    &args.passthrough,
+                    &defaults,
+                )?;
             }
             eprintln!(
                 "xtask: test suite finished in {:.1}s",

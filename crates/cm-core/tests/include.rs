@@ -5,10 +5,13 @@
 
 use cm_core::{load_toml, parse_toml, ConsistencyRecipe, EdmConfig, ScheduleConfig};
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cm-core-include-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("sub")).unwrap();
+/// A scratch folder with a `sub/` folder, removed when the guard drops.
+fn scratch(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("cm-core-include-{name}-"))
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
     dir
 }
 
@@ -28,7 +31,8 @@ impl cm_core::Validate for Pair {
 
 #[test]
 fn included_tables_are_the_base_and_local_keys_override() {
-    let dir = scratch("override");
+    let guard = scratch("override");
+    let dir = guard.path();
     std::fs::write(
         dir.join("sub/base.toml"),
         "sigma_data = 1.0\nsigma_max = 40.0\n",
@@ -59,7 +63,8 @@ fn included_tables_are_the_base_and_local_keys_override() {
 
 #[test]
 fn includes_resolve_against_the_including_file() {
-    let dir = scratch("nested");
+    let guard = scratch("nested");
+    let dir = guard.path();
     // sub/a.toml includes b.toml from its own folder, not the caller's.
     std::fs::write(dir.join("sub/b.toml"), "rho = 5.0\n").unwrap();
     std::fs::write(
@@ -74,7 +79,8 @@ fn includes_resolve_against_the_including_file() {
 
 #[test]
 fn include_errors_name_the_file_and_the_problem() {
-    let dir = scratch("errors");
+    let guard = scratch("errors");
+    let dir = guard.path();
     std::fs::write(dir.join("run.toml"), "include = \"missing.toml\"\n").unwrap();
     let err = load_toml::<EdmConfig>(dir.join("run.toml"))
         .unwrap_err()
@@ -108,7 +114,8 @@ fn include_errors_name_the_file_and_the_problem() {
 
 #[test]
 fn an_include_in_a_sub_table_wins_over_the_outer_include() {
-    let dir = scratch("order");
+    let guard = scratch("order");
+    let dir = guard.path();
     std::fs::write(
         dir.join("sub/outer.toml"),
         "[edm]\nsigma_data = 2.0\nrho = 3.0\n[recipe.consistency]\nsigma_data = 2.0\n",

@@ -13,11 +13,12 @@ fn configs() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
 }
 
-fn scratch(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cm-distill-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch folder, removed when the guard drops (also when a test fails).
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("cm-distill-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A toy CD config that includes the toy teacher preset, with `extra` TOML
@@ -43,7 +44,8 @@ fn toy_cd(
 
 #[test]
 fn the_teacher_section_includes_the_preset_and_overrides_it() {
-    let dir = scratch("include");
+    let guard = scratch("include");
+    let dir = guard.path().to_path_buf();
     let run: CdRunConfig = cm_core::load_toml(toy_cd(&dir, 40, 10, "")).unwrap();
     let mut preset: TeacherConfig = cm_core::load_toml(configs().join("teacher/toy.toml")).unwrap();
     assert_ne!(
@@ -58,7 +60,8 @@ fn the_teacher_section_includes_the_preset_and_overrides_it() {
 
 #[test]
 fn student_and_teacher_noise_settings_must_agree() {
-    let dir = scratch("agree");
+    let guard = scratch("agree");
+    let dir = guard.path().to_path_buf();
     let path = toy_cd(&dir, 40, 10, "");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "[cd.recipe.consistency]\nsigma_data = 1.0",
@@ -77,7 +80,8 @@ fn student_and_teacher_noise_settings_must_agree() {
 
 #[test]
 fn a_resumed_cd_run_keeps_its_config() {
-    let dir = scratch("resume");
+    let guard = scratch("resume");
+    let dir = guard.path().to_path_buf();
     let first: CdRunConfig = cm_core::load_toml(toy_cd(&dir, 20, 10, "")).unwrap();
     let never = AtomicBool::new(false);
     let run = |config: &CdRunConfig, resume: bool| {
@@ -128,5 +132,4 @@ fn a_resumed_cd_run_keeps_its_config() {
     assert!(out.teacher_reused);
     assert_eq!(out.train.step, 15);
     assert_eq!(out.train.losses.first().map(|l| l.0), Some(11));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
