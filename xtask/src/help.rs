@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::presets;
 
-/// The usage text; `{teacher}`, `{cd}`, `{ct}`, `{recipes}` and `{eval}`
+/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ct}`, `{recipes}` and `{eval}`
 /// stand for the preset lists.
 const TEMPLATE: &str = "\
 cargo xtask: the cm-rs task runner
@@ -35,6 +35,11 @@ COMMANDS:
              config from runs/teachers/), distills it, writes 1-step and
              2-step grids and runs/cd-<preset>/report.md. ~40 min on 2 cores;
              `--preset smoke` under 2 minutes.
+    train-pd [--preset {pd}] [--config FILE] [--run-dir DIR] [--resume]
+             Progressive distillation (Salimans & Ho 2022), the papers'
+             baseline: the same teacher, then stages halving the student's
+             steps (64 -> 1 by default), each with its grids, report and
+             model card in runs/pd-<preset>/steps-NNN; runs/pd-<preset>/report.md.
     train-teacher [--preset {teacher}] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
     train-ct [--preset {ct}] [--recipe {recipes}] [--config FILE] [--run-dir DIR] [--resume]
@@ -61,7 +66,8 @@ COMMANDS:
 
 PRESETS:
     A preset NAME of a command is the file configs/<group>/NAME.toml (train-cd:
-    cd, train-teacher: teacher, eval: eval; train-ct: ct/NAME-RECIPE.toml),
+    cd, train-pd: pd, train-teacher: teacher, eval: eval; train-ct:
+    ct/NAME-RECIPE.toml),
     read when the command runs: add a file to add a preset. Without --preset
     the preset is fmnist (and the recipe ict).
 
@@ -104,6 +110,7 @@ pub fn text(root: Option<&Path>) -> String {
     TEMPLATE
         .replace("{teacher}", &group("teacher"))
         .replace("{cd}", &group("cd"))
+        .replace("{pd}", &group("pd"))
         .replace("{eval}", &group("eval"))
         .replace("{ct}", &alternatives(ct_presets))
         .replace("{recipes}", &alternatives(recipes))
@@ -118,7 +125,7 @@ mod tests {
     fn help_lists_every_preset_file_and_command() {
         let root = workspace::root().unwrap();
         let help = text(Some(&root));
-        for group in ["teacher", "cd", "eval"] {
+        for group in ["teacher", "cd", "pd", "eval"] {
             let names = presets::available(&root, group);
             assert!(!names.is_empty(), "no presets in configs/{group}");
             assert!(help.contains(&names.join("|")), "{group}: {help}");
@@ -127,7 +134,7 @@ mod tests {
         for command in crate::COMMANDS {
             assert!(help.contains(&format!("\n    {command}")), "{command}");
         }
-        for placeholder in ["{teacher}", "{cd}", "{ct}", "{recipes}", "{eval}"] {
+        for placeholder in ["{teacher}", "{cd}", "{pd}", "{ct}", "{recipes}", "{eval}"] {
             assert!(!help.contains(placeholder), "{placeholder}");
         }
         let bare = text(None);

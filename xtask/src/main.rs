@@ -32,6 +32,7 @@ const COMMANDS: &[&str] = &[
     "test",
     "bench",
     "train-cd",
+    "train-pd",
     "train-teacher",
     "train-ct",
     "ct-ablation",

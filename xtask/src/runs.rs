@@ -15,6 +15,7 @@ use crate::workspace;
 /// The commands of this group.
 pub const COMMANDS: &[&str] = &[
     "train-cd",
+    "train-pd",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -27,6 +28,7 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
     let cm_args = match args.command.as_str() {
         "train-teacher" => cm_run_args(args, &root, "train-teacher", "teacher", "teacher")?,
         "train-cd" => cm_run_args(args, &root, "distill", "cd", "cd")?,
+        "train-pd" => cm_run_args(args, &root, "train-pd", "pd", "pd")?,
         "train-ct" => ct_args(args, &root)?,
         "ct-ablation" => {
             let mut cm_args = vec!["ct-ablation".to_string()];

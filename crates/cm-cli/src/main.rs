@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
-use cm_distill::{run_cd, CdRunConfig};
+use cm_distill::{run_cd, run_pd, CdRunConfig, PdRunConfig};
 use cm_train::{run_teacher, TeacherConfig};
 
 /// Consistency models in Rust: train, distill, sample and evaluate.
@@ -41,9 +41,9 @@ pub(crate) enum DeviceArg {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// TOML config (configs/teacher/*.toml, configs/cd/*.toml or
-    /// configs/ct/*.toml; the fields are documented in docs/teacher.md,
-    /// docs/distill.md and docs/ct.md).
+    /// TOML config (configs/teacher/*.toml, configs/cd/*.toml,
+    /// configs/pd/*.toml or configs/ct/*.toml; the fields are documented in
+    /// docs/teacher.md, docs/distill.md, docs/pd.md and docs/ct.md).
     #[arg(long, short)]
     pub config: PathBuf,
     /// Run folder: resolved config, checkpoints, metrics.csv, loss.png, sample grids.
@@ -125,6 +125,21 @@ struct DistillArgs {
     teachers: Option<PathBuf>,
 }
 
+impl DistillArgs {
+    /// `--teachers`, or `teachers` beside the run folder.
+    fn teachers_dir(&self) -> PathBuf {
+        match &self.teachers {
+            Some(dir) => dir.clone(),
+            None => self
+                .run
+                .run_dir
+                .parent()
+                .map(|p| p.join("teachers"))
+                .unwrap_or_else(|| PathBuf::from("teachers")),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train an EDM diffusion teacher (Karras et al. 2022). Ctrl-C saves a
@@ -135,6 +150,13 @@ enum Command {
     /// 1-step and 2-step grids beside the teacher's and a report.md. Ctrl-C
     /// saves a checkpoint; --resume continues.
     Distill(DistillArgs),
+    /// Progressive distillation (Salimans & Ho 2022), the papers' baseline:
+    /// train or reuse the teacher of the config's [teacher] section, then
+    /// halve the step count stage by stage ([pd] start_steps down to
+    /// end_steps, [train] steps updates each), each stage in RUN/steps-NNN
+    /// with its grids, report.md and model card; RUN/report.md lists them.
+    /// Ctrl-C saves a checkpoint; --resume continues.
+    TrainPd(DistillArgs),
     /// Consistency training from data alone (CT, Song et al. 2023,
     /// Algorithm 3, or the improved recipe iCT, Song & Dhariwal 2023; the
     /// config's [ct.recipe] decides): train, then write 1-step and 2-step
@@ -227,14 +249,7 @@ fn distill(args: &DistillArgs) -> Result<()> {
     let config: CdRunConfig = cm_core::load_toml(&run.config)
         .with_context(|| format!("loading {}", run.config.display()))?;
     let device = device(run.device)?;
-    let teachers = match &args.teachers {
-        Some(dir) => dir.clone(),
-        None => run
-            .run_dir
-            .parent()
-            .map(|p| p.join("teachers"))
-            .unwrap_or_else(|| PathBuf::from("teachers")),
-    };
+    let teachers = args.teachers_dir();
     let stop = install_stop_handler()?;
     eprintln!(
         "consistency distillation on {device:?} into {}",
@@ -265,6 +280,43 @@ fn distill(args: &DistillArgs) -> Result<()> {
             .into())
         }
     }
+    Ok(())
+}
+
+fn train_pd(args: &DistillArgs) -> Result<()> {
+    let run = &args.run;
+    set_threads(run.threads)?;
+    let config: PdRunConfig = cm_core::load_toml(&run.config)
+        .with_context(|| format!("loading {}", run.config.display()))?;
+    let device = device(run.device)?;
+    let teachers = args.teachers_dir();
+    let stop = install_stop_handler()?;
+    eprintln!(
+        "progressive distillation {:?} on {device:?} into {}",
+        config.pd.stages(),
+        run.run_dir.display()
+    );
+    let out = observe(run, "pd", |observer| {
+        run_pd(
+            &config,
+            &run.run_dir,
+            &teachers,
+            run.resume,
+            device,
+            &stop,
+            observer,
+        )
+        .with_context(|| format!("progressive distillation run in {}", run.run_dir.display()))
+    })?;
+    if let Some(step) = out.stopped_at {
+        return Err(Interrupted { step }.into());
+    }
+    let report = out.report.context("the run finished without a report")?;
+    eprintln!(
+        "done: {} stages; report in {}",
+        out.stages.len(),
+        report.display()
+    );
     Ok(())
 }
 
@@ -301,6 +353,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::Distill(args) => distill(args),
+        Command::TrainPd(args) => train_pd(args),
         Command::TrainCt(args) => ct::train_ct(args),
         Command::CtAblation(args) => ct::ct_ablation(args),
         Command::Eval(args) => eval::eval(args),

@@ -48,7 +48,7 @@ pub use error::{CoreError, Result};
 pub use guidance::ClassifierFreeGuidance;
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
 pub use noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
-pub use ode::{ode_derivative, Denoiser, OdeSolver, Solver};
+pub use ode::{euler_to_denoiser, ode_derivative, Denoiser, OdeSolver, Solver};
 pub use precond::{
     append_dims, ConsistencyParameterization, EdmPreconditioning, NoiseConditioning,
     Parameterization, Scalings,

@@ -29,6 +29,16 @@ pub fn ode_derivative(
     (x - denoised) / append_dims(t, x.dim())
 }
 
+/// The denoiser value that makes one Euler step from `(x_t, t)` land on
+/// `(x_s, s)`: `x_t - t (x_s - x_t) / (s - t)`, solving
+/// `x_s = x_t + (s - t) (x_t - D) / t` for `D` (openai's `euler_to_denoiser`,
+/// the target of progressive distillation: Salimans & Ho 2022, Algorithm 2,
+/// written for an `x`-prediction). `t` and `s` are `[B]` with `s != t`.
+pub fn euler_to_denoiser(x_t: &Tensor, t: &Tensor, x_s: &Tensor, s: &Tensor) -> Tensor {
+    let ndim = x_t.dim();
+    x_t - append_dims(t, ndim) * (x_s - x_t) / append_dims(&(s - t), ndim)
+}
+
 /// One step of an ODE solver from `t_cur` to `t_next` (both `[B]`).
 pub trait OdeSolver {
     /// `x` at `t_next`.

@@ -196,6 +196,30 @@ impl KarrasGrid {
         sigmas[n - 1] = self.sigma_max;
         Ok(sigmas)
     }
+
+    /// The grid of progressive distillation with `n` steps, in the form of
+    /// openai's `progdist_losses`: `t_i = (T^(1/rho) + i/n (eps^(1/rho) -
+    /// T^(1/rho)))^rho` for `i = 0..=n`, descending from `sigma_max` to
+    /// `sigma_min` (`n + 1` values, end points exact). Unlike
+    /// [`Self::sampling_sigmas`], the grids nest: the `2n`-step grid holds
+    /// every point of the `n`-step one at its even indices, so one student
+    /// step `t_i -> t_{i+1}` spans exactly two teacher steps (Salimans & Ho
+    /// 2022, Algorithm 2). The last step lands on `sigma_min`, not 0.
+    pub fn progressive_sigmas(&self, n: usize) -> Result<Vec<f64>> {
+        if n == 0 || n >= MAX_GRID_POINTS {
+            return Err(CoreError::invalid(
+                "steps",
+                n,
+                format!(
+                    "1 to {} progressive-distillation steps",
+                    MAX_GRID_POINTS - 1
+                ),
+            ));
+        }
+        let mut sigmas = self.training_sigmas(n + 1)?;
+        sigmas.reverse();
+        Ok(sigmas)
+    }
 }
 
 /// Turns a grid into a 1-D float tensor on `device`.

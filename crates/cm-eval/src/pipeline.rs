@@ -39,7 +39,7 @@ use tch::{Device, Kind, Tensor};
 
 use cm_core::{Conditioning, CoreError, Solver, Validate};
 use cm_data::{DataSource, Dataset, ImageDataset};
-use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, TauSource};
+use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, SamplingGrid, TauSource};
 
 use crate::classifier::{feature_space, images_to_float, ClassifierCard, ClassifierConfig};
 use crate::error::{EvalError, Result};
@@ -66,6 +66,10 @@ pub struct ModelEntry {
     /// EDM only: the solver (default: the card's).
     #[serde(default)]
     pub solver: Option<Solver>,
+    /// EDM only: ancestral (DDPM-like) sampling with `solver = "euler"`
+    /// (default: the card's).
+    #[serde(default)]
+    pub ancestral: Option<bool>,
     /// Skip the model, noting it in the results, when the card is missing.
     #[serde(default)]
     pub optional: bool,
@@ -334,7 +338,7 @@ pub fn evaluate(
         grids.push(images.narrow(0, 0, GRID_IMAGES.min(n as i64)));
     }
 
-    for entry in &config.models {
+    for (index, entry) in config.models.iter().enumerate() {
         if !entry.card.is_file() {
             let reason = format!("card {} not found", entry.card.display());
             if entry.optional {
@@ -393,16 +397,20 @@ pub fn evaluate(
                     let s = EdmSampler {
                         steps,
                         solver: entry.solver.unwrap_or(sampler.solver),
+                        ancestral: entry.ancestral.unwrap_or(sampler.ancestral),
                         ..*sampler
                     };
-                    let name = match s.solver {
-                        Solver::Euler => "Euler",
-                        Solver::Heun => "Heun",
+                    s.validate_at(&format!("models[{index}]."))?;
+                    let tag = match (s.ancestral, s.grid, s.solver) {
+                        (true, _, _) => "ancestral",
+                        (false, SamplingGrid::Progressive, _) => "pd",
+                        (false, SamplingGrid::Karras, Solver::Euler) => "euler",
+                        (false, SamplingGrid::Karras, Solver::Heun) => "heun",
                     };
                     (
                         Plan::Edm(s),
-                        format!("EDM {name}, {steps} steps"),
-                        format!("{}{steps}", name.to_lowercase()),
+                        format!("EDM {}", s.describe()),
+                        format!("{tag}{steps}"),
                     )
                 }
             };

@@ -143,6 +143,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             card: card_path,
             steps: vec![1, 2],
             solver: None,
+            ancestral: None,
             optional: false,
         },
         ModelEntry {
@@ -150,6 +151,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             card: dir.path().join("none/model.toml"),
             steps: vec![1],
             solver: None,
+            ancestral: None,
             optional: true,
         },
     ];

@@ -130,14 +130,7 @@ impl Validate for ModelCard {
             }
             ModelCard::Edm { edm, sampler, .. } => {
                 edm.validate_at("edm.")?;
-                if !(1..=MAX_SAMPLER_STEPS).contains(&sampler.steps) {
-                    return Err(CoreError::invalid(
-                        "sampler.steps",
-                        sampler.steps,
-                        format!("1 to {MAX_SAMPLER_STEPS}"),
-                    ));
-                }
-                Ok(())
+                sampler.validate_at("sampler.")
             }
         }
     }

@@ -1,16 +1,42 @@
-//! The EDM samplers (Karras et al. 2022): Algorithm 1 (deterministic, Euler
-//! or Heun on the PF-ODE over the Karras grid) and Algorithm 2 (stochastic:
-//! "churn" adds noise to raise `t_i` to `t_hat = (1 + gamma) t_i` before each
-//! step, for levels in `[s_tmin, s_tmax]`).
+//! The samplers of a diffusion denoiser `D(x; sigma)`:
+//! - EDM Algorithm 1 (Karras et al. 2022): deterministic Euler or Heun on the
+//!   PF-ODE over the Karras grid. Euler with 50 steps is the DDIM-like
+//!   baseline: DDIM (Song et al. 2021) is exactly Euler on this ODE once
+//!   written in `sigma` (EDM, Section 3), here on EDM's grid.
+//! - EDM Algorithm 2: "churn" adds noise to raise `t_i` to
+//!   `t_hat = (1 + gamma) t_i` before each step, for levels in
+//!   `[s_tmin, s_tmax]`.
+//! - Ancestral sampling, the DDPM-like baseline (Ho et al. 2020, Eq. 6-7,
+//!   in the variance-exploding form of k-diffusion's `sample_euler_ancestral`):
+//!   each step `t -> s` draws from the DDPM posterior
+//!   `q(x_s | x_t, x_0 = D(x_t; t))`, mean `D + (s/t)^2 (x_t - D)` and
+//!   standard deviation `s sqrt(t^2 - s^2) / t`, over the Karras grid.
+//! - Progressive distillation's sampler (Salimans & Ho 2022): the same
+//!   solvers on the nested grid of `KarrasGrid::progressive_sigmas`, which
+//!   ends at `sigma_min` instead of 0.
 
-use cm_core::{Conditioning, Denoiser, KarrasGrid, OdeSolver, Solver};
+use cm_core::{Conditioning, CoreError, Denoiser, KarrasGrid, OdeSolver, Solver};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::card::MAX_SAMPLER_STEPS;
 use crate::noise::{GlobalNoise, NoiseSource};
 
-/// Settings of the EDM sampler. The defaults are EDM's deterministic
-/// CIFAR-10 sampler: 18 Heun steps (35 NFE), no churn.
+/// Which grid of noise levels a sampler walks down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingGrid {
+    /// EDM's grid (Eq. 5), `N` levels from `sigma_max` to `sigma_min`, then 0.
+    #[default]
+    Karras,
+    /// Progressive distillation's nested grid, `N + 1` levels from
+    /// `sigma_max` down to `sigma_min` (`KarrasGrid::progressive_sigmas`):
+    /// a PD student with `N` steps was trained on exactly these steps.
+    Progressive,
+}
+
+/// Settings of the sampler of a diffusion denoiser. The defaults are EDM's
+/// deterministic CIFAR-10 sampler: 18 Heun steps (35 NFE), no churn.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdmSampler {
@@ -18,6 +44,11 @@ pub struct EdmSampler {
     pub steps: usize,
     /// Euler or Heun.
     pub solver: Solver,
+    /// The grid of noise levels.
+    pub grid: SamplingGrid,
+    /// Ancestral (DDPM-like, stochastic) steps instead of ODE steps; needs
+    /// `solver = "euler"` and no churn.
+    pub ancestral: bool,
     /// Total churn `S_churn` (0: deterministic, Algorithm 1).
     pub s_churn: f64,
     /// Churn only for `t` in `[s_tmin, s_tmax]`.
@@ -33,11 +64,92 @@ impl Default for EdmSampler {
         EdmSampler {
             steps: 18,
             solver: Solver::Heun,
+            grid: SamplingGrid::Karras,
+            ancestral: false,
             s_churn: 0.0,
             s_tmin: 0.0,
             s_tmax: f64::INFINITY,
             s_noise: 1.0,
         }
+    }
+}
+
+impl EdmSampler {
+    /// Checks the settings; `prefix` is the dotted path of the sampler in
+    /// its file (e.g. `"sampler."`).
+    pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
+        let f = |n: &str| format!("{prefix}{n}");
+        if !(1..=MAX_SAMPLER_STEPS).contains(&self.steps) {
+            return Err(CoreError::invalid(
+                f("steps"),
+                self.steps,
+                format!("1 to {MAX_SAMPLER_STEPS}"),
+            ));
+        }
+        if !(self.s_churn.is_finite() && self.s_churn >= 0.0) {
+            return Err(CoreError::invalid(
+                f("s_churn"),
+                self.s_churn,
+                "a finite number >= 0",
+            ));
+        }
+        if !(self.s_noise.is_finite() && self.s_noise > 0.0) {
+            return Err(CoreError::invalid(
+                f("s_noise"),
+                self.s_noise,
+                "a finite number > 0",
+            ));
+        }
+        if !(self.s_tmin >= 0.0 && self.s_tmin <= self.s_tmax) {
+            return Err(CoreError::invalid(
+                f("s_tmin"),
+                self.s_tmin,
+                format!("a number in [0, s_tmax = {}]", self.s_tmax),
+            ));
+        }
+        if self.ancestral && self.solver != Solver::Euler {
+            return Err(CoreError::invalid(
+                f("solver"),
+                "heun",
+                "\"euler\" with ancestral = true (ancestral steps are first order)",
+            ));
+        }
+        if self.ancestral && self.s_churn > 0.0 {
+            return Err(CoreError::invalid(
+                f("s_churn"),
+                self.s_churn,
+                "0 with ancestral = true (ancestral steps add their own noise)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The noise levels this sampler walks down, from `grid`'s range.
+    pub fn sigmas(&self, grid: &KarrasGrid) -> cm_core::Result<Vec<f64>> {
+        match self.grid {
+            SamplingGrid::Karras => grid.sampling_sigmas(self.steps),
+            SamplingGrid::Progressive => grid.progressive_sigmas(self.steps),
+        }
+    }
+
+    /// The sampler in words, e.g. `"Heun, 18 steps"`,
+    /// `"ancestral (DDPM-like), 256 steps"`, `"Euler on the PD grid, 4 steps"`.
+    pub fn describe(&self) -> String {
+        let method = match (self.ancestral, self.solver) {
+            (true, _) => "ancestral (DDPM-like)",
+            (false, Solver::Euler) => "Euler",
+            (false, Solver::Heun) => "Heun",
+        };
+        let grid = match self.grid {
+            SamplingGrid::Karras => "",
+            SamplingGrid::Progressive => " on the PD grid",
+        };
+        let churn = if self.s_churn > 0.0 {
+            format!(", churn {}", self.s_churn)
+        } else {
+            String::new()
+        };
+        format!("{method}{grid}, {} steps{churn}", self.steps)
     }
 }
 
@@ -73,7 +185,8 @@ pub fn edm_sample_with(
     cond: Conditioning<'_>,
     noise: &mut dyn NoiseSource,
 ) -> cm_core::Result<Sampled> {
-    let sigmas = grid.sampling_sigmas(sampler.steps)?;
+    sampler.validate_at("sampler.")?;
+    let sigmas = sampler.sigmas(grid)?;
     let _guard = tch::no_grad_guard();
     let batch = latents.size()[0];
     let opts = (latents.kind(), latents.device());
@@ -88,6 +201,11 @@ pub fn edm_sample_with(
         } else {
             0.0
         };
+        if sampler.ancestral {
+            x = ancestral_step(denoiser, &x, t_cur, t_next, cond, noise);
+            nfe += 1;
+            continue;
+        }
         let t_hat = t_cur * (1.0 + gamma);
         if gamma > 0.0 {
             x = &x
@@ -100,4 +218,29 @@ pub fn edm_sample_with(
         nfe += sampler.solver.evaluations(t_next == 0.0);
     }
     Ok(Sampled { x, nfe })
+}
+
+/// One ancestral step `t -> s` (DDPM's posterior given `x_0 = D(x_t; t)`,
+/// Ho et al. 2020, Eq. 6-7, in `sigma` form): an Euler step down to
+/// `sigma_down = s^2 / t`, then fresh noise of standard deviation
+/// `sigma_up = s sqrt(t^2 - s^2) / t`, so that the variance added matches
+/// the posterior's; `s = 0` returns `D`.
+fn ancestral_step(
+    denoiser: &dyn Denoiser,
+    x: &Tensor,
+    t: f64,
+    s: f64,
+    cond: Conditioning<'_>,
+    noise: &mut dyn NoiseSource,
+) -> Tensor {
+    let level = Tensor::full([x.size()[0]], t, (x.kind(), x.device()));
+    let denoised = denoiser.denoise(x, &level, cond);
+    if s == 0.0 {
+        return denoised;
+    }
+    let sigma_up = s * (t * t - s * s).max(0.0).sqrt() / t;
+    let sigma_down = s * s / t;
+    // x + (sigma_down - t) (x - D) / t = D + (sigma_down / t) (x - D).
+    let mean = &denoised + (x - &denoised) * (sigma_down / t);
+    mean + noise.standard_normal(x) * sigma_up
 }

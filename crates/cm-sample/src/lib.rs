@@ -49,7 +49,7 @@ pub use edit::{
     slerp, stroke_mask, zero_shot_edit, EditPlan, EditTask, Identity, LumaChroma, PatchBasis, Side,
     Transform,
 };
-pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled};
+pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled, SamplingGrid};
 pub use error::{Result, SampleError};
 pub use generate::{generate, ClassChoice, GenerateConfig, Generated, MAX_BATCH_SIZE};
 pub use noise::{sample_seed, GlobalNoise, NoiseSource, SeededNoise};

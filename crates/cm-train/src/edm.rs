@@ -40,33 +40,7 @@ impl EdmObjectiveConfig {
                 "a probability in [0, 1]",
             ));
         }
-        let s = &self.sampler;
-        let f = |n: &str| format!("{prefix}sampler.{n}");
-        if s.steps == 0 {
-            return Err(CoreError::invalid(f("steps"), s.steps, "at least 1"));
-        }
-        if !(s.s_churn.is_finite() && s.s_churn >= 0.0) {
-            return Err(CoreError::invalid(
-                f("s_churn"),
-                s.s_churn,
-                "a finite number >= 0",
-            ));
-        }
-        if !(s.s_noise.is_finite() && s.s_noise > 0.0) {
-            return Err(CoreError::invalid(
-                f("s_noise"),
-                s.s_noise,
-                "a finite number > 0",
-            ));
-        }
-        if !(s.s_tmin >= 0.0 && s.s_tmin <= s.s_tmax) {
-            return Err(CoreError::invalid(
-                f("s_tmin"),
-                s.s_tmin,
-                format!("a number in [0, s_tmax = {}]", s.s_tmax),
-            ));
-        }
-        Ok(())
+        self.sampler.validate_at(&format!("{prefix}sampler."))
     }
 }
 
