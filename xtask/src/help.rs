@@ -56,6 +56,14 @@ COMMANDS:
              precision/recall, IS-like in the project's feature space)
              against NFE and time: runs/eval-<preset>/results.md, results.csv,
              fid_vs_nfe.png. Trains the feature network on first use.
+    compare [--preset fmnist|smoke] [--out DIR] [--resume]
+             The papers' comparison table: trains or reuses every run of the
+             preset (teacher + CD, PD, iCT, CT), then `cm eval` with
+             configs/eval/compare-<preset>.toml into runs/compare-<preset>
+             (FID, KID, precision/recall, teacher, training time, time per
+             sample; sample features cached, so a second call only samples
+             what changed) and pastes the table and the FID-against-NFE plot
+             into docs/results.md. fmnist: about 3 hours on 2 cores.
     edit-grids [--run-dir DIR] [--out DIR]
              Every zero-shot editing grid of docs/sampling.md (inpainting with
              four masks, colorization, super-resolution x2 and x4, denoising,

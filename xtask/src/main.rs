@@ -10,6 +10,7 @@
 //! [`libtorch`] installs libtorch.
 
 mod args;
+mod compare;
 mod edit;
 mod help;
 mod libtorch;
@@ -37,6 +38,7 @@ const COMMANDS: &[&str] = &[
     "train-ct",
     "ct-ablation",
     "eval",
+    "compare",
     "edit-grids",
     "help",
 ];
@@ -64,6 +66,8 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         runs::run(&args, flavor)
     } else if edit::COMMANDS.contains(&command) {
         edit::run(&args, flavor)
+    } else if compare::COMMANDS.contains(&command) {
+        compare::run(&args, flavor)
     } else {
         let help = help::text(workspace::root().ok().as_deref());
         Err(format!("unknown command `{command}`\n\n{help}"))
@@ -77,13 +81,21 @@ mod tests {
     #[test]
     fn every_command_has_exactly_one_group() {
         for &command in COMMANDS.iter().filter(|c| **c != "help") {
-            let groups = [toolchain::COMMANDS, runs::COMMANDS, edit::COMMANDS]
-                .iter()
-                .filter(|g| g.contains(&command))
-                .count();
+            let groups = [
+                toolchain::COMMANDS,
+                runs::COMMANDS,
+                edit::COMMANDS,
+                compare::COMMANDS,
+            ]
+            .iter()
+            .filter(|g| g.contains(&command))
+            .count();
             assert_eq!(groups, 1, "{command}");
         }
-        let grouped = toolchain::COMMANDS.len() + runs::COMMANDS.len() + edit::COMMANDS.len();
+        let grouped = toolchain::COMMANDS.len()
+            + runs::COMMANDS.len()
+            + edit::COMMANDS.len()
+            + compare::COMMANDS.len();
         assert_eq!(grouped + 1, COMMANDS.len());
         assert!(run(vec!["frobnicate".into()])
             .unwrap_err()

@@ -222,10 +222,10 @@ mod tests {
                 "runs/cd-smoke"
             ])
         );
-        let a = parse(strings(&["train-teacher", "--preset", "smoke"])).unwrap();
+        let a = parse(strings(&["train-teacher", "--preset", "tiny"])).unwrap();
         let err = cm_run_args(&a, &root, "train-teacher", "teacher", "teacher").unwrap_err();
         assert!(
-            err.contains("`smoke`") && err.contains("cifar10, fmnist, toy"),
+            err.contains("`tiny`") && err.contains("cifar10, fmnist, smoke, toy"),
             "{err}"
         );
         // --config alone takes that file; with --preset (even a bogus one)

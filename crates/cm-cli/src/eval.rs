@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use cm_eval::pipeline::{results_csv, results_markdown, write_text};
-use cm_eval::{evaluate, EvalConfig};
+use cm_eval::pipeline::{results_csv, results_markdown, results_table, write_text};
+use cm_eval::{evaluate_cached, EvalConfig};
 use cm_report::{write_image_grid, write_line_plot, LinePlot, LineSeries, SERIES_COLORS};
 
 /// Arguments of `cm eval`.
@@ -23,6 +23,11 @@ pub struct EvalArgs {
     /// Override the config's samples per row (N).
     #[arg(long)]
     pub samples: Option<usize>,
+    /// Sample every row again instead of reusing the sample features cached
+    /// in OUT/cache (a row is reused only when its card, weights, sampler,
+    /// N, seed, batch size, device and feature network are unchanged).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: crate::DeviceArg,
@@ -48,8 +53,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         args.out.display()
     );
     let mut bars = crate::progress::Bars::new();
-    let out = evaluate(&config, device, &mut bars)
-        .with_context(|| format!("evaluation of {}", args.config.display()))?;
+    let cache = args.out.join("cache");
+    let out = evaluate_cached(
+        &config,
+        device,
+        (!args.no_cache).then_some(cache.as_path()),
+        &mut bars,
+    )
+    .with_context(|| format!("evaluation of {}", args.config.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (row, grid) in out.rows.iter().zip(&out.grids) {
@@ -108,6 +119,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     }
     let md_path = args.out.join("results.md");
     write_text(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    // The table alone, for documents that show it (cargo xtask compare
+    // pastes it into docs/results.md).
+    let table_path = args.out.join("results_table.md");
+    write_text(&table_path, &results_table(&out))
+        .with_context(|| format!("writing {}", table_path.display()))?;
     let csv_path = args.out.join("results.csv");
     write_text(&csv_path, &results_csv(&out))
         .with_context(|| format!("writing {}", csv_path.display()))?;

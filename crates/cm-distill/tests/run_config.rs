@@ -133,3 +133,28 @@ fn a_resumed_cd_run_keeps_its_config() {
     assert_eq!(out.train.step, 15);
     assert_eq!(out.train.losses.first().map(|l| l.0), Some(11));
 }
+
+/// The eval configs name their teacher by its folder, which is keyed by
+/// the teacher config's text: they must follow the config.
+#[test]
+fn eval_configs_name_the_current_teachers() {
+    for (preset, evals) in [
+        (
+            "fmnist",
+            &["eval/fmnist.toml", "eval/compare-fmnist.toml"][..],
+        ),
+        ("smoke", &["eval/compare-smoke.toml"][..]),
+    ] {
+        let teacher: cm_train::TeacherConfig =
+            cm_core::load_toml(configs().join(format!("teacher/{preset}.toml"))).unwrap();
+        let dir = cm_train::teacher_dir(std::path::Path::new("runs/teachers"), &teacher);
+        let card = format!("{}/model.toml", dir.display());
+        for eval in evals {
+            let text = std::fs::read_to_string(configs().join(eval)).unwrap();
+            assert!(
+                text.contains(&card),
+                "{eval} does not name the teacher card {card}"
+            );
+        }
+    }
+}

@@ -44,7 +44,9 @@ pub use frechet::{frechet_distance, frechet_distance_features, sqrtm_psd, Featur
 pub use inception::InceptionV3;
 pub use inception_score::{inception_score, InceptionScore};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
-pub use pipeline::{evaluate, EvalConfig, EvalOutput, EvalRow, ModelEntry};
+pub use pipeline::{
+    evaluate, evaluate_cached, training_seconds, EvalConfig, EvalOutput, EvalRow, ModelEntry,
+};
 pub use precision_recall::{precision_recall, PrecisionRecall};
 pub use progress::{Log, Progress, Silent};
 pub use timestep_search::{SearchOptions, SearchOutcome};

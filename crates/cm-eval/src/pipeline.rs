@@ -31,6 +31,7 @@
 //! (k+1)-level EDM sampling grid (Karras et al. 2022, Eq. 5), which the
 //! table marks as "Karras times".
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,7 +42,9 @@ use cm_core::{Conditioning, CoreError, Solver, Validate};
 use cm_data::{DataSource, Dataset, ImageDataset};
 use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, SamplingGrid, TauSource};
 
-use crate::classifier::{feature_space, images_to_float, ClassifierCard, ClassifierConfig};
+use crate::classifier::{
+    feature_space, images_to_float, ClassifierCard, ClassifierConfig, FeatureNet,
+};
 use crate::error::{EvalError, Result};
 use crate::frechet::{frechet_distance, FeatureStats};
 use crate::inception_score::{inception_score, InceptionScore};
@@ -73,6 +76,26 @@ pub struct ModelEntry {
     /// Skip the model, noting it in the results, when the card is missing.
     #[serde(default)]
     pub optional: bool,
+    /// Samples per row of this model (default: the config's `samples`),
+    /// e.g. fewer for a 256-NFE sampler.
+    #[serde(default)]
+    pub samples: Option<usize>,
+    /// Whether the method needs a trained teacher (the table's "teacher"
+    /// column; omitted: "-").
+    #[serde(default)]
+    pub teacher: Option<bool>,
+    /// Run folders whose training wall time the table reports, summed over
+    /// each folder's `metrics.csv` and those of its direct subfolders (PD's
+    /// stages), and over resumed sessions.
+    #[serde(default)]
+    pub training: Vec<PathBuf>,
+}
+
+impl ModelEntry {
+    /// Samples per row of this model.
+    pub fn samples_or(&self, default: usize) -> usize {
+        self.samples.unwrap_or(default)
+    }
 }
 
 /// The `cm eval` config (`configs/eval/*.toml`).
@@ -171,6 +194,18 @@ impl Validate for EvalConfig {
                     "a non-empty name",
                 ));
             }
+            if let Some(n) = m.samples {
+                if n < 2 || n <= self.k || n < self.is_splits {
+                    return Err(CoreError::invalid(
+                        format!("models[{i}].samples"),
+                        n,
+                        format!(
+                            "at least 2, more than k = {} and at least is_splits = {}",
+                            self.k, self.is_splits
+                        ),
+                    ));
+                }
+            }
             if m.steps.is_empty() || m.steps.contains(&0) {
                 return Err(CoreError::invalid(
                     format!("models[{i}].steps"),
@@ -209,6 +244,14 @@ pub struct EvalRow {
     pub seconds_per_sample: f64,
     /// File name of its sample grid.
     pub grid: String,
+    /// Samples behind the row (N).
+    pub samples: usize,
+    /// Whether the method needs a teacher, if the config says.
+    pub needs_teacher: Option<bool>,
+    /// Training wall time of the model's runs in seconds, if known.
+    pub training_seconds: Option<f64>,
+    /// Whether the samples' features came from the cache.
+    pub cached: bool,
 }
 
 /// What [`evaluate`] returns.
@@ -251,19 +294,41 @@ fn grid_name(model: &str, sampler_tag: &str) -> String {
 /// Metrics of generated (or data) features against the reference.
 struct Scorer<'a> {
     stats: &'a FeatureStats,
-    real: Tensor,
+    /// Test-split features, all of them.
+    test: &'a Tensor,
+    /// The reference subsets of KID and precision/recall, one per N.
+    real: HashMap<usize, Tensor>,
     config: &'a EvalConfig,
 }
 
 impl Scorer<'_> {
+    /// `n` test features for KID and precision/recall (both sets of the
+    /// same size: the manifold radii depend on it). The config's N keeps
+    /// the draw it always had; other N get their own seeded draw.
+    fn real(&mut self, n: usize, rng: &mut SplitMix64) -> Tensor {
+        let test_len = self.test.size()[0] as usize;
+        self.real
+            .entry(n)
+            .or_insert_with(|| {
+                let idx = if n == self.config.samples {
+                    rng.choose(test_len, n)
+                } else {
+                    SplitMix64(self.config.seed ^ 0x7265_616c ^ n as u64).choose(test_len, n)
+                };
+                self.test.index_select(0, &Tensor::from_slice(&idx))
+            })
+            .shallow_clone()
+    }
+
     fn score(
         &self,
         features: &Tensor,
         logits: &Tensor,
+        real: &Tensor,
     ) -> Result<(f64, Kid, f64, f64, InceptionScore)> {
         let fid = frechet_distance(self.stats, &FeatureStats::from_features(features)?)?;
-        let k = kid(&self.real, features, &self.config.kid)?;
-        let pr = precision_recall(&self.real, features, self.config.k)?;
+        let k = kid(real, features, &self.config.kid)?;
+        let pr = precision_recall(real, features, self.config.k)?;
         let is = inception_score(logits, self.config.is_splits)?;
         Ok((fid, k, pr.precision, pr.recall, is))
     }
@@ -286,12 +351,31 @@ pub fn evaluate(
     device: Device,
     progress: &mut dyn Progress,
 ) -> Result<EvalOutput> {
+    evaluate_cached(config, device, None, progress)
+}
+
+/// [`evaluate`], keeping each row's sample features in `cache` (a folder):
+/// a row whose card, weights, sampler, N, seed, batch size, device and
+/// feature network are unchanged is scored from its cached features
+/// instead of being sampled again (its sampling time is the measured one).
+pub fn evaluate_cached(
+    config: &EvalConfig,
+    device: Device,
+    cache: Option<&Path>,
+    progress: &mut dyn Progress,
+) -> Result<EvalOutput> {
     config.validate()?;
     let data = image_dataset(config)?;
-    if data.test.len() < config.samples {
+    let largest = config
+        .models
+        .iter()
+        .map(|m| m.samples_or(config.samples))
+        .chain([config.samples])
+        .max()
+        .unwrap_or(config.samples);
+    if data.test.len() < largest {
         return Err(EvalError::InvalidInput(format!(
-            "samples = {} but the test split of {} has only {} images",
-            config.samples,
+            "samples = {largest} but the test split of {} has only {} images",
             data.name,
             data.test.len()
         )));
@@ -299,12 +383,19 @@ pub fn evaluate(
     let space = feature_space(&data, &config.classifier, None, device, progress)?;
     let n = config.samples;
     let mut rng = SplitMix64(config.seed ^ 0x7265_6665_7265_6e63);
-    let real_idx = Tensor::from_slice(&rng.choose(data.test.len(), n));
-    let scorer = Scorer {
+    let mut scorer = Scorer {
         stats: &space.reference.stats,
-        real: space.reference.features.index_select(0, &real_idx),
+        test: &space.reference.features,
+        real: HashMap::new(),
         config,
     };
+    // Drawn first, as always: the data row's subset comes after it.
+    let _ = scorer.real(n, &mut rng);
+    let classifier_id = format!(
+        "{}|{}",
+        space.dir.display(),
+        toml::to_string(&space.card).unwrap_or_default()
+    );
     let shape: Vec<i64> = data.shape().iter().map(|&s| s as i64).collect();
     let mut rows = Vec::new();
     let mut grids = Vec::new();
@@ -320,7 +411,8 @@ pub fn evaluate(
         let subset = data.train.select(&idx)?;
         let images = images_to_float(&subset.to_tensor());
         let (f, l) = space.net.features(&images)?;
-        let (fid, k, p, r, is) = scorer.score(&f, &l)?;
+        let real = scorer.real(n, &mut rng);
+        let (fid, k, p, r, is) = scorer.score(&f, &l, &real)?;
         let grid = grid_name("data", "train");
         rows.push(EvalRow {
             model: "data".into(),
@@ -334,6 +426,10 @@ pub fn evaluate(
             is,
             seconds_per_sample: 0.0,
             grid,
+            samples: n,
+            needs_teacher: None,
+            training_seconds: None,
+            cached: false,
         });
         grids.push(images.narrow(0, 0, GRID_IMAGES.min(n as i64)));
     }
@@ -360,137 +456,86 @@ pub fn evaluate(
                 entry.name, model_shape, data.name, shape
             )));
         }
+        let n = entry.samples_or(config.samples);
+        let real = scorer.real(n, &mut rng);
+        let training_seconds = training_seconds(&entry.training);
+        // The card and its weights, read once per model for the cache keys.
+        let identity = match cache {
+            Some(_) => Some(model_identity(&entry.card, &card)?),
+            None => None,
+        };
         let num_classes = model.config().num_classes() as i64;
         for &steps in &entry.steps {
-            // Resolve the sampler of this row.
-            enum Plan {
-                Consistency(Vec<f64>),
-                Edm(EdmSampler),
-            }
-            let (plan, sampler, tag) = match &card {
-                ModelCard::Consistency { .. } => {
-                    let (taus, how) = match card.taus_or_karras(steps)? {
-                        (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
-                        (taus, TauSource::Karras) => {
-                            notes.push(format!(
-                                "`{}` {steps}-step: the card stores no times; used the interior points of the {}-level EDM sampling grid, {:?}",
-                                entry.name,
-                                steps + 1,
-                                taus.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
-                            ));
-                            (taus, "Karras times")
-                        }
-                    };
-                    let desc = if steps == 1 {
-                        "consistency, 1 step".to_string()
-                    } else {
-                        let times = taus
-                            .iter()
-                            .map(|t| format!("{t:.3}"))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        format!("consistency, {steps} steps ({how}: {times})")
-                    };
-                    (Plan::Consistency(taus), desc, format!("{steps}step"))
-                }
-                ModelCard::Edm { sampler, .. } => {
-                    let s = EdmSampler {
-                        steps,
-                        solver: entry.solver.unwrap_or(sampler.solver),
-                        ancestral: entry.ancestral.unwrap_or(sampler.ancestral),
-                        ..*sampler
-                    };
-                    s.validate_at(&format!("models[{index}]."))?;
-                    let tag = match (s.ancestral, s.grid, s.solver) {
-                        (true, _, _) => "ancestral",
-                        (false, SamplingGrid::Progressive, _) => "pd",
-                        (false, SamplingGrid::Karras, Solver::Euler) => "euler",
-                        (false, SamplingGrid::Karras, Solver::Heun) => "heun",
-                    };
-                    (
-                        Plan::Edm(s),
-                        format!("EDM {}", s.describe()),
-                        format!("{tag}{steps}"),
+            let (plan, sampler, tag) = plan_row(&card, entry, index, steps, &mut notes)?;
+            let key = identity.as_ref().map(|id| {
+                row_key(&[
+                    id.as_bytes(),
+                    format!(
+                        "{plan:?}|{steps}|{n}|{}|{}|{device:?}",
+                        config.seed, config.batch_size
                     )
+                    .as_bytes(),
+                    classifier_id.as_bytes(),
+                ])
+            });
+            let cache_file = cache
+                .zip(key)
+                .map(|(dir, key)| dir.join(format!("row-{key:016x}.safetensors")));
+            let hit = cache_file
+                .as_deref()
+                .and_then(|path| read_cached_row(path, n, progress));
+            let cached = hit.is_some();
+            let row = match hit {
+                Some(row) => {
+                    progress.message(&format!("{}: {sampler} (cached features)", entry.name));
+                    row
+                }
+                None => {
+                    progress.message(&format!("{}: {sampler}", entry.name));
+                    let row = sample_row(
+                        &card,
+                        &model,
+                        &plan,
+                        SampleSetup {
+                            name: &entry.name,
+                            n,
+                            shape: &shape,
+                            num_classes,
+                            config,
+                            device,
+                        },
+                        &space.net,
+                        progress,
+                    )?;
+                    if let Some(path) = &cache_file {
+                        write_cached_row(path, &row)?;
+                    }
+                    row
                 }
             };
-            progress.message(&format!("{}: {sampler}", entry.name));
-            tch::manual_seed(config.seed as i64);
-            let denoiser = card.denoiser(&model);
-            let (mut feats, mut logits) = (Vec::new(), Vec::new());
-            let mut grid = None;
-            let mut sampling_seconds = 0.0;
-            let mut nfe = 0;
-            progress.start(&entry.name, n as u64);
-            let mut done = 0usize;
-            while done < n {
-                let b = config.batch_size.min(n - done) as i64;
-                let mut latent_shape = vec![b];
-                latent_shape.extend(&shape);
-                let latents = Tensor::randn(&latent_shape, (Kind::Float, device));
-                let class = (num_classes > 0)
-                    .then(|| Tensor::randint(num_classes, [b], (Kind::Int64, device)));
-                let started = Instant::now();
-                let sampled = match &plan {
-                    Plan::Consistency(taus) => consistency_sample(
-                        denoiser.as_ref(),
-                        &latents,
-                        card.range(),
-                        taus,
-                        Conditioning::from_class(class.as_ref()),
-                    )?,
-                    Plan::Edm(s) => {
-                        let grid = match &card {
-                            ModelCard::Edm { edm, .. } => edm.grid(),
-                            ModelCard::Consistency { consistency, .. } => consistency.grid(),
-                        };
-                        edm_sample(
-                            denoiser.as_ref(),
-                            &latents,
-                            &grid,
-                            s,
-                            Conditioning::from_class(class.as_ref()),
-                        )?
-                    }
-                };
-                let x = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
-                sampling_seconds += started.elapsed().as_secs_f64();
-                nfe = sampled.nfe;
-                let (f, l) = space.net.features(&x)?;
-                feats.push(f);
-                logits.push(l);
-                let have = grid.as_ref().map_or(0, |g: &Tensor| g.size()[0]);
-                if have < GRID_IMAGES {
-                    let more = x.narrow(0, 0, (GRID_IMAGES - have).min(b));
-                    grid = Some(match grid {
-                        Some(g) => Tensor::cat(&[g, more], 0),
-                        None => more,
-                    });
-                }
-                done += b as usize;
-                progress.advance(b as u64);
-            }
-            progress.finish();
-            let (f, l) = (Tensor::cat(&feats, 0), Tensor::cat(&logits, 0));
-            let (fid, k, p, r, is) = scorer.score(&f, &l)?;
+            let (fid, k, p, r, is) = scorer.score(&row.features, &row.logits, &real)?;
             progress.message(&format!(
-                "{} {sampler}: NFE {nfe}, FID {fid:.3}, KID {:.4}, P {p:.3}, R {r:.3}",
-                entry.name, k.mean
+                "{} {sampler}: NFE {}, FID {fid:.3}, KID {:.4}, P {p:.3}, R {r:.3}",
+                entry.name, row.nfe, k.mean
             ));
             rows.push(EvalRow {
                 model: entry.name.clone(),
                 sampler,
                 steps,
-                nfe,
+                nfe: row.nfe,
                 fid,
                 kid: k,
                 precision: p,
                 recall: r,
                 is,
-                seconds_per_sample: sampling_seconds / n as f64,
+                seconds_per_sample: row.sampling_seconds / n as f64,
                 grid: grid_name(&entry.name, &tag),
+                samples: n,
+                needs_teacher: entry.teacher,
+                training_seconds,
+                cached,
             });
-            grids.push(grid.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))));
+            grids.push(row.grid);
         }
     }
     Ok(EvalOutput {
@@ -506,14 +551,319 @@ pub fn evaluate(
     })
 }
 
-/// The results as CSV (one header line, one line per row).
+/// How one row samples.
+#[derive(Debug)]
+enum Plan {
+    /// Consistency sampling at these intermediate times.
+    Consistency(Vec<f64>),
+    /// A diffusion sampler.
+    Edm(EdmSampler),
+}
+
+/// The sampler of row `steps` of `entry`: the plan, its description and a
+/// file tag. Consistency rows without stored times add a note.
+fn plan_row(
+    card: &ModelCard,
+    entry: &ModelEntry,
+    index: usize,
+    steps: usize,
+    notes: &mut Vec<String>,
+) -> Result<(Plan, String, String)> {
+    Ok(match card {
+        ModelCard::Consistency { .. } => {
+            let (taus, how) = match card.taus_or_karras(steps)? {
+                (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
+                (taus, TauSource::Karras) => {
+                    notes.push(format!(
+                        "`{}` {steps}-step: the card stores no times; used the interior points of the {}-level EDM sampling grid, {:?}",
+                        entry.name,
+                        steps + 1,
+                        taus.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+                    ));
+                    (taus, "Karras times")
+                }
+            };
+            let desc = if steps == 1 {
+                "consistency, 1 step".to_string()
+            } else {
+                let times = taus
+                    .iter()
+                    .map(|t| format!("{t:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("consistency, {steps} steps ({how}: {times})")
+            };
+            (Plan::Consistency(taus), desc, format!("{steps}step"))
+        }
+        ModelCard::Edm { sampler, .. } => {
+            let s = EdmSampler {
+                steps,
+                solver: entry.solver.unwrap_or(sampler.solver),
+                ancestral: entry.ancestral.unwrap_or(sampler.ancestral),
+                ..*sampler
+            };
+            s.validate_at(&format!("models[{index}]."))?;
+            let tag = match (s.ancestral, s.grid, s.solver) {
+                (true, _, _) => "ancestral",
+                (false, SamplingGrid::Progressive, _) => "pd",
+                (false, SamplingGrid::Karras, Solver::Euler) => "euler",
+                (false, SamplingGrid::Karras, Solver::Heun) => "heun",
+            };
+            (
+                Plan::Edm(s),
+                format!("EDM {}", s.describe()),
+                format!("{tag}{steps}"),
+            )
+        }
+    })
+}
+
+/// What sampling a row needs besides the model and the plan.
+struct SampleSetup<'a> {
+    name: &'a str,
+    n: usize,
+    shape: &'a [i64],
+    num_classes: i64,
+    config: &'a EvalConfig,
+    device: Device,
+}
+
+/// A row's samples, as features.
+struct SampledRow {
+    features: Tensor,
+    logits: Tensor,
+    /// The first [`GRID_IMAGES`] samples (CPU, [-1, 1]).
+    grid: Tensor,
+    nfe: usize,
+    sampling_seconds: f64,
+}
+
+/// Samples `setup.n` images in batches from latents seeded by the config's
+/// seed, and extracts their features.
+fn sample_row(
+    card: &ModelCard,
+    model: &cm_nets::Model,
+    plan: &Plan,
+    setup: SampleSetup<'_>,
+    net: &FeatureNet,
+    progress: &mut dyn Progress,
+) -> Result<SampledRow> {
+    let SampleSetup {
+        name,
+        n,
+        shape,
+        num_classes,
+        config,
+        device,
+    } = setup;
+    tch::manual_seed(config.seed as i64);
+    let denoiser = card.denoiser(model);
+    let (mut feats, mut logits) = (Vec::new(), Vec::new());
+    let mut grid: Option<Tensor> = None;
+    let mut sampling_seconds = 0.0;
+    let mut nfe = 0;
+    progress.start(name, n as u64);
+    let mut done = 0usize;
+    while done < n {
+        let b = config.batch_size.min(n - done) as i64;
+        let mut latent_shape = vec![b];
+        latent_shape.extend(shape);
+        let latents = Tensor::randn(&latent_shape, (Kind::Float, device));
+        let class =
+            (num_classes > 0).then(|| Tensor::randint(num_classes, [b], (Kind::Int64, device)));
+        let started = Instant::now();
+        let cond = Conditioning::from_class(class.as_ref());
+        let sampled = match plan {
+            Plan::Consistency(taus) => {
+                consistency_sample(denoiser.as_ref(), &latents, card.range(), taus, cond)?
+            }
+            Plan::Edm(s) => {
+                let grid = match card {
+                    ModelCard::Edm { edm, .. } => edm.grid(),
+                    ModelCard::Consistency { consistency, .. } => consistency.grid(),
+                };
+                edm_sample(denoiser.as_ref(), &latents, &grid, s, cond)?
+            }
+        };
+        let x = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
+        sampling_seconds += started.elapsed().as_secs_f64();
+        nfe = sampled.nfe;
+        let (f, l) = net.features(&x)?;
+        feats.push(f);
+        logits.push(l);
+        let have = grid.as_ref().map_or(0, |g| g.size()[0]);
+        if have < GRID_IMAGES {
+            let more = x.narrow(0, 0, (GRID_IMAGES - have).min(b));
+            grid = Some(match grid {
+                Some(g) => Tensor::cat(&[g, more], 0),
+                None => more,
+            });
+        }
+        done += b as usize;
+        progress.advance(b as u64);
+    }
+    progress.finish();
+    Ok(SampledRow {
+        features: Tensor::cat(&feats, 0),
+        logits: Tensor::cat(&logits, 0),
+        grid: grid.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))),
+        nfe,
+        sampling_seconds,
+    })
+}
+
+/// The card's text and its weights' bytes, for cache keys: a retrained or
+/// edited model never reuses old features.
+fn model_identity(card_path: &Path, card: &ModelCard) -> Result<String> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| EvalError::Io {
+            action: "cannot read",
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
+    let text = read(card_path)?;
+    let weights = read(card.weights())?;
+    Ok(format!(
+        "{:016x}|{:016x}|{}",
+        cm_core::fnv1a64(&text),
+        cm_core::fnv1a64(&weights),
+        weights.len()
+    ))
+}
+
+/// FNV-1a over `parts`, separated so that no two part lists collide by
+/// concatenation.
+fn row_key(parts: &[&[u8]]) -> u64 {
+    let mut bytes = b"cm-eval row cache v1".to_vec();
+    for part in parts {
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part);
+    }
+    cm_core::fnv1a64(&bytes)
+}
+
+/// A cached row, if `path` holds one for `n` samples; a damaged file is
+/// reported and ignored (the row is sampled again and the file replaced).
+fn read_cached_row(path: &Path, n: usize, progress: &mut dyn Progress) -> Option<SampledRow> {
+    if !path.is_file() {
+        return None;
+    }
+    let parsed = (|| -> std::result::Result<SampledRow, String> {
+        let tensors = Tensor::read_safetensors(path).map_err(|e| e.to_string())?;
+        let get = |name: &str| {
+            tensors
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| format!("no `{name}` tensor"))
+        };
+        let (features, logits, grid, meta) =
+            (get("features")?, get("logits")?, get("grid")?, get("meta")?);
+        if features.size().first() != Some(&(n as i64))
+            || logits.size().first() != Some(&(n as i64))
+            || meta.size() != [2]
+        {
+            return Err(format!(
+                "shapes {:?} / {:?} / {:?} do not hold {n} samples",
+                features.size(),
+                logits.size(),
+                meta.size()
+            ));
+        }
+        let (nfe, seconds) = (meta.double_value(&[0]), meta.double_value(&[1]));
+        if !(nfe >= 1.0 && nfe.fract() == 0.0 && seconds.is_finite() && seconds >= 0.0) {
+            return Err(format!("meta [{nfe}, {seconds}] is not [NFE, seconds]"));
+        }
+        Ok(SampledRow {
+            features,
+            logits,
+            grid,
+            nfe: nfe as usize,
+            sampling_seconds: seconds,
+        })
+    })();
+    match parsed {
+        Ok(row) => Some(row),
+        Err(why) => {
+            progress.message(&format!(
+                "ignoring the damaged cache file {} ({why}); sampling again",
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// Writes a row's features atomically (temp file, then rename).
+fn write_cached_row(path: &Path, row: &SampledRow) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| EvalError::Io {
+            action: "cannot create",
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    }
+    let meta = Tensor::from_slice(&[row.nfe as f64, row.sampling_seconds]);
+    let named = vec![
+        ("features".to_string(), row.features.shallow_clone()),
+        ("logits".to_string(), row.logits.shallow_clone()),
+        ("grid".to_string(), row.grid.shallow_clone()),
+        ("meta".to_string(), meta),
+    ];
+    cm_nets::write_atomic(path, |tmp| {
+        cm_nets::write_safetensors_with_metadata(&named, &Default::default(), tmp)
+    })?;
+    Ok(())
+}
+
+/// Training wall time of run folders in seconds: for each `metrics.csv` in
+/// a folder or its direct subfolders (PD's stages), the sum over sessions
+/// of each session's last `elapsed_s` (a resumed session starts its clock
+/// at 0 again). `None` when no folder has a metrics file.
+pub fn training_seconds(dirs: &[PathBuf]) -> Option<f64> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        files.push(dir.join("metrics.csv"));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut subs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path().join("metrics.csv"))
+                .collect();
+            subs.sort();
+            files.extend(subs);
+        }
+    }
+    let mut total = None;
+    for file in files.iter().filter(|f| f.is_file()) {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let mut sum = 0.0;
+        let mut last = 0.0f64;
+        for line in text.lines().skip(1) {
+            let Some(elapsed) = line.split(',').nth(4).and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            if elapsed < last {
+                sum += last;
+            }
+            last = elapsed;
+        }
+        *total.get_or_insert(0.0) += sum + last;
+    }
+    total
+}
+
+/// The results as CSV (one header line, one line per row; `teacher` is
+/// `yes`, `no` or empty, `training_s` empty when unknown).
 pub fn results_csv(out: &EvalOutput) -> String {
     let mut s = String::from(
-        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples\n",
+        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples,teacher,training_s\n",
     );
     for r in &out.rows {
         s.push_str(&format!(
-            "{},\"{}\",{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{}\n",
+            "{},\"{}\",{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{},{},{}\n",
             r.model,
             r.sampler.replace('"', "'"),
             r.steps,
@@ -526,51 +876,56 @@ pub fn results_csv(out: &EvalOutput) -> String {
             r.is.mean,
             r.is.std,
             r.seconds_per_sample,
-            out.samples
+            r.samples,
+            match r.needs_teacher {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "",
+            },
+            r.training_seconds
+                .map(|t| format!("{t:.1}"))
+                .unwrap_or_default()
         ));
     }
     s
 }
 
-/// The results as a markdown report: set-up, the table, notes, grids.
-pub fn results_markdown(out: &EvalOutput, command: &str) -> String {
-    let c = &out.classifier;
-    let mut s = String::from("# Sample quality\n\n");
-    s.push_str(&format!(
-        "- data: {} test split; FID against its {} images' statistics, KID and precision/recall (k = {}) against {} of them\n",
-        c.dataset, out.reference_images, DEFAULT_K, out.samples
-    ));
-    s.push_str(&format!(
-        "- N = {} samples per row (FID is biased upwards at small N: compare rows with each other and with the `data` row, not with published numbers)\n",
-        out.samples
-    ));
-    s.push_str(&format!(
-        "- feature network: the project's CNN classifier ({}-d features), test accuracy {:.2}%, trained in {:.0} s on {} images (`{}`)\n",
-        c.config.features,
-        100.0 * c.test_accuracy,
-        c.train_seconds,
-        c.train_images,
-        out.classifier_dir.display()
-    ));
-    s.push_str(&format!(
-        "- device: {}; command: `{command}`\n\n",
-        out.device
-    ));
-    s.push_str("| model | sampler | steps | NFE | FID | KID x 1e3 | precision | recall | IS-like | s / sample |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+/// Minutes (or seconds under one minute) for the table.
+fn duration(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.0} s")
+    } else {
+        format!("{:.1} min", seconds / 60.0)
+    }
+}
+
+/// The results table alone, with its notes (markdown; no set-up lines and
+/// no image links, so it can be pasted into other documents).
+pub fn results_table(out: &EvalOutput) -> String {
+    let mut s = String::from(
+        "| model | sampler | steps | NFE | N | FID | KID x 1e3 | precision | recall | IS-like | teacher | training | s / sample |\n",
+    );
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: |\n");
     for r in &out.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} ± {:.2} | {:.3} | {:.3} | {:.2} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} ± {:.2} | {:.3} | {:.3} | {:.2} | {} | {} | {} |\n",
             r.model,
             r.sampler,
             r.steps,
             r.nfe,
+            r.samples,
             r.fid,
             1e3 * r.kid.mean,
             1e3 * r.kid.std,
             r.precision,
             r.recall,
             r.is.mean,
+            match r.needs_teacher {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
+            r.training_seconds.map(duration).unwrap_or_else(|| "-".into()),
             if r.nfe == 0 {
                 "-".to_string()
             } else {
@@ -585,6 +940,42 @@ pub fn results_markdown(out: &EvalOutput, command: &str) -> String {
     for (name, reason) in &out.skipped {
         s.push_str(&format!("- skipped `{name}`: {reason}\n"));
     }
+    let cached = out.rows.iter().filter(|r| r.cached).count();
+    if cached > 0 {
+        s.push_str(&format!(
+            "- {cached} of {} rows scored from cached sample features (same card, weights, sampler and N)\n",
+            out.rows.len()
+        ));
+    }
+    s
+}
+
+/// The results as a markdown report: set-up, the table, notes, grids.
+pub fn results_markdown(out: &EvalOutput, command: &str) -> String {
+    let c = &out.classifier;
+    let mut s = String::from("# Sample quality\n\n");
+    s.push_str(&format!(
+        "- data: {} test split; FID against its {} images' statistics, KID and precision/recall (k = {}) against N of them\n",
+        c.dataset, out.reference_images, DEFAULT_K
+    ));
+    s.push_str(&format!(
+        "- N = {} samples per row unless the N column says otherwise (FID is biased upwards at small N: compare rows of the same N with each other and with the `data` row, not with published numbers)\n",
+        out.samples
+    ));
+    s.push_str(&format!(
+        "- feature network: the project's CNN classifier ({}-d features), test accuracy {:.2}%, trained in {:.0} s on {} images (`{}`)\n",
+        c.config.features,
+        100.0 * c.test_accuracy,
+        c.train_seconds,
+        c.train_images,
+        out.classifier_dir.display()
+    ));
+    s.push_str("- teacher: whether the method needs a trained diffusion teacher; training: wall time of the model's own runs (CD and PD also need the teacher's)\n");
+    s.push_str(&format!(
+        "- device: {}; command: `{command}`\n\n",
+        out.device
+    ));
+    s.push_str(&results_table(out));
     s.push_str("\nFID against NFE: ![FID vs NFE](fid_vs_nfe.png)\n\n");
     for r in &out.rows {
         s.push_str(&format!(

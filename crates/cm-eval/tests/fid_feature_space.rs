@@ -144,6 +144,9 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             steps: vec![1, 2],
             solver: None,
             ancestral: None,
+            samples: None,
+            teacher: None,
+            training: Vec::new(),
             optional: false,
         },
         ModelEntry {
@@ -152,6 +155,9 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             steps: vec![1],
             solver: None,
             ancestral: None,
+            samples: None,
+            teacher: None,
+            training: Vec::new(),
             optional: true,
         },
     ];

@@ -44,10 +44,14 @@ pub struct EdmSampler {
     pub steps: usize,
     /// Euler or Heun.
     pub solver: Solver,
-    /// The grid of noise levels.
+    /// The grid of noise levels. Not written when it is the default, so
+    /// configs written before it existed keep their text (teacher folders
+    /// are keyed by it).
+    #[serde(skip_serializing_if = "is_karras")]
     pub grid: SamplingGrid,
     /// Ancestral (DDPM-like, stochastic) steps instead of ODE steps; needs
-    /// `solver = "euler"` and no churn.
+    /// `solver = "euler"` and no churn. Not written when false.
+    #[serde(skip_serializing_if = "is_false")]
     pub ancestral: bool,
     /// Total churn `S_churn` (0: deterministic, Algorithm 1).
     pub s_churn: f64,
@@ -57,6 +61,14 @@ pub struct EdmSampler {
     pub s_tmax: f64,
     /// Noise inflation `S_noise` of the added noise.
     pub s_noise: f64,
+}
+
+fn is_karras(grid: &SamplingGrid) -> bool {
+    *grid == SamplingGrid::Karras
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for EdmSampler {
