@@ -997,3 +997,76 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+
+    struct Messages(Vec<String>);
+
+    impl Progress for Messages {
+        fn message(&mut self, message: &str) {
+            self.0.push(message.to_string());
+        }
+    }
+
+    fn row(n: i64) -> SampledRow {
+        SampledRow {
+            features: Tensor::randn([n, 4], (Kind::Float, Device::Cpu)),
+            logits: Tensor::randn([n, 3], (Kind::Float, Device::Cpu)),
+            grid: Tensor::rand([2, 1, 4, 4], (Kind::Float, Device::Cpu)),
+            nfe: 35,
+            sampling_seconds: 1.25,
+        }
+    }
+
+    #[test]
+    fn cached_rows_round_trip_and_damaged_ones_are_resampled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache/row-1.safetensors");
+        let written = row(6);
+        write_cached_row(&path, &written).unwrap();
+        let read = read_cached_row(&path, 6, &mut Silent).unwrap();
+        assert!(read.features.equal(&written.features));
+        assert!(read.logits.equal(&written.logits));
+        assert!(read.grid.equal(&written.grid));
+        assert_eq!((read.nfe, read.sampling_seconds), (35, 1.25));
+        // Another N, a missing file, a damaged file: not used, and said.
+        assert!(read_cached_row(&path, 7, &mut Silent).is_none());
+        assert!(read_cached_row(&dir.path().join("none"), 6, &mut Silent).is_none());
+        std::fs::write(&path, b"not a safetensors file").unwrap();
+        let mut said = Messages(Vec::new());
+        assert!(read_cached_row(&path, 6, &mut said).is_none());
+        assert!(said.0[0].contains("damaged cache file"), "{:?}", said.0);
+    }
+
+    #[test]
+    fn row_keys_separate_their_parts() {
+        assert_ne!(row_key(&[b"ab", b"c"]), row_key(&[b"a", b"bc"]));
+        assert_eq!(row_key(&[b"ab", b"c"]), row_key(&[b"ab", b"c"]));
+    }
+
+    #[test]
+    fn training_time_sums_sessions_and_stage_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = "step,loss,lr,grad_norm,elapsed_s,steps_per_s\n";
+        // Two sessions (resumed at step 3): 20 s + 15 s.
+        std::fs::write(
+            dir.path().join("metrics.csv"),
+            format!("{header}1,1,1,1,10.0,1\n2,1,1,1,20.0,1\n3,1,1,1,5.0,1\n4,1,1,1,15.0,1\n"),
+        )
+        .unwrap();
+        // A stage folder: 7 s more.
+        std::fs::create_dir(dir.path().join("steps-002")).unwrap();
+        std::fs::write(
+            dir.path().join("steps-002/metrics.csv"),
+            format!("{header}1,1,1,1,3.0,1\n2,1,1,1,7.0,1\n"),
+        )
+        .unwrap();
+        let total = training_seconds(&[dir.path().to_path_buf()]).unwrap();
+        assert!((total - 42.0).abs() < 1e-9, "{total}");
+        assert_eq!(training_seconds(&[dir.path().join("missing")]), None);
+        assert_eq!(training_seconds(&[]), None);
+    }
+}

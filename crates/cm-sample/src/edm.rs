@@ -161,7 +161,8 @@ impl EdmSampler {
         } else {
             String::new()
         };
-        format!("{method}{grid}, {} steps{churn}", self.steps)
+        let unit = if self.steps == 1 { "step" } else { "steps" };
+        format!("{method}{grid}, {} {unit}{churn}", self.steps)
     }
 }
 
