@@ -23,9 +23,13 @@ use cm_nets::{Model, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler, SamplingGrid};
 use cm_train::{Batch, Objective, Result};
 
-/// The most steps a progressive-distillation student may start with (its
-/// teacher then takes twice as many on a grid of `2 x 4096 + 1` levels).
+/// The most steps a progressive-distillation student may start with: its
+/// teacher takes twice as many, 8192 (Salimans & Ho's CIFAR-10 teacher
+/// sampler), within `cm_sample::MAX_SAMPLER_STEPS`.
 pub const MAX_PD_STEPS: usize = 4096;
+
+// The first teacher's sampler (2 x start_steps) must be a valid sampler.
+const _: () = assert!(2 * MAX_PD_STEPS <= cm_sample::MAX_SAMPLER_STEPS);
 
 /// Settings of progressive distillation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,9 +29,9 @@ use cm_data::DataSource;
 use cm_nets::{Model, Preconditioned};
 use cm_sample::{edm_sample, ModelCard, CARD_FILE};
 use cm_train::{
-    check_run_folder, latest_checkpoint, prepare_teacher, run, teacher_dir, LoaderOptions, Method,
-    Observer, ReportSampler, RunConfig, RunContext, RunOutcome, SamplerRow, TeacherConfig,
-    TeacherStage, TrainConfig, TrainError,
+    check_run_folder, final_weights, latest_checkpoint, prepare_teacher, run, teacher_dir,
+    LoaderOptions, Method, Observer, ReportSampler, RunConfig, RunContext, RunOutcome, SamplerRow,
+    TeacherConfig, TeacherStage, TrainConfig, TrainError,
 };
 
 use crate::pd::{pd_sampler, PdConfig, PdObjective};
@@ -329,17 +329,14 @@ pub fn run_pd(
             samplers: out.samplers,
         });
     }
+    // The run's card is the last stage's, its weights relative to the run
+    // folder (so the folder stays movable).
     let last = outcome.stages.last().expect("at least one stage");
+    let stage_name = last.dir.file_name().expect("stage folder name");
     let card_path = run_dir.join(CARD_FILE);
-    let mut card = ModelCard::load(&last.card)?;
-    if let ModelCard::Edm { weights, .. } = &mut card {
-        // Relative to the stage folder; the run's card sits one level up.
-        if weights.is_relative() {
-            *weights =
-                PathBuf::from(last.dir.file_name().expect("stage folder name")).join(&*weights);
-        }
-    }
-    card.save(&card_path)?;
+    PdStageMethod::new(config, last.steps, PathBuf::new(), String::new())
+        .card(PathBuf::from(stage_name).join(final_weights(&config.train)))
+        .save(&card_path)?;
     outcome.report = Some(write_pd_report(config, run_dir, &outcome)?);
     outcome.card = Some(card_path);
     Ok(outcome)

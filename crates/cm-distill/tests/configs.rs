@@ -1,8 +1,8 @@
-//! The distillation presets parse, validate, and embed exactly the teacher
-//! presets they name (so `train-cd` reuses a teacher trained by
-//! `train-teacher` with the same preset).
+//! The distillation presets (CD and PD) parse, validate, and embed exactly
+//! the teacher presets they name (so `train-cd`, `train-pd` and
+//! `train-teacher` with the same preset share one teacher).
 
-use cm_distill::CdRunConfig;
+use cm_distill::{CdRunConfig, PdRunConfig};
 use cm_train::TeacherConfig;
 
 fn configs() -> std::path::PathBuf {
@@ -11,33 +11,44 @@ fn configs() -> std::path::PathBuf {
 
 #[test]
 fn cd_presets_parse_and_embed_the_teacher_presets() {
-    for (cd, teacher) in [
-        ("fmnist", Some("fmnist")),
-        ("toy", Some("toy")),
-        ("smoke", None),
-    ] {
-        let run: CdRunConfig = cm_core::load_toml(configs().join(format!("cd/{cd}.toml"))).unwrap();
-        if let Some(t) = teacher {
-            let alone: TeacherConfig =
-                cm_core::load_toml(configs().join(format!("teacher/{t}.toml"))).unwrap();
-            assert_eq!(
-                run.teacher, alone,
-                "configs/cd/{cd}.toml [teacher] differs from configs/teacher/{t}.toml"
-            );
-        }
+    for preset in ["fmnist", "toy", "smoke", "cifar10"] {
+        let alone: TeacherConfig =
+            cm_core::load_toml(configs().join(format!("teacher/{preset}.toml"))).unwrap();
+        let cd: CdRunConfig =
+            cm_core::load_toml(configs().join(format!("cd/{preset}.toml"))).unwrap();
+        let pd: PdRunConfig =
+            cm_core::load_toml(configs().join(format!("pd/{preset}.toml"))).unwrap();
+        assert_eq!(cd.teacher, alone, "configs/cd/{preset}.toml [teacher]");
+        assert_eq!(pd.teacher, alone, "configs/pd/{preset}.toml [teacher]");
     }
+}
+
+/// `text` as `cd/smoke.toml` beside a copy of the smoke teacher preset it
+/// includes, loaded.
+fn load_smoke_variant(text: &str) -> cm_core::Result<CdRunConfig> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("cd")).unwrap();
+    std::fs::create_dir_all(dir.path().join("teacher")).unwrap();
+    std::fs::copy(
+        configs().join("teacher/smoke.toml"),
+        dir.path().join("teacher/smoke.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("cd/smoke.toml"), text).unwrap();
+    cm_core::load_toml(dir.path().join("cd/smoke.toml"))
 }
 
 #[test]
 fn bad_cd_values_name_the_field() {
     let text = std::fs::read_to_string(configs().join("cd/smoke.toml")).unwrap();
     let bad = text.replace("mu = 0.95", "mu = 1.5");
-    let err = cm_core::parse_toml::<CdRunConfig>(&bad, "smoke.toml").unwrap_err();
+    assert!(load_smoke_variant(&text).is_ok());
+    let err = load_smoke_variant(&bad).unwrap_err();
     assert!(err.to_string().contains("cd.recipe.schedule.mu"), "{err}");
     let bad = text.replace(
         "[cd]\nsolver = \"heun\"",
         "[cd]\nsolver = \"heun\"\ntwo_step_tau = 100.0",
     );
-    let err = cm_core::parse_toml::<CdRunConfig>(&bad, "smoke.toml").unwrap_err();
+    let err = load_smoke_variant(&bad).unwrap_err();
     assert!(err.to_string().contains("cd.two_step_tau"), "{err}");
 }

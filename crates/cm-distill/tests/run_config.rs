@@ -155,6 +155,12 @@ fn eval_configs_name_the_current_teachers() {
                 text.contains(&card),
                 "{eval} does not name the teacher card {card}"
             );
+            // Every teacher folder it names (cards, training times) is this one.
+            let want = dir.display().to_string();
+            for (at, _) in text.match_indices("runs/teachers/teacher-") {
+                let named = &text[at..at + want.len()];
+                assert_eq!(named, want, "{eval}: a stale teacher folder");
+            }
         }
     }
 }

@@ -3,14 +3,30 @@
 //! (4 -> 2 -> 1 steps), each restarted (its own metrics from step 1, its own
 //! optimizer), each stage's teacher the previous stage's student, a model
 //! card per stage that samples with its step count, the run's card (the
-//! 1-step model) and report; a resumed finished run changes nothing and a
-//! fresh run into the same folder is refused.
+//! 1-step model, still valid after the folder moves) and report; a run
+//! stopped when a stage begins and resumed ends bit-identical to the
+//! uninterrupted one; a resumed finished run changes nothing and a fresh
+//! run into the same folder is refused.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cm_distill::{run_pd, stage_dir, PdRunConfig};
 use cm_sample::{ModelCard, Pipeline, SamplingGrid};
-use cm_train::Quiet;
+use cm_train::{Observer, Quiet};
+
+/// Raises the stop flag when the stage named `at` begins, as Ctrl-C would.
+struct StopAtStage<'a> {
+    at: &'a str,
+    stop: &'a AtomicBool,
+}
+
+impl Observer for StopAtStage<'_> {
+    fn on_stage(&mut self, name: &str) {
+        if name == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
 use tch::Device;
 
 #[test]
@@ -84,8 +100,21 @@ fn smoke_pd_pipeline_halves_restarts_and_leaves_a_card_per_stage() {
             assert!(stage.dir.join(&file).is_file(), "{file}");
         }
     }
-    // The run's card is the 1-step model, usable from the library.
-    let card = out.card.clone().unwrap();
+    // The run's card is the 1-step model, usable from the library, also
+    // after the run folder moves (its weights path is relative).
+    let moved = tmp.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copy(&run_dir, &moved);
+    let card = moved.join("pd").join(cm_sample::CARD_FILE);
     let generated = Pipeline::load(&card, Device::Cpu)
         .unwrap()
         .generate(3, 1, 7)
@@ -115,6 +144,61 @@ fn smoke_pd_pipeline_halves_restarts_and_leaves_a_card_per_stage() {
     assert!(again.teacher_reused);
     assert_eq!(again.stages.len(), 3);
     assert_eq!(weights(&again.stages[2].dir), before);
+    // Stopped as stage 2 begins (Ctrl-C), then resumed: the same weights
+    // as the uninterrupted run, bit for bit, so stage 2's teacher was
+    // stage 1's final student both times.
+    let stopped_dir = tmp.path().join("pd-stopped");
+    let stop = AtomicBool::new(false);
+    let first = run_pd(
+        &config,
+        &stopped_dir,
+        &teachers,
+        false,
+        Device::Cpu,
+        &stop,
+        &mut StopAtStage {
+            at: "progressive-distillation-to-2-steps",
+            stop: &stop,
+        },
+    )
+    .unwrap();
+    assert!(first.stopped_at.is_some());
+    assert_eq!(first.stages.len(), 1);
+    assert!(first.report.is_none());
+    let resumed = run_pd(
+        &config,
+        &stopped_dir,
+        &teachers,
+        true,
+        Device::Cpu,
+        &never,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(resumed.stages.len(), 3);
+    for (a, b) in resumed.stages.iter().zip(&out.stages) {
+        let tensors = |dir: &std::path::Path| {
+            let (_, ckpt) = cm_train::latest_checkpoint(dir).unwrap();
+            let mut named = tch::Tensor::read_safetensors(ckpt.join("online.safetensors")).unwrap();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named
+        };
+        let (ta, tb) = (tensors(&a.dir), tensors(&b.dir));
+        assert_eq!(ta.len(), tb.len());
+        let differ: Vec<String> = ta
+            .iter()
+            .zip(&tb)
+            .filter(|((na, xa), (nb, xb))| na != nb || !xa.equal(xb))
+            .map(|((name, xa), (_, xb))| {
+                format!(
+                    "{name} (max |diff| {})",
+                    (xa - xb).abs().max().double_value(&[])
+                )
+            })
+            .collect();
+        assert!(differ.is_empty(), "{} steps: {differ:?}", a.steps);
+    }
+
     // A fresh run into the same folder is refused before anything trains.
     let err = run_pd(
         &config,

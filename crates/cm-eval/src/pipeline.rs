@@ -366,19 +366,21 @@ pub fn evaluate_cached(
 ) -> Result<EvalOutput> {
     config.validate()?;
     let data = image_dataset(config)?;
-    let largest = config
-        .models
-        .iter()
-        .map(|m| m.samples_or(config.samples))
-        .chain([config.samples])
-        .max()
-        .unwrap_or(config.samples);
-    if data.test.len() < largest {
-        return Err(EvalError::InvalidInput(format!(
-            "samples = {largest} but the test split of {} has only {} images",
-            data.name,
-            data.test.len()
-        )));
+    let sizes = std::iter::once(("samples".to_string(), config.samples)).chain(
+        config
+            .models
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.samples.map(|n| (format!("models[{i}].samples"), n))),
+    );
+    for (field, n) in sizes {
+        if data.test.len() < n {
+            return Err(EvalError::InvalidInput(format!(
+                "{field} = {n} but the test split of {} has only {} images",
+                data.name,
+                data.test.len()
+            )));
+        }
     }
     let space = feature_space(&data, &config.classifier, None, device, progress)?;
     let n = config.samples;
@@ -481,9 +483,15 @@ pub fn evaluate_cached(
             let cache_file = cache
                 .zip(key)
                 .map(|(dir, key)| dir.join(format!("row-{key:016x}.safetensors")));
+            let row_shape = RowShape {
+                n,
+                features: space.reference.features.size()[1],
+                classes: space.card.num_classes,
+                image: &shape,
+            };
             let hit = cache_file
                 .as_deref()
-                .and_then(|path| read_cached_row(path, n, progress));
+                .and_then(|path| read_cached_row(path, row_shape, progress));
             let cached = hit.is_some();
             let row = match hit {
                 Some(row) => {
@@ -571,6 +579,22 @@ fn plan_row(
 ) -> Result<(Plan, String, String)> {
     Ok(match card {
         ModelCard::Consistency { .. } => {
+            for (field, set) in [
+                ("solver", entry.solver.is_some()),
+                ("ancestral", entry.ancestral.is_some()),
+            ] {
+                if set {
+                    return Err(CoreError::invalid(
+                        format!("models[{index}].{field}"),
+                        "set",
+                        format!(
+                            "no value: `{}` is a consistency model (the field is for EDM cards)",
+                            entry.name
+                        ),
+                    )
+                    .into());
+                }
+            }
             let (taus, how) = match card.taus_or_karras(steps)? {
                 (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
                 (taus, TauSource::Karras) => {
@@ -724,18 +748,27 @@ fn model_identity(card_path: &Path, card: &ModelCard) -> Result<String> {
     };
     let text = read(card_path)?;
     let weights = read(card.weights())?;
+    // An architecture sidecar beside the weights, if any, shapes the network.
+    let sidecar = cm_nets::sidecar_path(card.weights());
+    let sidecar = if sidecar.is_file() {
+        read(&sidecar)?
+    } else {
+        Vec::new()
+    };
     Ok(format!(
-        "{:016x}|{:016x}|{}",
+        "{:016x}|{:016x}|{}|{:016x}",
         cm_core::fnv1a64(&text),
         cm_core::fnv1a64(&weights),
-        weights.len()
+        weights.len(),
+        cm_core::fnv1a64(&sidecar)
     ))
 }
 
 /// FNV-1a over `parts`, separated so that no two part lists collide by
 /// concatenation.
 fn row_key(parts: &[&[u8]]) -> u64 {
-    let mut bytes = b"cm-eval row cache v1".to_vec();
+    // The crate version: a new release may sample or measure differently.
+    let mut bytes = format!("cm-eval row cache v1 {}", env!("CARGO_PKG_VERSION")).into_bytes();
     for part in parts {
         bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
         bytes.extend_from_slice(part);
@@ -743,9 +776,24 @@ fn row_key(parts: &[&[u8]]) -> u64 {
     cm_core::fnv1a64(&bytes)
 }
 
-/// A cached row, if `path` holds one for `n` samples; a damaged file is
+/// The shapes a cached row must have: `n` samples of `features`-wide
+/// features and `classes` logits, and sample images `[C, H, W]`.
+#[derive(Debug, Clone, Copy)]
+struct RowShape<'a> {
+    n: usize,
+    features: i64,
+    classes: i64,
+    image: &'a [i64],
+}
+
+/// A cached row, if `path` holds one of `shape`; a damaged file is
 /// reported and ignored (the row is sampled again and the file replaced).
-fn read_cached_row(path: &Path, n: usize, progress: &mut dyn Progress) -> Option<SampledRow> {
+fn read_cached_row(
+    path: &Path,
+    shape: RowShape<'_>,
+    progress: &mut dyn Progress,
+) -> Option<SampledRow> {
+    let n = shape.n;
     if !path.is_file() {
         return None;
     }
@@ -760,15 +808,27 @@ fn read_cached_row(path: &Path, n: usize, progress: &mut dyn Progress) -> Option
         };
         let (features, logits, grid, meta) =
             (get("features")?, get("logits")?, get("grid")?, get("meta")?);
-        if features.size().first() != Some(&(n as i64))
-            || logits.size().first() != Some(&(n as i64))
+        let grid_ok = grid.numel() == 0
+            || (grid.dim() == 4
+                && grid.size()[0] <= GRID_IMAGES
+                && grid.size()[1..] == *shape.image);
+        if features.size() != [n as i64, shape.features]
+            || logits.size() != [n as i64, shape.classes]
             || meta.size() != [2]
+            || !grid_ok
+            || [&features, &logits, &grid, &meta]
+                .iter()
+                .any(|t| t.kind() != Kind::Float && t.kind() != Kind::Double)
         {
             return Err(format!(
-                "shapes {:?} / {:?} / {:?} do not hold {n} samples",
+                "shapes {:?} / {:?} / {:?} / {:?} are not {n} samples' features [{n}, {}], logits [{n}, {}], a grid of {:?} images and [NFE, seconds]",
                 features.size(),
                 logits.size(),
-                meta.size()
+                grid.size(),
+                meta.size(),
+                shape.features,
+                shape.classes,
+                shape.image
             ));
         }
         let (nfe, seconds) = (meta.double_value(&[0]), meta.double_value(&[1]));
@@ -1027,17 +1087,45 @@ mod tests {
         let path = dir.path().join("cache/row-1.safetensors");
         let written = row(6);
         write_cached_row(&path, &written).unwrap();
-        let read = read_cached_row(&path, 6, &mut Silent).unwrap();
+        let shape = RowShape {
+            n: 6,
+            features: 4,
+            classes: 3,
+            image: &[1, 4, 4],
+        };
+        let read = read_cached_row(&path, shape, &mut Silent).unwrap();
         assert!(read.features.equal(&written.features));
         assert!(read.logits.equal(&written.logits));
         assert!(read.grid.equal(&written.grid));
         assert_eq!((read.nfe, read.sampling_seconds), (35, 1.25));
-        // Another N, a missing file, a damaged file: not used, and said.
-        assert!(read_cached_row(&path, 7, &mut Silent).is_none());
-        assert!(read_cached_row(&dir.path().join("none"), 6, &mut Silent).is_none());
+        // Another N, feature width, class count or image shape, a missing
+        // file, a damaged file: not used, and said.
+        for other in [
+            RowShape { n: 7, ..shape },
+            RowShape {
+                features: 5,
+                ..shape
+            },
+            RowShape {
+                classes: 10,
+                ..shape
+            },
+            RowShape {
+                image: &[3, 4, 4],
+                ..shape
+            },
+        ] {
+            let mut said = Messages(Vec::new());
+            assert!(
+                read_cached_row(&path, other, &mut said).is_none(),
+                "{other:?}"
+            );
+            assert!(said.0[0].contains("damaged cache file"), "{:?}", said.0);
+        }
+        assert!(read_cached_row(&dir.path().join("none"), shape, &mut Silent).is_none());
         std::fs::write(&path, b"not a safetensors file").unwrap();
         let mut said = Messages(Vec::new());
-        assert!(read_cached_row(&path, 6, &mut said).is_none());
+        assert!(read_cached_row(&path, shape, &mut said).is_none());
         assert!(said.0[0].contains("damaged cache file"), "{:?}", said.0);
     }
 

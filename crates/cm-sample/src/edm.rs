@@ -112,6 +112,13 @@ impl EdmSampler {
                 "a finite number > 0",
             ));
         }
+        if self.s_tmax.is_nan() {
+            return Err(CoreError::invalid(
+                f("s_tmax"),
+                self.s_tmax,
+                "a number >= s_tmin (inf: no upper limit)",
+            ));
+        }
         if !(self.s_tmin >= 0.0 && self.s_tmin <= self.s_tmax) {
             return Err(CoreError::invalid(
                 f("s_tmin"),
