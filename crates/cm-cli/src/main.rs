@@ -243,14 +243,38 @@ pub(crate) fn set_threads(threads: Option<i32>) -> Result<()> {
     Ok(())
 }
 
+/// What every teacher-based pipeline command sets up first: the thread
+/// count, its config, the device, the teachers folder and the Ctrl-C flag.
+struct DistillSetup<C> {
+    config: C,
+    device: Device,
+    teachers: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl DistillArgs {
+    fn setup<C: serde::de::DeserializeOwned + cm_core::Validate>(&self) -> Result<DistillSetup<C>> {
+        let run = &self.run;
+        set_threads(run.threads)?;
+        let config: C = cm_core::load_toml(&run.config)
+            .with_context(|| format!("loading {}", run.config.display()))?;
+        Ok(DistillSetup {
+            config,
+            device: device(run.device)?,
+            teachers: self.teachers_dir(),
+            stop: install_stop_handler()?,
+        })
+    }
+}
+
 fn distill(args: &DistillArgs) -> Result<()> {
     let run = &args.run;
-    set_threads(run.threads)?;
-    let config: CdRunConfig = cm_core::load_toml(&run.config)
-        .with_context(|| format!("loading {}", run.config.display()))?;
-    let device = device(run.device)?;
-    let teachers = args.teachers_dir();
-    let stop = install_stop_handler()?;
+    let DistillSetup {
+        config,
+        device,
+        teachers,
+        stop,
+    } = args.setup::<CdRunConfig>()?;
     eprintln!(
         "consistency distillation on {device:?} into {}",
         run.run_dir.display()
@@ -285,12 +309,12 @@ fn distill(args: &DistillArgs) -> Result<()> {
 
 fn train_pd(args: &DistillArgs) -> Result<()> {
     let run = &args.run;
-    set_threads(run.threads)?;
-    let config: PdRunConfig = cm_core::load_toml(&run.config)
-        .with_context(|| format!("loading {}", run.config.display()))?;
-    let device = device(run.device)?;
-    let teachers = args.teachers_dir();
-    let stop = install_stop_handler()?;
+    let DistillSetup {
+        config,
+        device,
+        teachers,
+        stop,
+    } = args.setup::<PdRunConfig>()?;
     eprintln!(
         "progressive distillation {:?} on {device:?} into {}",
         config.pd.stages(),
