@@ -15,7 +15,9 @@
 //! - [`inception`]: pytorch-fid's Inception-v3 for standard FID, from a
 //!   user-supplied safetensors file.
 //! - [`pipeline`]: `cm eval`: N samples per model card and step count, a
-//!   results table against NFE and time.
+//!   results table against NFE, time, training time and whether a teacher
+//!   is needed; [`row_cache`]: each row's sample features cached, so a
+//!   second evaluation samples only what changed.
 //! - [`timestep_search`]: `cm search-timesteps`: the intermediate times of
 //!   few-step consistency sampling by FID (CM Section 6), stored in the card.
 //! - [`degrade`]: noise and blur, to check that metrics respond.
@@ -34,6 +36,7 @@ pub mod kid;
 pub mod pipeline;
 pub mod precision_recall;
 pub mod progress;
+pub mod row_cache;
 pub mod timestep_search;
 pub mod toy;
 pub mod weights;
