@@ -20,7 +20,8 @@ pub struct EvalArgs {
     /// Output folder: results.md, results.csv, fid_vs_nfe.png, sample grids.
     #[arg(long)]
     pub out: PathBuf,
-    /// Override the config's samples per row (N).
+    /// Override the config's samples per row (N); models with their own
+    /// `samples` keep it.
     #[arg(long)]
     pub samples: Option<usize>,
     /// Sample every row again instead of reusing the sample features cached
