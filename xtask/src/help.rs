@@ -63,7 +63,9 @@ COMMANDS:
              (FID, KID, precision/recall, teacher, training time, time per
              sample; sample features cached, so a second call only samples
              what changed) and pastes the table and the FID-against-NFE plot
-             into docs/results.md. fmnist: about 3 hours on 2 cores.
+             into docs/results.md. fmnist: about 3 hours on 2 cores. Extra
+             `cm` flags after `--` go to every command: use ones they all
+             take (`-- --threads 1`).
     edit-grids [--run-dir DIR] [--out DIR]
              Every zero-shot editing grid of docs/sampling.md (inpainting with
              four masks, colorization, super-resolution x2 and x4, denoising,
