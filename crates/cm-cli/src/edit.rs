@@ -425,6 +425,13 @@ fn setup(common: &CommonArgs) -> Result<(Device, ModelCard, cm_nets::Model, Nois
     crate::set_threads(common.threads)?;
     let device = crate::device(common.device)?;
     let (card, model) = load_card(&common.card, device)?;
+    if model.config().num_classes() > 0 && !model.config().has_null_class() {
+        bail!(
+            "{}: editing runs unconditionally (the null class), and this class-conditional \
+             model has no null class",
+            common.card.display()
+        );
+    }
     let range = consistency_range(&card, &common.card)?;
     Ok((device, card, model, range))
 }

@@ -38,6 +38,7 @@ fn card(dir: &Path) -> PathBuf {
         weights: "w.safetensors".into(),
         consistency: ConsistencyConfig::default(),
         timesteps: [("2".to_string(), vec![0.821])].into(),
+        scheduler: None,
     };
     let path = dir.join("model.toml");
     card.save(&path).unwrap();
@@ -62,6 +63,7 @@ fn conditional_card(dir: &Path) -> PathBuf {
         weights: "wc.safetensors".into(),
         consistency: ConsistencyConfig::default(),
         timesteps: Default::default(),
+        scheduler: None,
     };
     let path = dir.join("conditional.toml");
     card.save(&path).unwrap();

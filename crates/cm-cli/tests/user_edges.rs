@@ -55,6 +55,7 @@ fn card_for(dir: &Path, net: NetConfig, name: &str) -> PathBuf {
         weights: format!("{name}.safetensors").into(),
         consistency: ConsistencyConfig::default(),
         timesteps: Default::default(),
+        scheduler: None,
     };
     let path = dir.join(format!("card-{name}.toml"));
     card.save(&path).unwrap();

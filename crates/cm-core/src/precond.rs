@@ -84,7 +84,10 @@ pub enum NoiseConditioning {
     #[default]
     Edm,
     /// `c_noise = 1000 * 0.25 * ln(t + 1e-44)`, what the reference consistency
-    /// code feeds its ADM U-Net (timestep-like range).
+    /// code (and diffusers' `CMStochasticIterativeScheduler`) feeds its ADM
+    /// U-Net (timestep-like range). Computed in f64 as they do, then
+    /// returned in `t`'s dtype: in f32 the logarithm alone would move the
+    /// time by up to an f32 ulp of ~1100.
     Adm,
 }
 
@@ -93,7 +96,9 @@ impl NoiseConditioning {
     pub fn c_noise(self, sigma: &Tensor) -> Tensor {
         match self {
             NoiseConditioning::Edm => sigma.log() * 0.25,
-            NoiseConditioning::Adm => (sigma + 1e-44).log() * 250.0,
+            NoiseConditioning::Adm => {
+                ((sigma.to_kind(tch::Kind::Double) + 1e-44).log() * 250.0).to_kind(sigma.kind())
+            }
         }
     }
 }

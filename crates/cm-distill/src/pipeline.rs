@@ -204,6 +204,7 @@ impl Method for CdMethod<'_> {
             weights,
             consistency: self.config.cd.recipe.consistency,
             timesteps: [("2".to_string(), vec![self.config.cd.two_step_tau])].into(),
+            scheduler: None,
         }
     }
 }

@@ -609,6 +609,7 @@ fn plan_row(
                     ));
                     (taus, "Karras times")
                 }
+                (taus, TauSource::Scheduler) => (taus, "scheduler times"),
             };
             let desc = if steps == 1 {
                 "consistency, 1 step".to_string()

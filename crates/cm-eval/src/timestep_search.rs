@@ -333,6 +333,7 @@ mod tests {
                 weights: "w.safetensors".into(),
                 consistency: ConsistencyConfig::default(),
                 timesteps: Default::default(),
+                scheduler: None,
             },
         };
         assert_eq!(

@@ -129,6 +129,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         weights: "w.safetensors".into(),
         consistency: Default::default(),
         timesteps: Default::default(),
+        scheduler: None,
     };
     let card_path = dir.path().join("model.toml");
     card.save(&card_path).unwrap();

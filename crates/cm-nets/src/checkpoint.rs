@@ -76,6 +76,26 @@ pub fn load_strict_tensors(
     vars: impl IntoIterator<Item = (String, Tensor)>,
     ignored_suffixes: &[&str],
 ) -> Result<()> {
+    load_strict_impl(path, vars, ignored_suffixes, false)
+}
+
+/// [`load_strict_tensors`], but a floating-point tensor of another float
+/// dtype (f16, bf16, f64: published diffusers weights come in several) is
+/// converted to the variable's dtype instead of refused.
+pub fn load_strict_tensors_cast(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, Tensor)>,
+    ignored_suffixes: &[&str],
+) -> Result<()> {
+    load_strict_impl(path, vars, ignored_suffixes, true)
+}
+
+fn load_strict_impl(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, Tensor)>,
+    ignored_suffixes: &[&str],
+    cast_floats: bool,
+) -> Result<()> {
     if !path.is_file() {
         return Err(NetError::Io {
             action: "cannot read checkpoint",
@@ -99,6 +119,14 @@ pub fn load_strict_tensors(
                 var.size(),
                 t.size()
             )),
+            Some(t)
+                if t.kind() != var.kind()
+                    && cast_floats
+                    && t.is_floating_point()
+                    && var.is_floating_point() =>
+            {
+                matched.push((var, t))
+            }
             Some(t) if t.kind() != var.kind() => problems.push(format!(
                 "tensor `{name}`: expected dtype {:?}, found {:?}",
                 var.kind(),

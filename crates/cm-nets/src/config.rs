@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use cm_core::{CoreError, Validate};
 
+use crate::diffusers::DiffusersUNetConfig;
 use crate::layers::NoiseEmbedding;
 
 /// How the U-Net changes resolution between levels.
@@ -180,6 +181,9 @@ pub enum NetConfig {
     Dit(DiTConfig),
     /// `arch = "mlp"`.
     Mlp(MlpConfig),
+    /// `arch = "diffusers_unet2d"`: diffusers' `UNet2DModel`, read from a
+    /// diffusers folder's `config.json` ([`DiffusersUNetConfig::from_json`]).
+    DiffusersUnet2d(DiffusersUNetConfig),
 }
 
 /// The named presets, as in `configs/nets/<name>.toml`.
@@ -249,7 +253,19 @@ impl NetConfig {
                 c.resolution as i64,
             ],
             NetConfig::Mlp(c) => vec![c.dim as i64],
+            NetConfig::DiffusersUnet2d(c) => {
+                let (h, w) = c.hw();
+                vec![c.in_channels as i64, h as i64, w as i64]
+            }
         }
+    }
+
+    /// Whether label `num_classes` is a null class ("no label", what
+    /// classifier-free guidance and unlabelled sampling use). cm-rs's
+    /// networks have one; diffusers' class-conditional U-Nets do not, and
+    /// need a label in `0..num_classes` for every sample.
+    pub fn has_null_class(&self) -> bool {
+        !matches!(self, NetConfig::DiffusersUnet2d(_))
     }
 
     /// Number of classes (0 = unconditional). Label `num_classes` is the null
@@ -259,6 +275,7 @@ impl NetConfig {
             NetConfig::Unet(c) => c.num_classes,
             NetConfig::Dit(c) => c.num_classes,
             NetConfig::Mlp(c) => c.num_classes,
+            NetConfig::DiffusersUnet2d(c) => c.num_classes(),
         }
     }
 }
@@ -374,6 +391,7 @@ impl NetConfig {
             NetConfig::Unet(c) => c.approx_params(),
             NetConfig::Dit(c) => c.approx_params(),
             NetConfig::Mlp(c) => c.approx_params(),
+            NetConfig::DiffusersUnet2d(c) => c.num_params().unwrap_or(f64::INFINITY),
         }
     }
 }
@@ -585,6 +603,7 @@ impl Validate for NetConfig {
             NetConfig::Unet(c) => c.validate(),
             NetConfig::Dit(c) => c.validate(),
             NetConfig::Mlp(c) => c.validate(),
+            NetConfig::DiffusersUnet2d(c) => c.validate(),
         }
     }
 }

@@ -5,6 +5,9 @@
 //!   options), for 1 or 3 channels at 28, 32 or 64 pixels.
 //! - [`DiT`]: a Diffusion Transformer with adaLN-Zero conditioning.
 //! - [`ResidualMlp`]: a residual MLP for 2-D toy data.
+//! - [`DiffusersUNet`]: diffusers' `UNet2DModel`, built from a diffusers
+//!   folder's `config.json` so the published consistency models load name
+//!   for name ([`Model::from_diffusers`]).
 //!
 //! All implement [`Network`]: `F(x_in, c_noise, class, train)` with the
 //! output shaped like the input; cm-core's parameterizations wrap them.
@@ -16,6 +19,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod denoiser;
+pub mod diffusers;
 pub mod dit;
 pub mod error;
 pub mod layers;
@@ -25,19 +29,20 @@ pub mod network;
 pub mod unet;
 
 pub use checkpoint::{
-    load_strict, load_strict_tensors, read_metadata, sidecar_path, write_atomic,
-    write_safetensors_with_metadata,
+    load_strict, load_strict_tensors, load_strict_tensors_cast, read_metadata, sidecar_path,
+    write_atomic, write_safetensors_with_metadata,
 };
 pub use config::{
     DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, MAX_DIM, MAX_PARAMS, MAX_RESOLUTION,
     MAX_TOKENS, PRESETS,
 };
 pub use denoiser::Preconditioned;
+pub use diffusers::{DiffusersUNet, DiffusersUNetConfig, SampleSize, UNET_2D_CLASS};
 pub use dit::DiT;
 pub use error::{NetError, Result};
 pub use layers::NoiseEmbedding;
 pub use mlp::ResidualMlp;
 pub use model::Model;
-pub use model::{META_NET, META_VERSION};
+pub use model::{DIFFUSERS_CONFIG, MAX_DIFFUSERS_CONFIG_BYTES, META_NET, META_VERSION};
 pub use network::Network;
 pub use unet::UNet;

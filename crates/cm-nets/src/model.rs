@@ -12,6 +12,7 @@ use crate::checkpoint::{
     read_metadata, sidecar_path, write_atomic, write_safetensors_with_metadata,
 };
 use crate::config::NetConfig;
+use crate::diffusers::{DiffusersUNet, DiffusersUNetConfig};
 use crate::dit::DiT;
 use crate::error::{NetError, Result};
 use crate::layers::MacCounter;
@@ -24,6 +25,12 @@ pub const META_VERSION: &str = "cm_rs.version";
 /// Checkpoint metadata key: the network config as JSON (what the `.toml`
 /// sidecar holds), so a file can be rebuilt without its sidecar.
 pub const META_NET: &str = "cm_rs.net";
+
+/// The file name of a diffusers model's config, beside its weights.
+pub const DIFFUSERS_CONFIG: &str = "config.json";
+
+/// The largest diffusers `config.json` read (published ones are about 1 kB).
+pub const MAX_DIFFUSERS_CONFIG_BYTES: u64 = 1 << 20;
 
 /// A network with its weights, config and bookkeeping. Teacher, student and
 /// target networks are each a `Model` (one `VarStore` per role).
@@ -51,6 +58,7 @@ impl Model {
             NetConfig::Unet(c) => Box::new(UNet::new(&root, c, &mut macs)),
             NetConfig::Dit(c) => Box::new(DiT::new(&root, c, &mut macs)),
             NetConfig::Mlp(c) => Box::new(ResidualMlp::new(&root, c, &mut macs)),
+            NetConfig::DiffusersUnet2d(c) => Box::new(DiffusersUNet::new(&root, c, &mut macs)),
         };
         let model = Model {
             vs,
@@ -59,7 +67,10 @@ impl Model {
             macs: macs.macs,
             metadata: BTreeMap::new(),
         };
-        if matches!(model.config, NetConfig::Unet(_)) {
+        if matches!(
+            model.config,
+            NetConfig::Unet(_) | NetConfig::DiffusersUnet2d(_)
+        ) {
             // Measured faster on CPU (docs/benchmarks.md): the U-Net's
             // convolutions run in NHWC when their weights are channels-last.
             model.to_channels_last();
@@ -123,8 +134,15 @@ impl Model {
                 x.kind()
             )));
         }
+        let n = self.config.num_classes() as i64;
+        let has_null = self.config.has_null_class();
+        if class.is_none() && n > 0 && !has_null {
+            return Err(NetError::InvalidInput(format!(
+                "this network is class-conditional without a null class: pass a label in 0..{n} \
+                 for every sample"
+            )));
+        }
         if let Some(labels) = class {
-            let n = self.config.num_classes() as i64;
             if n == 0 {
                 return Err(NetError::InvalidInput(
                     "this network is unconditional: pass no class labels".into(),
@@ -139,10 +157,12 @@ impl Model {
                 )));
             }
             let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
-            if lo < 0 || hi > n {
-                return Err(NetError::InvalidInput(format!(
-                    "labels must lie in 0..={n} ({n} = null class), found {lo}..={hi}"
-                )));
+            if lo < 0 || hi > n || (hi == n && !has_null) {
+                return Err(NetError::InvalidInput(if has_null {
+                    format!("labels must lie in 0..={n} ({n} = null class), found {lo}..={hi}")
+                } else {
+                    format!("labels must lie in 0..{n} (this network has no null class), found {lo}..={hi}")
+                }));
             }
         }
         Ok(())
@@ -185,10 +205,11 @@ impl Model {
         2 * self.macs
     }
 
-    /// The null class label (`num_classes`), for classifier-free guidance.
+    /// The null class label (`num_classes`), for classifier-free guidance;
+    /// none for an unconditional network or one without a null class.
     pub fn null_class(&self) -> Option<i64> {
         let n = self.config.num_classes();
-        (n > 0).then_some(n as i64)
+        (n > 0 && self.config.has_null_class()).then_some(n as i64)
     }
 
     /// Copies every weight from `other` (same architecture), e.g. to start a
@@ -267,10 +288,18 @@ impl Model {
     /// Builds the network described by the sidecar config of `path` (or,
     /// without a sidecar, by the file's [`META_NET`] metadata) and loads its
     /// weights; the file's extra metadata is kept on the model.
+    ///
+    /// A weights file with neither, but a diffusers `config.json` beside it
+    /// (a diffusers model folder), is read as that model
+    /// ([`Model::from_diffusers`]).
     pub fn from_checkpoint(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref();
         let sidecar = sidecar_path(path);
         let meta = read_metadata(path)?;
+        let diffusers_config = path.with_file_name(DIFFUSERS_CONFIG);
+        if !sidecar.exists() && !meta.contains_key(META_NET) && diffusers_config.is_file() {
+            return Self::from_diffusers(path, device);
+        }
         let config: NetConfig = if sidecar.exists() || !meta.contains_key(META_NET) {
             cm_core::load_toml(&sidecar)?
         } else {
@@ -289,6 +318,33 @@ impl Model {
             .into_iter()
             .filter(|(k, _)| k != "format" && k != META_VERSION && k != META_NET)
             .collect();
+        Ok(model)
+    }
+
+    /// Loads a diffusers `UNet2DModel` from its weights file `weights`
+    /// (`diffusion_pytorch_model.safetensors`, f32, f16 or bf16) and the
+    /// `config.json` beside it: the network is built from the config
+    /// ([`DiffusersUNetConfig::from_json`]: unknown or unsupported options
+    /// are errors naming the field) and the weights loaded strictly (every
+    /// missing, unexpected or mis-shaped tensor named), converted to f32.
+    pub fn from_diffusers(weights: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let weights = weights.as_ref();
+        let config_path = weights.with_file_name(DIFFUSERS_CONFIG);
+        let text = std::fs::read_to_string(&config_path).map_err(|source| NetError::Io {
+            action: "cannot read diffusers config",
+            path: config_path.clone(),
+            source,
+        })?;
+        if text.len() as u64 > MAX_DIFFUSERS_CONFIG_BYTES {
+            return Err(NetError::InvalidInput(format!(
+                "{}: {} bytes, more than a model config holds (at most {MAX_DIFFUSERS_CONFIG_BYTES})",
+                config_path.display(),
+                text.len()
+            )));
+        }
+        let config = DiffusersUNetConfig::from_json(&text, &config_path.display().to_string())?;
+        let model = Model::new(NetConfig::DiffusersUnet2d(config), device)?;
+        crate::checkpoint::load_strict_tensors_cast(weights, model.vs.variables(), &[])?;
         Ok(model)
     }
 

@@ -32,6 +32,7 @@ use cm_core::{
 use cm_nets::{Model, Preconditioned};
 
 use crate::consistency::consistency_sample;
+use crate::diffusers::{ClipDenoised, CmSchedulerConfig, DiffusersCardFile};
 use crate::edm::{edm_sample, EdmSampler, Sampled};
 use crate::error::{Result, SampleError};
 
@@ -49,6 +50,19 @@ pub const MAX_SAMPLER_STEPS: usize = 10_000;
 /// ([`ModelCard::from_weights`]).
 pub const META_CARD: &str = "cm_rs.card";
 
+/// The `kind` of a card file, read before the rest (a `diffusers` card has
+/// its own fields).
+#[derive(Deserialize)]
+struct KindPeek {
+    kind: Option<String>,
+}
+
+impl Validate for KindPeek {
+    fn validate(&self) -> cm_core::Result<()> {
+        Ok(())
+    }
+}
+
 /// Where the intermediate times of k-step consistency sampling came from
 /// ([`ModelCard::taus_or_karras`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +72,9 @@ pub enum TauSource {
     /// The interior points of the Karras sampling grid: the card stores no
     /// times for this step count.
     Karras,
+    /// The default spacing of the card's diffusers scheduler
+    /// (`set_timesteps(num_inference_steps = k)`).
+    Scheduler,
 }
 
 /// What kind of model a card describes and how to sample from it.
@@ -74,6 +91,12 @@ pub enum ModelCard {
         /// keyed by `k` (CM Algorithm 1); the timestep search writes these.
         #[serde(default)]
         timesteps: BTreeMap<String, Vec<f64>>,
+        /// A diffusers `CMStochasticIterativeScheduler` the model was
+        /// published with (a diffusers folder's card): step counts without
+        /// stored times use its spacing, and its `clip_denoised` clips each
+        /// step's output to [-1, 1].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler: Option<CmSchedulerConfig>,
     },
     /// An EDM diffusion model `D(x; sigma)` (the teacher).
     Edm {
@@ -163,6 +186,10 @@ impl ModelCard {
                     )
                 },
             });
+        }
+        if cm_core::load_toml::<KindPeek>(path)?.kind.as_deref() == Some("diffusers") {
+            let file: DiffusersCardFile = cm_core::load_toml(path)?;
+            return file.resolve(path);
         }
         let mut card: ModelCard = cm_core::load_toml(path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -295,8 +322,17 @@ impl ModelCard {
     /// EDM denoiser `D(x; sigma)`, without dropout.
     pub fn denoiser<'a>(&self, model: &'a Model) -> Box<dyn Denoiser + 'a> {
         match self {
-            ModelCard::Consistency { consistency, .. } => {
-                Box::new(Preconditioned::eval(model, consistency.parameterization()))
+            ModelCard::Consistency {
+                consistency,
+                scheduler,
+                ..
+            } => {
+                let f = Preconditioned::eval(model, consistency.parameterization());
+                if scheduler.as_ref().is_some_and(|s| s.clip_denoised) {
+                    Box::new(ClipDenoised(f))
+                } else {
+                    Box::new(f)
+                }
             }
             ModelCard::Edm { edm, .. } => {
                 Box::new(Preconditioned::eval(model, edm.preconditioning()))
@@ -305,12 +341,20 @@ impl ModelCard {
     }
 
     /// The stored intermediate times of `steps`-step consistency sampling:
-    /// none for one step, the card's `timesteps` entry otherwise.
+    /// none for one step, the card's `timesteps` entry otherwise (or, for a
+    /// card with a diffusers scheduler, that scheduler's default spacing).
     pub fn taus(&self, steps: usize) -> Result<Vec<f64>> {
         match self {
-            ModelCard::Consistency { timesteps, .. } => match steps {
+            ModelCard::Consistency {
+                timesteps,
+                scheduler,
+                ..
+            } => match steps {
                 0 => Err(CoreError::invalid("steps", 0, "at least 1").into()),
                 1 => Ok(Vec::new()),
+                k if !timesteps.contains_key(&k.to_string()) && scheduler.is_some() => {
+                    scheduler.as_ref().expect("checked").default_taus(k)
+                }
                 k => timesteps.get(&k.to_string()).cloned().ok_or_else(|| {
                     CoreError::invalid(
                         "steps",
@@ -381,8 +425,15 @@ impl ModelCard {
     /// step), else the default Karras times ([`ModelCard::karras_taus`] from
     /// `sigma_max`), with where they came from.
     pub fn taus_or_karras(&self, steps: usize) -> Result<(Vec<f64>, TauSource)> {
+        let stored = match self {
+            ModelCard::Consistency { timesteps, .. } => {
+                steps <= 1 || timesteps.contains_key(&steps.to_string())
+            }
+            ModelCard::Edm { .. } => true,
+        };
         match self.taus(steps) {
-            Ok(taus) => Ok((taus, TauSource::Stored)),
+            Ok(taus) if stored => Ok((taus, TauSource::Stored)),
+            Ok(taus) => Ok((taus, TauSource::Scheduler)),
             Err(_) if steps >= 2 && matches!(self, ModelCard::Consistency { .. }) => {
                 Ok((self.karras_taus(steps, None)?, TauSource::Karras))
             }
@@ -440,6 +491,7 @@ mod tests {
                 .iter()
                 .map(|(k, t)| (k.to_string(), t.clone()))
                 .collect(),
+            scheduler: None,
         }
     }
 

@@ -125,7 +125,19 @@ pub fn generate<E: From<crate::SampleError>>(
             .into());
         }
         let num_classes = model.config().num_classes() as i64;
+        let has_null = model.config().has_null_class();
         match config.classes {
+            ClassChoice::None if num_classes > 0 && !has_null => {
+                return Err(CoreError::invalid(
+                    "classes",
+                    "none",
+                    format!(
+                        "a class (0..{num_classes}) or a balanced set: this model is \
+                         class-conditional without a null class (a diffusers U-Net)"
+                    ),
+                )
+                .into())
+            }
             ClassChoice::None => {}
             ClassChoice::Fixed(c) if (0..num_classes).contains(&c) => {}
             ClassChoice::Fixed(c) => {
@@ -147,6 +159,14 @@ pub fn generate<E: From<crate::SampleError>>(
             }
         }
         if let Some(w) = config.guidance {
+            if !has_null {
+                return Err(CoreError::invalid(
+                    "guidance",
+                    w,
+                    "a model with a null class to guide away from (this one has none)",
+                )
+                .into());
+            }
             if matches!(config.classes, ClassChoice::None) {
                 return Err(CoreError::invalid(
                     "guidance",

@@ -23,6 +23,7 @@
 //!     weights: "ema.safetensors".into(),
 //!     consistency: Default::default(),
 //!     timesteps: Default::default(),
+//!     scheduler: None,
 //! };
 //! card.save(dir.path().join("model.toml"))?;
 //!

@@ -17,6 +17,9 @@
 //! - [`generate`]: N samples in chunks, handed to a callback.
 //! - [`images`]: samples to 8-bit pixels, PNG files, grids; scatter plots and
 //!   CSV for 2-D models.
+//! - [`diffusers`]: the published diffusers consistency models: diffusers'
+//!   `CMStochasticIterativeScheduler` (sigmas and timesteps exactly as
+//!   diffusers computes them) and the card of a diffusers folder.
 //! - [`card`]: the model card (`model.toml`) that names a weights file and
 //!   how to sample from it; every command that samples takes one.
 //!
@@ -31,6 +34,7 @@ pub use tch;
 
 pub mod card;
 pub mod consistency;
+pub mod diffusers;
 pub mod edit;
 pub mod edm;
 pub mod error;
@@ -43,6 +47,10 @@ pub mod search;
 pub use card::{ModelCard, TauSource, CARD_FILE, MAX_SAMPLER_STEPS, META_CARD};
 pub use consistency::{
     check_taus, consistency_chain, consistency_sample, consistency_sample_with, denoise_at,
+};
+pub use diffusers::{
+    ClipDenoised, CmSchedulerConfig, CmStochasticIterativeScheduler, DiffusersCardFile,
+    DiffusersFolder,
 };
 pub use edit::{
     box_mask, denoise, half_mask, interpolate, mask_from_image, mask_from_values, project, sdedit,

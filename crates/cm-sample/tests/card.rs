@@ -15,6 +15,7 @@ fn consistency_card(timesteps: &[(&str, Vec<f64>)]) -> ModelCard {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        scheduler: None,
     }
 }
 
@@ -83,6 +84,7 @@ fn sampling_through_a_card_matches_the_samplers() {
         weights: "w.safetensors".into(),
         consistency: c,
         timesteps: [("2".to_string(), vec![0.821])].into(),
+        scheduler: None,
     };
     card.save(dir.path().join("cm.toml")).unwrap();
     let card = ModelCard::load(dir.path().join("cm.toml")).unwrap();
@@ -156,6 +158,7 @@ fn a_weights_file_alone_is_enough_to_sample() {
             ..Default::default()
         },
         timesteps: [("2".to_string(), vec![0.5])].into(),
+        scheduler: None,
     };
     let json = card.metadata_json();
     assert!(!json.contains("ignored"), "{json}");
@@ -215,6 +218,7 @@ fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
         weights: "unused.safetensors".into(),
         consistency: ConsistencyConfig::default(),
         timesteps: Default::default(),
+        scheduler: None,
     };
     let taus = card.karras_taus(3, None).unwrap();
     let f = card.denoiser(&model);
@@ -256,6 +260,7 @@ fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
             weights: "unused.safetensors".into(),
             consistency: ConsistencyConfig::default(),
             timesteps: Default::default(),
+            scheduler: None,
         },
         model,
     );

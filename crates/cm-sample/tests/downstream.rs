@@ -116,6 +116,7 @@ fn a_crate_outside_the_workspace_builds_and_runs_with_no_environment() {
         weights: "ema.safetensors".into(),
         consistency: Default::default(),
         timesteps: Default::default(),
+        scheduler: None,
     }
     .save(models.join("model.toml"))
     .unwrap();

@@ -217,6 +217,7 @@ impl Method for CtMethod<'_> {
             weights,
             consistency: self.config.ct.recipe.consistency,
             timesteps: [("2".to_string(), vec![self.config.ct.two_step_tau])].into(),
+            scheduler: None,
         }
     }
 }
