@@ -62,10 +62,31 @@ impl DataArg {
 /// Arguments of `cm sample`.
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {
-    /// Model card (`model.toml` of a finished teacher, CD, CT or iCT run),
-    /// or a run's weights file (`.safetensors`), which carries its card.
+    /// Model card (`model.toml` of a finished teacher, CD, CT or iCT run,
+    /// or a `kind = "diffusers"` card naming a diffusers folder), or a run's
+    /// weights file (`.safetensors`), which carries its card.
+    #[arg(
+        long,
+        required_unless_present = "diffusers",
+        conflicts_with = "diffusers"
+    )]
+    pub card: Option<PathBuf>,
+    /// A diffusers consistency-model folder (`ConsistencyModelPipeline`:
+    /// `unet/` and `scheduler/`, or config.json,
+    /// diffusion_pytorch_model.safetensors and scheduler_config.json side by
+    /// side), sampled as diffusers samples it (docs/interop.md).
     #[arg(long)]
-    pub card: PathBuf,
+    pub diffusers: Option<PathBuf>,
+    /// With --diffusers: diffusers' timesteps, indices into the scheduler's
+    /// training levels, descending and ending at 0 (e.g. 22,0 for 2-step
+    /// ImageNet-64 CD). Default: diffusers' spacing for --steps.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "diffusers",
+        conflicts_with = "taus"
+    )]
+    pub timesteps: Option<Vec<usize>>,
     /// Consistency: network steps (default 1; k uses the card's stored
     /// k-step times, or --taus; without either it is refused, unlike the
     /// library's Pipeline and `cm eval`, which fall back to Karras times). EDM teacher: sampler steps (default: the
@@ -129,31 +150,78 @@ pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Mod
     Ok((card, model))
 }
 
+/// The card and network of `cm sample`'s --card or --diffusers, with the
+/// step count --timesteps implies.
+fn load_sample_model(
+    args: &SampleArgs,
+    device: Device,
+) -> Result<(ModelCard, cm_nets::Model, PathBuf, Option<usize>)> {
+    match (&args.card, &args.diffusers) {
+        (Some(path), _) => {
+            let (card, model) = load_card(path, device)?;
+            Ok((card, model, path.clone(), None))
+        }
+        (None, Some(dir)) => {
+            let folder = cm_sample::DiffusersFolder::open(dir)?;
+            let mut timesteps = std::collections::BTreeMap::new();
+            let mut steps = None;
+            if let Some(ts) = &args.timesteps {
+                if let Some(k) = args.steps.filter(|&k| k != ts.len()) {
+                    bail!(
+                        "--steps {k} --timesteps {}: give one timestep per step",
+                        ts.iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                }
+                if ts.len() == 1 {
+                    // One step: only the start, which must be index 0.
+                    folder.scheduler()?.taus_for(ts)?;
+                } else {
+                    timesteps.insert(ts.len().to_string(), ts.clone());
+                }
+                steps = Some(ts.len());
+            }
+            let card = folder.card(&timesteps)?;
+            let model = card
+                .load_model(device)
+                .with_context(|| format!("loading the weights {}", card.weights().display()))?;
+            Ok((card, model, dir.clone(), steps))
+        }
+        (None, None) => bail!("pass --card or --diffusers"),
+    }
+}
+
 /// Runs `cm sample`.
 pub fn sample(args: &SampleArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
     let device = crate::device(args.device)?;
-    let (card, model) = load_card(&args.card, device)?;
-    let steps = match (&card, args.steps, &args.taus) {
+    let (card, model, source, implied_steps) = load_sample_model(args, device)?;
+    let steps = match (&card, args.steps.or(implied_steps), &args.taus) {
         (_, Some(k), _) => k,
         (ModelCard::Consistency { .. }, None, Some(taus)) => taus.len() + 1,
         (ModelCard::Consistency { .. }, None, None) => 1,
         (ModelCard::Edm { sampler, .. }, None, _) => sampler.steps,
     };
-    if let (ModelCard::Consistency { .. }, None) = (&card, &args.taus) {
-        if steps >= 2 && card.taus(steps).is_err() {
+    if let (ModelCard::Consistency { scheduler, .. }, None) = (&card, &args.taus) {
+        if scheduler.is_some() && steps >= 2 {
+            // A diffusers scheduler's own spacing, or its error.
+            card.taus(steps)
+                .with_context(|| format!("--steps {steps} for {}", source.display()))?;
+        } else if steps >= 2 && card.taus(steps).is_err() {
             let karras = card.karras_taus(steps, None)?;
             bail!(
                 "--steps {steps}: the card {} stores no {steps}-step times; pass them with \
                  --taus (e.g. the default Karras times --taus {}), or run `cm search-timesteps \
                  --card {}` to find and store the best ones",
-                args.card.display(),
+                source.display(),
                 karras
                     .iter()
                     .map(|t| format!("{t:.4}"))
                     .collect::<Vec<_>>()
                     .join(","),
-                args.card.display()
+                source.display()
             );
         }
     }
@@ -219,7 +287,7 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         }
         Ok(())
     })
-    .with_context(|| format!("sampling from {}", args.card.display()))?;
+    .with_context(|| format!("sampling from {}", source.display()))?;
     bar.finish();
     let samples = Tensor::cat(&samples, 0);
     let labels = (!labels.is_empty()).then(|| Tensor::cat(&labels, 0));

@@ -447,3 +447,95 @@ fn sample_edit_and_export() {
     assert!(!ok);
     assert!(err.contains("missing.toml"), "{err}");
 }
+
+/// `cm sample --diffusers` on the parity fixtures of cm-sample (small
+/// random diffusers `UNet2DModel` folders): the images are the pipeline's
+/// images for the same noise when the noise is replayed (tested in
+/// cm-sample); here the command line: flags, card files, errors.
+#[test]
+fn sample_a_diffusers_folder() {
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cm-sample/tests/fixtures/diffusers");
+    let folder = fixtures.join("imagenet-like");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["sample", "--count", "3", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cm(&args)
+    };
+    let f = folder.to_str().unwrap();
+    let (ok, err) = run(&["--diffusers", f, "--timesteps", "22,0", "--class", "4"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("2 NFE"), "{err}");
+    let two_step = images(&out.join("samples.safetensors"));
+    assert_eq!(two_step.size(), [3, 3, 16, 16]);
+    assert_eq!(
+        tensor(&out.join("samples.safetensors"), "labels"),
+        Tensor::from_slice(&[4i64, 4, 4])
+    );
+    // A card file naming the folder samples the same images.
+    let card = dir.path().join("model.toml");
+    std::fs::write(
+        &card,
+        format!("kind = \"diffusers\"\nfolder = {f:?}\n[timesteps]\n2 = [22, 0]\n"),
+    )
+    .unwrap();
+    let (ok, err) = run(&[
+        "--card",
+        card.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--class",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(images(&out.join("samples.safetensors")), two_step);
+    // Default spacing for other step counts; one step.
+    let (ok, err) = run(&["--diffusers", f, "--steps", "3", "--balanced"]);
+    assert!(ok && err.contains("3 NFE"), "{err}");
+    let (ok, err) = run(&["--diffusers", f, "--balanced"]);
+    assert!(ok && err.contains("1 NFE"), "{err}");
+    // Errors that say what to do.
+    for (extra, says) in [
+        (&["--diffusers", f][..], "class"),
+        (&["--diffusers", f, "--class", "10"][..], "0..10"),
+        (
+            &["--diffusers", f, "--timesteps", "30,10", "--class", "1"][..],
+            "ending with 0",
+        ),
+        (
+            &["--diffusers", f, "--timesteps", "0,22", "--class", "1"][..],
+            "descending",
+        ),
+        (
+            &[
+                "--diffusers",
+                f,
+                "--steps",
+                "3",
+                "--timesteps",
+                "22,0",
+                "--class",
+                "1",
+            ][..],
+            "one timestep per step",
+        ),
+        (
+            &["--diffusers", f, "--steps", "41", "--class", "1"][..],
+            "num_train_timesteps",
+        ),
+        (
+            &["--diffusers", f, "--class", "1", "--guidance", "1"][..],
+            "null class",
+        ),
+        (
+            &["--diffusers", fixtures.to_str().unwrap()][..],
+            "config.json",
+        ),
+    ] {
+        let (ok, err) = run(extra);
+        assert!(!ok, "{extra:?} should fail");
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}

@@ -373,7 +373,7 @@ fn read_json(path: &Path) -> Result<String> {
 impl DiffusersFolder {
     /// Finds the parts: `unet/` and `scheduler/` when the folder has a
     /// `model_index.json` (what `ConsistencyModelPipeline.save_pretrained`
-    /// writes), else `config.json`, the weights and `scheduler_config.json`
+    /// writes) or a `unet/` folder, else `config.json`, the weights and `scheduler_config.json`
     /// side by side. A missing part is an error naming the file.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
@@ -389,11 +389,12 @@ impl DiffusersFolder {
                     .into(),
             ));
         }
-        let (unet, scheduler) = if root.join("model_index.json").is_file() {
-            (root.join("unet"), root.join("scheduler"))
-        } else {
-            (root.clone(), root.clone())
-        };
+        let (unet, scheduler) =
+            if root.join("model_index.json").is_file() || root.join("unet").is_dir() {
+                (root.join("unet"), root.join("scheduler"))
+            } else {
+                (root.clone(), root.clone())
+            };
         let folder = DiffusersFolder {
             unet_config: unet.join(cm_nets::DIFFUSERS_CONFIG),
             weights: unet.join(DIFFUSERS_WEIGHTS),
