@@ -5,6 +5,7 @@ mod ct;
 mod edit;
 mod eval;
 mod images;
+mod interop;
 mod plot;
 mod progress;
 mod sample;
@@ -187,6 +188,10 @@ enum Command {
     Edit(edit::EditCommand),
     /// Write data set images as PNG files (inputs for `cm edit`).
     ExportImages(images::ExportArgs),
+    /// Export a cm-rs U-Net model as a diffusers folder (UNet2DModel config
+    /// and weights; a ConsistencyModelPipeline folder for consistency
+    /// models with ADM noise conditioning), where the architecture maps.
+    ExportDiffusers(interop::ExportDiffusersArgs),
     /// Redraw a plot (PNG plus SVG) from a CSV: a run's loss curve from its
     /// metrics.csv, or curves such as FID against NFE from a results table.
     #[command(subcommand)]
@@ -385,6 +390,7 @@ fn main() -> ExitCode {
         Command::SearchTimesteps(args) => sample::search(args),
         Command::Edit(cmd) => edit::edit(cmd),
         Command::ExportImages(args) => images::export(args),
+        Command::ExportDiffusers(args) => interop::export(args),
         Command::Plot(cmd) => plot::plot(cmd),
     };
     match result {

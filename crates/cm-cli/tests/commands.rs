@@ -539,3 +539,104 @@ fn sample_a_diffusers_folder() {
         assert!(err.contains(says), "{extra:?}: {err}");
     }
 }
+
+/// `cm export-diffusers`: a cm-rs U-Net consistency model (ADM noise
+/// conditioning, widths where every GroupNorm has 32 groups) becomes a
+/// diffusers pipeline folder that `cm sample --diffusers` samples to the
+/// same images; a model whose architecture does not map is refused by name.
+#[test]
+fn export_a_model_as_a_diffusers_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let unet = cm_nets::UNetConfig {
+        in_channels: 3,
+        resolution: 8,
+        model_channels: 128,
+        channel_mult: vec![1, 1],
+        num_res_blocks: 1,
+        attn_resolutions: vec![4],
+        num_classes: 3,
+        ..cm_nets::UNetConfig::default()
+    };
+    tch::manual_seed(2);
+    let model = Model::new(NetConfig::Unet(unet), Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for mut v in model.var_store().trainable_variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.05));
+        }
+    });
+    model.save(dir.path().join("w.safetensors")).unwrap();
+    let card = ModelCard::Consistency {
+        weights: "w.safetensors".into(),
+        consistency: ConsistencyConfig {
+            noise_conditioning: cm_core::NoiseConditioning::Adm,
+            ..ConsistencyConfig::default()
+        },
+        timesteps: Default::default(),
+        scheduler: None,
+    };
+    let card_path = dir.path().join("model.toml");
+    card.save(&card_path).unwrap();
+    let exported = dir.path().join("exported");
+    let (ok, err) = cm(&[
+        "export-diffusers",
+        "--card",
+        card_path.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "cm_rs_probe.safetensors",
+    ] {
+        assert!(exported.join(file).is_file(), "{file}");
+    }
+    // One step, same seeds: the same images (diffusers clips each step's
+    // output; one step's output is clipped by `cm sample` anyway).
+    let out_a = dir.path().join("a");
+    let out_b = dir.path().join("b");
+    let (ok, err) = cm(&[
+        "sample",
+        "--card",
+        card_path.to_str().unwrap(),
+        "--class",
+        "1",
+        "--count",
+        "4",
+        "--out",
+        out_a.to_str().unwrap(),
+        "--no-png",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, err) = cm(&[
+        "sample",
+        "--diffusers",
+        exported.to_str().unwrap(),
+        "--class",
+        "1",
+        "--count",
+        "4",
+        "--out",
+        out_b.to_str().unwrap(),
+        "--no-png",
+    ]);
+    assert!(ok, "{err}");
+    let a = images(&out_a.join("samples.safetensors")).to_kind(Kind::Int64);
+    let b = images(&out_b.join("samples.safetensors")).to_kind(Kind::Int64);
+    // Float rounding may move a pixel across a u8 boundary, no further.
+    assert!((a - b).abs().max().int64_value(&[]) <= 1);
+
+    // The Fashion-MNIST preset does not map (48-channel attention heads).
+    let (ok, err) = cm(&[
+        "export-diffusers",
+        "--card",
+        crate::card(dir.path()).to_str().unwrap(),
+        "--out",
+        dir.path().join("no").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("channels_per_head"), "{err}");
+}

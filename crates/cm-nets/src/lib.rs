@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod denoiser;
 pub mod diffusers;
+pub mod diffusers_export;
 pub mod dit;
 pub mod error;
 pub mod layers;
