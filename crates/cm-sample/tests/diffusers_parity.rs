@@ -58,6 +58,7 @@ fn network_outputs_match_diffusers() {
         model.check_input(&io["x"], cond).unwrap();
         let out = tch::no_grad(|| model.forward_t(&io["x"], &io["t"], cond, false));
         let err = rel_err(&out, &io["out"]);
+        println!("{name}: network output relative error {err:.1e}");
         assert!(err < 1e-5, "{name}: relative error {err:e}");
         // Loaded through the generic checkpoint reader too (config.json
         // beside the weights, no sidecar).
@@ -324,6 +325,7 @@ fn sampling_trajectories_match_the_pipeline() {
             .unwrap();
             assert_eq!(sampled.nfe, *k);
             let err = max_abs(&sampled.x, &io[&format!("final.{k}")]);
+            println!("{name} {k}-step: max abs error {err:.1e}");
             assert!(err < 1e-4, "{name} {k}-step: max abs error {err:e}");
         }
     }
