@@ -51,6 +51,8 @@ pub const TARGETS: &[&str] = &[
     "net-toml",
     "card-toml",
     "run-toml",
+    "diffusers-config",
+    "scheduler-config",
 ];
 
 /// What one target's run found.
@@ -483,6 +485,28 @@ fn seeds(target: &str, dir: &Path) -> Result<Vec<Seed>> {
             Seed::Text(include_str!("../../../configs/ct/toy-ct.toml").into()),
             Seed::Text(include_str!("../../../configs/cd/toy.toml").into()),
         ],
+        "diffusers-config" => vec![
+            Seed::Text(
+                include_str!("../../cm-sample/tests/fixtures/diffusers/lsun-like/unet/config.json")
+                    .into(),
+            ),
+            Seed::Text(
+                include_str!(
+                    "../../cm-sample/tests/fixtures/diffusers/conv-variants/unet/config.json"
+                )
+                .into(),
+            ),
+            Seed::Text(
+                include_str!("../../cm-sample/tests/fixtures/diffusers/imagenet64-cd-config.json")
+                    .into(),
+            ),
+        ],
+        "scheduler-config" => vec![Seed::Text(
+            include_str!(
+                "../../cm-sample/tests/fixtures/diffusers/imagenet64-cd-scheduler_config.json"
+            )
+            .into(),
+        )],
         other => anyhow::bail!("unknown target `{other}` (one of {})", TARGETS.join(", ")),
     })
 }
@@ -598,6 +622,35 @@ fn run_case(target: &str, input: &[u8], dir: &Path) -> Result<()> {
             } else {
                 cm_core::load_toml::<cm_train::TeacherConfig>(&path)?;
             }
+        }
+        "diffusers-config" => {
+            let text = String::from_utf8_lossy(input);
+            let config = cm_nets::DiffusersUNetConfig::from_json(&text, "config.json")?;
+            if config.num_params()? <= BUILD_BUDGET {
+                let model = Model::new(NetConfig::DiffusersUnet2d(config), Device::Cpu)?;
+                // A built network must run (small inputs only: the budget is
+                // on parameters, not activations).
+                let shape = model.config().sample_shape();
+                if shape[1] * shape[2] <= 32 * 32 {
+                    let x = Tensor::zeros([1, shape[0], shape[1], shape[2]], tch::kind::FLOAT_CPU);
+                    let c = Tensor::ones([1], tch::kind::FLOAT_CPU);
+                    let labels = Tensor::zeros([1], tch::kind::INT64_CPU);
+                    let cond = if model.config().num_classes() > 0 {
+                        cm_core::Conditioning::from_class(Some(&labels))
+                    } else {
+                        cm_core::Conditioning::none()
+                    };
+                    model.check_input(&x, cond)?;
+                    let _ = tch::no_grad(|| model.forward_t(&x, &c, cond, false));
+                }
+            }
+        }
+        "scheduler-config" => {
+            let text = String::from_utf8_lossy(input);
+            let config = cm_sample::CmSchedulerConfig::from_json(&text, "scheduler_config.json")?;
+            let steps = config.num_train_timesteps.min(4);
+            cm_sample::CmStochasticIterativeScheduler::with_steps(config.clone(), steps)?;
+            let _ = config.default_taus(2)?;
         }
         other => anyhow::bail!("unknown target `{other}`"),
     }
