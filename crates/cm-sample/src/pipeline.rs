@@ -56,7 +56,9 @@ impl Pipeline {
     /// intermediate times for `k`, else the default Karras times), or the
     /// EDM sampler with `steps` steps for a diffusion model (the card's
     /// sampler kind: 18 Heun steps are 35 evaluations). Unconditional
-    /// models get no class; class-conditional ones the null class. Returns
+    /// models get no class; class-conditional ones the null class (a
+    /// diffusers U-Net has none: pass classes with
+    /// [`Pipeline::generate_with`]). Returns
     /// `[count, C, H, W]` images in `[-1, 1]` (or `[count, D]` points for a
     /// 2-D model), f32 on the CPU.
     pub fn generate(&self, count: usize, steps: usize, seed: u64) -> Result<Tensor> {
