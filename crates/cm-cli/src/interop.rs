@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use cm_core::{Conditioning, NoiseConditioning};
+use cm_sample::diffusers::{DIFFUSERS_SCHEDULER_CONFIG, DIFFUSERS_WEIGHTS, MODEL_INDEX_JSON};
 use cm_sample::{CmSchedulerConfig, ModelCard};
 
 use crate::sample::load_card;
@@ -66,10 +67,7 @@ pub fn export(args: &ExportDiffusersArgs) -> Result<()> {
     let unet = args.out.join("unet");
     std::fs::create_dir_all(&unet).with_context(|| format!("creating {}", unet.display()))?;
     write(&unet.join("config.json"), &config.to_json())?;
-    write_tensors(
-        &unet.join(cm_sample::diffusers::DIFFUSERS_WEIGHTS),
-        &tensors,
-    )?;
+    write_tensors(&unet.join(DIFFUSERS_WEIGHTS), &tensors)?;
 
     // A consistency pipeline only where diffusers' scheduler feeds the
     // network what it was trained on (250 ln sigma).
@@ -82,6 +80,9 @@ pub fn export(args: &ExportDiffusersArgs) -> Result<()> {
                 sigma_max: consistency.sigma_max,
                 sigma_data: consistency.sigma_data,
                 rho: consistency.rho,
+                // cm-rs does not clip between steps (the final image is
+                // clipped either way).
+                clip_denoised: false,
                 ..CmSchedulerConfig::default()
             };
             let dir = args.out.join("scheduler");
@@ -90,10 +91,7 @@ pub fn export(args: &ExportDiffusersArgs) -> Result<()> {
                 &dir.join(cm_sample::diffusers::DIFFUSERS_SCHEDULER_CONFIG),
                 &scheduler.to_json(),
             )?;
-            write(
-                &args.out.join("model_index.json"),
-                "{\n  \"_class_name\": \"ConsistencyModelPipeline\",\n  \"scheduler\": [\"diffusers\", \"CMStochasticIterativeScheduler\"],\n  \"unet\": [\"diffusers\", \"UNet2DModel\"]\n}\n",
-            )?;
+            write(&args.out.join("model_index.json"), MODEL_INDEX_JSON)?;
             None
         }
         ModelCard::Consistency { .. } => Some(
@@ -107,6 +105,21 @@ pub fn export(args: &ExportDiffusersArgs) -> Result<()> {
              EDM's preconditioning",
         ),
     };
+
+    if pipeline.is_some() {
+        // An earlier export into this folder may have left a pipeline
+        // behind that would now sample this network with the wrong times.
+        for stale in [
+            args.out.join("model_index.json"),
+            args.out.join("scheduler").join(DIFFUSERS_SCHEDULER_CONFIG),
+        ] {
+            if stale.is_file() {
+                std::fs::remove_file(&stale)
+                    .with_context(|| format!("removing the stale {}", stale.display()))?;
+                eprintln!("removed the stale {}", stale.display());
+            }
+        }
+    }
 
     // Inputs and cm-rs's outputs, for the Python side to compare.
     tch::manual_seed(0);

@@ -89,8 +89,10 @@ pub struct SampleArgs {
     pub timesteps: Option<Vec<usize>>,
     /// Consistency: network steps (default 1; k uses the card's stored
     /// k-step times, or --taus; without either it is refused, unlike the
-    /// library's Pipeline and `cm eval`, which fall back to Karras times). EDM teacher: sampler steps (default: the
-    /// card's sampler, e.g. 18 Heun steps = 35 NFE).
+    /// library's Pipeline and `cm eval`, which fall back to Karras times;
+    /// a diffusers folder or card uses its scheduler's spacing). EDM
+    /// teacher: sampler steps (default: the card's sampler, e.g. 18 Heun
+    /// steps = 35 NFE).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Intermediate times tau_1 > ... > tau_{k-1} of k-step consistency
@@ -413,6 +415,18 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         bail!(
             "{}: an EDM model has no intermediate times to search (kind = \"edm\"); \
              pass a consistency model's card",
+            args.card.display()
+        );
+    }
+    if let ModelCard::Consistency {
+        scheduler: Some(_), ..
+    } = card
+    {
+        bail!(
+            "{}: a diffusers card's k-step times are diffusers timesteps (indices into the \
+             scheduler's levels, `[timesteps]` in the card file), which the search of continuous \
+             times cannot write; try indices with `cm sample --diffusers DIR --timesteps ...` and \
+             `cm eval`",
             args.card.display()
         );
     }

@@ -491,6 +491,9 @@ fn sample_a_diffusers_folder() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(images(&out.join("samples.safetensors")), two_step);
+    // The search of continuous times cannot write diffusers timesteps.
+    let (ok, err) = cm(&["search-timesteps", "--card", card.to_str().unwrap()]);
+    assert!(!ok && err.contains("diffusers card"), "{err}");
     // Default spacing for other step counts; one step.
     let (ok, err) = run(&["--diffusers", f, "--steps", "3", "--balanced"]);
     assert!(ok && err.contains("3 NFE"), "{err}");

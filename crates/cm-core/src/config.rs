@@ -96,6 +96,56 @@ fn redact_unless_toml(e: CoreError, path: &Path) -> CoreError {
     }
 }
 
+/// Parses a diffusers-style JSON config (`config.json`,
+/// `scheduler_config.json`; text `json`, named `origin` in messages) into
+/// `T`: `_`-prefixed keys are diffusers' bookkeeping and skipped, a
+/// `_class_name` other than `class_name` is refused, keys in `defaults` that
+/// the file lacks are added first (diffusers' defaults where `T`'s differ),
+/// and an unknown key is an error naming it (`T` denies unknown fields).
+/// The result is validated.
+pub fn parse_diffusers_json<T: DeserializeOwned + Validate>(
+    json: &str,
+    origin: &str,
+    class_name: &str,
+    defaults: &[(&str, serde_json::Value)],
+) -> Result<T> {
+    let bad = |value: String, expected: String| CoreError::invalid(origin, value, expected);
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| bad("the file".into(), format!("JSON ({e})")))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(bad("the file".into(), "a JSON object".into()));
+    };
+    if let Some(class) = map.get("_class_name") {
+        if class.as_str() != Some(class_name) {
+            return Err(CoreError::invalid(
+                format!("{origin}: _class_name"),
+                class.to_string(),
+                format!("\"{class_name}\""),
+            ));
+        }
+    }
+    map.retain(|k, _| !k.starts_with('_'));
+    for (key, value) in defaults {
+        map.entry(key.to_string()).or_insert_with(|| value.clone());
+    }
+    let config: T = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| bad("the config".into(), format!("a {class_name} config ({e})")))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// [`parse_diffusers_json`] of the file `path` (a regular file of at most
+/// [`MAX_CONFIG_BYTES`]).
+pub fn load_diffusers_json<T: DeserializeOwned + Validate>(
+    path: impl AsRef<Path>,
+    class_name: &str,
+    defaults: &[(&str, serde_json::Value)],
+) -> Result<T> {
+    let path = path.as_ref();
+    let text = read_text(path)?;
+    parse_diffusers_json(&text, &path.display().to_string(), class_name, defaults)
+}
+
 /// The largest config, card or sidecar file read (real ones are a few KB).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
@@ -109,7 +159,7 @@ fn read_text(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
         return Err(refuse(
-            "not a regular file (a folder, device or pipe); expected a TOML file".into(),
+            "not a regular file (a folder, device or pipe); expected a config file".into(),
         ));
     }
     if meta.len() > MAX_CONFIG_BYTES {

@@ -53,6 +53,16 @@ impl CoreError {
             expected: expected.into(),
         }
     }
+
+    /// [`CoreError::invalid`] with the value shown as `{:?}` (lists,
+    /// strings in quotes).
+    pub fn invalid_debug(
+        field: impl Into<String>,
+        value: impl std::fmt::Debug,
+        expected: impl Into<String>,
+    ) -> Self {
+        Self::invalid(field, format!("{value:?}"), expected)
+    }
 }
 
 /// Result alias of cm-core.

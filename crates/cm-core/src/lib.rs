@@ -41,8 +41,8 @@ pub mod weighting;
 
 pub use cond::Conditioning;
 pub use config::{
-    load_toml, parse_toml, ConsistencyConfig, ConsistencyRecipe, EdmConfig, IndexSamplerConfig,
-    ScheduleConfig, Validate, MAX_CONFIG_BYTES,
+    load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, ConsistencyConfig,
+    ConsistencyRecipe, EdmConfig, IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES,
 };
 pub use error::{CoreError, Result};
 pub use guidance::ClassifierFreeGuidance;

@@ -260,6 +260,32 @@ impl NetConfig {
         }
     }
 
+    /// The `arch` name of the config.
+    pub fn arch(&self) -> &'static str {
+        match self {
+            NetConfig::Unet(_) => "unet",
+            NetConfig::Dit(_) => "dit",
+            NetConfig::Mlp(_) => "mlp",
+            NetConfig::DiffusersUnet2d(_) => "diffusers_unet2d",
+        }
+    }
+
+    /// Refuses a network training cannot use: a class-conditional diffusers
+    /// U-Net has no null class for label dropout, unlabelled previews and
+    /// guidance (train a cm-rs `unet`; diffusers U-Nets are for loading
+    /// published models).
+    pub fn check_trainable(&self) -> cm_core::Result<()> {
+        if !self.has_null_class() && self.num_classes() > 0 {
+            return Err(invalid(
+                "net.arch",
+                self.arch(),
+                "a network with a null class for class-conditional training (arch = \"unet\", \
+                 \"dit\" or \"mlp\"); class-conditional diffusers U-Nets are for sampling",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether label `num_classes` is a null class ("no label", what
     /// classifier-free guidance and unlabelled sampling use). cm-rs's
     /// networks have one; diffusers' class-conditional U-Nets do not, and
@@ -281,7 +307,7 @@ impl NetConfig {
 }
 
 fn invalid(field: &str, value: impl std::fmt::Debug, expected: impl Into<String>) -> CoreError {
-    CoreError::invalid(field, format!("{value:?}"), expected)
+    CoreError::invalid_debug(field, value, expected)
 }
 
 /// The largest any single size field of a network config may be (widths,

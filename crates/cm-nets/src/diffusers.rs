@@ -184,7 +184,7 @@ impl Default for DiffusersUNetConfig {
 }
 
 fn invalid(field: &str, value: impl std::fmt::Debug, expected: impl Into<String>) -> CoreError {
-    CoreError::invalid(field, format!("{value:?}"), expected)
+    CoreError::invalid_debug(field, value, expected)
 }
 
 impl DiffusersUNetConfig {
@@ -194,30 +194,20 @@ impl DiffusersUNetConfig {
     /// diffusers' defaults, and an unknown key is an error naming it. The
     /// result is validated.
     pub fn from_json(json: &str, source: &str) -> cm_core::Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| invalid(source, "the file", format!("JSON ({e})")))?;
-        let serde_json::Value::Object(mut map) = value else {
-            return Err(invalid(source, "the file", "a JSON object"));
-        };
-        if let Some(class) = map.get("_class_name") {
-            if class.as_str() != Some(UNET_2D_CLASS) {
-                return Err(invalid(
-                    &format!("{source}: _class_name"),
-                    class,
-                    format!("\"{UNET_2D_CLASS}\" (the only diffusers model class cm-rs builds)"),
-                ));
-            }
-        }
-        map.retain(|k, _| !k.starts_with('_'));
-        // The two optional fields whose diffusers default is not null.
-        map.entry("attention_head_dim")
-            .or_insert(serde_json::Value::from(8));
-        map.entry("mid_block_type")
-            .or_insert(serde_json::Value::from("UNetMidBlock2D"));
-        let config: DiffusersUNetConfig = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| invalid(source, "the config", format!("a UNet2DModel config ({e})")))?;
-        config.validate()?;
-        Ok(config)
+        cm_core::parse_diffusers_json(json, source, UNET_2D_CLASS, &Self::json_defaults())
+    }
+
+    /// Reads a diffusers `config.json` file ([`DiffusersUNetConfig::from_json`]).
+    pub fn load(path: &std::path::Path) -> cm_core::Result<Self> {
+        cm_core::load_diffusers_json(path, UNET_2D_CLASS, &Self::json_defaults())
+    }
+
+    /// The two optional fields whose diffusers default is not null.
+    fn json_defaults() -> [(&'static str, serde_json::Value); 2] {
+        [
+            ("attention_head_dim", serde_json::Value::from(8)),
+            ("mid_block_type", serde_json::Value::from("UNetMidBlock2D")),
+        ]
     }
 
     /// The config as diffusers' `config.json` (with `_class_name`; nulls
@@ -407,50 +397,57 @@ impl DiffusersUNetConfig {
         Ok(Plan { down, mid, up })
     }
 
-    /// Parameter count from the plan (exact for supported configs).
+    /// Parameter count from the plan, exact (the ImageNet-64 test checks
+    /// it against diffusers' count).
     pub fn num_params(&self) -> cm_core::Result<f64> {
         let plan = self.plan()?;
         let temb = self.time_embed_dim() as f64;
+        let shift = if self.scale_shift() { 2.0 } else { 1.0 };
         let resnet = |cin: i64, cout: i64| -> f64 {
             let (cin, cout) = (cin as f64, cout as f64);
-            let shift = if self.scale_shift() { 2.0 } else { 1.0 };
-            2.0 * cin
-                + cin * cout * 9.0
-                + cout
-                + temb * shift * cout
-                + shift * cout
-                + 2.0 * cout
-                + cout * cout * 9.0
-                + cout
-                + if cin != cout { cin * cout + cout } else { 0.0 }
+            2.0 * cin // norm1
+                + cin * cout * 9.0 + cout // conv1
+                + temb * shift * cout + shift * cout // time_emb_proj
+                + 2.0 * cout // norm2
+                + cout * cout * 9.0 + cout // conv2
+                + if cin != cout { cin * cout + cout } else { 0.0 } // conv_shortcut
         };
-        let attn = |c: i64| -> f64 {
+        let attn = |c: i64, norm: bool| -> f64 {
+            let d = self.attention_head_dim.map(|d| d as i64).unwrap_or(c);
+            let inner = ((c / d.max(1)) * d) as f64;
             let c = c as f64;
-            let inner = c; // upper side: heads * head_dim <= c
-            3.0 * (c * inner + inner) + inner * c + c + 2.0 * c
+            3.0 * (c * inner + inner) + inner * c + c + if norm { 2.0 * c } else { 0.0 }
         };
-        let c0 = self.block_out_channels[0] as f64;
+        let c0 = *self.block_out_channels.first().unwrap_or(&0) as f64;
         let tin = if self.fourier() { 2.0 * c0 } else { c0 };
-        let mut total = self.in_channels as f64 * c0 * 9.0 + c0;
-        total += tin * temb + temb + temb * temb + temb;
+        let mut total = self.in_channels as f64 * c0 * 9.0 + c0; // conv_in
+        total += tin * temb + temb + temb * temb + temb; // time_embedding
         if self.fourier() {
-            total += c0;
+            total += c0; // time_proj.weight
         }
         total += self.num_classes() as f64 * temb;
         for level in plan.down.iter().chain(&plan.up) {
             for &(cin, cout) in &level.resnets {
                 total += resnet(cin, cout);
                 if level.attention {
-                    total += attn(cout);
+                    total += attn(cout, true);
                 }
             }
-            if level.resample.is_some() {
-                total += resnet(level.channels, level.channels);
+            match level.resample {
+                Some(Resample::Resnet) => total += resnet(level.channels, level.channels),
+                Some(Resample::Conv) => {
+                    let c = level.channels as f64;
+                    total += c * c * 9.0 + c;
+                }
+                None => {}
             }
         }
         if plan.mid.is_some() {
             let c = *self.block_out_channels.last().unwrap_or(&0) as i64;
-            total += 2.0 * resnet(c, c) + attn(c);
+            total += 2.0 * resnet(c, c);
+            if self.add_attention {
+                total += attn(c, self.mid_attention_groups().is_some());
+            }
         }
         total += 2.0 * c0 + c0 * self.out_channels as f64 * 9.0 + self.out_channels as f64;
         Ok(total)
@@ -539,15 +536,22 @@ impl Validate for DiffusersUNetConfig {
                 "a finite shift other than half the embedding width",
             ));
         }
-        match self.act_fn.as_str() {
-            "silu" | "swish" | "mish" | "gelu" | "relu" => {}
-            other => {
-                return Err(invalid(
-                    "act_fn",
-                    other,
-                    "\"silu\" (\"swish\"), \"mish\", \"gelu\" or \"relu\"",
-                ))
-            }
+        if Act::parse(&self.act_fn).is_none() {
+            return Err(invalid(
+                "act_fn",
+                &self.act_fn,
+                "\"silu\" (\"swish\"), \"mish\", \"gelu\" or \"relu\"",
+            ));
+        }
+        if self.out_channels != self.in_channels {
+            return Err(invalid(
+                "out_channels",
+                self.out_channels,
+                format!(
+                    "in_channels = {} (cm-rs networks map a sample to a sample of its shape)",
+                    self.in_channels
+                ),
+            ));
         }
         match self.resnet_time_scale_shift.as_str() {
             "default" | "scale_shift" => {}
@@ -725,13 +729,15 @@ enum Act {
 }
 
 impl Act {
-    fn parse(name: &str) -> Act {
-        match name {
+    /// diffusers' `get_activation` names cm-rs supports.
+    fn parse(name: &str) -> Option<Act> {
+        Some(match name {
+            "silu" | "swish" => Act::Silu,
             "mish" => Act::Mish,
             "gelu" => Act::Gelu,
             "relu" => Act::Relu,
-            _ => Act::Silu,
-        }
+            _ => return None,
+        })
     }
 
     fn apply(self, x: &Tensor) -> Tensor {
@@ -1056,6 +1062,9 @@ pub struct DiffusersUNet {
     conv_out: nn::Conv2D,
     center_input_sample: bool,
     fourier: bool,
+    /// The residual blocks' activation, also applied to the embedding
+    /// before each block's projection.
+    act: Act,
 }
 
 impl DiffusersUNet {
@@ -1067,7 +1076,7 @@ impl DiffusersUNet {
         let ctx = Ctx {
             config: c,
             temb: c.time_embed_dim() as i64,
-            act: Act::parse(&c.act_fn),
+            act: Act::parse(&c.act_fn).expect("validated configs name a supported activation"),
         };
         let (h, w) = c.hw();
         let (h, w) = (h as i64, w as i64);
@@ -1214,6 +1223,7 @@ impl DiffusersUNet {
             conv_out: conv(p / "conv_out", c0, c.out_channels as i64, 3, 1, 1),
             center_input_sample: c.center_input_sample,
             fourier: c.fourier(),
+            act: ctx.act,
         }
     }
 }
@@ -1242,9 +1252,9 @@ impl Network for DiffusersUNet {
                 .expect("class-conditional diffusers networks are given labels (checked on input)");
             emb += table.forward(&labels.to_device(emb.device()));
         }
-        // Every residual block applies the activation to the embedding
-        // first (`skip_time_act = False`); compute it once.
-        let temb = Act::Silu.apply(&emb);
+        // Every residual block applies its activation (`act_fn`) to the
+        // embedding first (`skip_time_act = False`); compute it once.
+        let temb = self.act.apply(&emb);
         let temb_act = &temb;
         let mut h = self.conv_in.forward(&x);
         let mut skips = vec![h.shallow_clone()];

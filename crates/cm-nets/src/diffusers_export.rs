@@ -20,7 +20,7 @@ use cm_core::{CoreError, Validate};
 
 use crate::config::{NetConfig, Resample, UNetConfig};
 use crate::diffusers::{DiffusersUNetConfig, SampleSize};
-use crate::layers::NoiseEmbedding;
+use crate::layers::{group_count, NoiseEmbedding};
 use crate::model::Model;
 
 fn unsupported(field: &str, value: impl std::fmt::Debug, expected: &str) -> CoreError {
@@ -29,15 +29,6 @@ fn unsupported(field: &str, value: impl std::fmt::Debug, expected: &str) -> Core
         format!("{value:?}"),
         format!("{expected} to map to diffusers' UNet2DModel"),
     )
-}
-
-/// EDM's GroupNorm rule ([`crate::layers::group_norm`]).
-fn groups_for(channels: i64) -> i64 {
-    let mut groups = (channels / 4).clamp(1, 32);
-    while channels % groups != 0 {
-        groups -= 1;
-    }
-    groups
 }
 
 /// The `UNet2DModel` config equivalent to a cm-rs U-Net config, or the
@@ -59,6 +50,15 @@ pub fn unet_to_diffusers_config(c: &UNetConfig) -> cm_core::Result<DiffusersUNet
     }
     if c.skip_scale != 1.0 {
         return Err(unsupported("skip_scale", c.skip_scale, "1"));
+    }
+    // cm-rs's input convolution and noise embedding are `model_channels`
+    // wide, diffusers' `block_out_channels[0]`.
+    if c.channel_mult.first() != Some(&1) {
+        return Err(unsupported(
+            "channel_mult",
+            &c.channel_mult,
+            "a first multiplier of 1",
+        ));
     }
     let mc = c.model_channels as i64;
     let widths: Vec<i64> = c.channel_mult.iter().map(|&m| mc * m as i64).collect();
@@ -102,8 +102,8 @@ pub fn unet_to_diffusers_config(c: &UNetConfig) -> cm_core::Result<DiffusersUNet
             cout = w;
         }
     }
-    let groups = groups_for(widths_normed[0]);
-    if let Some(&w) = widths_normed.iter().find(|&&w| groups_for(w) != groups) {
+    let groups = group_count(widths_normed[0]);
+    if let Some(&w) = widths_normed.iter().find(|&&w| group_count(w) != groups) {
         return Err(unsupported(
             "model_channels / channel_mult",
             (c.model_channels, &c.channel_mult),
@@ -112,7 +112,7 @@ pub fn unet_to_diffusers_config(c: &UNetConfig) -> cm_core::Result<DiffusersUNet
                  {} groups at {} channels, {} at {w}; widths of 128 and more all use 32)",
                 groups,
                 widths_normed[0],
-                groups_for(w)
+                group_count(w)
             ),
         ));
     }
@@ -198,7 +198,7 @@ pub fn to_diffusers(
     let NetConfig::Unet(c) = model.config() else {
         return Err(CoreError::invalid(
             "arch",
-            format!("{:?}", arch_name(model.config())),
+            format!("{:?}", model.config().arch()),
             "\"unet\" (only cm-rs's U-Net maps to diffusers' UNet2DModel)",
         ));
     };
@@ -286,13 +286,4 @@ pub fn to_diffusers(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((config, out))
-}
-
-fn arch_name(c: &NetConfig) -> &'static str {
-    match c {
-        NetConfig::Unet(_) => "unet",
-        NetConfig::Dit(_) => "dit",
-        NetConfig::Mlp(_) => "mlp",
-        NetConfig::DiffusersUnet2d(_) => "diffusers_unet2d",
-    }
 }

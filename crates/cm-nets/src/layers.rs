@@ -63,11 +63,17 @@ impl NoiseEmbed {
 /// EDM's GroupNorm rule: `min(32, channels / 4)` groups, lowered until it
 /// divides `channels`; eps = 1e-5.
 pub fn group_norm(p: nn::Path, channels: i64) -> nn::GroupNorm {
+    nn::group_norm(p, group_count(channels), channels, Default::default())
+}
+
+/// EDM's group count for `channels`: `min(32, channels / 4)`, lowered
+/// until it divides `channels`.
+pub fn group_count(channels: i64) -> i64 {
     let mut groups = (channels / 4).clamp(1, 32);
     while channels % groups != 0 {
         groups -= 1;
     }
-    nn::group_norm(p, groups, channels, Default::default())
+    groups
 }
 
 /// A convolution whose weights and bias start at zero (ADM's `zero_module`),

@@ -44,6 +44,6 @@ pub use error::{NetError, Result};
 pub use layers::NoiseEmbedding;
 pub use mlp::ResidualMlp;
 pub use model::Model;
-pub use model::{DIFFUSERS_CONFIG, MAX_DIFFUSERS_CONFIG_BYTES, META_NET, META_VERSION};
+pub use model::{DIFFUSERS_CONFIG, META_NET, META_VERSION};
 pub use network::Network;
 pub use unet::UNet;

@@ -29,9 +29,6 @@ pub const META_NET: &str = "cm_rs.net";
 /// The file name of a diffusers model's config, beside its weights.
 pub const DIFFUSERS_CONFIG: &str = "config.json";
 
-/// The largest diffusers `config.json` read (published ones are about 1 kB).
-pub const MAX_DIFFUSERS_CONFIG_BYTES: u64 = 1 << 20;
-
 /// A network with its weights, config and bookkeeping. Teacher, student and
 /// target networks are each a `Model` (one `VarStore` per role).
 #[derive(Debug)]
@@ -329,20 +326,7 @@ impl Model {
     /// missing, unexpected or mis-shaped tensor named), converted to f32.
     pub fn from_diffusers(weights: impl AsRef<Path>, device: Device) -> Result<Self> {
         let weights = weights.as_ref();
-        let config_path = weights.with_file_name(DIFFUSERS_CONFIG);
-        let text = std::fs::read_to_string(&config_path).map_err(|source| NetError::Io {
-            action: "cannot read diffusers config",
-            path: config_path.clone(),
-            source,
-        })?;
-        if text.len() as u64 > MAX_DIFFUSERS_CONFIG_BYTES {
-            return Err(NetError::InvalidInput(format!(
-                "{}: {} bytes, more than a model config holds (at most {MAX_DIFFUSERS_CONFIG_BYTES})",
-                config_path.display(),
-                text.len()
-            )));
-        }
-        let config = DiffusersUNetConfig::from_json(&text, &config_path.display().to_string())?;
+        let config = DiffusersUNetConfig::load(&weights.with_file_name(DIFFUSERS_CONFIG))?;
         let model = Model::new(NetConfig::DiffusersUnet2d(config), device)?;
         crate::checkpoint::load_strict_tensors_cast(weights, model.vs.variables(), &[])?;
         Ok(model)

@@ -109,6 +109,13 @@ fn what_does_not_map_is_named() {
             },
             "channels_per_head",
         ),
+        (
+            UNetConfig {
+                channel_mult: vec![2, 2],
+                ..mappable(0, true)
+            },
+            "channel_mult",
+        ),
     ] {
         let err = unet_to_diffusers_config(&config).unwrap_err().to_string();
         assert!(err.contains(field), "{field}: {err}");

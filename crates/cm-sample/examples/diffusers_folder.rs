@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(out.join("scheduler"))?;
     std::fs::write(
         out.join("model_index.json"),
-        "{\n  \"_class_name\": \"ConsistencyModelPipeline\",\n  \"scheduler\": [\"diffusers\", \"CMStochasticIterativeScheduler\"],\n  \"unet\": [\"diffusers\", \"UNet2DModel\"]\n}\n",
+        cm_sample::diffusers::MODEL_INDEX_JSON,
     )?;
     std::fs::write(out.join("unet/config.json"), config.to_json())?;
     std::fs::write(

@@ -33,9 +33,6 @@ pub const CM_SCHEDULER_CLASS: &str = "CMStochasticIterativeScheduler";
 /// 151, 201).
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
-/// The largest scheduler / pipeline JSON file read.
-const MAX_JSON_BYTES: u64 = 1 << 20;
-
 /// diffusers' `CMStochasticIterativeScheduler` config
 /// (`scheduler_config.json`), with diffusers' defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,7 +69,7 @@ impl Default for CmSchedulerConfig {
 }
 
 fn invalid(field: &str, value: impl std::fmt::Debug, expected: impl Into<String>) -> CoreError {
-    CoreError::invalid(field, format!("{value:?}"), expected)
+    CoreError::invalid_debug(field, value, expected)
 }
 
 impl Validate for CmSchedulerConfig {
@@ -118,31 +115,7 @@ impl CmSchedulerConfig {
     /// in messages): `_`-prefixed keys are skipped, another `_class_name` is
     /// refused, unknown keys are errors naming them. Validated.
     pub fn from_json(json: &str, source: &str) -> cm_core::Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| invalid(source, "the file", format!("JSON ({e})")))?;
-        let serde_json::Value::Object(mut map) = value else {
-            return Err(invalid(source, "the file", "a JSON object"));
-        };
-        if let Some(class) = map.get("_class_name") {
-            if class.as_str() != Some(CM_SCHEDULER_CLASS) {
-                return Err(invalid(
-                    &format!("{source}: _class_name"),
-                    class,
-                    format!("\"{CM_SCHEDULER_CLASS}\" (the consistency-model scheduler)"),
-                ));
-            }
-        }
-        map.retain(|k, _| !k.starts_with('_'));
-        let config: CmSchedulerConfig = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| {
-                invalid(
-                    source,
-                    "the config",
-                    format!("a {CM_SCHEDULER_CLASS} config ({e})"),
-                )
-            })?;
-        config.validate()?;
-        Ok(config)
+        cm_core::parse_diffusers_json(json, source, CM_SCHEDULER_CLASS, &[])
     }
 
     /// The config as diffusers' `scheduler_config.json`.
@@ -354,21 +327,8 @@ pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 /// The scheduler config file name diffusers writes.
 pub const DIFFUSERS_SCHEDULER_CONFIG: &str = "scheduler_config.json";
 
-fn read_json(path: &Path) -> Result<String> {
-    let bad = |message: String| SampleError::Card {
-        path: path.to_path_buf(),
-        message,
-    };
-    let len = std::fs::metadata(path)
-        .map_err(|e| bad(format!("cannot read ({e})")))?
-        .len();
-    if len > MAX_JSON_BYTES {
-        return Err(bad(format!(
-            "{len} bytes, more than a config holds (at most {MAX_JSON_BYTES})"
-        )));
-    }
-    std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read ({e})")))
-}
+/// The `model_index.json` of a `ConsistencyModelPipeline` folder.
+pub const MODEL_INDEX_JSON: &str = "{\n  \"_class_name\": \"ConsistencyModelPipeline\",\n  \"scheduler\": [\"diffusers\", \"CMStochasticIterativeScheduler\"],\n  \"unet\": [\"diffusers\", \"UNet2DModel\"]\n}\n";
 
 impl DiffusersFolder {
     /// Finds the parts: `unet/` and `scheduler/` when the folder has a
@@ -420,10 +380,10 @@ impl DiffusersFolder {
 
     /// The scheduler config.
     pub fn scheduler(&self) -> Result<CmSchedulerConfig> {
-        let text = read_json(&self.scheduler_config)?;
-        Ok(CmSchedulerConfig::from_json(
-            &text,
-            &self.scheduler_config.display().to_string(),
+        Ok(cm_core::load_diffusers_json(
+            &self.scheduler_config,
+            CM_SCHEDULER_CLASS,
+            &[],
         )?)
     }
 
@@ -448,7 +408,13 @@ impl DiffusersFolder {
                 )
                 .into());
             }
-            taus.insert(k.clone(), scheduler.taus_for(ts)?);
+            // The canonical key ("2", not "02"), which lookups use.
+            if taus
+                .insert(steps.to_string(), scheduler.taus_for(ts)?)
+                .is_some()
+            {
+                return Err(invalid(&field, k, "one entry per step count").into());
+            }
         }
         let card = ModelCard::Consistency {
             weights: self.weights.clone(),

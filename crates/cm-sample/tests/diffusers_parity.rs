@@ -367,6 +367,17 @@ fn a_diffusers_card_file_names_the_folder() {
         .unwrap();
     assert_eq!(card.taus(2).unwrap(), vec![s.sigmas[1] as f64]);
 
+    // A step count written "02" is step count 2.
+    std::fs::write(
+        &path,
+        format!(
+            "kind = \"diffusers\"\nfolder = {:?}\n\n[timesteps]\n02 = [22, 0]\n",
+            fixtures().join("imagenet-like").display().to_string()
+        ),
+    )
+    .unwrap();
+    assert_eq!(ModelCard::load(&path).unwrap(), direct);
+
     // Bad card files and folders: errors that name the problem.
     let bad = |text: &str| {
         std::fs::write(&path, text).unwrap();
@@ -454,6 +465,8 @@ fn bad_configs_and_weights_are_named() {
             "\"attention_head_dim\": 64",
             "attention_head_dim",
         ),
+        ("\"out_channels\": 3", "\"out_channels\": 1", "out_channels"),
+        ("\"act_fn\": \"silu\"", "\"act_fn\": \"tanh\"", "act_fn"),
     ] {
         let err = edit(from, to);
         assert!(err.contains(named), "{from} -> {to}: {err}");
@@ -530,4 +543,7 @@ fn class_conditional_diffusers_models_need_labels() {
     model
         .check_input(&x, Conditioning::from_class(Some(&ok)))
         .unwrap();
+    // Training needs a null class (label dropout, unlabelled previews).
+    let err = model.config().check_trainable().unwrap_err().to_string();
+    assert!(err.contains("null class"), "{err}");
 }

@@ -94,6 +94,7 @@ pub struct CtRunConfig {
 impl Validate for CtRunConfig {
     fn validate(&self) -> cm_core::Result<()> {
         self.net.validate()?;
+        self.net.check_trainable()?;
         self.train.validate_at("train.")?;
         self.ct.validate_at("ct.")?;
         if self.loader.pad > 0 && self.net.sample_shape().len() != 3 {

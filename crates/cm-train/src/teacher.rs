@@ -55,6 +55,7 @@ impl TeacherConfig {
     /// Validates with a dotted-path prefix (`"teacher."` inside a CD config).
     pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
         self.net.validate()?;
+        self.net.check_trainable()?;
         self.train.validate_at(&format!("{prefix}train."))?;
         self.edm.validate_at(&format!("{prefix}edm."))?;
         if self.loader.pad > 0 && self.net.sample_shape().len() != 3 {
