@@ -263,39 +263,30 @@ impl DiffusersUNetConfig {
     /// a head) and the builder walk.
     fn plan(&self) -> cm_core::Result<Plan> {
         let levels = self.block_out_channels.len();
+        if levels == 0
+            || self.down_block_types.len() != levels
+            || self.up_block_types.len() != levels
+        {
+            return Err(invalid(
+                "down_block_types / up_block_types / block_out_channels",
+                (
+                    self.down_block_types.len(),
+                    self.up_block_types.len(),
+                    levels,
+                ),
+                "one block type of each kind per level, at least one level",
+            ));
+        }
         let boc = |i: usize| self.block_out_channels[i] as i64;
         let (h, w) = self.hw();
         let mut res = (h as i64, w as i64);
         let mut down = Vec::new();
         let mut output_channel = boc(0);
         for (i, kind) in self.down_block_types.iter().enumerate() {
-            let field = format!("down_block_types[{i}]");
-            let kind = kind.strip_prefix("UNetRes").unwrap_or(kind);
             let input_channel = output_channel;
             output_channel = boc(i);
             let last = i + 1 == levels;
-            let (attention, resample) = match kind {
-                "DownBlock2D" => (false, Resample::Conv),
-                "ResnetDownsampleBlock2D" => (false, Resample::Resnet),
-                "AttnDownBlock2D" => (
-                    true,
-                    match self.downsample_type.as_str() {
-                        "conv" => Resample::Conv,
-                        "resnet" => Resample::Resnet,
-                        other => {
-                            return Err(invalid("downsample_type", other, "\"conv\" or \"resnet\""))
-                        }
-                    },
-                ),
-                other => {
-                    return Err(invalid(
-                        &field,
-                        other,
-                        "DownBlock2D, ResnetDownsampleBlock2D or AttnDownBlock2D \
-                         (the block types of the published consistency models)",
-                    ))
-                }
-            };
+            let (attention, resample) = self.block_kind(i, kind, Side::Down)?;
             let resnets = (0..self.layers_per_block)
                 .map(|j| {
                     (
@@ -339,34 +330,11 @@ impl DiffusersUNetConfig {
             .collect();
         let mut output_channel = rev[0];
         for (i, kind) in self.up_block_types.iter().enumerate() {
-            let field = format!("up_block_types[{i}]");
-            let kind = kind.strip_prefix("UNetRes").unwrap_or(kind);
             let prev_output_channel = output_channel;
             output_channel = rev[i];
             let input_channel = rev[(i + 1).min(levels - 1)];
             let last = i + 1 == levels;
-            let (attention, resample) = match kind {
-                "UpBlock2D" => (false, Resample::Conv),
-                "ResnetUpsampleBlock2D" => (false, Resample::Resnet),
-                "AttnUpBlock2D" => (
-                    true,
-                    match self.upsample_type.as_str() {
-                        "conv" => Resample::Conv,
-                        "resnet" => Resample::Resnet,
-                        other => {
-                            return Err(invalid("upsample_type", other, "\"conv\" or \"resnet\""))
-                        }
-                    },
-                ),
-                other => {
-                    return Err(invalid(
-                        &field,
-                        other,
-                        "UpBlock2D, ResnetUpsampleBlock2D or AttnUpBlock2D \
-                         (the block types of the published consistency models)",
-                    ))
-                }
-            };
+            let (attention, resample) = self.block_kind(i, kind, Side::Up)?;
             let n = self.layers_per_block + 1;
             let resnets = (0..n)
                 .map(|j| {
@@ -395,6 +363,51 @@ impl DiffusersUNetConfig {
             }
         }
         Ok(Plan { down, mid, up })
+    }
+
+    /// Whether level `i`'s block type `kind` has attention, and how it
+    /// resamples (diffusers' `get_down_block` / `get_up_block`; the
+    /// `UNetRes` prefix is dropped as there).
+    fn block_kind(&self, i: usize, kind: &str, side: Side) -> cm_core::Result<(bool, Resample)> {
+        let kind = kind.strip_prefix("UNetRes").unwrap_or(kind);
+        let (plain, resnet, attn, types, field, kind_field) = match side {
+            Side::Down => (
+                "DownBlock2D",
+                "ResnetDownsampleBlock2D",
+                "AttnDownBlock2D",
+                &self.downsample_type,
+                "down_block_types",
+                "downsample_type",
+            ),
+            Side::Up => (
+                "UpBlock2D",
+                "ResnetUpsampleBlock2D",
+                "AttnUpBlock2D",
+                &self.upsample_type,
+                "up_block_types",
+                "upsample_type",
+            ),
+        };
+        if kind == plain {
+            Ok((false, Resample::Conv))
+        } else if kind == resnet {
+            Ok((false, Resample::Resnet))
+        } else if kind == attn {
+            match types.as_str() {
+                "conv" => Ok((true, Resample::Conv)),
+                "resnet" => Ok((true, Resample::Resnet)),
+                other => Err(invalid(kind_field, other, "\"conv\" or \"resnet\"")),
+            }
+        } else {
+            Err(invalid(
+                &format!("{field}[{i}]"),
+                kind,
+                format!(
+                    "{plain}, {resnet} or {attn} (the block types of the published consistency \
+                     models)"
+                ),
+            ))
+        }
     }
 
     /// Parameter count from the plan, exact (the ImageNet-64 test checks
@@ -693,6 +706,12 @@ impl DiffusersUNetConfig {
             None => None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    Down,
+    Up,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

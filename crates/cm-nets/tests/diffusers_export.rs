@@ -123,3 +123,22 @@ fn what_does_not_map_is_named() {
     let dit = Model::new(NetConfig::preset("fmnist-dit").unwrap(), Device::Cpu).unwrap();
     assert!(to_diffusers(&dit).unwrap_err().to_string().contains("arch"));
 }
+
+#[test]
+fn size_estimates_of_unvalidated_diffusers_configs_do_not_panic() {
+    use cm_nets::DiffusersUNetConfig;
+    for config in [
+        DiffusersUNetConfig {
+            block_out_channels: vec![],
+            ..DiffusersUNetConfig::default()
+        },
+        DiffusersUNetConfig {
+            down_block_types: vec!["DownBlock2D".into()],
+            ..DiffusersUNetConfig::default()
+        },
+    ] {
+        let net = NetConfig::DiffusersUnet2d(config);
+        assert!(net.approx_params().is_infinite());
+        assert!(cm_core::Validate::validate(&net).is_err());
+    }
+}
