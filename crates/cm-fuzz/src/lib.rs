@@ -478,6 +478,14 @@ fn seeds(target: &str, dir: &Path) -> Result<Vec<Seed>> {
                  s_churn = 0.0\n"
                     .into(),
             ),
+            Seed::Text(
+                "kind = \"consistency\"\nweights = \"w.safetensors\"\n\n[consistency]\n\
+                 sigma_data = 0.5\nsigma_min = 0.002\nsigma_max = 80.0\nrho = 7.0\n\
+                 noise_conditioning = \"adm\"\n\n[scheduler]\nnum_train_timesteps = 40\n\
+                 sigma_min = 0.002\nsigma_max = 80.0\nclip_denoised = true\n"
+                    .into(),
+            ),
+            Seed::Text("kind = \"diffusers\"\nfolder = \".\"\n\n[timesteps]\n2 = [22, 0]\n".into()),
         ],
         "run-toml" => vec![
             Seed::Text(include_str!("../../../configs/teacher/toy.toml").into()),

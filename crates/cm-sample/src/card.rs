@@ -116,9 +116,13 @@ impl Validate for ModelCard {
             ModelCard::Consistency {
                 consistency,
                 timesteps,
+                scheduler,
                 ..
             } => {
                 consistency.validate_at("consistency.")?;
+                if let Some(scheduler) = scheduler {
+                    scheduler.validate()?;
+                }
                 for (k, taus) in timesteps {
                     let field = format!("timesteps.{k}");
                     let steps: usize = k.parse().map_err(|_| {
