@@ -55,8 +55,7 @@ use crate::row_cache::{
     model_identity, read_cached_row, row_key, write_cached_row, RowShape, SampledRow,
 };
 
-/// Images per sample grid.
-pub const GRID_IMAGES: i64 = 64;
+pub use crate::row_cache::GRID_IMAGES;
 
 /// One model to evaluate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -13,8 +13,10 @@ use tch::{Kind, Tensor};
 use cm_sample::ModelCard;
 
 use crate::error::{EvalError, Result};
-use crate::pipeline::GRID_IMAGES;
 use crate::progress::Progress;
+
+/// Images per sample grid.
+pub const GRID_IMAGES: i64 = 64;
 
 /// A row's samples, as features.
 pub(crate) struct SampledRow {

@@ -28,8 +28,8 @@ use tch::{Kind, Tensor};
 
 use cm_core::{Conditioning, CoreError, Validate};
 
-use crate::config::{MAX_DIM, MAX_PARAMS, MAX_RESOLUTION, MAX_TOKENS};
 use crate::layers::MacCounter;
+use crate::limits::{MAX_DIM, MAX_PARAMS, MAX_RESOLUTION, MAX_TOKENS};
 use crate::network::Network;
 
 /// The `_class_name` of the configs this module reads.

@@ -24,6 +24,7 @@ pub mod diffusers_export;
 pub mod dit;
 pub mod error;
 pub mod layers;
+pub mod limits;
 pub mod mlp;
 pub mod model;
 pub mod network;

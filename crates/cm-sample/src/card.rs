@@ -32,17 +32,12 @@ use cm_core::{
 use cm_nets::{Model, Preconditioned};
 
 use crate::consistency::consistency_sample;
-use crate::diffusers::{ClipDenoised, CmSchedulerConfig, DiffusersCardFile};
+use crate::diffusers::{ClipDenoised, CmSchedulerConfig, DiffusersCardFile, DiffusersFolder};
 use crate::edm::{edm_sample, EdmSampler, Sampled};
 use crate::error::{Result, SampleError};
 
 /// File name pipelines give the card of a finished run: `<run>/model.toml`.
 pub const CARD_FILE: &str = "model.toml";
-
-/// The most sampler steps a card or a sampling call may ask for (DDPM's
-/// ancestral sampler uses 1000; each step is a network evaluation per
-/// sample).
-pub const MAX_SAMPLER_STEPS: usize = 10_000;
 
 /// Checkpoint metadata key of the card (kind, parameterization, stored
 /// times; no weights path) as JSON: training runs write it into every
@@ -479,6 +474,64 @@ impl ModelCard {
                 )?)
             }
         }
+    }
+}
+
+// The diffusers folder's card lives here, beside the card type it builds
+// (diffusers.rs knows folders and schedulers, not cards).
+impl DiffusersFolder {
+    /// The model card that samples this folder as diffusers'
+    /// `ConsistencyModelPipeline` does: a consistency card with the
+    /// scheduler's parameterization, clipping and spacing, the weights of
+    /// `unet/`, and `timesteps` (diffusers indices per step count)
+    /// converted to intermediate times.
+    pub fn card(&self, timesteps: &BTreeMap<String, Vec<usize>>) -> Result<ModelCard> {
+        let scheduler = self.scheduler()?;
+        let mut taus = BTreeMap::new();
+        for (k, ts) in timesteps {
+            let field = format!("timesteps.{k}");
+            let steps: usize = k.parse().map_err(|_| {
+                CoreError::invalid(&field, k, "a step count (an integer >= 2) as the key")
+            })?;
+            if steps < 2 || ts.len() != steps {
+                return Err(CoreError::invalid_debug(
+                    &field,
+                    ts,
+                    format!("{steps} timesteps for {steps}-step sampling (k >= 2)"),
+                )
+                .into());
+            }
+            // The canonical key ("2", not "02"), which lookups use.
+            if taus
+                .insert(steps.to_string(), scheduler.taus_for(ts)?)
+                .is_some()
+            {
+                return Err(CoreError::invalid_debug(&field, k, "one entry per step count").into());
+            }
+        }
+        let card = ModelCard::Consistency {
+            weights: self.weights.clone(),
+            consistency: scheduler.consistency(),
+            timesteps: taus,
+            scheduler: Some(scheduler),
+        };
+        card.validate()?;
+        Ok(card)
+    }
+}
+
+impl DiffusersCardFile {
+    /// Resolves the card file at `path` (its `folder` relative to the
+    /// card's folder) into the model card it stands for.
+    pub fn resolve(&self, path: &Path) -> Result<ModelCard> {
+        self.validate()?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let folder = if self.folder.is_relative() {
+            dir.join(&self.folder)
+        } else {
+            self.folder.clone()
+        };
+        DiffusersFolder::open(folder)?.card(&self.timesteps)
     }
 }
 

@@ -23,7 +23,6 @@ use tch::Tensor;
 
 use cm_core::{Conditioning, ConsistencyConfig, CoreError, Denoiser, NoiseConditioning, Validate};
 
-use crate::card::ModelCard;
 use crate::error::{Result, SampleError};
 
 /// The `_class_name` of the scheduler configs read here.
@@ -386,45 +385,6 @@ impl DiffusersFolder {
             &[],
         )?)
     }
-
-    /// The model card that samples this folder as diffusers'
-    /// `ConsistencyModelPipeline` does: a consistency card with the
-    /// scheduler's parameterization, clipping and spacing, the weights of
-    /// `unet/`, and `timesteps` (diffusers indices per step count)
-    /// converted to intermediate times.
-    pub fn card(&self, timesteps: &BTreeMap<String, Vec<usize>>) -> Result<ModelCard> {
-        let scheduler = self.scheduler()?;
-        let mut taus = BTreeMap::new();
-        for (k, ts) in timesteps {
-            let field = format!("timesteps.{k}");
-            let steps: usize = k.parse().map_err(|_| {
-                CoreError::invalid(&field, k, "a step count (an integer >= 2) as the key")
-            })?;
-            if steps < 2 || ts.len() != steps {
-                return Err(invalid(
-                    &field,
-                    ts,
-                    format!("{steps} timesteps for {steps}-step sampling (k >= 2)"),
-                )
-                .into());
-            }
-            // The canonical key ("2", not "02"), which lookups use.
-            if taus
-                .insert(steps.to_string(), scheduler.taus_for(ts)?)
-                .is_some()
-            {
-                return Err(invalid(&field, k, "one entry per step count").into());
-            }
-        }
-        let card = ModelCard::Consistency {
-            weights: self.weights.clone(),
-            consistency: scheduler.consistency(),
-            timesteps: taus,
-            scheduler: Some(scheduler),
-        };
-        card.validate()?;
-        Ok(card)
-    }
 }
 
 impl Validate for DiffusersCardFile {
@@ -433,20 +393,5 @@ impl Validate for DiffusersCardFile {
             return Err(invalid("kind", &self.kind, "\"diffusers\""));
         }
         Ok(())
-    }
-}
-
-impl DiffusersCardFile {
-    /// Resolves the card file at `path` (its `folder` relative to the
-    /// card's folder) into the model card it stands for.
-    pub fn resolve(&self, path: &Path) -> Result<ModelCard> {
-        self.validate()?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let folder = if self.folder.is_relative() {
-            dir.join(&self.folder)
-        } else {
-            self.folder.clone()
-        };
-        DiffusersFolder::open(folder)?.card(&self.timesteps)
     }
 }

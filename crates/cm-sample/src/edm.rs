@@ -19,8 +19,12 @@ use cm_core::{Conditioning, CoreError, Denoiser, KarrasGrid, OdeSolver, Solver};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::card::MAX_SAMPLER_STEPS;
 use crate::noise::{GlobalNoise, NoiseSource};
+
+/// The most sampler steps a card or a sampling call may ask for (DDPM's
+/// ancestral sampler uses 1000; each step is a network evaluation per
+/// sample).
+pub const MAX_SAMPLER_STEPS: usize = 10_000;
 
 /// Which grid of noise levels a sampler walks down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,8 +10,9 @@ use tch::{Device, Kind, Tensor};
 use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, Denoiser};
 use cm_nets::Model;
 
-use crate::card::{ModelCard, MAX_SAMPLER_STEPS};
+use crate::card::ModelCard;
 use crate::consistency::consistency_sample_with;
+use crate::edm::MAX_SAMPLER_STEPS;
 use crate::edm::{edm_sample_with, EdmSampler};
 use crate::error::Result;
 use crate::noise::SeededNoise;

@@ -44,7 +44,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod search;
 
-pub use card::{ModelCard, TauSource, CARD_FILE, MAX_SAMPLER_STEPS, META_CARD};
+pub use card::{ModelCard, TauSource, CARD_FILE, META_CARD};
 pub use consistency::{
     check_taus, consistency_chain, consistency_sample, consistency_sample_with, denoise_at,
 };
@@ -57,7 +57,7 @@ pub use edit::{
     slerp, stroke_mask, zero_shot_edit, EditPlan, EditTask, Identity, LumaChroma, PatchBasis, Side,
     Transform,
 };
-pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled, SamplingGrid};
+pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled, SamplingGrid, MAX_SAMPLER_STEPS};
 pub use error::{Result, SampleError};
 pub use generate::{generate, ClassChoice, GenerateConfig, Generated, MAX_BATCH_SIZE};
 pub use noise::{sample_seed, GlobalNoise, NoiseSource, SeededNoise};
