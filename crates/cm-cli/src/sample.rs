@@ -177,15 +177,24 @@ fn load_sample_model(
                             .join(",")
                     );
                 }
-                if ts.len() == 1 {
-                    // One step: only the start, which must be index 0.
-                    folder.scheduler()?.taus_for(ts)?;
-                } else {
+                if ts.len() > 1 {
                     timesteps.insert(ts.len().to_string(), ts.clone());
                 }
                 steps = Some(ts.len());
             }
             let card = folder.card(&timesteps)?;
+            if let (
+                Some(ts),
+                ModelCard::Consistency {
+                    scheduler: Some(s), ..
+                },
+            ) = (&args.timesteps, &card)
+            {
+                if ts.len() == 1 {
+                    // One step: only the start, which must be index 0.
+                    s.taus_for(ts)?;
+                }
+            }
             let model = card
                 .load_model(device)
                 .with_context(|| format!("loading the weights {}", card.weights().display()))?;
