@@ -56,7 +56,8 @@ pub(crate) struct RunArgs {
     /// Where to train.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// libtorch intra-op threads (default: all cores).
+    /// libtorch intra-op threads (default: all cores; 1 per rank when
+    /// started by mpirun with several ranks).
     #[arg(long)]
     pub threads: Option<i32>,
     /// Also log loss, learning rate, gradient norm and steps/s as
@@ -97,6 +98,10 @@ pub(crate) fn observe<T>(
     label: &'static str,
     f: impl FnOnce(&mut dyn cm_train::Observer) -> Result<T>,
 ) -> Result<T> {
+    if cm_dist::world().rank() != 0 {
+        // Data-parallel ranks other than 0 train silently; rank 0 reports.
+        return f(&mut cm_train::Quiet);
+    }
     let mut bars = progress::BarObserver::new(label);
     let out = if args.tensorboard {
         let dir = args.run_dir.join("tensorboard");
@@ -235,6 +240,8 @@ pub(crate) fn install_stop_handler() -> Result<Arc<AtomicBool>> {
 const MAX_THREADS_PER_CORE: usize = 4;
 
 pub(crate) fn set_threads(threads: Option<i32>) -> Result<()> {
+    // Ranks on one machine share its cores: one thread each unless told.
+    let threads = threads.or((cm_dist::world().size() > 1).then_some(1));
     if let Some(n) = threads {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let max = (cores * MAX_THREADS_PER_CORE) as i32;
@@ -379,6 +386,37 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let code = run_command(&cli);
+    // Open MPI counts a rank that exits without MPI_Finalize as failed.
+    cm_dist::finalize();
+    code
+}
+
+/// The commands that train data-parallel when started by mpirun.
+const DATA_PARALLEL_COMMANDS: &str = "train-teacher, distill, train-pd and train-ct";
+
+fn run_command(cli: &Cli) -> ExitCode {
+    let world = match cm_dist::init_from_env() {
+        Ok(world) => world,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_parallel = matches!(
+        cli.command,
+        Command::TrainTeacher(_) | Command::Distill(_) | Command::TrainPd(_) | Command::TrainCt(_)
+    );
+    if world.size() > 1 && !data_parallel {
+        if world.rank() == 0 {
+            eprintln!(
+                "error: started by mpirun with {} ranks, but only {DATA_PARALLEL_COMMANDS} \
+                 train data-parallel; run this command in one process",
+                world.size()
+            );
+        }
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::Distill(args) => distill(args),
@@ -399,6 +437,12 @@ fn main() -> ExitCode {
             Some(stopped) => {
                 eprintln!("{stopped}");
                 ExitCode::from(EXIT_INTERRUPTED)
+            }
+            None if world.size() > 1 => {
+                // The other ranks may be waiting in a collective for this
+                // one: end the whole job rather than leave them hanging.
+                eprintln!("error (rank {}): {}", world.rank(), error_chain(&e));
+                world.abort(1)
             }
             None => {
                 eprintln!("error: {}", error_chain(&e));

@@ -281,7 +281,13 @@ pub fn run_pd(
             })
         }
     };
-    cm_train::write_run_config(run_dir, config, resume)?;
+    // Rank 0 writes the run folder; data-parallel ranks only check it.
+    let comm = cm_dist::world();
+    if comm.rank() == 0 {
+        cm_train::write_run_config(run_dir, config, resume)?;
+    } else {
+        cm_train::check_run_folder(run_dir, config, resume)?;
+    }
     let mut outcome = PdOutcome {
         teacher_dir: teacher.dir.clone(),
         teacher_reused: teacher.reused,
@@ -334,10 +340,14 @@ pub fn run_pd(
     let last = outcome.stages.last().expect("at least one stage");
     let stage_name = last.dir.file_name().expect("stage folder name");
     let card_path = run_dir.join(CARD_FILE);
-    PdStageMethod::new(config, last.steps, PathBuf::new(), String::new())
-        .card(PathBuf::from(stage_name).join(final_weights(&config.train)))
-        .save(&card_path)?;
-    outcome.report = Some(write_pd_report(config, run_dir, &outcome)?);
+    if comm.rank() == 0 {
+        PdStageMethod::new(config, last.steps, PathBuf::new(), String::new())
+            .card(PathBuf::from(stage_name).join(final_weights(&config.train)))
+            .save(&card_path)?;
+        write_pd_report(config, run_dir, &outcome)?;
+    }
+    comm.barrier();
+    outcome.report = Some(run_dir.join("report.md"));
     outcome.card = Some(card_path);
     Ok(outcome)
 }

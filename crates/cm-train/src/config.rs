@@ -26,8 +26,17 @@ pub const MAX_EMA_RATES: usize = 16;
 pub struct TrainConfig {
     /// Total optimizer steps.
     pub steps: u64,
-    /// Examples per step.
+    /// Examples per step: the global batch, whatever the number of ranks.
     pub batch_size: usize,
+    /// Shards of each global batch (`None`: one per rank). A shard is
+    /// `batch_size / shards` examples with its own noise stream, seeded by
+    /// `(seed, step, shard)`; rank `r` of `R` computes shards `r, r + R,
+    /// ...` (gradient accumulation when there are more shards than ranks).
+    /// Set it to train the same run on any number of ranks dividing it:
+    /// `shards = 2` gives the same parameters (to float rounding) on one
+    /// process as on two (docs/scale.md). Must divide `batch_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
     /// Seed of everything random (weights, batches, noise).
     pub seed: u64,
     /// Optimizer.
@@ -53,6 +62,7 @@ impl Default for TrainConfig {
         TrainConfig {
             steps: 1000,
             batch_size: 64,
+            shards: None,
             seed: 0,
             optimizer: OptimizerConfig::default(),
             ema_rates: vec![0.999],
@@ -90,6 +100,15 @@ impl TrainConfig {
                 return Err(CoreError::invalid(f(name), v, format!("1 to {max}")));
             }
         }
+        if let Some(s) = self.shards {
+            if s == 0 || s > self.batch_size || self.batch_size % s != 0 {
+                return Err(CoreError::invalid(
+                    f("shards"),
+                    s,
+                    format!("a divisor of batch_size = {}", self.batch_size),
+                ));
+            }
+        }
         if self.ema_rates.len() > MAX_EMA_RATES {
             return Err(CoreError::invalid(
                 f("ema_rates"),
@@ -110,6 +129,28 @@ impl TrainConfig {
             }
         }
         self.optimizer.validate_at(&f("optimizer."))
+    }
+
+    /// The shards of each global batch on `ranks` ranks: `shards`, or one
+    /// per rank. An error (naming the field) unless the shards divide the
+    /// batch and the ranks divide the shards.
+    pub fn shards_for(&self, ranks: usize) -> cm_core::Result<usize> {
+        let shards = self.shards.unwrap_or(ranks);
+        if shards == 0 || self.batch_size % shards != 0 {
+            return Err(CoreError::invalid(
+                "train.batch_size",
+                self.batch_size,
+                format!("a multiple of the {shards} shards ({ranks} ranks): every rank takes an equal shard"),
+            ));
+        }
+        if shards % ranks != 0 {
+            return Err(CoreError::invalid(
+                "train.shards",
+                shards,
+                format!("a multiple of the {ranks} ranks"),
+            ));
+        }
+        Ok(shards)
     }
 }
 

@@ -76,6 +76,29 @@ pub enum TrainError {
         #[source]
         source: Box<TrainError>,
     },
+    /// Data-parallel ranks hold different parameters: a rank computed
+    /// something the others did not (a non-deterministic kernel, a
+    /// corrupted message). Checked at every checkpoint, before saving.
+    #[error(
+        "data-parallel ranks diverged at step {step}: the {what} differ across ranks \
+         (checksums {min:#018x} .. {max:#018x}); stopped without saving; {}",
+        kept(last_checkpoint)
+    )]
+    RanksDiverged {
+        /// The step.
+        step: u64,
+        /// What differs.
+        what: &'static str,
+        /// The smallest checksum across ranks.
+        min: u64,
+        /// The largest.
+        max: u64,
+        /// The newest checkpoint on disk, if any.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// A collective failed (cm-dist).
+    #[error(transparent)]
+    Dist(#[from] cm_dist::DistError),
     /// A batch does not fit the network or the objective.
     #[error("batch: {0}")]
     Batch(String),

@@ -152,6 +152,34 @@ impl Optimizer {
         }
     }
 
+    /// The defined gradients, in parameter-name order (what data-parallel
+    /// training sums across ranks; the same order on every rank).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .values()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
+    /// The moment estimates, `exp_avg` then `exp_avg_sq`, each in
+    /// parameter-name order, sharing storage with the optimizer's (writing
+    /// into them sets its state: rank 0's is broadcast on resume).
+    pub fn state_views(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for (prefix, state) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+            for (n, t) in state {
+                out.push((format!("{prefix}.{n}"), t.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Sets the update count (Adam's `t`), e.g. to rank 0's on resume.
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// Global L2 norm of the gradients (one host synchronisation).
     pub fn grad_norm(&self) -> f64 {
         let _guard = tch::no_grad_guard();

@@ -157,7 +157,13 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
             }
         }
     }
-    write_run_config(run_dir, method.config(), resume)?;
+    let comm = cm_dist::world();
+    let writer = comm.rank() == 0;
+    if writer {
+        write_run_config(run_dir, method.config(), resume)?;
+    } else {
+        check_run_folder(run_dir, method.config(), resume)?;
+    }
     // A finished run resumed is a no-op: its report and card (which later
     // commands may have extended, e.g. the timestep search) stay as they are.
     let card = run_dir.join(CARD_FILE);
@@ -166,9 +172,20 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         && latest_checkpoint(run_dir).is_some_and(|(step, _)| step >= train_config.steps);
     observer.on_message("loading data");
     let (data, loader) = method.config().data();
-    let data = data
-        .load(None)
-        .map_err(|e| TrainError::Batch(e.to_string()))?;
+    // Rank 0 first: on a fresh machine it downloads and caches the data
+    // set, and the others read the cache instead of racing to write it.
+    let load = || {
+        data.load(None)
+            .map_err(|e| TrainError::Batch(e.to_string()))
+    };
+    let data = if writer {
+        let data = load();
+        comm.barrier();
+        data?
+    } else {
+        comm.barrier();
+        load()?
+    };
     if let cm_data::Dataset::Images(images) = &data {
         if images.skipped_rows > 0 {
             let what = match method.config().data().0 {
@@ -231,13 +248,21 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
             samplers: Vec::new(),
         });
     }
-    let rows = write_report_grids(method, &objective, &out, run_dir)?;
-    let report = write_report(method, &out, &rows, run_dir, seconds)?;
-    method.card(final_weights(&train_config)).save(&card)?;
+    // Only rank 0 writes the report and the card; the others wait for them
+    // (a later stage of the pipeline reads the card).
+    let rows = if writer {
+        let rows = write_report_grids(method, &objective, &out, run_dir)?;
+        write_report(method, &out, &rows, run_dir, seconds, comm.size())?;
+        method.card(final_weights(&train_config)).save(&card)?;
+        rows
+    } else {
+        Vec::new()
+    };
+    comm.barrier();
     Ok(RunOutcome {
         train: out,
         objective,
-        report: Some(report),
+        report: Some(run_dir.join("report.md")),
         card: Some(card),
         samplers: rows,
     })
@@ -293,17 +318,26 @@ fn write_report<M: Method>(
     rows: &[SamplerRow],
     run_dir: &Path,
     seconds: f64,
+    ranks: usize,
 ) -> Result<PathBuf> {
     let config = method.config().train();
     let eval = eval_model(&out.online, &out.emas);
     let last = out.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", method.title());
+    let batch = if ranks > 1 {
+        format!(
+            "global batch {} = {ranks} ranks x {} per rank",
+            config.batch_size,
+            config.batch_size / ranks
+        )
+    } else {
+        format!("batch {}", config.batch_size)
+    };
     let _ = writeln!(
         md,
-        "- {} steps, batch {}, {:.1} min in this session, final loss {last:.5}",
+        "- {} steps, {batch}, {:.1} min in this session, final loss {last:.5}",
         out.step,
-        config.batch_size,
         seconds / 60.0
     );
     for line in method.describe() {

@@ -33,9 +33,10 @@ use crate::config::TrainConfig;
 use crate::ema::Ema;
 use crate::error::{Result, TrainError};
 use crate::metrics::{read_losses, truncate_metrics, METRICS_HEADER};
-use crate::objective::{BatchSource, Objective};
+use crate::objective::{Batch, BatchSource, Objective};
 use crate::observer::{Observer, StepInfo};
 use crate::optim::Optimizer;
+use cm_dist::Communicator;
 use cm_report as report;
 
 pub use cm_core::seed::mix_seed;
@@ -55,6 +56,9 @@ pub struct TrainOutcome {
     pub losses: Vec<(u64, f64)>,
     /// The newest checkpoint folder.
     pub checkpoint: Option<PathBuf>,
+    /// Seconds this session spent in the gradient all-reduce (0 on one
+    /// rank).
+    pub comm_seconds: f64,
 }
 
 /// Trains `online` with `objective` on batches from `source` for
@@ -102,16 +106,25 @@ pub fn train(
         },
     };
 
-    let removed = clean_stale_temporaries(run_dir);
-    if removed > 0 {
-        observer.on_message(&format!(
-            "removed {removed} temporary file(s) left by an interrupted write"
-        ));
+    let comm = cm_dist::world();
+    let (rank, ranks) = (comm.rank(), comm.size());
+    let shards = config.shards_for(ranks)?;
+    let shard_size = (config.batch_size / shards) as i64;
+    // Only rank 0 writes the run folder.
+    let writer = rank == 0;
+
+    if writer {
+        let removed = clean_stale_temporaries(run_dir);
+        if removed > 0 {
+            observer.on_message(&format!(
+                "removed {removed} temporary file(s) left by an interrupted write"
+            ));
+        }
     }
     let metrics_path = run_dir.join("metrics.csv");
     let mut start = 0;
     let mut checkpoint = None;
-    if resume {
+    if resume && writer {
         let all = list_checkpoints(run_dir);
         if let Some((step, dir)) = all.last().cloned() {
             start = s.load(objective, &dir, step).map_err(|e| {
@@ -130,37 +143,92 @@ pub fn train(
     if !resume {
         refuse_existing_run(run_dir)?;
     }
-    if start == 0 {
-        let _ = fs::remove_file(&metrics_path);
+    if ranks > 1 {
+        // Every rank starts from rank 0's state: fresh weights, or the
+        // checkpoint only rank 0 read (no shared file system needed).
+        start = cm_dist::tensors::broadcast_u64(&*comm, start);
+        let opt_steps = cm_dist::tensors::broadcast_u64(&*comm, s.roles.optimizer.steps());
+        s.roles.optimizer.set_steps(opt_steps);
+        cm_dist::tensors::broadcast_from_root(&*comm, &state_tensors(&s.roles, objective))?;
+        if start > 0 && !writer {
+            checkpoint = Some(run_dir.join("checkpoints").join(checkpoint_name(start)));
+        }
+        observer.on_message(&format!(
+            "data parallel: {}; global batch {} = {ranks} ranks x {} ({shards} shards of {shard_size})",
+            comm.describe(),
+            config.batch_size,
+            config.batch_size / ranks,
+        ));
     }
-    let new_file = !metrics_path.exists();
-    let mut metrics = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(TrainError::io("cannot open", &metrics_path))?;
-    if new_file {
-        writeln!(metrics, "{METRICS_HEADER}")
-            .map_err(TrainError::io("cannot write", &metrics_path))?;
-    }
+    let mut metrics = if writer {
+        if start == 0 {
+            let _ = fs::remove_file(&metrics_path);
+        }
+        let new_file = !metrics_path.exists();
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(TrainError::io("cannot open", &metrics_path))?;
+        if new_file {
+            writeln!(file, "{METRICS_HEADER}")
+                .map_err(TrainError::io("cannot write", &metrics_path))?;
+        }
+        Some(file)
+    } else {
+        None
+    };
 
     observer.on_start(start, config.steps);
     let mut guard = DivergenceGuard::new(&s.roles.online);
     let started = Instant::now();
+    let mut comm_seconds = 0.0;
     let mut losses = Vec::new();
     let mut stopped = false;
     let mut step = start;
     while step < config.steps {
-        if stop.load(Ordering::SeqCst) {
+        // Every rank stops at the same step (a collective when ranks > 1).
+        if comm.any(stop.load(Ordering::SeqCst)) {
             stopped = true;
             break;
         }
         let batch = source.batch(step, device)?;
-        // Reseed after the batch (a source may use the generator itself).
-        tch::manual_seed(mix_seed(config.seed, step));
         s.roles.optimizer.zero_grad();
-        let loss = objective.loss(&s.roles.online, &batch, step)?;
-        let loss_value = loss.double_value(&[]);
+        // This rank's shards of the global batch; each shard's loss is its
+        // mean, so the global loss is the mean over shards.
+        let mut local_loss = 0.0;
+        for shard in (rank..shards).step_by(ranks) {
+            let part = if shards == 1 {
+                None
+            } else {
+                let (at, n) = (shard as i64 * shard_size, shard_size);
+                Some(Batch {
+                    x: batch.x.narrow(0, at, n),
+                    labels: batch.labels.as_ref().map(|l| l.narrow(0, at, n)),
+                })
+            };
+            // Reseed after the batch (a source may use the generator itself).
+            tch::manual_seed(shard_seed(config.seed, step, shard as u64));
+            let loss = objective.loss(&s.roles.online, part.as_ref().unwrap_or(&batch), step)?;
+            let value = loss.double_value(&[]);
+            local_loss += value / shards as f64;
+            if !value.is_finite() {
+                // Reported below, on every rank, after the loss is reduced.
+                continue;
+            }
+            if shards == 1 {
+                loss.backward();
+            } else {
+                (loss / shards as f64).backward();
+            }
+        }
+        let loss_value = if ranks > 1 {
+            let mut buf = [local_loss];
+            comm.all_reduce_sum_f64(&mut buf);
+            buf[0]
+        } else {
+            local_loss
+        };
         if !loss_value.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 step,
@@ -169,7 +237,17 @@ pub fn train(
             });
         }
         guard.check_loss(loss_value, step, &checkpoint)?;
-        loss.backward();
+        if ranks > 1 {
+            // The sum of the shards' gradients: the gradient of the global
+            // loss, identical on every rank before clipping and the update.
+            let t = Instant::now();
+            cm_dist::tensors::all_reduce_sum(
+                &*comm,
+                &s.roles.optimizer.grads(),
+                cm_dist::tensors::BUCKET_ELEMENTS,
+            )?;
+            comm_seconds += t.elapsed().as_secs_f64();
+        }
         let lr = config.optimizer.lr_at(step);
         let grad_norm = s.roles.optimizer.grad_norm();
         if !grad_norm.is_finite() {
@@ -188,11 +266,13 @@ pub fn train(
         losses.push((step, loss_value));
         let elapsed = started.elapsed().as_secs_f64();
         let steps_per_s = (step - start) as f64 / elapsed.max(1e-9);
-        writeln!(
-            metrics,
-            "{step},{loss_value},{lr},{grad_norm},{elapsed:.3},{steps_per_s:.4}"
-        )
-        .map_err(TrainError::io("cannot write", &metrics_path))?;
+        if let Some(metrics) = metrics.as_mut() {
+            writeln!(
+                metrics,
+                "{step},{loss_value},{lr},{grad_norm},{elapsed:.3},{steps_per_s:.4}"
+            )
+            .map_err(TrainError::io("cannot write", &metrics_path))?;
+        }
         if step % config.log_every == 0 || step == config.steps {
             observer.on_step(&StepInfo {
                 step,
@@ -204,30 +284,49 @@ pub fn train(
                 images_per_s: steps_per_s * config.batch_size as f64,
             });
         }
-        if config.sample_every > 0 && step % config.sample_every == 0 && step < config.steps {
+        if writer
+            && config.sample_every > 0
+            && step % config.sample_every == 0
+            && step < config.steps
+        {
             write_samples(objective, &s, config, run_dir, step)?;
         }
         if step % config.checkpoint_every == 0 && step < config.steps {
             // Only a healthy state becomes "the last good checkpoint".
             guard.check_weights(&s.roles.online, step, &checkpoint)?;
-            checkpoint = Some(s.save(objective, step)?);
-            report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
+            check_ranks_agree(&*comm, &s.roles, objective, step, &checkpoint)?;
+            checkpoint = Some(save_on_root(&*comm, &s, objective, step)?);
+            if writer {
+                report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
+            }
             observer.on_message(&format!("checkpoint at step {step}"));
         }
     }
-    metrics
-        .flush()
-        .map_err(TrainError::io("cannot write", &metrics_path))?;
+    if let Some(metrics) = metrics.as_mut() {
+        metrics
+            .flush()
+            .map_err(TrainError::io("cannot write", &metrics_path))?;
+    }
     if step > start || checkpoint.is_none() {
         guard.check_weights(&s.roles.online, step, &checkpoint)?;
-        checkpoint = Some(s.save(objective, step)?);
+        check_ranks_agree(&*comm, &s.roles, objective, step, &checkpoint)?;
+        checkpoint = Some(save_on_root(&*comm, &s, objective, step)?);
     }
-    report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
+    if ranks > 1 && step > start {
+        let total = started.elapsed().as_secs_f64();
+        observer.on_message(&format!(
+            "data parallel: gradient all-reduce took {comm_seconds:.2} s of {total:.2} s ({:.1}%)",
+            100.0 * comm_seconds / total.max(1e-9)
+        ));
+    }
+    if writer {
+        report::write_loss_plot(&read_losses(&metrics_path), &run_dir.join("loss.png"))?;
+    }
     if stopped {
         observer.on_message(&format!(
             "stopped at step {step}; checkpoint saved, resume to continue"
         ));
-    } else {
+    } else if writer {
         write_samples(objective, &s, config, run_dir, step)?;
     }
     Ok(TrainOutcome {
@@ -237,7 +336,90 @@ pub fn train(
         stopped,
         losses,
         checkpoint,
+        comm_seconds,
     })
+}
+
+/// The generator seed of shard `shard` at step `step`: shard 0 has the
+/// one-process seed `mix_seed(seed, step)` (so a one-shard run is the run
+/// cm-rs always made), the others a stream of their own.
+pub fn shard_seed(seed: u64, step: u64, shard: u64) -> i64 {
+    let base = mix_seed(seed, step);
+    if shard == 0 {
+        base
+    } else {
+        mix_seed(base as u64, shard)
+    }
+}
+
+/// Every tensor of the training state, in the same order on every rank:
+/// the online network, the EMAs, the objective's networks (e.g. CD's
+/// target) and the optimizer's moments.
+fn state_tensors(roles: &Roles, objective: &dyn Objective) -> Vec<(String, Tensor)> {
+    let mut out = model_tensors("online", &roles.online);
+    for ema in &roles.emas {
+        out.extend(model_tensors(&ema.name(), &ema.model));
+    }
+    for (name, model) in objective.extra_models() {
+        out.extend(model_tensors(name, model));
+    }
+    out.extend(roles.optimizer.state_views());
+    out
+}
+
+/// `model`'s variables named `prefix.NAME`, sorted by name.
+fn model_tensors(prefix: &str, model: &Model) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// [`TrainError::RanksDiverged`] unless every rank holds bit-identical
+/// weights and optimizer state (one checksum each; nothing when alone).
+fn check_ranks_agree(
+    comm: &dyn Communicator,
+    roles: &Roles,
+    objective: &dyn Objective,
+    step: u64,
+    last: &Option<PathBuf>,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let hash = cm_dist::tensors::checksum(&state_tensors(roles, objective))?;
+    let (min, max) = comm.all_reduce_min_max_u64(hash);
+    if min != max {
+        return Err(TrainError::RanksDiverged {
+            step,
+            what: "weights or optimizer state",
+            min,
+            max,
+            last_checkpoint: last.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Rank 0 writes the checkpoint; the others wait for it (a later stage may
+/// read it) and return its path.
+fn save_on_root(
+    comm: &dyn Communicator,
+    s: &Checkpointer,
+    objective: &dyn Objective,
+    step: u64,
+) -> Result<PathBuf> {
+    let path = if comm.rank() == 0 {
+        s.save(objective, step)?
+    } else {
+        s.run_dir.join("checkpoints").join(checkpoint_name(step))
+    };
+    comm.barrier();
+    Ok(path)
 }
 
 /// How far above its running mean (an EMA of rate 0.99 over the session's

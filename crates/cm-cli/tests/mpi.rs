@@ -1,0 +1,420 @@
+//! Data-parallel training over MPI, end to end through `mpirun` (built with
+//! `--features mpi`; `cargo xtask test` does when Open MPI is installed):
+//! two ranks give the parameters one rank gives on the same data and noise,
+//! a killed two-rank run resumes to the same bits, and a dead rank ends the
+//! job instead of hanging it.
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+
+/// The flags `cargo xtask ... --procs N` gives mpirun (root in containers,
+/// more ranks than cores in CI, no pinning so ranks share the cores).
+const MPIRUN_FLAGS: &[&str] = &[
+    "--allow-run-as-root",
+    "--oversubscribe",
+    "--bind-to",
+    "none",
+];
+
+fn cm() -> &'static str {
+    env!("CARGO_BIN_EXE_cm")
+}
+
+fn mpirun(ranks: usize, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(MPIRUN_FLAGS)
+        .args(["-n", &ranks.to_string(), cm()])
+        .args(args);
+    c
+}
+
+fn check(out: Output, what: &str) -> String {
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{log}",
+        out.status
+    );
+    log
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The toy teacher preset cut to `steps` steps of a global batch of 64 in
+/// two shards (so one rank and two ranks see the same shards and noise).
+fn teacher_toml(steps: u64, checkpoint_every: u64) -> String {
+    format!(
+        r#"include = "{}"
+[train]
+steps = {steps}
+batch_size = 64
+shards = 2
+checkpoint_every = {checkpoint_every}
+keep_last = 2
+sample_every = 0
+sample_count = 64
+log_every = 5
+"#,
+        root().join("configs/teacher/toy.toml").display()
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The tensors of a safetensors file, by name.
+fn tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut t =
+        Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// The largest absolute difference between two checkpoint files' tensors
+/// (same names and shapes required).
+fn max_diff(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(&b)
+        .map(|((n, x), (_, y))| {
+            assert_eq!(x.size(), y.size(), "{n}");
+            (x - y).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn final_checkpoint(run: &Path, step: u64) -> PathBuf {
+    run.join(format!("checkpoints/step_{step:07}"))
+}
+
+#[test]
+fn two_ranks_of_32_give_the_parameters_of_one_rank_of_64_for_the_teacher_and_cd() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = write(dir.path(), "teacher.toml", &teacher_toml(20, 10));
+    let cd = write(
+        dir.path(),
+        "cd.toml",
+        &std::fs::read_to_string(root().join("configs/cd/toy.toml"))
+            .unwrap()
+            .replace(
+                "include = \"../teacher/toy.toml\"",
+                "include = \"teacher.toml\"",
+            )
+            .replace("steps = 2000", "steps = 20")
+            .replace("batch_size = 256", "batch_size = 64\nshards = 2")
+            .replace("sample_count = 2000", "sample_count = 64"),
+    );
+    for (ranks, name) in [(1, "one"), (2, "two")] {
+        let run = dir.path().join(name);
+        let args = [
+            "distill",
+            "--config",
+            cd.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        let out = if ranks == 1 {
+            Command::new(cm())
+                .args(args)
+                .args(["--threads", "1"])
+                .output()
+        } else {
+            mpirun(ranks, &args).output()
+        };
+        let log = check(out.unwrap(), &format!("cm distill on {ranks} rank(s)"));
+        if ranks == 2 {
+            assert!(log.contains("global batch 64 = 2 ranks x 32"), "{log}");
+        }
+    }
+    // Both CD runs share the teachers folder beside them: the one-rank run
+    // trained the teacher, the two-rank run reused it. Train the same
+    // teacher on two ranks as well.
+    let t1 = std::fs::read_dir(dir.path().join("teachers"))
+        .unwrap()
+        .next()
+        .expect("a teacher run")
+        .unwrap()
+        .path();
+    let t2 = dir.path().join("teacher-two");
+    check(
+        mpirun(
+            2,
+            &[
+                "train-teacher",
+                "--config",
+                teacher.to_str().unwrap(),
+                "--run-dir",
+                t2.to_str().unwrap(),
+                "--device",
+                "cpu",
+            ],
+        )
+        .output()
+        .unwrap(),
+        "cm train-teacher on 2 ranks",
+    );
+    for file in [
+        "online.safetensors",
+        "ema_0.995.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let d = max_diff(
+            &final_checkpoint(&t1, 20).join(file),
+            &final_checkpoint(&t2, 20).join(file),
+        );
+        assert!(d < 1e-5, "teacher {file}: max difference {d:e}");
+    }
+    for file in [
+        "online.safetensors",
+        "ema_0.995.safetensors",
+        "target.safetensors",
+    ] {
+        let one = final_checkpoint(&dir.path().join("one"), 20).join(file);
+        let two = final_checkpoint(&dir.path().join("two"), 20).join(file);
+        let d = max_diff(&one, &two);
+        assert!(d < 1e-5, "CD {file}: max difference {d:e}");
+    }
+    // The check has teeth: one shard (other noise) moves the parameters by
+    // far more than the tolerance.
+    let t3 = dir.path().join("teacher-one-shard");
+    let one_shard = write(
+        dir.path(),
+        "one-shard.toml",
+        &teacher_toml(20, 10).replace("shards = 2", "shards = 1"),
+    );
+    check(
+        Command::new(cm())
+            .args([
+                "train-teacher",
+                "--config",
+                one_shard.to_str().unwrap(),
+                "--run-dir",
+                t3.to_str().unwrap(),
+                "--threads",
+                "1",
+            ])
+            .output()
+            .unwrap(),
+        "cm train-teacher with one shard",
+    );
+    let d = max_diff(
+        &final_checkpoint(&t1, 20).join("online.safetensors"),
+        &final_checkpoint(&t3, 20).join("online.safetensors"),
+    );
+    assert!(
+        d > 1e-4,
+        "one shard and two shards agree to {d:e}: the noise is not keyed by shard"
+    );
+}
+
+/// Every process whose environment says it is MPI rank `rank` and whose
+/// command line mentions `needle`.
+fn rank_pids(rank: usize, needle: &str) -> Vec<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            env.split(|&b| b == 0).any(|v| v == want.as_bytes())
+                && String::from_utf8_lossy(&cmd).contains(needle)
+        })
+        .collect()
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn kill(signal: &str, target: &str) {
+    let _ = Command::new("kill").args([signal, "--", target]).status();
+}
+
+#[test]
+fn a_two_rank_run_killed_and_resumed_ends_bit_identical_to_an_uninterrupted_one() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "teacher.toml", &teacher_toml(400, 50));
+    let run = |name: &str, resume: bool| -> Command {
+        let run_dir = dir.path().join(name);
+        let mut args = vec![
+            "train-teacher".to_string(),
+            "--config".into(),
+            config.to_str().unwrap().into(),
+            "--run-dir".into(),
+            run_dir.to_str().unwrap().into(),
+        ];
+        if resume {
+            args.push("--resume".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mpirun(2, &args)
+    };
+    check(
+        run("whole", false).output().unwrap(),
+        "the uninterrupted run",
+    );
+
+    // Killed hard (mpirun and both ranks, SIGKILL: no chance to save) once
+    // a checkpoint past the first exists.
+    let killed = dir.path().join("killed");
+    let mut child = run("killed", false)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reached = wait_until(Duration::from_secs(120), || {
+        cm_train::latest_checkpoint(&killed).is_some_and(|(s, _)| s >= 100)
+    });
+    kill("-KILL", &format!("-{}", child.id()));
+    let status = wait_for(&mut child, Duration::from_secs(30)).expect("mpirun exits after SIGKILL");
+    assert!(reached, "no checkpoint at step >= 100 within 2 minutes");
+    let (at, _) = cm_train::latest_checkpoint(&killed).unwrap();
+    assert!(
+        !status.success() && at < 400,
+        "the run finished before it was killed (step {at})"
+    );
+
+    let log = check(run("killed", true).output().unwrap(), "the resumed run");
+    assert!(log.contains("resumed from"), "{log}");
+    for file in [
+        "online.safetensors",
+        "ema_0.995.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let (a, b) = (
+            tensors(&final_checkpoint(&dir.path().join("whole"), 400).join(file)),
+            tensors(&final_checkpoint(&killed, 400).join(file)),
+        );
+        assert_eq!(a.len(), b.len());
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                x.equal(y),
+                "{file}: {n} differs after resuming from step {at}"
+            );
+        }
+    }
+    let losses = |run: &Path| -> String {
+        std::fs::read_to_string(run.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(4).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(losses(&dir.path().join("whole")), losses(&killed));
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_job_with_an_error_instead_of_hanging_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "teacher.toml",
+        &teacher_toml(1_000_000, 100_000),
+    );
+    let run_dir = dir.path().join("doomed-run");
+    let mut child = mpirun(
+        2,
+        &[
+            "train-teacher",
+            "--config",
+            config.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let metrics = run_dir.join("metrics.csv");
+    assert!(
+        wait_until(Duration::from_secs(120), || std::fs::read_to_string(
+            &metrics
+        )
+        .is_ok_and(|m| m.lines().count() > 10)),
+        "training did not start"
+    );
+    let needle = run_dir.to_str().unwrap();
+    let victims = rank_pids(1, needle);
+    assert_eq!(victims.len(), 1, "rank 1's process: {victims:?}");
+    kill("-KILL", &victims[0].to_string());
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    if status.is_none() {
+        let _ = child.kill();
+        for pid in rank_pids(0, needle) {
+            kill("-KILL", &pid.to_string());
+        }
+    }
+    let status = status.expect("rank 0 and mpirun still running 60 s after rank 1 died");
+    assert!(
+        !status.success(),
+        "mpirun reported success after a rank died"
+    );
+    assert!(rank_pids(0, needle).is_empty(), "rank 0 outlived the job");
+}
+
+#[test]
+fn commands_that_do_not_train_refuse_several_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mpirun(
+        2,
+        &[
+            "sample",
+            "--card",
+            "missing.toml",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("only train-teacher, distill, train-pd and train-ct train data-parallel"),
+        "{err}"
+    );
+}
