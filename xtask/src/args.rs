@@ -24,6 +24,12 @@ pub struct Args {
     pub out: Option<String>,
     /// `--cargo-config` (`env`: print a `.cargo/config.toml` table).
     pub cargo_config: bool,
+    /// `--mpi` (`setup`: also Open MPI and libclang).
+    pub mpi: bool,
+    /// `--procs N`: train data-parallel on N MPI ranks.
+    pub procs: Option<usize>,
+    /// `--hostfile FILE`: with `--procs`, the machines to run on.
+    pub hostfile: Option<String>,
     /// Everything after `--`.
     pub passthrough: Vec<String>,
 }
@@ -49,6 +55,20 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
             "--cuda" => parsed.cuda = true,
             "--resume" => parsed.resume = true,
             "--cargo-config" => parsed.cargo_config = true,
+            "--mpi" => parsed.mpi = true,
+            "--procs" => {
+                let v = value("--procs")?;
+                let max = crate::mpi::MAX_PROCS;
+                parsed.procs = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n))
+                        .ok_or_else(|| {
+                            format!("--procs {v}: expected a number of ranks, 1 to {max}")
+                        })?,
+                );
+            }
+            "--hostfile" => parsed.hostfile = Some(value("--hostfile")?),
             "--preset" => parsed.preset = Some(value("--preset")?),
             "--recipe" => parsed.recipe = Some(value("--recipe")?),
             "--config" => parsed.config = Some(value("--config")?),
@@ -68,6 +88,9 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
         }
     }
     parsed.command = command.unwrap_or_else(|| "help".into());
+    if parsed.hostfile.is_some() && parsed.procs.is_none() {
+        return Err("--hostfile goes with --procs N (the number of ranks)".into());
+    }
     Ok(parsed)
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 use crate::args::Args;
 use crate::libtorch::{self, Flavor};
 use crate::presets::{self, DEFAULT_PRESET};
-use crate::process::{cargo_run_cm, exit};
+use crate::process::{cargo_run_cm, exit, run_cm};
 use crate::workspace;
 
 /// The commands of this group.
@@ -57,7 +57,8 @@ pub fn pipelines(root: &Path, preset: &str) -> Vec<(&'static str, String, String
 pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
     if args.config.is_some() || args.run_dir.is_some() || args.recipe.is_some() {
         return Err(
-            "`compare` takes --preset, --out and --resume (its runs are the preset's)".into(),
+            "`compare` takes --preset, --out, --resume and --procs (its runs are the preset's)"
+                .into(),
         );
     }
     let root = workspace::root()?;
@@ -83,7 +84,8 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             cm_args.extend(["--device".into(), "cuda".into()]);
         }
         cm_args.extend(args.passthrough.iter().cloned());
-        let status = cargo_run_cm(&root, &torch, &cm_args)?;
+        // With --procs, the training runs are data-parallel; `cm eval` is not.
+        let status = run_cm(&root, &torch, args, &cm_args)?;
         if !status.success() {
             eprintln!("xtask: `cm {subcommand}` into {run_dir} failed; the comparison stops here");
             return Ok(exit(status));

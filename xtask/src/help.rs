@@ -11,24 +11,34 @@ const TEMPLATE: &str = "\
 cargo xtask: the cm-rs task runner
 
 USAGE:
-    cargo xtask <COMMAND> [--cuda] [-- <extra arguments>]
+    cargo xtask <COMMAND> [--cuda] [--procs N [--hostfile FILE]] [-- <extra arguments>]
 
     Extra arguments after `--` go to cargo for `test` and `bench`
     (`cargo xtask test -- -p cm-core`) and to `cm` for the training and eval
     commands (`cargo xtask train-cd -- --threads 1 --tensorboard`).
 
 COMMANDS:
-    setup    Install libtorch 2.13.0 (what tch 0.26 builds against) from the PyPI
+    setup [--mpi]
+             Install libtorch 2.13.0 (what tch 0.26 builds against) from the PyPI
              `torch` wheel into the per-user cache (CPU subset by default, the
              full CUDA stack with --cuda). Idempotent: a second run is instant.
+             --mpi: also Open MPI and libclang (apt-get as root; otherwise it
+             says what to run), for data-parallel training.
     env [--cargo-config]
              Print the shell exports that let plain `cargo` build the workspace;
              with --cargo-config, the `[env]` table that lets a crate outside
              the workspace build against the same libtorch with no shell
              variable (put it in that crate's .cargo/config.toml;
              docs/embedding.md).
-    test     Set-up, then the whole test suite (README's test command).
+    test     Set-up, then the whole test suite (README's test command). Installs
+             Open MPI when it can and then runs the MPI tests too (CM_REQUIRE_MPI=1:
+             fail instead of skipping them).
     bench    Set-up, then the criterion benchmarks (reports in target/criterion).
+    bench-scale [--preset {teacher}] [--out DIR]
+             Images/s of the teacher and CD steps on 1 process x 1 thread,
+             1 x 2 and 2 MPI processes x 1 thread, the all-reduce's share, and
+             a model of 8 and 64 ranks at 10 / 100 Gb/s (runs/scale-<preset>/
+             scale.md; docs/scale.md). Needs the preset's finished teacher.
     train-cd [--preset {cd}] [--config FILE] [--run-dir DIR] [--resume]
              The main job: consistency distillation on Fashion-MNIST (default).
              Trains the EDM teacher (or reuses a finished one with the same
@@ -73,6 +83,13 @@ COMMANDS:
              (default runs/ict-cfmnist, made by `train-ct --preset cfmnist`)
              into docs/images (or --out).
     help     Print this help.
+
+DATA PARALLEL:
+    --procs N on train-cd, train-pd, train-teacher, train-ct and compare's
+    training runs builds `cm` with MPI and runs it as N ranks through
+    `mpirun --bind-to none --oversubscribe -n N` (one libtorch thread per rank
+    unless `-- --threads T`); --hostfile FILE runs on the machines it lists
+    (docs/scale.md). The preset's batch_size is the global batch.
 
 PRESETS:
     A preset NAME of a command is the file configs/<group>/NAME.toml (train-cd:

@@ -14,9 +14,11 @@ mod compare;
 mod edit;
 mod help;
 mod libtorch;
+mod mpi;
 mod presets;
 mod process;
 mod runs;
+mod scale;
 mod toolchain;
 mod workspace;
 
@@ -32,6 +34,7 @@ const COMMANDS: &[&str] = &[
     "env",
     "test",
     "bench",
+    "bench-scale",
     "train-cd",
     "train-pd",
     "train-teacher",
@@ -68,6 +71,8 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         edit::run(&args, flavor)
     } else if compare::COMMANDS.contains(&command) {
         compare::run(&args, flavor)
+    } else if scale::COMMANDS.contains(&command) {
+        scale::run(&args, flavor)
     } else {
         let help = help::text(workspace::root().ok().as_deref());
         Err(format!("unknown command `{command}`\n\n{help}"))
@@ -86,6 +91,7 @@ mod tests {
                 runs::COMMANDS,
                 edit::COMMANDS,
                 compare::COMMANDS,
+                scale::COMMANDS,
             ]
             .iter()
             .filter(|g| g.contains(&command))
@@ -95,7 +101,8 @@ mod tests {
         let grouped = toolchain::COMMANDS.len()
             + runs::COMMANDS.len()
             + edit::COMMANDS.len()
-            + compare::COMMANDS.len();
+            + compare::COMMANDS.len()
+            + scale::COMMANDS.len();
         assert_eq!(grouped + 1, COMMANDS.len());
         assert!(run(vec!["frobnicate".into()])
             .unwrap_err()

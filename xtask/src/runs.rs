@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use crate::args::Args;
 use crate::libtorch::{self, Flavor};
 use crate::presets::{self, DEFAULT_PRESET, DEFAULT_RECIPE};
-use crate::process::{cargo_run_cm, exit};
+use crate::process::{exit, run_cm};
 use crate::workspace;
 
 /// The commands of this group.
@@ -38,8 +38,14 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
         "eval" => cm_eval_args(args, &root)?,
         other => return Err(format!("`{other}` is not a pipeline command")),
     };
+    if args.procs.is_some() && matches!(args.command.as_str(), "ct-ablation" | "eval") {
+        return Err(format!(
+            "--procs: `{}` runs in one process (only the train-* pipelines train data-parallel)",
+            args.command
+        ));
+    }
     let torch = libtorch::ensure(flavor)?;
-    Ok(exit(cargo_run_cm(&root, &torch, &cm_args)?))
+    Ok(exit(run_cm(&root, &torch, args, &cm_args)?))
 }
 
 /// The preset named by `--preset` (default fmnist).
