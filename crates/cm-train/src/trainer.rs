@@ -5,6 +5,13 @@
 //! that saves before returning, NaN detection, a metrics CSV
 //! ([`crate::metrics`]), sample grids and a loss plot.
 //!
+//! Data parallel (docs/scale.md): under MPI (cm-dist's world) every rank
+//! starts from rank 0's state, computes its shards of each global batch
+//! (`train.shards`, noise seeded per shard by [`shard_seed`]), and the
+//! gradients are summed across ranks before clipping and the update; only
+//! rank 0 writes the run folder, and the ranks' states are compared by
+//! checksum at every checkpoint.
+//!
 //! Run folder layout:
 //! ```text
 //! RUN/config.toml                       the resolved config (written by the run skeleton)
