@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::presets;
 
-/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ct}`, `{recipes}` and `{eval}`
+/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ect}`, `{ct}`, `{recipes}` and `{eval}`
 /// stand for the preset lists.
 const TEMPLATE: &str = "\
 cargo xtask: the cm-rs task runner
@@ -50,6 +50,11 @@ COMMANDS:
              baseline: the same teacher, then stages halving the student's
              steps (64 -> 1 by default), each with its grids, report and
              model card in runs/pd-<preset>/steps-NNN; runs/pd-<preset>/report.md.
+    train-ect [--preset {ect}] [--config FILE] [--run-dir DIR] [--resume]
+             Easy consistency tuning (Geng et al. 2024): the same teacher,
+             then a consistency model started from its weights and tuned with
+             ECT's continuous pairs; 1-step and 2-step grids, report and model
+             card in runs/ect-<preset>.
     train-teacher [--preset {teacher}] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
     train-ct [--preset {ct}] [--recipe {recipes}] [--config FILE] [--run-dir DIR] [--resume]
@@ -85,7 +90,7 @@ COMMANDS:
     help     Print this help.
 
 DATA PARALLEL:
-    --procs N on train-cd, train-pd, train-teacher, train-ct and compare's
+    --procs N on train-cd, train-pd, train-ect, train-teacher, train-ct and compare's
     training runs builds `cm` with MPI and runs it as N ranks through
     `mpirun --bind-to none --oversubscribe -n N` (one libtorch thread per rank
     unless `-- --threads T`); --hostfile FILE runs on the machines it lists
@@ -138,6 +143,7 @@ pub fn text(root: Option<&Path>) -> String {
         .replace("{teacher}", &group("teacher"))
         .replace("{cd}", &group("cd"))
         .replace("{pd}", &group("pd"))
+        .replace("{ect}", &group("ect"))
         .replace("{eval}", &group("eval"))
         .replace("{ct}", &alternatives(ct_presets))
         .replace("{recipes}", &alternatives(recipes))
@@ -152,7 +158,7 @@ mod tests {
     fn help_lists_every_preset_file_and_command() {
         let root = workspace::root().unwrap();
         let help = text(Some(&root));
-        for group in ["teacher", "cd", "pd", "eval"] {
+        for group in ["teacher", "cd", "pd", "ect", "eval"] {
             let names = presets::available(&root, group);
             assert!(!names.is_empty(), "no presets in configs/{group}");
             assert!(help.contains(&names.join("|")), "{group}: {help}");
@@ -161,7 +167,15 @@ mod tests {
         for command in crate::COMMANDS {
             assert!(help.contains(&format!("\n    {command}")), "{command}");
         }
-        for placeholder in ["{teacher}", "{cd}", "{pd}", "{ct}", "{recipes}", "{eval}"] {
+        for placeholder in [
+            "{teacher}",
+            "{cd}",
+            "{pd}",
+            "{ect}",
+            "{ct}",
+            "{recipes}",
+            "{eval}",
+        ] {
             assert!(!help.contains(placeholder), "{placeholder}");
         }
         let bare = text(None);

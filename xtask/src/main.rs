@@ -37,6 +37,7 @@ const COMMANDS: &[&str] = &[
     "bench-scale",
     "train-cd",
     "train-pd",
+    "train-ect",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -60,6 +61,29 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     let args = args::parse(raw)?;
     let flavor = if args.cuda { Flavor::Cuda } else { Flavor::Cpu };
     let command = args.command.as_str();
+    // --procs launches the training pipelines through mpirun; elsewhere it
+    // would be silently ignored.
+    if args.procs.is_some()
+        && ![
+            "train-cd",
+            "train-pd",
+            "train-teacher",
+            "train-ct",
+            "train-ect",
+            "compare",
+        ]
+        .contains(&command)
+    {
+        return Err(format!(
+            "--procs: `{command}` does not train data-parallel (train-cd, train-pd, train-teacher, train-ct, train-ect and compare do)"
+        ));
+    }
+    if args.procs.is_some() && args.cuda {
+        return Err(
+            "--procs with --cuda: every rank would use the first GPU; one rank per GPU is the NCCL plan of docs/scale.md, not built yet"
+                .into(),
+        );
+    }
     if command == "help" {
         print!("{}", help::text(workspace::root().ok().as_deref()));
         Ok(ExitCode::SUCCESS)

@@ -61,7 +61,13 @@ pub fn run_cm(
     args: &crate::args::Args,
     cm_args: &[String],
 ) -> Result<ExitStatus, String> {
-    const TRAINING: &[&str] = &["train-teacher", "distill", "train-pd", "train-ct"];
+    const TRAINING: &[&str] = &[
+        "train-teacher",
+        "distill",
+        "train-pd",
+        "train-ect",
+        "train-ct",
+    ];
     match args.procs {
         Some(procs)
             if cm_args

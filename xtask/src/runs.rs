@@ -16,6 +16,7 @@ use crate::workspace;
 pub const COMMANDS: &[&str] = &[
     "train-cd",
     "train-pd",
+    "train-ect",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -29,6 +30,7 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
         "train-teacher" => cm_run_args(args, &root, "train-teacher", "teacher", "teacher")?,
         "train-cd" => cm_run_args(args, &root, "distill", "cd", "cd")?,
         "train-pd" => cm_run_args(args, &root, "train-pd", "pd", "pd")?,
+        "train-ect" => cm_run_args(args, &root, "train-ect", "ect", "ect")?,
         "train-ct" => ct_args(args, &root)?,
         "ct-ablation" => {
             let mut cm_args = vec!["ct-ablation".to_string()];

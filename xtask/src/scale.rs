@@ -49,6 +49,20 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             .unwrap_or_else(|| format!("runs/scale-{preset}")),
     );
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    // The CD rows reuse the preset's finished teacher; without one the
+    // first CD row would train it inside a timed run.
+    let teachers = root.join("runs/teachers");
+    let has_teacher = fs::read_dir(&teachers)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("model.toml").is_file());
+    if !has_teacher {
+        return Err(format!(
+            "no finished teacher in {}: run `cargo xtask train-teacher --preset {preset}` (or train-cd) first",
+            teachers.display()
+        ));
+    }
     let torch = libtorch::ensure(flavor)?;
     let cm = crate::mpi::build_cm(&root, &torch)?;
     let overrides = format!(
@@ -191,7 +205,7 @@ fn safetensors_data_bytes(path: &Path) -> Result<u64, String> {
         .ok_or_else(|| format!("{}: not a safetensors file", path.display()))?;
     let n = u64::from_le_bytes(header);
     (bytes.len() as u64)
-        .checked_sub(8 + n)
+        .checked_sub(n.saturating_add(8))
         .ok_or_else(|| format!("{}: header longer than the file", path.display()))
 }
 

@@ -22,7 +22,7 @@ pub fn train_ct(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
-    eprintln!(
+    say!(
         "consistency training on {device:?} into {}",
         args.run_dir.display()
     );
@@ -31,7 +31,7 @@ pub fn train_ct(args: &RunArgs) -> Result<()> {
             .with_context(|| format!("consistency-training run in {}", args.run_dir.display()))
     })?;
     match (&out.report, &out.card) {
-        (Some(report), Some(card)) => eprintln!(
+        (Some(report), Some(card)) => say!(
             "done: {} steps; report in {}, model card {}",
             out.train.step,
             report.display(),

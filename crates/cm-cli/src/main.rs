@@ -1,6 +1,16 @@
 //! `cm`: the cm-rs command line. Subcommands wire the library crates to
 //! files, progress bars and Ctrl-C; the crates do the work.
 
+/// `eprintln!` on rank 0 only: data-parallel ranks (mpirun) would print
+/// each line once per rank.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if cm_dist::world().rank() == 0 {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 mod ct;
 mod edit;
 mod eval;
@@ -163,6 +173,12 @@ enum Command {
     /// with its grids, report.md and model card; RUN/report.md lists them.
     /// Ctrl-C saves a checkpoint; --resume continues.
     TrainPd(DistillArgs),
+    /// Easy consistency tuning (ECT, Geng et al. 2024): train or reuse the
+    /// teacher of the config's [teacher] section, start the consistency
+    /// model from its weights and tune it with ECT's continuous pairs
+    /// ([ect]); 1-step and 2-step grids beside the teacher's and a
+    /// report.md. Ctrl-C saves a checkpoint; --resume continues.
+    TrainEct(DistillArgs),
     /// Consistency training from data alone (CT, Song et al. 2023,
     /// Algorithm 3, or the improved recipe iCT, Song & Dhariwal 2023; the
     /// config's [ct.recipe] decides): train, then write 1-step and 2-step
@@ -279,20 +295,35 @@ impl DistillArgs {
     }
 }
 
-fn distill(args: &DistillArgs) -> Result<()> {
+/// The signature of a pipeline that starts from a teacher (CD, ECT).
+type FromTeacherPipeline<C> = fn(
+    &C,
+    &std::path::Path,
+    &std::path::Path,
+    bool,
+    Device,
+    &AtomicBool,
+    &mut dyn cm_train::Observer,
+) -> cm_train::Result<cm_train::FromTeacherOutcome>;
+
+/// Runs a method that starts from a teacher: set-up, the pipeline under a
+/// progress bar, and the closing line (or [`Interrupted`]).
+fn from_teacher<C: serde::de::DeserializeOwned + cm_core::Validate>(
+    args: &DistillArgs,
+    what: &str,
+    label: &'static str,
+    pipeline: FromTeacherPipeline<C>,
+) -> Result<()> {
     let run = &args.run;
     let DistillSetup {
         config,
         device,
         teachers,
         stop,
-    } = args.setup::<CdRunConfig>()?;
-    eprintln!(
-        "consistency distillation on {device:?} into {}",
-        run.run_dir.display()
-    );
-    let out = observe(run, "cd", |observer| {
-        run_cd(
+    } = args.setup::<C>()?;
+    say!("{what} on {device:?} into {}", run.run_dir.display());
+    let out = observe(run, label, |observer| {
+        pipeline(
             &config,
             &run.run_dir,
             &teachers,
@@ -301,10 +332,10 @@ fn distill(args: &DistillArgs) -> Result<()> {
             &stop,
             observer,
         )
-        .with_context(|| format!("distillation run in {}", run.run_dir.display()))
+        .with_context(|| format!("{what} run in {}", run.run_dir.display()))
     })?;
     match &out.report {
-        Some(report) => eprintln!(
+        Some(report) => say!(
             "done: {} steps; report in {}",
             out.train.step,
             report.display()
@@ -319,6 +350,19 @@ fn distill(args: &DistillArgs) -> Result<()> {
     Ok(())
 }
 
+fn distill(args: &DistillArgs) -> Result<()> {
+    from_teacher::<CdRunConfig>(args, "consistency distillation", "cd", run_cd)
+}
+
+fn train_ect(args: &DistillArgs) -> Result<()> {
+    from_teacher::<cm_train::EctRunConfig>(
+        args,
+        "easy consistency tuning",
+        "ect",
+        cm_train::run_ect,
+    )
+}
+
 fn train_pd(args: &DistillArgs) -> Result<()> {
     let run = &args.run;
     let DistillSetup {
@@ -327,7 +371,7 @@ fn train_pd(args: &DistillArgs) -> Result<()> {
         teachers,
         stop,
     } = args.setup::<PdRunConfig>()?;
-    eprintln!(
+    say!(
         "progressive distillation {:?} on {device:?} into {}",
         config.pd.stages(),
         run.run_dir.display()
@@ -348,7 +392,7 @@ fn train_pd(args: &DistillArgs) -> Result<()> {
         return Err(Interrupted { step }.into());
     }
     let report = out.report.context("the run finished without a report")?;
-    eprintln!(
+    say!(
         "done: {} stages; report in {}",
         out.stages.len(),
         report.display()
@@ -362,7 +406,7 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
-    eprintln!(
+    say!(
         "training the EDM teacher on {device:?} into {}",
         args.run_dir.display()
     );
@@ -375,7 +419,7 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
     if t.stopped {
         return Err(Interrupted { step: t.step }.into());
     } else {
-        eprintln!(
+        say!(
             "done: step {}, final loss {last:.4}; samples in {}/samples_heun35.png",
             t.step,
             args.run_dir.display()
@@ -393,9 +437,29 @@ fn main() -> ExitCode {
 }
 
 /// The commands that train data-parallel when started by mpirun.
-const DATA_PARALLEL_COMMANDS: &str = "train-teacher, distill, train-pd and train-ct";
+const DATA_PARALLEL_COMMANDS: &str = "train-teacher, distill, train-pd, train-ect and train-ct";
 
 fn run_command(cli: &Cli) -> ExitCode {
+    let data_parallel = matches!(
+        cli.command,
+        Command::TrainTeacher(_)
+            | Command::Distill(_)
+            | Command::TrainPd(_)
+            | Command::TrainEct(_)
+            | Command::TrainCt(_)
+    );
+    if let Some(ranks) = cm_dist::launcher_size().filter(|&n| n > 1) {
+        if !data_parallel {
+            // Say it once, from the launcher's first rank.
+            if std::env::var("OMPI_COMM_WORLD_RANK").map_or(true, |r| r == "0") {
+                eprintln!(
+                    "error: started by mpirun with {ranks} ranks, but only {DATA_PARALLEL_COMMANDS} \
+                     train data-parallel; run this command in one process"
+                );
+            }
+            return ExitCode::FAILURE;
+        }
+    }
     let world = match cm_dist::init_from_env() {
         Ok(world) => world,
         Err(e) => {
@@ -403,24 +467,11 @@ fn run_command(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let data_parallel = matches!(
-        cli.command,
-        Command::TrainTeacher(_) | Command::Distill(_) | Command::TrainPd(_) | Command::TrainCt(_)
-    );
-    if world.size() > 1 && !data_parallel {
-        if world.rank() == 0 {
-            eprintln!(
-                "error: started by mpirun with {} ranks, but only {DATA_PARALLEL_COMMANDS} \
-                 train data-parallel; run this command in one process",
-                world.size()
-            );
-        }
-        return ExitCode::FAILURE;
-    }
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::Distill(args) => distill(args),
         Command::TrainPd(args) => train_pd(args),
+        Command::TrainEct(args) => train_ect(args),
         Command::TrainCt(args) => ct::train_ct(args),
         Command::CtAblation(args) => ct::ct_ablation(args),
         Command::Eval(args) => eval::eval(args),
@@ -435,7 +486,9 @@ fn run_command(cli: &Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Interrupted>() {
             Some(stopped) => {
-                eprintln!("{stopped}");
+                if world.rank() == 0 {
+                    eprintln!("{stopped}");
+                }
                 ExitCode::from(EXIT_INTERRUPTED)
             }
             None if world.size() > 1 => {

@@ -414,7 +414,9 @@ fn commands_that_do_not_train_refuse_several_ranks() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("only train-teacher, distill, train-pd and train-ct train data-parallel"),
+        err.contains(
+            "only train-teacher, distill, train-pd, train-ect and train-ct train data-parallel"
+        ),
         "{err}"
     );
 }

@@ -679,7 +679,8 @@ fn describe_pairs(n: &IndexSamplerConfig) -> String {
     }
 }
 
-fn describe_weighting(w: crate::weighting::Weighting) -> &'static str {
+/// A loss weighting in words, for reports.
+pub fn describe_weighting(w: crate::weighting::Weighting) -> &'static str {
     use crate::weighting::Weighting;
     match w {
         Weighting::Uniform => "lambda = 1",
@@ -688,7 +689,8 @@ fn describe_weighting(w: crate::weighting::Weighting) -> &'static str {
     }
 }
 
-fn describe_metric(m: &MetricConfig) -> String {
+/// A distance metric in words, for reports.
+pub fn describe_metric(m: &MetricConfig) -> String {
     match m {
         MetricConfig::L2 => "squared L2 (mean over values)".to_string(),
         MetricConfig::L1 => "L1 (mean over values)".to_string(),
@@ -699,7 +701,8 @@ fn describe_metric(m: &MetricConfig) -> String {
     }
 }
 
-fn describe_noise_conditioning(n: NoiseConditioning) -> &'static str {
+/// A noise conditioning in words, for reports.
+pub fn describe_noise_conditioning(n: NoiseConditioning) -> &'static str {
     match n {
         NoiseConditioning::Edm => "ln(t)/4 (EDM)",
         NoiseConditioning::Adm => "250 ln(t) (ADM, reference code)",

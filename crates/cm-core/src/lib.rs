@@ -10,6 +10,9 @@
 //!   [`DiscretizationSchedule`]: fixed, CT adaptive, iCT exponential.
 //! - [`noise`]: which noise levels a loss is evaluated at, behind
 //!   [`IndexSampler`]: uniform pairs, iCT lognormal pairs, EDM lognormal sigma.
+//! - [`ect`]: ECT's continuous pairs: the `t -> r` mapping
+//!   ([`EctMapping`]), its stage schedule ([`EctStages`]) and the truncated
+//!   lognormal `t` ([`TruncatedLognormal`]).
 //! - [`cond`]: what an evaluation is conditioned on ([`Conditioning`]:
 //!   class labels, a guidance scale); [`guidance`]: classifier-free
 //!   guidance as a denoiser wrapper ([`ClassifierFreeGuidance`]).
@@ -28,6 +31,7 @@
 
 pub mod cond;
 pub mod config;
+pub mod ect;
 pub mod error;
 pub mod guidance;
 pub mod metric;
@@ -44,6 +48,7 @@ pub use config::{
     load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, ConsistencyConfig,
     ConsistencyRecipe, EdmConfig, IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES,
 };
+pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE};
 pub use error::{CoreError, Result};
 pub use guidance::ClassifierFreeGuidance;
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};

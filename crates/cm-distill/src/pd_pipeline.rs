@@ -263,6 +263,11 @@ pub fn run_pd(
     observer: &mut dyn Observer,
 ) -> cm_train::Result<PdOutcome> {
     config.validate()?;
+    // Every stage splits its batches over the data-parallel ranks: say so
+    // before the teacher stage, which can be long.
+    let ranks = cm_dist::world().size();
+    config.teacher.train.shards_for(ranks, "teacher.train.")?;
+    config.train.shards_for(ranks, "train.")?;
     check_run_folder(run_dir, config, resume)?;
     let stages = config.pd.stages();
     for &n in &stages {

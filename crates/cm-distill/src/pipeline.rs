@@ -21,9 +21,8 @@ use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::ModelCard;
 use cm_train::{
-    check_run_folder, consistency_report_samplers, prepare_teacher, run, teacher_report_samplers,
-    LoaderOptions, Method, Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext,
-    RunOutcome, SamplerRow, TeacherConfig, TeacherStage, TrainConfig,
+    consistency_report_samplers, run_from_teacher, teacher_report_samplers, LoaderOptions, Method,
+    Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext, TeacherConfig, TrainConfig,
 };
 
 use crate::cd::{CdConfig, CdObjective};
@@ -90,23 +89,9 @@ impl RunConfig for CdRunConfig {
     }
 }
 
-/// What a CD run leaves.
-#[derive(Debug)]
-pub struct CdOutcome {
-    /// The teacher run folder.
-    pub teacher_dir: PathBuf,
-    /// Whether the teacher was reused rather than trained.
-    pub teacher_reused: bool,
-    /// The distillation loop's outcome (the teacher's, if the stop flag
-    /// ended the teacher stage).
-    pub train: cm_train::TrainOutcome,
-    /// The report, if the run finished.
-    pub report: Option<PathBuf>,
-    /// The model card, if the run finished.
-    pub card: Option<PathBuf>,
-    /// The report's sampler rows, if the run finished.
-    pub samplers: Vec<SamplerRow>,
-}
+/// What a CD run leaves (the teacher run folder, whether it was reused,
+/// the loop's outcome, report, card and sampler rows).
+pub type CdOutcome = cm_train::FromTeacherOutcome;
 
 /// Consistency distillation on the run skeleton, from a finished teacher.
 #[derive(Debug)]
@@ -225,24 +210,9 @@ pub fn run_cd(
     observer: &mut dyn Observer,
 ) -> cm_train::Result<CdOutcome> {
     config.validate()?;
-    // Refuse a wrong run folder before the teacher stage, which can be long.
-    check_run_folder(run_dir, config, resume)?;
-    let teacher = match prepare_teacher(&config.teacher, teachers, device, stop, observer)? {
-        TeacherStage::Ready(teacher) => teacher,
-        TeacherStage::Stopped(train) => {
-            return Ok(CdOutcome {
-                teacher_dir: teacher_dir(teachers, &config.teacher),
-                teacher_reused: false,
-                train: *train,
-                report: None,
-                card: None,
-                samplers: Vec::new(),
-            })
-        }
-    };
-    let (teacher_dir, teacher_reused) = (teacher.dir.clone(), teacher.reused);
-    let out: RunOutcome<CdObjective> = run(
-        &mut CdMethod::new(config, teacher),
+    run_from_teacher(
+        &config.teacher,
+        config,
         RunContext {
             run_dir,
             resume,
@@ -250,13 +220,7 @@ pub fn run_cd(
             stop,
             observer,
         },
-    )?;
-    Ok(CdOutcome {
-        teacher_dir,
-        teacher_reused,
-        train: out.train,
-        report: out.report,
-        card: out.card,
-        samplers: out.samplers,
-    })
+        teachers,
+        |teacher| CdMethod::new(config, teacher),
+    )
 }

@@ -98,6 +98,10 @@ struct CheckpointState {
     seed: u64,
     objective: String,
     ema_rates: Vec<f64>,
+    /// Shards per global batch (each with its own noise stream); absent in
+    /// checkpoints from before data parallelism (one shard).
+    #[serde(default)]
+    shards: Option<usize>,
 }
 
 /// The networks and optimizer state a checkpoint holds.
@@ -112,6 +116,8 @@ pub(crate) struct Checkpointer<'a> {
     pub config: &'a TrainConfig,
     pub run_dir: &'a Path,
     pub roles: Roles,
+    /// Shards per global batch in this session.
+    pub shards: usize,
 }
 
 impl Checkpointer<'_> {
@@ -146,6 +152,7 @@ impl Checkpointer<'_> {
             seed: self.config.seed,
             objective: objective.name().to_string(),
             ema_rates: self.config.ema_rates.clone(),
+            shards: Some(self.shards),
         };
         let json = serde_json::to_string_pretty(&state).expect("state serializes");
         let config_src = self.run_dir.join("config.toml");
@@ -191,13 +198,14 @@ impl Checkpointer<'_> {
     /// step `expected`, from its folder name); returns its step. Nothing in
     /// it is trusted: the state's step must match the folder and lie within
     /// the run, tensors must match in shape and dtype exactly, and every
-    /// loaded weight and moment must be finite.
+    /// loaded weight and moment must be finite. Also returns the shards the
+    /// checkpoint was trained with.
     pub(crate) fn load(
         &mut self,
         objective: &mut dyn Objective,
         dir: &Path,
         expected: u64,
-    ) -> Result<u64> {
+    ) -> Result<(u64, usize)> {
         let state_path = dir.join("state.json");
         let text =
             fs::read_to_string(&state_path).map_err(TrainError::io("cannot read", &state_path))?;
@@ -299,6 +307,6 @@ impl Checkpointer<'_> {
                 reason: format!("non-finite values (NaN or inf) in {name}"),
             });
         }
-        Ok(state.step)
+        Ok((state.step, state.shards.unwrap_or(1)))
     }
 }

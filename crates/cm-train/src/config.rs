@@ -134,18 +134,23 @@ impl TrainConfig {
     /// The shards of each global batch on `ranks` ranks: `shards`, or one
     /// per rank. An error (naming the field) unless the shards divide the
     /// batch and the ranks divide the shards.
-    pub fn shards_for(&self, ranks: usize) -> cm_core::Result<usize> {
+    /// `prefix` is the dotted path of the section (`"train."`,
+    /// `"teacher.train."`).
+    pub fn shards_for(&self, ranks: usize, prefix: &str) -> cm_core::Result<usize> {
         let shards = self.shards.unwrap_or(ranks);
         if shards == 0 || self.batch_size % shards != 0 {
             return Err(CoreError::invalid(
-                "train.batch_size",
+                format!("{prefix}batch_size"),
                 self.batch_size,
-                format!("a multiple of the {shards} shards ({ranks} ranks): every rank takes an equal shard"),
+                format!(
+                    "a multiple of the {shards} shards ({ranks} ranks): every rank takes an equal \
+                     shard (or set {prefix}shards to a divisor that the ranks divide)"
+                ),
             ));
         }
         if shards % ranks != 0 {
             return Err(CoreError::invalid(
-                "train.shards",
+                format!("{prefix}shards"),
                 shards,
                 format!("a multiple of the {ranks} ranks"),
             ));

@@ -21,6 +21,9 @@
 //!   [`prepare_teacher`], which methods that learn from a teacher use.
 //! - [`ct`] / [`ct_pipeline`]: consistency training (CT, CM Algorithm 3)
 //!   and, through the recipe's switches, iCT, with the CT-to-iCT ablation.
+//! - [`ect`] / [`ect_pipeline`]: easy consistency tuning (ECT, Geng et
+//!   al. 2024): consistency training started from the EDM teacher's
+//!   weights, with continuous pairs that tighten over stages.
 //! - [`consistency`]: [`ConsistencyCore`], the machinery CT and consistency
 //!   distillation (cm-distill) share.
 //! - [`ablation`]: the CT-to-iCT ablation run ([`run_ablation`]): every
@@ -32,6 +35,8 @@ pub mod config;
 pub mod consistency;
 pub mod ct;
 pub mod ct_pipeline;
+pub mod ect;
+pub mod ect_pipeline;
 pub mod edm;
 pub mod ema;
 pub mod error;
@@ -57,6 +62,8 @@ pub use ct::CtObjective;
 pub use ct_pipeline::{
     consistency_report_samplers, ict_ablation, run_ct, CtConfig, CtMethod, CtOutcome, CtRunConfig,
 };
+pub use ect::{AdaptiveWeighting, EctConfig, EctObjective};
+pub use ect_pipeline::{run_ect, EctMethod, EctOutcome, EctRunConfig};
 pub use edm::{EdmObjective, EdmObjectiveConfig};
 pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
@@ -70,7 +77,7 @@ pub use run::{
 };
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
 pub use teacher::{
-    prepare_teacher, run_teacher, teacher_dir, teacher_report_samplers, ReadyTeacher,
-    TeacherConfig, TeacherMethod, TeacherOutcome, TeacherStage,
+    prepare_teacher, run_from_teacher, run_teacher, teacher_dir, teacher_report_samplers,
+    FromTeacherOutcome, ReadyTeacher, TeacherConfig, TeacherMethod, TeacherOutcome, TeacherStage,
 };
 pub use trainer::{eval_model, fixed_latents, mix_seed, train, TrainOutcome};

@@ -159,6 +159,7 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     }
     let comm = cm_dist::world();
     let writer = comm.rank() == 0;
+    train_config.shards_for(comm.size(), "train.")?;
     if writer {
         write_run_config(run_dir, method.config(), resume)?;
     } else {
@@ -166,10 +167,15 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     }
     // A finished run resumed is a no-op: its report and card (which later
     // commands may have extended, e.g. the timestep search) stay as they are.
+    // Rank 0 decides for every rank (the others may not see its files).
     let card = run_dir.join(CARD_FILE);
-    let finished = resume
-        && card.is_file()
-        && latest_checkpoint(run_dir).is_some_and(|(step, _)| step >= train_config.steps);
+    let finished = cm_dist::tensors::broadcast_u64(
+        &*comm,
+        (resume
+            && card.is_file()
+            && latest_checkpoint(run_dir).is_some_and(|(step, _)| step >= train_config.steps))
+            as u64,
+    ) == 1;
     observer.on_message("loading data");
     let (data, loader) = method.config().data();
     // Rank 0 first: on a fresh machine it downloads and caches the data
@@ -418,5 +424,12 @@ pub fn write_run_config<C: RunConfig>(run_dir: &Path, config: &C, resume: bool) 
         .map_err(TrainError::io("cannot create run folder", run_dir))?;
     let path = run_dir.join("config.toml");
     let text = toml::to_string(config).expect("configs serialize to TOML");
-    std::fs::write(&path, text).map_err(TrainError::io("cannot write", &path))
+    // Atomically: data-parallel ranks and later stages read it meanwhile.
+    Ok(cm_nets::write_atomic(&path, |tmp| {
+        std::fs::write(tmp, &text).map_err(|source| cm_nets::NetError::Io {
+            action: "cannot write",
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })?)
 }

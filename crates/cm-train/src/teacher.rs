@@ -283,7 +283,16 @@ pub fn prepare_teacher(
 ) -> Result<TeacherStage> {
     let started = Instant::now();
     let dir = teacher_dir(teachers, config);
-    if let Some(weights) = finished_teacher(&dir, config) {
+    // Rank 0 decides for every data-parallel rank (the others may not see
+    // its files); the weights' path is the same on all.
+    let found = finished_teacher(&dir, config);
+    let comm = cm_dist::world();
+    if cm_dist::tensors::broadcast_u64(&*comm, found.is_some() as u64) == 1 {
+        let weights = found.unwrap_or_else(|| {
+            dir.join("checkpoints")
+                .join(crate::checkpoint::checkpoint_name(config.train.steps))
+                .join(evaluation_weights_file(&config.train.ema_rates))
+        });
         observer.on_message(&format!(
             "reusing the finished teacher in {}",
             dir.display()
@@ -312,4 +321,83 @@ pub fn prepare_teacher(
         reused: false,
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// What a method that starts from a finished teacher leaves (CD, ECT).
+#[derive(Debug)]
+pub struct FromTeacherOutcome {
+    /// The teacher run folder.
+    pub teacher_dir: PathBuf,
+    /// Whether the teacher was reused rather than trained.
+    pub teacher_reused: bool,
+    /// The method's loop outcome (the teacher's, if the stop flag ended the
+    /// teacher stage).
+    pub train: TrainOutcome,
+    /// The report, if the run finished.
+    pub report: Option<PathBuf>,
+    /// The model card, if the run finished.
+    pub card: Option<PathBuf>,
+    /// The report's sampler rows, if the run finished.
+    pub samplers: Vec<crate::run::SamplerRow>,
+}
+
+/// The pipeline of every method that starts from a finished EDM teacher
+/// (CD, ECT): checks the run folder against `config` first (the teacher
+/// stage can be long), gets the teacher of `teacher` under `teachers`
+/// ([`prepare_teacher`]: reused, or trained and continued), then runs the
+/// method `make` builds from it on the run skeleton into `ctx.run_dir`.
+/// When the stop flag ends the teacher stage, returns its outcome with no
+/// report.
+pub fn run_from_teacher<M: Method>(
+    teacher: &TeacherConfig,
+    config: &M::Config,
+    ctx: RunContext<'_>,
+    teachers: &Path,
+    make: impl FnOnce(ReadyTeacher) -> M,
+) -> Result<FromTeacherOutcome> {
+    let RunContext {
+        run_dir,
+        resume,
+        device,
+        stop,
+        observer,
+    } = ctx;
+    crate::run::check_run_folder(run_dir, config, resume)?;
+    // Both stages must split their batches over the ranks: say so before
+    // the teacher stage, which can be long.
+    let ranks = cm_dist::world().size();
+    teacher.train.shards_for(ranks, "teacher.train.")?;
+    config.train().shards_for(ranks, "train.")?;
+    let ready = match prepare_teacher(teacher, teachers, device, stop, &mut *observer)? {
+        TeacherStage::Ready(ready) => ready,
+        TeacherStage::Stopped(train) => {
+            return Ok(FromTeacherOutcome {
+                teacher_dir: teacher_dir(teachers, teacher),
+                teacher_reused: false,
+                train: *train,
+                report: None,
+                card: None,
+                samplers: Vec::new(),
+            })
+        }
+    };
+    let (teacher_dir, teacher_reused) = (ready.dir.clone(), ready.reused);
+    let out = run(
+        &mut make(ready),
+        RunContext {
+            run_dir,
+            resume,
+            device,
+            stop,
+            observer,
+        },
+    )?;
+    Ok(FromTeacherOutcome {
+        teacher_dir,
+        teacher_reused,
+        train: out.train,
+        report: out.report,
+        card: out.card,
+        samplers: out.samplers,
+    })
 }

@@ -85,7 +85,15 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     config.validate_at("train.")?;
-    fs::create_dir_all(run_dir).map_err(TrainError::io("cannot create run folder", run_dir))?;
+    let comm = cm_dist::world();
+    let (rank, ranks) = (comm.rank(), comm.size());
+    let shards = config.shards_for(ranks, "train.")?;
+    let shard_size = (config.batch_size / shards) as i64;
+    // Only rank 0 writes the run folder.
+    let writer = rank == 0;
+    if writer {
+        fs::create_dir_all(run_dir).map_err(TrainError::io("cannot create run folder", run_dir))?;
+    }
     let device = online.device();
     let emas = config
         .ema_rates
@@ -111,14 +119,8 @@ pub fn train(
             emas,
             optimizer,
         },
+        shards,
     };
-
-    let comm = cm_dist::world();
-    let (rank, ranks) = (comm.rank(), comm.size());
-    let shards = config.shards_for(ranks)?;
-    let shard_size = (config.batch_size / shards) as i64;
-    // Only rank 0 writes the run folder.
-    let writer = rank == 0;
 
     if writer {
         let removed = clean_stale_temporaries(run_dir);
@@ -134,7 +136,7 @@ pub fn train(
     if resume && writer {
         let all = list_checkpoints(run_dir);
         if let Some((step, dir)) = all.last().cloned() {
-            start = s.load(objective, &dir, step).map_err(|e| {
+            let (step_loaded, old_shards) = s.load(objective, &dir, step).map_err(|e| {
                 // Say how to recover instead of silently skipping the newest state.
                 let hint = match all.len().checked_sub(2).map(|i| &all[i]) {
                     Some((prev, _)) => format!("; move this folder away to resume from the previous checkpoint (step {prev})"),
@@ -142,7 +144,16 @@ pub fn train(
                 };
                 TrainError::Checkpoint { path: dir.clone(), reason: format!("cannot resume from it: {e}{hint}") }
             })?;
+            start = step_loaded;
             observer.on_message(&format!("resumed from {} (step {step})", dir.display()));
+            if old_shards != shards {
+                // The noise of a step is keyed by shard: the run continues,
+                // but not as it would have without the interruption.
+                observer.on_message(&format!(
+                    "note: the run so far used {old_shards} shard(s) per batch, this session {shards} \
+                     ({ranks} rank(s)); set train.shards in a new run to make the rank count irrelevant"
+                ));
+            }
             checkpoint = Some(dir);
             truncate_metrics(&metrics_path, start)?;
         }
@@ -154,10 +165,11 @@ pub fn train(
         // Every rank starts from rank 0's state: fresh weights, or the
         // checkpoint only rank 0 read (no shared file system needed).
         start = cm_dist::tensors::broadcast_u64(&*comm, start);
+        let resumed = cm_dist::tensors::broadcast_u64(&*comm, checkpoint.is_some() as u64) == 1;
         let opt_steps = cm_dist::tensors::broadcast_u64(&*comm, s.roles.optimizer.steps());
         s.roles.optimizer.set_steps(opt_steps);
         cm_dist::tensors::broadcast_from_root(&*comm, &state_tensors(&s.roles, objective))?;
-        if start > 0 && !writer {
+        if resumed && !writer {
             checkpoint = Some(run_dir.join("checkpoints").join(checkpoint_name(start)));
         }
         observer.on_message(&format!(
@@ -248,11 +260,16 @@ pub fn train(
             // The sum of the shards' gradients: the gradient of the global
             // loss, identical on every rank before clipping and the update.
             let t = Instant::now();
-            cm_dist::tensors::all_reduce_sum(
-                &*comm,
-                &s.roles.optimizer.grads(),
-                cm_dist::tensors::BUCKET_ELEMENTS,
-            )?;
+            let grads = s.roles.optimizer.grads();
+            // Buffers of different lengths would sum different parameters.
+            let (fewest, most) = comm.all_reduce_min_max_u64(grads.len() as u64);
+            if fewest != most {
+                return Err(TrainError::Batch(format!(
+                    "step {step}: the ranks' losses reached different parameters ({fewest} to {most} \
+                     gradients); data-parallel training needs every shard to use the same parameters"
+                )));
+            }
+            cm_dist::tensors::all_reduce_sum(&*comm, &grads, cm_dist::tensors::BUCKET_ELEMENTS)?;
             comm_seconds += t.elapsed().as_secs_f64();
         }
         let lr = config.optimizer.lr_at(step);
