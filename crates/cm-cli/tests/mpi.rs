@@ -104,126 +104,87 @@ fn final_checkpoint(run: &Path, step: u64) -> PathBuf {
     run.join(format!("checkpoints/step_{step:07}"))
 }
 
-#[test]
-fn two_ranks_of_32_give_the_parameters_of_one_rank_of_64_for_the_teacher_and_cd() {
-    let dir = tempfile::tempdir().unwrap();
-    let teacher = write(dir.path(), "teacher.toml", &teacher_toml(20, 10));
-    let cd = write(
-        dir.path(),
-        "cd.toml",
-        &std::fs::read_to_string(root().join("configs/cd/toy.toml"))
-            .unwrap()
-            .replace(
-                "include = \"../teacher/toy.toml\"",
-                "include = \"teacher.toml\"",
-            )
-            .replace("steps = 2000", "steps = 20")
-            .replace("batch_size = 256", "batch_size = 64\nshards = 2")
-            .replace("sample_count = 2000", "sample_count = 64"),
-    );
-    for (ranks, name) in [(1, "one"), (2, "two")] {
-        let run = dir.path().join(name);
-        let args = [
-            "distill",
-            "--config",
-            cd.to_str().unwrap(),
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ];
-        let out = if ranks == 1 {
-            Command::new(cm())
-                .args(args)
-                .args(["--threads", "1"])
-                .output()
-        } else {
-            mpirun(ranks, &args).output()
-        };
-        let log = check(out.unwrap(), &format!("cm distill on {ranks} rank(s)"));
-        if ranks == 2 {
-            assert!(log.contains("global batch 64 = 2 ranks x 32"), "{log}");
-        }
+/// Runs `cm <args>` on one process (with `--threads 1`) or through mpirun.
+fn cm_on(ranks: usize, args: &[&str]) -> String {
+    let out = if ranks == 1 {
+        Command::new(cm()).args(args).args(["--threads", "1"]).output()
+    } else {
+        mpirun(ranks, args).output()
+    };
+    check(out.unwrap(), &format!("cm {} on {ranks} rank(s)", args[0]))
+}
+
+/// Asserts that `files` of the final checkpoints of two runs agree within
+/// 1e-5.
+fn assert_close(what: &str, a: &Path, b: &Path, step: u64, files: &[&str]) {
+    for file in files {
+        let d = max_diff(&final_checkpoint(a, step).join(file), &final_checkpoint(b, step).join(file));
+        assert!(d < 1e-5, "{what} {file}: max difference {d:e}");
     }
-    // Both CD runs share the teachers folder beside them: the one-rank run
-    // trained the teacher, the two-rank run reused it. Train the same
-    // teacher on two ranks as well.
-    let t1 = std::fs::read_dir(dir.path().join("teachers"))
+}
+
+/// The only teacher run under `teachers`.
+fn teacher_run(teachers: &Path) -> PathBuf {
+    std::fs::read_dir(teachers)
         .unwrap()
         .next()
         .expect("a teacher run")
         .unwrap()
-        .path();
-    let t2 = dir.path().join("teacher-two");
-    check(
-        mpirun(
-            2,
-            &[
-                "train-teacher",
-                "--config",
-                teacher.to_str().unwrap(),
-                "--run-dir",
-                t2.to_str().unwrap(),
-                "--device",
-                "cpu",
-            ],
-        )
-        .output()
-        .unwrap(),
-        "cm train-teacher on 2 ranks",
-    );
-    for file in [
-        "online.safetensors",
-        "ema_0.995.safetensors",
-        "optimizer.safetensors",
-    ] {
-        let d = max_diff(
-            &final_checkpoint(&t1, 20).join(file),
-            &final_checkpoint(&t2, 20).join(file),
+        .path()
+}
+
+#[test]
+fn two_ranks_of_32_give_the_parameters_of_one_rank_of_64_for_teacher_cd_ect_and_ict() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    write(dir.path(), "teacher.toml", &teacher_toml(20, 10));
+    let shorten = |text: String| {
+        text.replace("include = \"../teacher/toy.toml\"", "include = \"teacher.toml\"")
+            .replace("steps = 2000", "steps = 20")
+            .replace("steps = 3000", "steps = 20")
+            .replace("batch_size = 256", "batch_size = 64\nshards = 2")
+            .replace("sample_count = 2000", "sample_count = 64")
+    };
+    let preset = |path: &str| std::fs::read_to_string(root().join(path)).unwrap();
+    write(dir.path(), "cd.toml", &shorten(preset("configs/cd/toy.toml")));
+    write(dir.path(), "ect.toml", &shorten(preset("configs/ect/toy.toml")));
+    write(dir.path(), "ict.toml", &shorten(preset("configs/ct/toy-ict.toml")));
+    for (ranks, name) in [(1, "one"), (2, "two")] {
+        // Each trains its own teacher inside the CD pipeline (on `ranks`
+        // ranks), which the ECT run then reuses.
+        let teachers = p(&format!("teachers-{name}"));
+        let log = cm_on(
+            ranks,
+            &["distill", "--config", &p("cd.toml"), "--run-dir", &p(&format!("cd-{name}")), "--teachers", &teachers, "--device", "cpu"],
         );
-        assert!(d < 1e-5, "teacher {file}: max difference {d:e}");
+        if ranks == 2 {
+            assert!(log.contains("global batch 64 = 2 ranks x 32"), "{log}");
+        }
+        cm_on(
+            ranks,
+            &["train-ect", "--config", &p("ect.toml"), "--run-dir", &p(&format!("ect-{name}")), "--teachers", &teachers, "--device", "cpu"],
+        );
+        cm_on(
+            ranks,
+            &["train-ct", "--config", &p("ict.toml"), "--run-dir", &p(&format!("ict-{name}")), "--device", "cpu"],
+        );
     }
-    for file in [
-        "online.safetensors",
-        "ema_0.995.safetensors",
-        "target.safetensors",
-    ] {
-        let one = final_checkpoint(&dir.path().join("one"), 20).join(file);
-        let two = final_checkpoint(&dir.path().join("two"), 20).join(file);
-        let d = max_diff(&one, &two);
-        assert!(d < 1e-5, "CD {file}: max difference {d:e}");
-    }
+    let d = |name: &str| dir.path().join(name);
+    let (t1, t2) = (teacher_run(&d("teachers-one")), teacher_run(&d("teachers-two")));
+    let all = ["online.safetensors", "ema_0.995.safetensors", "optimizer.safetensors"];
+    assert_close("teacher", &t1, &t2, 20, &all);
+    assert_close("CD", &d("cd-one"), &d("cd-two"), 20, &[all[0], all[1], all[2], "target.safetensors"]);
+    assert_close("ECT", &d("ect-one"), &d("ect-two"), 20, &all);
+    assert_close("iCT", &d("ict-one"), &d("ict-two"), 20, &[all[0], all[1], all[2], "target.safetensors"]);
     // The check has teeth: one shard (other noise) moves the parameters by
     // far more than the tolerance.
-    let t3 = dir.path().join("teacher-one-shard");
-    let one_shard = write(
-        dir.path(),
-        "one-shard.toml",
-        &teacher_toml(20, 10).replace("shards = 2", "shards = 1"),
-    );
-    check(
-        Command::new(cm())
-            .args([
-                "train-teacher",
-                "--config",
-                one_shard.to_str().unwrap(),
-                "--run-dir",
-                t3.to_str().unwrap(),
-                "--threads",
-                "1",
-            ])
-            .output()
-            .unwrap(),
-        "cm train-teacher with one shard",
-    );
-    let d = max_diff(
+    write(dir.path(), "one-shard.toml", &teacher_toml(20, 10).replace("shards = 2", "shards = 1"));
+    cm_on(1, &["train-teacher", "--config", &p("one-shard.toml"), "--run-dir", &p("teacher-one-shard")]);
+    let diff = max_diff(
         &final_checkpoint(&t1, 20).join("online.safetensors"),
-        &final_checkpoint(&t3, 20).join("online.safetensors"),
+        &final_checkpoint(&d("teacher-one-shard"), 20).join("online.safetensors"),
     );
-    assert!(
-        d > 1e-4,
-        "one shard and two shards agree to {d:e}: the noise is not keyed by shard"
-    );
+    assert!(diff > 1e-4, "one shard and two shards agree to {diff:e}: the noise is not keyed by shard");
 }
 
 /// Every process whose environment says it is MPI rank `rank` and whose
