@@ -107,7 +107,10 @@ fn final_checkpoint(run: &Path, step: u64) -> PathBuf {
 /// Runs `cm <args>` on one process (with `--threads 1`) or through mpirun.
 fn cm_on(ranks: usize, args: &[&str]) -> String {
     let out = if ranks == 1 {
-        Command::new(cm()).args(args).args(["--threads", "1"]).output()
+        Command::new(cm())
+            .args(args)
+            .args(["--threads", "1"])
+            .output()
     } else {
         mpirun(ranks, args).output()
     };
@@ -118,7 +121,10 @@ fn cm_on(ranks: usize, args: &[&str]) -> String {
 /// 1e-5.
 fn assert_close(what: &str, a: &Path, b: &Path, step: u64, files: &[&str]) {
     for file in files {
-        let d = max_diff(&final_checkpoint(a, step).join(file), &final_checkpoint(b, step).join(file));
+        let d = max_diff(
+            &final_checkpoint(a, step).join(file),
+            &final_checkpoint(b, step).join(file),
+        );
         assert!(d < 1e-5, "{what} {file}: max difference {d:e}");
     }
 }
@@ -139,52 +145,130 @@ fn two_ranks_of_32_give_the_parameters_of_one_rank_of_64_for_teacher_cd_ect_and_
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     write(dir.path(), "teacher.toml", &teacher_toml(20, 10));
     let shorten = |text: String| {
-        text.replace("include = \"../teacher/toy.toml\"", "include = \"teacher.toml\"")
-            .replace("steps = 2000", "steps = 20")
-            .replace("steps = 3000", "steps = 20")
-            .replace("batch_size = 256", "batch_size = 64\nshards = 2")
-            .replace("sample_count = 2000", "sample_count = 64")
+        text.replace(
+            "include = \"../teacher/toy.toml\"",
+            "include = \"teacher.toml\"",
+        )
+        .replace("steps = 2000", "steps = 20")
+        .replace("steps = 3000", "steps = 20")
+        .replace("batch_size = 256", "batch_size = 64\nshards = 2")
+        .replace("sample_count = 2000", "sample_count = 64")
     };
     let preset = |path: &str| std::fs::read_to_string(root().join(path)).unwrap();
-    write(dir.path(), "cd.toml", &shorten(preset("configs/cd/toy.toml")));
-    write(dir.path(), "ect.toml", &shorten(preset("configs/ect/toy.toml")));
-    write(dir.path(), "ict.toml", &shorten(preset("configs/ct/toy-ict.toml")));
+    write(
+        dir.path(),
+        "cd.toml",
+        &shorten(preset("configs/cd/toy.toml")),
+    );
+    write(
+        dir.path(),
+        "ect.toml",
+        &shorten(preset("configs/ect/toy.toml")),
+    );
+    write(
+        dir.path(),
+        "ict.toml",
+        &shorten(preset("configs/ct/toy-ict.toml")),
+    );
     for (ranks, name) in [(1, "one"), (2, "two")] {
         // Each trains its own teacher inside the CD pipeline (on `ranks`
         // ranks), which the ECT run then reuses.
         let teachers = p(&format!("teachers-{name}"));
         let log = cm_on(
             ranks,
-            &["distill", "--config", &p("cd.toml"), "--run-dir", &p(&format!("cd-{name}")), "--teachers", &teachers, "--device", "cpu"],
+            &[
+                "distill",
+                "--config",
+                &p("cd.toml"),
+                "--run-dir",
+                &p(&format!("cd-{name}")),
+                "--teachers",
+                &teachers,
+                "--device",
+                "cpu",
+            ],
         );
         if ranks == 2 {
             assert!(log.contains("global batch 64 = 2 ranks x 32"), "{log}");
         }
         cm_on(
             ranks,
-            &["train-ect", "--config", &p("ect.toml"), "--run-dir", &p(&format!("ect-{name}")), "--teachers", &teachers, "--device", "cpu"],
+            &[
+                "train-ect",
+                "--config",
+                &p("ect.toml"),
+                "--run-dir",
+                &p(&format!("ect-{name}")),
+                "--teachers",
+                &teachers,
+                "--device",
+                "cpu",
+            ],
         );
         cm_on(
             ranks,
-            &["train-ct", "--config", &p("ict.toml"), "--run-dir", &p(&format!("ict-{name}")), "--device", "cpu"],
+            &[
+                "train-ct",
+                "--config",
+                &p("ict.toml"),
+                "--run-dir",
+                &p(&format!("ict-{name}")),
+                "--device",
+                "cpu",
+            ],
         );
     }
     let d = |name: &str| dir.path().join(name);
-    let (t1, t2) = (teacher_run(&d("teachers-one")), teacher_run(&d("teachers-two")));
-    let all = ["online.safetensors", "ema_0.995.safetensors", "optimizer.safetensors"];
+    let (t1, t2) = (
+        teacher_run(&d("teachers-one")),
+        teacher_run(&d("teachers-two")),
+    );
+    let all = [
+        "online.safetensors",
+        "ema_0.995.safetensors",
+        "optimizer.safetensors",
+    ];
     assert_close("teacher", &t1, &t2, 20, &all);
-    assert_close("CD", &d("cd-one"), &d("cd-two"), 20, &[all[0], all[1], all[2], "target.safetensors"]);
+    assert_close(
+        "CD",
+        &d("cd-one"),
+        &d("cd-two"),
+        20,
+        &[all[0], all[1], all[2], "target.safetensors"],
+    );
     assert_close("ECT", &d("ect-one"), &d("ect-two"), 20, &all);
-    assert_close("iCT", &d("ict-one"), &d("ict-two"), 20, &[all[0], all[1], all[2], "target.safetensors"]);
+    assert_close(
+        "iCT",
+        &d("ict-one"),
+        &d("ict-two"),
+        20,
+        &[all[0], all[1], all[2], "target.safetensors"],
+    );
     // The check has teeth: one shard (other noise) moves the parameters by
     // far more than the tolerance.
-    write(dir.path(), "one-shard.toml", &teacher_toml(20, 10).replace("shards = 2", "shards = 1"));
-    cm_on(1, &["train-teacher", "--config", &p("one-shard.toml"), "--run-dir", &p("teacher-one-shard")]);
+    write(
+        dir.path(),
+        "one-shard.toml",
+        &teacher_toml(20, 10).replace("shards = 2", "shards = 1"),
+    );
+    cm_on(
+        1,
+        &[
+            "train-teacher",
+            "--config",
+            &p("one-shard.toml"),
+            "--run-dir",
+            &p("teacher-one-shard"),
+        ],
+    );
     let diff = max_diff(
         &final_checkpoint(&t1, 20).join("online.safetensors"),
         &final_checkpoint(&d("teacher-one-shard"), 20).join("online.safetensors"),
     );
-    assert!(diff > 1e-4, "one shard and two shards agree to {diff:e}: the noise is not keyed by shard");
+    assert!(
+        diff > 1e-4,
+        "one shard and two shards agree to {diff:e}: the noise is not keyed by shard"
+    );
 }
 
 /// Every process whose environment says it is MPI rank `rank` and whose

@@ -698,6 +698,10 @@ pub fn describe_metric(m: &MetricConfig) -> String {
             "pseudo-Huber, c = 0.00054 sqrt(dim) (iCT)".to_string()
         }
         MetricConfig::PseudoHuber { c: Some(c) } => format!("pseudo-Huber, c = {c}"),
+        MetricConfig::Feature => {
+            "learned perceptual (LPIPS-style, the data set's feature network; docs/ect.md)"
+                .to_string()
+        }
     }
 }
 

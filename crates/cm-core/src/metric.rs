@@ -103,8 +103,9 @@ impl DistanceMetric for PseudoHuber {
 }
 
 /// A distance metric as written in a config: `{ kind = "l2" }`, `{ kind =
-/// "l1" }` or `{ kind = "pseudo_huber", c = 0.03 }` (`c` defaults to
-/// `0.00054 sqrt(dim)`).
+/// "l1" }`, `{ kind = "pseudo_huber", c = 0.03 }` (`c` defaults to
+/// `0.00054 sqrt(dim)`) or `{ kind = "feature" }` (the LPIPS-style distance
+/// on the data set's feature network, cm-eval's `FeatureDistance`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MetricConfig {
@@ -119,6 +120,10 @@ pub enum MetricConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         c: Option<f64>,
     },
+    /// The learned perceptual distance (cm-eval's `FeatureDistance`): it
+    /// needs the data set's feature network, so the training pipelines
+    /// build it (`cm_train::build_metric`), not [`MetricConfig::build`].
+    Feature,
 }
 
 impl MetricConfig {
@@ -136,13 +141,23 @@ impl MetricConfig {
         Ok(())
     }
 
-    /// Builds the metric for data with `dim` values per example.
-    pub fn build(&self, dim: usize) -> Box<dyn DistanceMetric + Send> {
-        match *self {
+    /// Builds a closed-form metric for data with `dim` values per example;
+    /// `feature` is an error naming `prefix` (it is built from a feature
+    /// network by the training pipelines).
+    pub fn build(&self, dim: usize, prefix: &str) -> Result<Box<dyn DistanceMetric + Send>> {
+        Ok(match *self {
             MetricConfig::L2 => Box::new(SquaredL2),
             MetricConfig::L1 => Box::new(L1),
             MetricConfig::PseudoHuber { c: Some(c) } => Box::new(PseudoHuber { c }),
             MetricConfig::PseudoHuber { c: None } => Box::new(PseudoHuber::for_dim(dim)),
-        }
+            MetricConfig::Feature => {
+                return Err(CoreError::invalid(
+                    format!("{prefix}kind"),
+                    "feature",
+                    "l2, l1 or pseudo_huber here (the feature distance needs a data set's feature \
+                     network: CD, CT, iCT and ECT runs build it)",
+                ))
+            }
+        })
     }
 }

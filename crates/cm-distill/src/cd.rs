@@ -83,10 +83,11 @@ impl CdObjective {
         mut teacher: Model,
         teacher_edm: EdmConfig,
         student: &Model,
+        metric: Box<dyn cm_core::DistanceMetric + Send>,
     ) -> Result<Self> {
         config.validate_at("cd.")?;
         teacher.var_store_mut().freeze();
-        let core = ConsistencyCore::new(config.recipe, student, "cd.recipe.")?;
+        let core = ConsistencyCore::new(config.recipe, student, "cd.recipe.", metric)?;
         Ok(CdObjective {
             config,
             teacher,

@@ -179,7 +179,7 @@ impl PdObjective {
         let fine = edm.grid().progressive_sigmas(2 * steps)?;
         let dim = teacher.config().sample_shape().iter().product::<i64>() as usize;
         Ok(PdObjective {
-            metric: config.metric.build(dim),
+            metric: config.metric.build(dim, "pd.metric.")?,
             weighting: config.weighting.bind(edm.sigma_data)?,
             fine: grid_tensor(&fine, Kind::Float, teacher.device()),
             config,

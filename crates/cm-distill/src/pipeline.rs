@@ -128,11 +128,20 @@ impl Method for CdMethod<'_> {
         let teacher = Model::from_checkpoint(weights, device)?;
         // The student starts from the teacher's weights (CM, Section 4).
         let student = Model::from_checkpoint(weights, device)?;
+        let metric = cm_train::build_metric(
+            &self.config.cd.recipe.metric,
+            "cd.recipe.metric.",
+            &student.config().sample_shape(),
+            &self.config.teacher.data,
+            device,
+            observer,
+        )?;
         let objective = CdObjective::new(
             self.config.cd,
             teacher,
             self.config.teacher.edm.edm,
             &student,
+            metric,
         )?;
         observer.on_message("distilling");
         Ok((student, objective))

@@ -31,6 +31,7 @@ fn objective(mu: f64, student: &Model) -> CdObjective {
         model(9),
         EdmConfig::default(),
         student,
+        recipe.metric.build(784, "cd.recipe.metric.").unwrap(),
     )
     .unwrap()
 }

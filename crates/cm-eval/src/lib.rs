@@ -33,6 +33,7 @@ pub mod frechet;
 pub mod inception;
 pub mod inception_score;
 pub mod kid;
+pub mod perceptual;
 pub mod pipeline;
 pub mod precision_recall;
 pub mod progress;
@@ -47,6 +48,7 @@ pub use frechet::{frechet_distance, frechet_distance_features, sqrtm_psd, Featur
 pub use inception::InceptionV3;
 pub use inception_score::{inception_score, InceptionScore};
 pub use kid::{kid, mmd2_unbiased, Kid, KidConfig};
+pub use perceptual::{FeatureDistance, LAYER_WEIGHTS};
 pub use pipeline::{
     evaluate, evaluate_cached, training_seconds, EvalConfig, EvalOutput, EvalRow, ModelEntry,
 };

@@ -43,15 +43,20 @@ impl std::fmt::Debug for ConsistencyCore {
 
 impl ConsistencyCore {
     /// The target starts as a copy of `student` (frozen: it only follows the
-    /// student by EMA). `prefix` is the recipe's dotted path for errors.
-    pub fn new(recipe: ConsistencyRecipe, student: &Model, prefix: &str) -> Result<Self> {
+    /// student by EMA). `prefix` is the recipe's dotted path for errors;
+    /// `metric` is the recipe's `d` ([`crate::build_metric`]).
+    pub fn new(
+        recipe: ConsistencyRecipe,
+        student: &Model,
+        prefix: &str,
+        metric: Box<dyn DistanceMetric + Send>,
+    ) -> Result<Self> {
         recipe.validate_at(prefix)?;
         let mut target = Model::new(student.config().clone(), student.device())?;
         target.copy_from(student)?;
         target.var_store_mut().freeze();
-        let dim = student.config().sample_shape().iter().product::<i64>() as usize;
         Ok(ConsistencyCore {
-            metric: recipe.metric.build(dim),
+            metric,
             weighting: recipe.weighting.bind(recipe.consistency.sigma_data)?,
             recipe,
             target,

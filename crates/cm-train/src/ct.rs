@@ -29,10 +29,15 @@ pub struct CtObjective {
 }
 
 impl CtObjective {
-    /// The target starts as a copy of `student`.
-    pub fn new(recipe: ConsistencyRecipe, student: &Model) -> Result<Self> {
+    /// The target starts as a copy of `student`; `metric` is the recipe's
+    /// `d` ([`crate::build_metric`]).
+    pub fn new(
+        recipe: ConsistencyRecipe,
+        student: &Model,
+        metric: Box<dyn cm_core::DistanceMetric + Send>,
+    ) -> Result<Self> {
         Ok(CtObjective {
-            core: ConsistencyCore::new(recipe, student, "recipe.")?,
+            core: ConsistencyCore::new(recipe, student, "recipe.", metric)?,
         })
     }
 

@@ -182,9 +182,21 @@ impl Method for CtMethod<'_> {
         self.config
     }
 
-    fn build(&mut self, device: Device, _: &mut dyn Observer) -> Result<(Model, CtObjective)> {
+    fn build(
+        &mut self,
+        device: Device,
+        observer: &mut dyn Observer,
+    ) -> Result<(Model, CtObjective)> {
         let model = Model::new(self.config.net.clone(), device)?;
-        let objective = CtObjective::new(self.config.ct.recipe, &model)?;
+        let metric = crate::build_metric(
+            &self.config.ct.recipe.metric,
+            "ct.recipe.metric.",
+            &model.config().sample_shape(),
+            &self.config.data,
+            device,
+            observer,
+        )?;
+        let objective = CtObjective::new(self.config.ct.recipe, &model, metric)?;
         Ok((model, objective))
     }
 

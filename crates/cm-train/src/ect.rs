@@ -203,12 +203,12 @@ impl std::fmt::Debug for EctObjective {
 }
 
 impl EctObjective {
-    /// The objective for `config`, for a network whose samples have
-    /// `sample_dim` values each (the pseudo-Huber default scale needs it).
-    pub fn new(config: EctConfig, sample_dim: usize) -> Result<Self> {
+    /// The objective for `config` with its distance `metric`
+    /// ([`crate::build_metric`] of `config.metric`).
+    pub fn new(config: EctConfig, metric: Box<dyn DistanceMetric + Send>) -> Result<Self> {
         config.validate_at("ect.")?;
         Ok(EctObjective {
-            metric: config.metric.build(sample_dim),
+            metric,
             weighting: config.weighting.bind(config.consistency.sigma_data)?,
             config,
         })

@@ -134,8 +134,15 @@ impl Method for EctMethod<'_> {
         let mut teacher = Model::from_checkpoint(weights, device)?;
         teacher.var_store_mut().freeze();
         self.teacher_model = Some(teacher);
-        let dim = student.config().sample_shape().iter().product::<i64>() as usize;
-        let objective = EctObjective::new(self.config.ect, dim)?;
+        let metric = crate::build_metric(
+            &self.config.ect.metric,
+            "ect.metric.",
+            &student.config().sample_shape(),
+            &self.config.teacher.data,
+            device,
+            observer,
+        )?;
+        let objective = EctObjective::new(self.config.ect, metric)?;
         observer.on_message("tuning");
         Ok((student, objective))
     }

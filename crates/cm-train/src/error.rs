@@ -96,6 +96,9 @@ pub enum TrainError {
         /// The newest checkpoint on disk, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// The feature network of the perceptual distance (cm-eval).
+    #[error(transparent)]
+    Eval(#[from] cm_eval::EvalError),
     /// A collective failed (cm-dist).
     #[error(transparent)]
     Dist(#[from] cm_dist::DistError),

@@ -144,6 +144,35 @@ fn the_smoke_preset_runs_the_whole_pipeline_and_its_card_samples() {
     let images = pipeline.generate(4, 2, 7).unwrap();
     assert_eq!(images.size(), [4, 1, 28, 28]);
     assert!(bool::try_from(images.isfinite().all()).unwrap());
+
+    // The learned perceptual distance as ECT's metric: the same teacher
+    // (reused), a few steps, finite losses that move the weights.
+    let mut feature = config.clone();
+    feature.ect.metric = cm_core::MetricConfig::Feature;
+    feature.train.steps = 4;
+    feature.train.checkpoint_every = 4;
+    let out = run_ect(
+        &feature,
+        &dir.join("ect-feature"),
+        &dir.join("teachers"),
+        false,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(out.teacher_reused);
+    assert_eq!(out.train.losses.len(), 4);
+    assert!(
+        out.train
+            .losses
+            .iter()
+            .all(|(_, l)| l.is_finite() && *l > 0.0),
+        "{:?}",
+        out.train.losses
+    );
+    let report = std::fs::read_to_string(out.report.unwrap()).unwrap();
+    assert!(report.contains("learned perceptual"), "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -87,9 +87,33 @@ impl FeatureNet {
         (features, logits)
     }
 
+    /// The activations of the three conv blocks (after ReLU, before
+    /// pooling: `[B, c_i, H_i, W_i]`) and the feature vector (`[B, D]`) of
+    /// images `[B, C, H, W]` in [-1, 1], in eval mode (batch-norm running
+    /// statistics, so each example is independent), keeping autograd
+    /// through `x` (the perceptual distance is a training loss).
+    pub fn layer_activations(&self, x: &Tensor) -> Vec<Tensor> {
+        let mut out = Vec::with_capacity(self.convs.len() + 1);
+        let mut h = x.shallow_clone();
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            h = bn.forward_t(&conv.forward(&h), false).relu();
+            out.push(h.shallow_clone());
+            if i < 2 {
+                h = h.max_pool2d_default(2);
+            }
+        }
+        out.push(self.fc.forward(&h.flatten(1, -1)).relu());
+        out
+    }
+
     /// The variables.
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
+    }
+
+    /// The variables, mutably (to freeze them).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
     }
 
     /// Input shape `[C, H, W]`.
