@@ -3,6 +3,9 @@
 
 use std::env;
 
+/// The most ranks `--procs` takes.
+pub const MAX_PROCS: usize = 4096;
+
 /// Parsed command line: the command, `--cuda`, and what follows `--`.
 #[derive(Debug, Default)]
 pub struct Args {
@@ -58,7 +61,7 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
             "--mpi" => parsed.mpi = true,
             "--procs" => {
                 let v = value("--procs")?;
-                let max = crate::mpi::MAX_PROCS;
+                let max = MAX_PROCS;
                 parsed.procs = Some(
                     v.parse::<usize>()
                         .ok()

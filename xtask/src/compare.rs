@@ -16,8 +16,9 @@ use std::time::Instant;
 
 use crate::args::Args;
 use crate::libtorch::{self, Flavor};
+use crate::mpi::run_cm;
 use crate::presets::{self, DEFAULT_PRESET};
-use crate::process::{cargo_run_cm, exit, run_cm};
+use crate::process::{cargo_run_cm, exit};
 use crate::workspace;
 
 /// The commands of this group.

@@ -8,14 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use crate::libtorch::Libtorch;
-use crate::process::cuda_target_dir;
+use crate::process::{cargo_run_cm, cuda_target_dir};
 
 /// The Debian packages: Open MPI's headers and libraries, its launcher,
 /// and libclang for rsmpi's bindgen.
 pub const PACKAGES: &[&str] = &["libopenmpi-dev", "openmpi-bin", "libclang-dev"];
-
-/// The most ranks `--procs` takes.
-pub const MAX_PROCS: usize = 4096;
 
 /// What is missing for an MPI build, in words (empty: nothing).
 pub fn missing() -> Vec<&'static str> {
@@ -132,6 +129,34 @@ pub fn mpirun_flags(procs: usize, hostfile: Option<&str>) -> Vec<String> {
     }
     flags.extend(["-n".into(), procs.to_string()]);
     flags
+}
+
+/// Runs `cm <cm_args>`: with `--procs N` (and a command that trains),
+/// data-parallel through mpirun ([`crate::mpi::launch`]), else in one
+/// process ([`cargo_run_cm`]).
+pub fn run_cm(
+    root: &Path,
+    torch: &Libtorch,
+    args: &crate::args::Args,
+    cm_args: &[String],
+) -> Result<ExitStatus, String> {
+    const TRAINING: &[&str] = &[
+        "train-teacher",
+        "distill",
+        "train-pd",
+        "train-ect",
+        "train-ct",
+    ];
+    match args.procs {
+        Some(procs)
+            if cm_args
+                .first()
+                .is_some_and(|c| TRAINING.contains(&c.as_str())) =>
+        {
+            launch(root, torch, procs, args.hostfile.as_deref(), cm_args)
+        }
+        _ => cargo_run_cm(root, torch, cm_args),
+    }
 }
 
 /// Builds `cm` with the `mpi` feature (release, after [`ensure`]) and

@@ -52,34 +52,6 @@ pub fn cargo(
     cargo_with_env(root, torch, args, passthrough, &[])
 }
 
-/// Runs `cm <cm_args>`: with `--procs N` (and a command that trains),
-/// data-parallel through mpirun ([`crate::mpi::launch`]), else in one
-/// process ([`cargo_run_cm`]).
-pub fn run_cm(
-    root: &Path,
-    torch: &Libtorch,
-    args: &crate::args::Args,
-    cm_args: &[String],
-) -> Result<ExitStatus, String> {
-    const TRAINING: &[&str] = &[
-        "train-teacher",
-        "distill",
-        "train-pd",
-        "train-ect",
-        "train-ct",
-    ];
-    match args.procs {
-        Some(procs)
-            if cm_args
-                .first()
-                .is_some_and(|c| TRAINING.contains(&c.as_str())) =>
-        {
-            crate::mpi::launch(root, torch, procs, args.hostfile.as_deref(), cm_args)
-        }
-        _ => cargo_run_cm(root, torch, cm_args),
-    }
-}
-
 /// [`cargo`] with extra environment variables, each set only where the
 /// caller's environment does not already set it.
 pub fn cargo_with_env(

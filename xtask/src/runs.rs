@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use crate::args::Args;
 use crate::libtorch::{self, Flavor};
+use crate::mpi::run_cm;
 use crate::presets::{self, DEFAULT_PRESET, DEFAULT_RECIPE};
-use crate::process::{exit, run_cm};
+use crate::process::exit;
 use crate::workspace;
 
 /// The commands of this group.
