@@ -30,6 +30,11 @@ use cm_sample::consistency_sample;
 use crate::error::Result;
 use crate::objective::{Batch, Objective};
 
+/// The smallest `q^-(max_stage+1)` a config may reach: `t - r` is that
+/// share of `t - sigma_min` (or more), and float32 resolves about 1e-7 of
+/// `t`; 1e-5 keeps two orders of margin (q = 2: stages 0 to 15).
+pub const MIN_DECAY: f64 = 1e-5;
+
 /// The adaptive weighting `d / (d + c)^p` of ECT (`p = 0.5` is the
 /// authors' CIFAR-10 choice: it behaves like a pseudo-Huber of L2).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,6 +106,20 @@ impl EctConfig {
         self.mapping.validate_at(&format!("{prefix}mapping."))?;
         self.stages.validate_at(&format!("{prefix}stages."))?;
         self.metric.validate(&format!("{prefix}metric."))?;
+        // t - r = (t - sigma_min) q^-(s+1) (1 + ...): below float32's
+        // resolution the pair collapses to one point and teaches nothing.
+        let decay = self.mapping.decay(self.stages.max_stage);
+        if decay < MIN_DECAY {
+            return Err(CoreError::invalid(
+                format!("{prefix}stages.max_stage"),
+                self.stages.max_stage,
+                format!(
+                    "a last stage whose step q^-(max_stage+1) = {decay:.1e} stays above {MIN_DECAY:e} \
+                     (float32 cannot tell t from r below it; q = {})",
+                    self.mapping.q
+                ),
+            ));
+        }
         let a = &self.adaptive;
         if !(0.0..=1.0).contains(&a.p) {
             return Err(CoreError::invalid(
@@ -263,7 +282,11 @@ impl Objective for EctObjective {
         if a.p > 0.0 {
             d = &d / (d.detach() + a.c).pow_tensor_scalar(a.p);
         }
-        let w = self.weighting.weight(&r, &t);
+        // Where rounding made r = t (t at sigma_min), the two points are one
+        // and d = 0: a finite weight (t - r at least 1e-6 t, above float32's
+        // resolution) keeps the product 0 instead of NaN.
+        let r_w = r.minimum(&(&t * (1.0 - 1e-6)));
+        let w = self.weighting.weight(&r_w, &t);
         Ok((w * d).mean(Kind::Float))
     }
 

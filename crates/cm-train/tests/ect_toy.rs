@@ -205,6 +205,12 @@ fn presets_validate_and_a_student_off_its_teachers_noise_is_refused() {
         .to_string()
         .contains("ect.two_step_tau"));
     let mut c = preset("toy");
+    c.ect.stages.max_stage = 20;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("ect.stages.max_stage"), "{err}");
+    c.ect.stages.max_stage = 15;
+    c.validate().unwrap();
+    let mut c = preset("toy");
     c.ect.adaptive.p = 2.0;
     assert!(c
         .validate()
