@@ -16,13 +16,14 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use cm_core::{CoreError, Validate};
+use cm_core::Validate;
 use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::ModelCard;
 use cm_train::{
-    consistency_report_samplers, run_from_teacher, teacher_report_samplers, LoaderOptions, Method,
-    Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext, TeacherConfig, TrainConfig,
+    check_student_noise, consistency_report_samplers, run_from_teacher, teacher_report_samplers,
+    LoaderOptions, Method, Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext,
+    TeacherConfig, TrainConfig,
 };
 
 use crate::cd::{CdConfig, CdObjective};
@@ -52,26 +53,11 @@ impl Validate for CdRunConfig {
         self.cd.validate_at("cd.")?;
         // The student starts from the teacher's weights and follows its
         // PF-ODE: both must mean the same thing by a noise level.
-        let t = &self.teacher.edm.edm;
-        let c = &self.cd.recipe.consistency;
-        for (name, teacher, student) in [
-            ("sigma_data", t.sigma_data, c.sigma_data),
-            ("sigma_min", t.sigma_min, c.sigma_min),
-            ("sigma_max", t.sigma_max, c.sigma_max),
-            ("rho", t.rho, c.rho),
-        ] {
-            if teacher != student {
-                return Err(CoreError::invalid(
-                    format!("cd.recipe.consistency.{name}"),
-                    student,
-                    format!(
-                        "the teacher's value, teacher.edm.edm.{name} = {teacher} (the student \
-                         starts from the teacher and distills its ODE)"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_student_noise(
+            &self.teacher,
+            &self.cd.recipe.consistency,
+            "cd.recipe.consistency.",
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use cm_core::{CoreError, Validate};
+use cm_core::Validate;
 use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::ModelCard;
@@ -29,7 +29,8 @@ use crate::observer::Observer;
 use crate::run::{Method, ReportSampler, RunConfig, RunContext};
 use crate::source::LoaderOptions;
 use crate::teacher::{
-    run_from_teacher, teacher_report_samplers, FromTeacherOutcome, ReadyTeacher, TeacherConfig,
+    check_student_noise, run_from_teacher, teacher_report_samplers, FromTeacherOutcome,
+    ReadyTeacher, TeacherConfig,
 };
 
 /// A whole ECT run: `[teacher]` (usually `include =
@@ -52,28 +53,7 @@ impl Validate for EctRunConfig {
         self.teacher.validate_at("teacher.")?;
         self.train.validate_at("train.")?;
         self.ect.validate_at("ect.")?;
-        // The student starts from the teacher's weights: both must mean the
-        // same thing by a noise level.
-        let t = &self.teacher.edm.edm;
-        let c = &self.ect.consistency;
-        for (name, teacher, student) in [
-            ("sigma_data", t.sigma_data, c.sigma_data),
-            ("sigma_min", t.sigma_min, c.sigma_min),
-            ("sigma_max", t.sigma_max, c.sigma_max),
-            ("rho", t.rho, c.rho),
-        ] {
-            if teacher != student {
-                return Err(CoreError::invalid(
-                    format!("ect.consistency.{name}"),
-                    student,
-                    format!(
-                        "the teacher's value, teacher.edm.edm.{name} = {teacher} (the student \
-                         starts from the teacher's weights)"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_student_noise(&self.teacher, &self.ect.consistency, "ect.consistency.")
     }
 }
 

@@ -79,7 +79,8 @@ pub use run::{
 };
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
 pub use teacher::{
-    prepare_teacher, run_from_teacher, run_teacher, teacher_dir, teacher_report_samplers,
-    FromTeacherOutcome, ReadyTeacher, TeacherConfig, TeacherMethod, TeacherOutcome, TeacherStage,
+    check_student_noise, prepare_teacher, run_from_teacher, run_teacher, teacher_dir,
+    teacher_report_samplers, FromTeacherOutcome, ReadyTeacher, TeacherConfig, TeacherMethod,
+    TeacherOutcome, TeacherStage,
 };
 pub use trainer::{eval_model, fixed_latents, mix_seed, train, TrainOutcome};

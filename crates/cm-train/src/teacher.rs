@@ -401,3 +401,33 @@ pub fn run_from_teacher<M: Method>(
         samplers: out.samplers,
     })
 }
+
+/// Checks that a student which starts from the teacher's weights means the
+/// same thing by a noise level: `sigma_data`, `sigma_min`, `sigma_max` and
+/// `rho` of its consistency settings (at dotted path `prefix`) equal the
+/// teacher's `[teacher.edm.edm]` (CD, ECT).
+pub fn check_student_noise(
+    teacher: &TeacherConfig,
+    student: &cm_core::ConsistencyConfig,
+    prefix: &str,
+) -> cm_core::Result<()> {
+    let t = &teacher.edm.edm;
+    for (name, teacher, student) in [
+        ("sigma_data", t.sigma_data, student.sigma_data),
+        ("sigma_min", t.sigma_min, student.sigma_min),
+        ("sigma_max", t.sigma_max, student.sigma_max),
+        ("rho", t.rho, student.rho),
+    ] {
+        if teacher != student {
+            return Err(CoreError::invalid(
+                format!("{prefix}{name}"),
+                student,
+                format!(
+                    "the teacher's value, teacher.edm.edm.{name} = {teacher} (the student \
+                     starts from the teacher's weights and follows its noise levels)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
