@@ -33,6 +33,17 @@ pub struct Args {
     pub procs: Option<usize>,
     /// `--hostfile FILE`: with `--procs`, the machines to run on.
     pub hostfile: Option<String>,
+    /// `--vs-pytorch` (`bench`: the side-by-side with PyTorch eager).
+    pub vs_pytorch: bool,
+    /// `--quick` (`bench`: criterion's quick mode; fewer rounds with
+    /// `--vs-pytorch`).
+    pub quick: bool,
+    /// `--python PY` (`bench --vs-pytorch`: a Python with torch 2.13.0).
+    pub python: Option<String>,
+    /// `--threads N` (`bench --vs-pytorch`: threads on both sides).
+    pub threads: Option<String>,
+    /// `--rounds N` (`bench --vs-pytorch`).
+    pub rounds: Option<usize>,
     /// Everything after `--`.
     pub passthrough: Vec<String>,
 }
@@ -69,6 +80,26 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
                         .ok_or_else(|| {
                             format!("--procs {v}: expected a number of ranks, 1 to {max}")
                         })?,
+                );
+            }
+            "--vs-pytorch" => parsed.vs_pytorch = true,
+            "--quick" => parsed.quick = true,
+            "--python" => parsed.python = Some(value("--python")?),
+            "--threads" => {
+                let v = value("--threads")?;
+                if !v.parse::<usize>().is_ok_and(|n| (1..=1024).contains(&n)) {
+                    return Err(format!("--threads {v}: expected 1 to 1024"));
+                }
+                parsed.threads = Some(v);
+            }
+            "--rounds" => {
+                let v = value("--rounds")?;
+                let max = crate::vs_pytorch::MAX_ROUNDS;
+                parsed.rounds = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n))
+                        .ok_or_else(|| format!("--rounds {v}: expected 1 to {max}"))?,
                 );
             }
             "--hostfile" => parsed.hostfile = Some(value("--hostfile")?),

@@ -20,6 +20,7 @@ mod process;
 mod runs;
 mod scale;
 mod toolchain;
+mod vs_pytorch;
 mod workspace;
 
 use std::env;

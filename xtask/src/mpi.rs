@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use crate::libtorch::Libtorch;
-use crate::process::{cargo_run_cm, cuda_target_dir};
+use crate::process::cargo_run_cm;
 
 /// The Debian packages: Open MPI's headers and libraries, its launcher,
 /// and libclang for rsmpi's bindgen.
@@ -163,39 +163,7 @@ pub fn run_cm(
 /// returns the binary's path.
 pub fn build_cm(root: &Path, torch: &Libtorch) -> Result<PathBuf, String> {
     ensure()?;
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| cuda_target_dir(root, torch))
-        .unwrap_or_else(|| root.join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        root.join(target)
-    };
-    eprintln!("xtask: building cm with MPI (cargo build --release -p cm-cli --features mpi)");
-    let built = Command::new(&cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "cm-cli",
-            "--bin",
-            "cm",
-            "--features",
-            "mpi",
-        ])
-        .env("LIBTORCH", &torch.dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("LIBTORCH_USE_PYTORCH")
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !built.success() {
-        return Err("building cm with the mpi feature failed (see above)".into());
-    }
-    Ok(target.join("release").join("cm"))
+    crate::process::build_cm(root, torch, &["mpi"])
 }
 
 /// Builds `cm` with MPI ([`build_cm`]) and runs `mpirun <flags> -n procs

@@ -40,6 +40,50 @@ pub fn cargo_run_cm(
         .map_err(|e| format!("cannot run {}: {e}", PathBuf::from(cargo).display()))
 }
 
+/// Builds `cm` in release with cargo `features` of cm-cli and returns the
+/// binary's path (in `CARGO_TARGET_DIR` when set).
+pub fn build_cm(root: &Path, torch: &Libtorch, features: &[&str]) -> Result<PathBuf, String> {
+    let cargo = cargo_program();
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| cuda_target_dir(root, torch))
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    let mut args = vec![
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "cm-cli",
+        "--bin",
+        "cm",
+    ];
+    let joined = features.join(",");
+    if !features.is_empty() {
+        args.extend(["--features", joined.as_str()]);
+    }
+    eprintln!("xtask: building cm (cargo {})", args.join(" "));
+    let built = Command::new(&cargo)
+        .current_dir(root)
+        .args(&args)
+        .env("LIBTORCH", &torch.dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("LIBTORCH_USE_PYTORCH")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !built.success() {
+        return Err(format!(
+            "building cm failed (cargo {}; see above)",
+            args.join(" ")
+        ));
+    }
+    Ok(target.join("release").join("cm"))
+}
+
 /// Runs `cargo <args> [--workspace] <passthrough>` in `root` with
 /// `LIBTORCH` pointing at `torch`. Binaries get an rpath to `torch/lib`
 /// from the crates' build scripts, so no loader variable is set.

@@ -101,10 +101,20 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             );
             Ok(exit(code))
         }
+        "bench" if args.vs_pytorch => crate::vs_pytorch::run(args, flavor),
         "bench" => {
             let root = workspace::root()?;
             let torch = libtorch::ensure(flavor)?;
-            let code = cargo(&root, &torch, &["bench"], &args.passthrough)?;
+            // Criterion's quick mode: CI's bench job, regressions reported
+            // against the previous run by `cargo xtask bench-report`.
+            let mut passthrough = args.passthrough.clone();
+            if args.quick {
+                if !passthrough.iter().any(|a| a == "--") {
+                    passthrough.push("--".into());
+                }
+                passthrough.push("--quick".into());
+            }
+            let code = cargo(&root, &torch, &["bench"], &passthrough)?;
             Ok(exit(code))
         }
         other => Err(format!("`{other}` is not a toolchain command")),

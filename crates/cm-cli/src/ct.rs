@@ -66,9 +66,10 @@ pub struct AblationArgs {
     /// 10000 (at most the data's n_test).
     #[arg(long, default_value_t = 4000)]
     samples: usize,
-    /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
-    threads: Option<i32>,
+    /// libtorch intra-op threads: `auto` (one per core available to this
+    /// process) or a count.
+    #[arg(long, default_value = "auto")]
+    threads: cm_runtime::Threads,
 }
 
 /// The exact 2-D distances of the table (cm-eval): sliced W2 over 128

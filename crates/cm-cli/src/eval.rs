@@ -32,9 +32,10 @@ pub struct EvalArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: crate::DeviceArg,
-    /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<i32>,
+    /// libtorch intra-op threads: `auto` (one per core available to this
+    /// process) or a count.
+    #[arg(long, default_value = "auto")]
+    pub threads: cm_runtime::Threads,
 }
 
 /// Runs `cm eval`.

@@ -29,9 +29,10 @@ pub struct ExportDiffusersArgs {
     /// Where to load the model and compute the probe outputs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: crate::DeviceArg,
-    /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<i32>,
+    /// libtorch intra-op threads: `auto` (one per core available to this
+    /// process) or a count.
+    #[arg(long, default_value = "auto")]
+    pub threads: cm_runtime::Threads,
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

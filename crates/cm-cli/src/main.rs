@@ -11,6 +11,7 @@ macro_rules! say {
     };
 }
 
+mod bench;
 mod ct;
 mod edit;
 mod eval;
@@ -66,10 +67,11 @@ pub(crate) struct RunArgs {
     /// Where to train.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// libtorch intra-op threads (default: all cores; 1 per rank when
-    /// started by mpirun with several ranks).
-    #[arg(long)]
-    pub threads: Option<i32>,
+    /// libtorch intra-op threads: `auto` (one per core available to this
+    /// process; 1 per rank when started by mpirun with several ranks) or a
+    /// count.
+    #[arg(long, default_value = "auto")]
+    pub threads: cm_runtime::Threads,
     /// Also log loss, learning rate, gradient norm and steps/s as
     /// TensorBoard event files in RUN/tensorboard/ (watch live with
     /// `tensorboard --logdir RUN/tensorboard`); metrics.csv is always written.
@@ -202,6 +204,11 @@ enum Command {
     /// by FID (golden-section search over ln tau, greedy as in CM Section 6)
     /// and store them in the model card, where sample / eval / edit use them.
     SearchTimesteps(sample::SearchArgs),
+    /// Time the rows of the PyTorch side-by-side (docs/benchmarks.md) on the
+    /// CPU U-Net preset: forward, forward + backward, EDM and CD training
+    /// steps, 1-step sampling; `--serve` is the worker of `cargo xtask bench
+    /// --vs-pytorch`.
+    Bench(bench::BenchArgs),
     /// Zero-shot editing with a consistency model (CM Algorithm 4):
     /// inpainting, colorization, super-resolution, denoising, interpolation
     /// and stroke-guided generation (SDEdit), PNG in and out.
@@ -250,25 +257,17 @@ pub(crate) fn install_stop_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// `--threads N` takes 1 to this many times the machine's cores
-/// (oversubscribed OpenMP threads only spin; libgomp runs out of memory
-/// long before `i32::MAX`).
-const MAX_THREADS_PER_CORE: usize = 4;
-
-pub(crate) fn set_threads(threads: Option<i32>) -> Result<()> {
+/// Sets libtorch's intra-op threads from `--threads` (cm-runtime's
+/// policy) and says what it chose on stderr.
+pub(crate) fn set_threads(threads: cm_runtime::Threads) -> Result<cm_runtime::Applied> {
     // Ranks on one machine share its cores: one thread each unless told.
-    let threads = threads.or((cm_dist::world().size() > 1).then_some(1));
-    if let Some(n) = threads {
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let max = (cores * MAX_THREADS_PER_CORE) as i32;
-        if !(1..=max).contains(&n) {
-            bail!(
-                "--threads {n}: expected 1 to {max} ({MAX_THREADS_PER_CORE} x the {cores} cores here)"
-            );
-        }
-        tch::set_num_threads(n);
-    }
-    Ok(())
+    let threads = match threads {
+        cm_runtime::Threads::Auto if cm_dist::world().size() > 1 => cm_runtime::Threads::Count(1),
+        other => other,
+    };
+    let applied = cm_runtime::apply_threads(threads)?;
+    say!("cm: {}", applied.describe());
+    Ok(applied)
 }
 
 /// What every teacher-based pipeline command sets up first: the thread
@@ -429,6 +428,12 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // First of all: libgomp and glibc read their settings when the process
+    // starts, so the tuned OpenMP wait policy and allocator need one
+    // re-execution with them set (cm-runtime; CM_RS_TUNE=0 skips it).
+    if let Err(e) = cm_runtime::prepare_process() {
+        eprintln!("warning: {e}");
+    }
     let cli = Cli::parse();
     let code = run_command(&cli);
     // Open MPI counts a rank that exits without MPI_Finalize as failed.
@@ -481,6 +486,7 @@ fn run_command(cli: &Cli) -> ExitCode {
         Command::ExportImages(args) => images::export(args),
         Command::ExportDiffusers(args) => interop::export(args),
         Command::Plot(cmd) => plot::plot(cmd),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
