@@ -10,6 +10,7 @@
 //! [`libtorch`] installs libtorch.
 
 mod args;
+mod bench_report;
 mod compare;
 mod edit;
 mod help;
@@ -36,6 +37,7 @@ const COMMANDS: &[&str] = &[
     "test",
     "bench",
     "bench-scale",
+    "bench-report",
     "train-cd",
     "train-pd",
     "train-ect",
@@ -98,6 +100,8 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
         compare::run(&args, flavor)
     } else if scale::COMMANDS.contains(&command) {
         scale::run(&args, flavor)
+    } else if bench_report::COMMANDS.contains(&command) {
+        bench_report::run(&args)
     } else {
         let help = help::text(workspace::root().ok().as_deref());
         Err(format!("unknown command `{command}`\n\n{help}"))
@@ -117,6 +121,7 @@ mod tests {
                 edit::COMMANDS,
                 compare::COMMANDS,
                 scale::COMMANDS,
+                bench_report::COMMANDS,
             ]
             .iter()
             .filter(|g| g.contains(&command))
@@ -127,7 +132,8 @@ mod tests {
             + runs::COMMANDS.len()
             + edit::COMMANDS.len()
             + compare::COMMANDS.len()
-            + scale::COMMANDS.len();
+            + scale::COMMANDS.len()
+            + bench_report::COMMANDS.len();
         assert_eq!(grouped + 1, COMMANDS.len());
         assert!(run(vec!["frobnicate".into()])
             .unwrap_err()

@@ -428,9 +428,9 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    // First of all: libgomp and glibc read their settings when the process
-    // starts, so the tuned OpenMP wait policy and allocator need one
-    // re-execution with them set (cm-runtime; CM_RS_TUNE=0 skips it).
+    // First of all: glibc reads its allocator tunables when the process
+    // starts, so the tuned allocator needs one re-execution with them set
+    // (cm-runtime; CM_RS_TUNE=0 skips it).
     if let Err(e) = cm_runtime::prepare_process() {
         eprintln!("warning: {e}");
     }

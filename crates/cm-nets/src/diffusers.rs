@@ -892,7 +892,7 @@ impl ResnetBlock {
         } else {
             self.norm2.forward(&(h + emb))
         };
-        let h = self.act.apply(&h).dropout(self.dropout, train);
+        let h = crate::layers::dropout(&self.act.apply(&h), self.dropout, train);
         let h = self.conv2.forward(&h);
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(&x),

@@ -99,10 +99,10 @@ impl DiTBlock {
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let h = self.attention(&modulate(&self.norm1.forward(x), shift_msa, scale_msa));
-        let x = x + gate_msa.unsqueeze(1) * h.dropout(self.dropout, train);
+        let x = x + gate_msa.unsqueeze(1) * crate::layers::dropout(&h, self.dropout, train);
         let h = modulate(&self.norm2.forward(&x), shift_mlp, scale_mlp);
         let h = self.fc2.forward(&self.fc1.forward(&h).gelu("tanh"));
-        &x + gate_mlp.unsqueeze(1) * h.dropout(self.dropout, train)
+        &x + gate_mlp.unsqueeze(1) * crate::layers::dropout(&h, self.dropout, train)
     }
 }
 

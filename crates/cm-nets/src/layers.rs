@@ -3,9 +3,10 @@
 //! style), zero-initialised layers, GroupNorm with EDM's group rule,
 //! multi-head self-attention, and a MAC counter for FLOP estimates.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// How the noise conditioning `c_noise` is embedded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +155,87 @@ impl ClassEmbed {
             )),
         }
     }
+}
+
+/// Dropout (Srivastava et al. 2014) as every network here applies it: in
+/// training, each element is zeroed with probability `p` and the rest scaled
+/// by `1 / (1 - p)`; in evaluation the identity.
+///
+/// On CPU the mask comes from a counter-based hash (SplitMix64 of the seed
+/// and the element's index) computed in parallel, instead of libtorch's
+/// `bernoulli_`, which runs on one thread on non-Intel CPUs (its MKL path is
+/// Intel-only) and cost 14% of a training step of the CPU U-Net
+/// (docs/benchmarks.md). The seed is one draw from libtorch's generator, so
+/// `tch::manual_seed` makes masks reproducible and two forward passes after
+/// the same seed share their mask (the student and target of CD / CT / ECT).
+/// Other devices and kinds use libtorch's dropout.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return x.shallow_clone();
+    }
+    if x.device() != Device::Cpu || x.kind() != Kind::Float || p >= 1.0 {
+        return x.dropout(p, train);
+    }
+    let Some(strides) = dense_strides(&x.size(), &x.stride()) else {
+        return x.dropout(p, train);
+    };
+    let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+    let mask = dropout_mask(x.numel(), p, seed as u64);
+    // The mask is i.i.d., so it is laid out in x's own memory order: the
+    // product keeps x's memory format (channels-last stays channels-last).
+    let mask = Tensor::from_slice(&mask).as_strided(x.size(), strides, None::<i64>);
+    x * mask
+}
+
+/// `strides` when they describe a dense, non-overlapping layout of `size`
+/// (any dimension order: contiguous, channels-last, ...), else `None`.
+fn dense_strides(size: &[i64], strides: &[i64]) -> Option<Vec<i64>> {
+    let mut dims: Vec<usize> = (0..size.len()).collect();
+    dims.sort_by_key(|&d| (strides[d], size[d]));
+    let mut expected = 1i64;
+    for &d in &dims {
+        if size[d] != 1 && strides[d] != expected {
+            return None;
+        }
+        expected *= size[d];
+    }
+    Some(strides.to_vec())
+}
+
+/// SplitMix64's output function (Steele et al. 2014): a bijection of u64
+/// whose outputs pass BigCrush for consecutive inputs.
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Elements per parallel task of [`dropout_mask`].
+const MASK_CHUNK: usize = 1 << 15;
+
+/// The values of a dropout mask of `n` elements: `1 / (1 - p)` where kept,
+/// 0 where dropped. Element `2j` and `2j + 1` use the low and high 32 bits
+/// of `splitmix64(seed + (j + 1) * golden)` (SplitMix64's stream), kept when
+/// below `(1 - p) 2^32`: the keep probability is `1 - p` to within 2^-32.
+pub fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    let keep = ((1.0 - p) * 4_294_967_296.0).round() as u64;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(MASK_CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let first_pair = (c * MASK_CHUNK / 2) as u64;
+            for (j, pair) in chunk.chunks_mut(2).enumerate() {
+                let h =
+                    splitmix64(seed.wrapping_add((first_pair + j as u64 + 1).wrapping_mul(GOLDEN)));
+                for (k, v) in pair.iter_mut().enumerate() {
+                    let bits = (h >> (32 * k)) & 0xFFFF_FFFF;
+                    *v = if bits < keep { scale } else { 0.0 };
+                }
+            }
+        });
+    out
 }
 
 /// Counts multiply-accumulates per sample while a network is built, for the

@@ -88,7 +88,9 @@ impl Network for ResidualMlp {
         let mut h = self.input.forward(x);
         for b in &self.blocks {
             let inner = b.fc1.forward(&b.norm.forward(&h).silu()) + b.emb.forward(&emb);
-            h = &h + b.fc2.forward(&inner.silu().dropout(self.dropout, train));
+            h = &h
+                + b.fc2
+                    .forward(&crate::layers::dropout(&inner.silu(), self.dropout, train));
         }
         self.output.forward(&self.out_norm.forward(&h).silu())
     }

@@ -196,7 +196,9 @@ impl UNetBlock {
         } else {
             self.norm1.forward(&(h + params)).silu()
         };
-        let h = self.conv1.forward(&h.dropout(self.dropout, train));
+        let h = self
+            .conv1
+            .forward(&crate::layers::dropout(&h, self.dropout, train));
         let skip = resample_filter(x, self.scale);
         let skip = match &self.skip {
             Some(conv) => conv.forward(&skip),

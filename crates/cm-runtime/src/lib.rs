@@ -1,37 +1,39 @@
 //! cm-runtime: how a cm-rs process uses the CPU.
 //!
 //! libtorch parallelises each operation over an OpenMP team (GNU libgomp in
-//! the PyPI build cm-rs installs). Two process-wide settings decide how that
-//! behaves, and both must be in place before libtorch is loaded, because
-//! libgomp and glibc read them from the environment when the process starts:
+//! the PyPI build cm-rs installs). On a machine shared with other work that
+//! team is fragile: an idle libgomp thread spins before it sleeps, and two
+//! teams on the same cores make each other wait at every barrier (a 2-thread
+//! training step measured 2.2-3x slower beside one busy process, 6.5x
+//! beside another 2-thread libtorch process, where 1 thread was only 1.5x
+//! slower than quiet). So cm-rs decides three things (measurements in
+//! docs/benchmarks.md, "Threads on a shared CPU"):
 //!
-//! - **The OpenMP wait policy.** By default an idle libgomp thread spins
-//!   300,000 times before it sleeps. On a quiet machine that saves a wake-up
-//!   per operation; on a shared one the spinning threads take the cores the
-//!   working threads need, and a 2-thread run was measured 17-28x slower than
-//!   1 thread while another process ran. cm-rs sets `GOMP_SPINCOUNT` to
-//!   [`SPIN_COUNT`] (measurements in docs/benchmarks.md).
-//! - **The allocator.** glibc returns freed blocks above its mmap threshold
-//!   to the OS and takes fresh zeroed pages for the next step: about 40,000
-//!   page faults per training step of the CPU U-Net. [`MALLOC_TUNABLES`]
-//!   keeps them in the heap.
+//! - **How many threads** ([`Threads::Auto`], the default): one per core
+//!   available to the process that other processes are not using right now
+//!   (/proc/stat's `procs_running`), re-checked every
+//!   [`REBALANCE_SECONDS`] by [`tick`] in training and sampling loops.
+//! - **The OpenMP wait policy** is left at libgomp's default: a shorter spin
+//!   (`GOMP_SPINCOUNT=10000`) or none (`OMP_WAIT_POLICY=passive`) made the
+//!   batch-1 forward pass 1.1-3x slower on a quiet machine, and with the
+//!   thread count following the load it no longer matters when busy.
+//! - **The allocator** ([`MALLOC_TUNABLES`]): glibc returns freed blocks
+//!   above its mmap threshold to the OS and takes fresh zeroed pages for the
+//!   next step (about 40,000 page faults per training step of the CPU
+//!   U-Net); keeping them in the heap made the EDM step 1.1-1.35x faster.
+//!   glibc reads its tunables when a process starts, so [`prepare_process`]
+//!   re-executes the program once with them set (the user's own settings
+//!   win; `CM_RS_TUNE=0` skips it).
 //!
-//! [`prepare_process`] applies both by re-executing the program once with
-//! the variables set (the user's own settings win), before anything else
-//! runs; [`apply_threads`] sets the intra-op thread count from a
-//! [`Threads`] policy. Programs that embed cm-rs call both at the start of
-//! `main` (docs/embedding.md).
+//! [`apply_threads`] sets the intra-op thread count from a [`Threads`]
+//! policy. Programs that embed cm-rs call [`prepare_process`] and
+//! [`apply_threads`] at the start of `main` (docs/embedding.md).
 
 use std::ffi::OsString;
 use std::fmt;
 use std::str::FromStr;
 
 use thiserror::Error;
-
-/// libgomp's spin count before an idle thread sleeps (`GOMP_SPINCOUNT`).
-/// Chosen by measurement, quiet and with a competing process
-/// (docs/benchmarks.md, "Threads on a shared CPU").
-pub const SPIN_COUNT: u64 = 10_000;
 
 /// glibc malloc settings (`GLIBC_TUNABLES`): blocks up to 32 MiB come from
 /// the heap rather than fresh mmap pages, and the heap is trimmed only when
@@ -64,7 +66,7 @@ pub enum RuntimeError {
         cores: usize,
     },
     /// The program could not be re-executed with the tuned environment.
-    #[error("cannot re-execute {program} with the tuned OpenMP/allocator environment (set {OPT_OUT}=0 to skip): {source}")]
+    #[error("cannot re-execute {program} with the tuned allocator environment (set {OPT_OUT}=0 to skip): {source}")]
     Reexec {
         /// The program.
         program: String,
@@ -77,7 +79,9 @@ pub enum RuntimeError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Threads {
     /// One per core available to this process (its CPU affinity and cgroup
-    /// quota, not the machine's total), with the tuned wait policy.
+    /// quota, not the machine's total) that other processes are not using
+    /// ([`auto_threads`]), re-checked every [`REBALANCE_SECONDS`] by
+    /// [`tick`] in long loops.
     #[default]
     Auto,
     /// Exactly this many.
@@ -125,23 +129,23 @@ pub fn available_cores() -> usize {
 pub struct Applied {
     /// The policy asked for.
     pub policy: Threads,
-    /// Intra-op threads now in use.
+    /// Intra-op threads now in use (under `auto`, re-checked by [`tick`]).
     pub threads: usize,
     /// Cores available to the process.
     pub cores: usize,
-    /// `GOMP_SPINCOUNT` / `OMP_WAIT_POLICY` in effect (`None`: libgomp's
-    /// default, 300,000 spins).
+    /// `GOMP_SPINCOUNT` / `OMP_WAIT_POLICY` as the user set them (`None`:
+    /// libgomp's default, 300,000 spins).
     pub wait_policy: Option<String>,
 }
 
 impl Applied {
     /// One line for logs and reports, e.g.
-    /// `threads auto = 2 (2 cores), GOMP_SPINCOUNT=10000`.
+    /// `threads auto = 2 (2 cores available), OpenMP default wait policy`.
     pub fn describe(&self) -> String {
         let wait = self
             .wait_policy
             .clone()
-            .unwrap_or_else(|| "OpenMP default wait policy (300,000 spins)".into());
+            .unwrap_or_else(|| "OpenMP default wait policy".into());
         format!(
             "threads {} = {} ({} core{} available), {wait}",
             self.policy,
@@ -152,12 +156,128 @@ impl Applied {
     }
 }
 
-/// The thread count of a policy on this machine.
+/// The thread count of a policy on this machine now.
 pub fn resolve(policy: Threads) -> usize {
     match policy {
-        Threads::Auto => available_cores(),
+        Threads::Auto => auto_threads(),
         Threads::Count(n) => n,
     }
+}
+
+/// How often [`tick`] re-checks the machine's load under [`Threads::Auto`].
+pub const REBALANCE_SECONDS: f64 = 10.0;
+
+/// Samples of `procs_running` per load check, 1 ms apart.
+const LOAD_SAMPLES: usize = 7;
+
+/// `procs_running` of /proc/stat: threads running or runnable on the whole
+/// machine right now (this one included).
+fn procs_running() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_procs_running(&stat)
+}
+
+/// The `procs_running` line of a /proc/stat text.
+pub fn parse_procs_running(stat: &str) -> Option<usize> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("procs_running"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Threads of other processes competing for this process's cores: the
+/// median over [`LOAD_SAMPLES`] readings of `procs_running` (less the
+/// reading thread itself), scaled by the share of the machine's CPUs this
+/// process may use. Taken after a 2 ms pause, so this process's own OpenMP
+/// threads, which spin briefly after each operation, have gone to sleep.
+/// `None` where /proc/stat cannot be read (not Linux).
+pub fn competing_threads() -> Option<f64> {
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let mut samples = Vec::with_capacity(LOAD_SAMPLES);
+    for i in 0..LOAD_SAMPLES {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        samples.push(procs_running()?.saturating_sub(1));
+    }
+    samples.sort_unstable();
+    let others = samples[LOAD_SAMPLES / 2] as f64;
+    let online = online_cpus().unwrap_or_else(available_cores).max(1);
+    Some(others * available_cores() as f64 / online as f64)
+}
+
+/// CPUs online on the machine (`/sys/devices/system/cpu/online`).
+fn online_cpus() -> Option<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    parse_cpu_list(&text)
+}
+
+/// The number of CPUs in a list such as `0-3,8,10-11`.
+pub fn parse_cpu_list(text: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in text.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                n += b.checked_sub(a)? + 1;
+            }
+            None => {
+                part.trim().parse::<usize>().ok()?;
+                n += 1;
+            }
+        }
+    }
+    Some(n)
+}
+
+/// The thread count for `cores` available cores when `others` threads of
+/// other processes compete for them: the idle cores, at least 1. Two
+/// OpenMP teams sharing cores make each other wait at every barrier (a
+/// 2-thread step measured 2x slower than 1 thread beside one busy process).
+pub fn threads_for_load(cores: usize, others: f64) -> usize {
+    let busy = others.round().max(0.0) as usize;
+    cores.saturating_sub(busy).clamp(1, cores.max(1))
+}
+
+/// [`Threads::Auto`]'s count now: the cores available to this process that
+/// other processes are not using ([`competing_threads`]); all available
+/// cores where the load cannot be read.
+pub fn auto_threads() -> usize {
+    let cores = available_cores();
+    match competing_threads() {
+        Some(others) => threads_for_load(cores, others),
+        None => cores,
+    }
+}
+
+/// The rebalancing state of [`tick`]: whether `auto` is in effect, the
+/// current count and when the load was last checked.
+struct Rebalance {
+    auto: bool,
+    threads: usize,
+    checked: std::time::Instant,
+}
+
+static REBALANCE: std::sync::Mutex<Option<Rebalance>> = std::sync::Mutex::new(None);
+
+/// Call once per iteration of a long loop (a training step, a chunk of
+/// samples): under [`Threads::Auto`] it re-checks the load every
+/// [`REBALANCE_SECONDS`] and changes libtorch's thread count when the idle
+/// cores changed, returning the new count. Otherwise (a fixed count, or not
+/// yet due) it does nothing and costs one clock read.
+pub fn tick() -> Option<usize> {
+    let mut guard = REBALANCE.lock().ok()?;
+    let state = guard.as_mut()?;
+    if !state.auto || state.checked.elapsed().as_secs_f64() < REBALANCE_SECONDS {
+        return None;
+    }
+    let threads = auto_threads();
+    state.checked = std::time::Instant::now();
+    if threads == state.threads {
+        return None;
+    }
+    state.threads = threads;
+    tch::set_num_threads(threads as i32);
+    Some(threads)
 }
 
 /// Sets libtorch's intra-op thread count from `policy`.
@@ -173,12 +293,43 @@ pub fn apply_threads(policy: Threads) -> Result<Applied, RuntimeError> {
         });
     }
     tch::set_num_threads(threads as i32);
+    if let Ok(mut guard) = REBALANCE.lock() {
+        *guard = Some(Rebalance {
+            auto: policy == Threads::Auto,
+            threads,
+            checked: std::time::Instant::now(),
+        });
+    }
     Ok(Applied {
         policy,
         threads,
         cores,
         wait_policy: wait_policy(),
     })
+}
+
+/// The CPU set-up in effect, for reports: `libtorch threads 2 (auto, 2
+/// cores available), OpenMP default wait policy, glibc malloc tunables`.
+pub fn describe_current() -> String {
+    let threads = tch::get_num_threads();
+    let policy = REBALANCE
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|r| r.auto))
+        .map_or(
+            "libtorch's default",
+            |auto| if auto { "auto" } else { "fixed" },
+        );
+    let wait = wait_policy().unwrap_or_else(|| "OpenMP default wait policy".into());
+    let malloc = if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+        "glibc malloc tunables"
+    } else {
+        "glibc malloc defaults"
+    };
+    format!(
+        "libtorch threads {threads} ({policy}, {} cores available), {wait}, {malloc}",
+        available_cores()
+    )
 }
 
 /// The OpenMP wait setting of this process's environment.
@@ -189,10 +340,9 @@ pub fn wait_policy() -> Option<String> {
 }
 
 /// The variables [`prepare_process`] would add to `env` (a snapshot of the
-/// environment): the spin count unless the user set a wait policy, the
-/// allocator tunables unless the user set malloc tunables. Empty when
-/// nothing is to change, the opt-out is set, or this is the re-executed
-/// process.
+/// environment): the allocator tunables, unless the user set malloc
+/// tunables. Empty when nothing is to change, the opt-out is set, or this
+/// is the re-executed process.
 pub fn tuned_environment(env: &[(OsString, OsString)]) -> Vec<(String, String)> {
     let get = |key: &str| {
         env.iter()
@@ -203,9 +353,6 @@ pub fn tuned_environment(env: &[(OsString, OsString)]) -> Vec<(String, String)> 
         return Vec::new();
     }
     let mut out = Vec::new();
-    if get("GOMP_SPINCOUNT").is_none() && get("OMP_WAIT_POLICY").is_none() {
-        out.push(("GOMP_SPINCOUNT".to_string(), SPIN_COUNT.to_string()));
-    }
     match get("GLIBC_TUNABLES") {
         Some(user) if user.contains("glibc.malloc.") => {}
         Some(user) if !user.is_empty() => {
@@ -217,8 +364,8 @@ pub fn tuned_environment(env: &[(OsString, OsString)]) -> Vec<(String, String)> 
 }
 
 /// Re-executes the running program once with [`tuned_environment`] applied
-/// (same arguments, same process id), so libgomp and glibc start with the
-/// tuned settings. Returns `Ok(())` without doing anything when there is
+/// (same arguments, same process id), so glibc starts with the tuned
+/// settings. Returns `Ok(())` without doing anything when there is
 /// nothing to change; on success it does not return. Call it first thing in
 /// `main`, before threads are started or files opened.
 #[cfg(unix)]
@@ -273,23 +420,17 @@ mod tests {
         let t = tuned_environment(&env(&[("PATH", "/bin")]));
         assert_eq!(
             t,
-            vec![
-                ("GOMP_SPINCOUNT".to_string(), SPIN_COUNT.to_string()),
-                ("GLIBC_TUNABLES".to_string(), MALLOC_TUNABLES.to_string()),
-            ]
+            vec![("GLIBC_TUNABLES".to_string(), MALLOC_TUNABLES.to_string())]
         );
     }
 
     #[test]
     fn the_users_settings_win() {
-        let t = tuned_environment(&env(&[
-            ("OMP_WAIT_POLICY", "active"),
-            ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2"),
-        ]));
+        let t = tuned_environment(&env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")]));
         assert!(t.is_empty(), "{t:?}");
         let t = tuned_environment(&env(&[("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F")]));
         assert_eq!(
-            t[1].1,
+            t[0].1,
             format!("glibc.cpu.hwcaps=-AVX512F:{MALLOC_TUNABLES}"),
             "other tunables are kept"
         );
@@ -316,7 +457,28 @@ mod tests {
             let err = bad.parse::<Threads>().unwrap_err().to_string();
             assert!(err.contains("expected `auto` or 1 to"), "{bad}: {err}");
         }
-        assert_eq!(resolve(Threads::Auto), available_cores());
+        assert!((1..=available_cores()).contains(&resolve(Threads::Auto)));
         assert_eq!(resolve(Threads::Count(3)), 3);
+    }
+
+    #[test]
+    fn idle_cores_decide_the_auto_count() {
+        assert_eq!(threads_for_load(2, 0.0), 2);
+        assert_eq!(threads_for_load(2, 0.4), 2);
+        assert_eq!(threads_for_load(2, 1.0), 1);
+        assert_eq!(threads_for_load(2, 5.0), 1, "never below one thread");
+        assert_eq!(threads_for_load(16, 3.0), 13);
+        assert_eq!(threads_for_load(1, 0.0), 1);
+    }
+
+    #[test]
+    fn reads_proc_stat_and_cpu_lists() {
+        let stat = "cpu  1 2 3\nctxt 99\nprocs_running 3\nprocs_blocked 0\n";
+        assert_eq!(parse_procs_running(stat), Some(3));
+        assert_eq!(parse_procs_running("cpu 1\n"), None);
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Some(7));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
     }
 }

@@ -241,6 +241,8 @@ pub fn generate<E: From<crate::SampleError>>(
     let mut first = 0;
     while first < config.count {
         let n = config.batch_size.min(config.count - first);
+        // Under `--threads auto`, follow the machine's load (cm-runtime).
+        let _ = cm_runtime::tick();
         let started = std::time::Instant::now();
         let mut noise = SeededNoise::for_range(config.seed, first as u64, n);
         let latents = noise.draw(&shape, Kind::Float, device);

@@ -360,6 +360,9 @@ fn write_report<M: Method>(
             ""
         }
     );
+    if out.online.device() == tch::Device::Cpu {
+        let _ = writeln!(md, "- CPU: {}", cm_runtime::describe_current());
+    }
     let _ = writeln!(
         md,
         "- network: {} parameters; evaluation weights `{}`\n",

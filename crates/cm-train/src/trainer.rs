@@ -211,6 +211,12 @@ pub fn train(
             stopped = true;
             break;
         }
+        // Under `--threads auto`, follow the machine's load (cm-runtime).
+        if let Some(threads) = cm_runtime::tick() {
+            observer.on_message(&format!(
+                "libtorch threads -> {threads} (cores other processes leave idle)"
+            ));
+        }
         let batch = source.batch(step, device)?;
         s.roles.optimizer.zero_grad();
         // This rank's shards of the global batch; each shard's loss is its
