@@ -33,7 +33,19 @@ COMMANDS:
     test     Set-up, then the whole test suite (README's test command). Installs
              Open MPI when it can and then runs the MPI tests too (CM_REQUIRE_MPI=1:
              fail instead of skipping them).
-    bench    Set-up, then the criterion benchmarks (reports in target/criterion).
+    bench [--quick]
+             Set-up, then the criterion benchmarks (reports in target/criterion;
+             --quick: criterion's quick mode, what CI's bench job runs).
+    bench --vs-pytorch [--rounds N] [--threads N] [--python PY] [--quick]
+             cm-rs against a PyTorch 2.13 eager port of the CPU U-Net
+             (xtask/pytorch/cm_port.py, checked against cm-rs's output),
+             interleaved round by round: forward, forward + backward, EDM and
+             CD training steps, 1-step sampling; median / min ms, ratios,
+             GFLOP/s (target/vs-pytorch/table.md; docs/benchmarks.md). Makes a
+             Python with torch in the cm-rs cache on first use (about 3 GB).
+    bench-report
+             Criterion's changes against the previous run (target/criterion),
+             slowdowns above 10% flagged; reports, never fails (CI bench job).
     bench-scale [--preset {teacher}] [--out DIR]
              Images/s of the teacher and CD steps on 1 process x 1 thread,
              1 x 2 and 2 MPI processes x 1 thread, the all-reduce's share, and

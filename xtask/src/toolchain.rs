@@ -107,14 +107,18 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             let torch = libtorch::ensure(flavor)?;
             // Criterion's quick mode: CI's bench job, regressions reported
             // against the previous run by `cargo xtask bench-report`.
+            // Only the criterion targets (`--bench '*'`): the libtest
+            // harness of a library target would refuse `--quick`.
             let mut passthrough = args.passthrough.clone();
+            let mut cargo_args = vec!["bench"];
             if args.quick {
+                cargo_args.extend(["--bench", "*"]);
                 if !passthrough.iter().any(|a| a == "--") {
                     passthrough.push("--".into());
                 }
                 passthrough.push("--quick".into());
             }
-            let code = cargo(&root, &torch, &["bench"], &passthrough)?;
+            let code = cargo(&root, &torch, &cargo_args, &passthrough)?;
             Ok(exit(code))
         }
         other => Err(format!("`{other}` is not a toolchain command")),

@@ -272,18 +272,21 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
     let py = python(args)?;
     let cm = crate::process::build_cm(&root, &torch, &[])?;
     let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 8 });
+    // cm-rs runs its own default policy (`auto`) unless told a count;
+    // PyTorch gets the count or all cores, its own default.
     let threads = args.threads.clone().unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .to_string()
     });
+    let rust_threads = args.threads.clone().unwrap_or_else(|| "auto".into());
     let out = root.join("target").join("vs-pytorch");
     let mut rust_cmd = Command::new(&cm);
     rust_cmd.current_dir(&root).args([
         "bench",
         "--serve",
         "--threads",
-        &threads,
+        &rust_threads,
         "--dir",
         &out.display().to_string(),
     ]);

@@ -102,5 +102,27 @@ fn bench_nets(c: &mut Criterion) {
     bench_preset(c, "fmnist-dit", "", cores, false);
 }
 
-criterion_group!(benches, bench_nets);
+/// Dropout on the U-Net's largest activation (batch 64, 24 x 28 x 28,
+/// channels-last): libtorch's `bernoulli_` mask against cm-nets' hashed
+/// mask (`layers::dropout`).
+fn bench_dropout(c: &mut Criterion) {
+    tch::set_num_threads(2);
+    let x = channels_last(&Tensor::randn([64, 24, 28, 28], (Kind::Float, Device::Cpu)));
+    let mut group = c.benchmark_group("dropout");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(x.numel() as u64));
+    group.bench_function("libtorch_bernoulli", |b| b.iter(|| x.dropout(0.1, true)));
+    group.bench_function("hashed", |b| {
+        b.iter(|| cm_nets::layers::dropout(&x, 0.1, true))
+    });
+    group.bench_function("mask_only", |b| {
+        b.iter(|| cm_nets::layers::dropout_mask(x.numel(), 0.1, 7))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_nets, bench_dropout);
 criterion_main!(benches);

@@ -3,7 +3,6 @@
 //! style), zero-initialised layers, GroupNorm with EDM's group rule,
 //! multi-head self-attention, and a MAC counter for FLOP estimates.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -162,7 +161,7 @@ impl ClassEmbed {
 /// by `1 / (1 - p)`; in evaluation the identity.
 ///
 /// On CPU the mask comes from a counter-based hash (SplitMix64 of the seed
-/// and the element's index) computed in parallel, instead of libtorch's
+/// and the element's index) instead of libtorch's
 /// `bernoulli_`, which runs on one thread on non-Intel CPUs (its MKL path is
 /// Intel-only) and cost 14% of a training step of the CPU U-Net
 /// (docs/benchmarks.md). The seed is one draw from libtorch's generator, so
@@ -210,31 +209,30 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Elements per parallel task of [`dropout_mask`].
-const MASK_CHUNK: usize = 1 << 15;
-
 /// The values of a dropout mask of `n` elements: `1 / (1 - p)` where kept,
-/// 0 where dropped. Element `2j` and `2j + 1` use the low and high 32 bits
-/// of `splitmix64(seed + (j + 1) * golden)` (SplitMix64's stream), kept when
-/// below `(1 - p) 2^32`: the keep probability is `1 - p` to within 2^-32.
+/// 0 where dropped. Elements `2j` and `2j + 1` use the low and high 32 bits
+/// of `splitmix64(seed + (j + 1) golden)` (SplitMix64's stream) and are kept
+/// when below `(1 - p) 2^32`, so the keep probability is `1 - p` to within
+/// 2^-32. Filled on the calling thread: libtorch's OpenMP workers spin for a
+/// while after each operation, and a second thread pool competing with them
+/// measured slower than one thread (docs/benchmarks.md).
 pub fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
     const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
     let keep = ((1.0 - p) * 4_294_967_296.0).round() as u64;
     let scale = (1.0 / (1.0 - p)) as f32;
+    let value = |bits: u64| if bits < keep { scale } else { 0.0 };
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(MASK_CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let first_pair = (c * MASK_CHUNK / 2) as u64;
-            for (j, pair) in chunk.chunks_mut(2).enumerate() {
-                let h =
-                    splitmix64(seed.wrapping_add((first_pair + j as u64 + 1).wrapping_mul(GOLDEN)));
-                for (k, v) in pair.iter_mut().enumerate() {
-                    let bits = (h >> (32 * k)) & 0xFFFF_FFFF;
-                    *v = if bits < keep { scale } else { 0.0 };
-                }
-            }
-        });
+    let mut counter = seed;
+    let mut pairs = out.chunks_exact_mut(2);
+    for pair in &mut pairs {
+        counter = counter.wrapping_add(GOLDEN);
+        let h = splitmix64(counter);
+        pair[0] = value(h & 0xFFFF_FFFF);
+        pair[1] = value(h >> 32);
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = value(splitmix64(counter.wrapping_add(GOLDEN)) & 0xFFFF_FFFF);
+    }
     out
 }
 

@@ -184,20 +184,39 @@ pub fn parse_procs_running(stat: &str) -> Option<usize> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Threads of this process that are running or runnable (state `R` in
+/// /proc/self/task/*/stat), the calling thread included.
+fn own_running() -> Option<usize> {
+    let mut n = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+            if parse_task_state(&stat) == Some('R') {
+                n += 1;
+            }
+        }
+    }
+    Some(n.max(1))
+}
+
+/// The state letter of a /proc/.../stat line (after the command's `)`).
+pub fn parse_task_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// Threads of other processes competing for this process's cores: the
-/// median over [`LOAD_SAMPLES`] readings of `procs_running` (less the
-/// reading thread itself), scaled by the share of the machine's CPUs this
-/// process may use. Taken after a 2 ms pause, so this process's own OpenMP
-/// threads, which spin briefly after each operation, have gone to sleep.
-/// `None` where /proc/stat cannot be read (not Linux).
+/// median over [`LOAD_SAMPLES`] readings of `procs_running` less this
+/// process's own running threads (its OpenMP workers spin for a while after
+/// each operation, and must not count as competition), scaled by the share
+/// of the machine's CPUs this process may use. `None` where /proc cannot be
+/// read (not Linux).
 pub fn competing_threads() -> Option<f64> {
-    std::thread::sleep(std::time::Duration::from_millis(2));
     let mut samples = Vec::with_capacity(LOAD_SAMPLES);
     for i in 0..LOAD_SAMPLES {
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        samples.push(procs_running()?.saturating_sub(1));
+        let all = procs_running()?;
+        samples.push(all.saturating_sub(own_running()?));
     }
     samples.sort_unstable();
     let others = samples[LOAD_SAMPLES / 2] as f64;
@@ -480,5 +499,20 @@ mod tests {
         assert_eq!(parse_cpu_list("0"), Some(1));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
+        let stat = "1234 (cm (worker) x) R 1 1234 1234 0 -1 4194560";
+        assert_eq!(parse_task_state(stat), Some('R'));
+        assert_eq!(parse_task_state("77 (bash) S 1"), Some('S'));
+        assert_eq!(parse_task_state("garbage"), None);
+    }
+
+    #[test]
+    fn a_quiet_process_does_not_count_itself() {
+        // This test's own thread is running while it measures: it must not
+        // be counted as competition (other tests may be, so only check the
+        // reading works and stays within the machine).
+        let own = own_running().unwrap();
+        assert!(own >= 1);
+        let others = competing_threads().unwrap();
+        assert!(others >= 0.0);
     }
 }

@@ -28,6 +28,9 @@
 //! Embedding in another program (a crate outside this workspace, with its
 //! libtorch link set-up) is described in `docs/embedding.md`.
 
+/// cm-runtime, re-exported: the CPU set-up (allocator, thread policy) a
+/// program embedding the sampler applies at the start of `main`.
+pub use cm_runtime as runtime;
 /// The `tch` this crate is built on (tensors, devices), so an embedding
 /// program needs no matching `tch` dependency of its own.
 pub use tch;
