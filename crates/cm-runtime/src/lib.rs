@@ -139,19 +139,20 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// One line for logs and reports, e.g.
-    /// `threads auto = 2 (2 cores available), OpenMP default wait policy`.
+    /// One line for logs and reports, e.g. `threads auto = 2 (2 cores
+    /// available), OpenMP default wait policy, glibc malloc tunables`.
     pub fn describe(&self) -> String {
         let wait = self
             .wait_policy
             .clone()
             .unwrap_or_else(|| "OpenMP default wait policy".into());
         format!(
-            "threads {} = {} ({} core{} available), {wait}",
+            "threads {} = {} ({} core{} available), {wait}, {}",
             self.policy,
             self.threads,
             self.cores,
-            if self.cores == 1 { "" } else { "s" }
+            if self.cores == 1 { "" } else { "s" },
+            malloc_setting()
         )
     }
 }
@@ -340,15 +341,21 @@ pub fn describe_current() -> String {
             |auto| if auto { "auto" } else { "fixed" },
         );
     let wait = wait_policy().unwrap_or_else(|| "OpenMP default wait policy".into());
-    let malloc = if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+    format!(
+        "libtorch threads {threads} ({policy}, {} cores available), {wait}, {}",
+        available_cores(),
+        malloc_setting()
+    )
+}
+
+/// Whether glibc malloc tunables are in effect (from [`prepare_process`] or
+/// the user).
+pub fn malloc_setting() -> &'static str {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
         "glibc malloc tunables"
     } else {
         "glibc malloc defaults"
-    };
-    format!(
-        "libtorch threads {threads} ({policy}, {} cores available), {wait}, {malloc}",
-        available_cores()
-    )
+    }
 }
 
 /// The OpenMP wait setting of this process's environment.
