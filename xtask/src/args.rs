@@ -3,6 +3,9 @@
 
 use std::env;
 
+/// The most rounds `bench --vs-pytorch --rounds` takes.
+pub const MAX_ROUNDS: usize = 1000;
+
 /// The most ranks `--procs` takes.
 pub const MAX_PROCS: usize = 4096;
 
@@ -94,7 +97,7 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
             }
             "--rounds" => {
                 let v = value("--rounds")?;
-                let max = crate::vs_pytorch::MAX_ROUNDS;
+                let max = MAX_ROUNDS;
                 parsed.rounds = Some(
                     v.parse::<usize>()
                         .ok()
@@ -165,6 +168,36 @@ mod tests {
         assert!(parse(strings(&["train-teacher", "--preset"]))
             .unwrap_err()
             .contains("--preset"));
+    }
+
+    #[test]
+    fn parses_bench_options_with_bounds() {
+        let a = parse(strings(&[
+            "bench",
+            "--vs-pytorch",
+            "--rounds",
+            "3",
+            "--threads",
+            "2",
+            "--python",
+            "/usr/bin/python3",
+            "--quick",
+        ]))
+        .unwrap();
+        assert!(a.vs_pytorch && a.quick);
+        assert_eq!(
+            (a.rounds, a.threads.as_deref(), a.python.as_deref()),
+            (Some(3), Some("2"), Some("/usr/bin/python3"))
+        );
+        for (flag, value) in [
+            ("--rounds", "0"),
+            ("--rounds", "1001"),
+            ("--threads", "0"),
+            ("--threads", "x"),
+        ] {
+            let err = parse(strings(&["bench", flag, value])).unwrap_err();
+            assert!(err.contains(flag) && err.contains("expected"), "{err}");
+        }
     }
 
     #[test]

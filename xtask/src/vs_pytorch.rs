@@ -42,9 +42,6 @@ const ROWS: &[(&str, &str, u64, u64, usize)] = &[
     ("sample_1step_b64", "1-step sampling, batch 64", 64, 1, 4),
 ];
 
-/// Most rounds `--rounds` takes.
-pub const MAX_ROUNDS: usize = 1000;
-
 /// The PyTorch version the port is compared with (the libtorch cm-rs links).
 const TORCH_VERSION: &str = "2.13.0";
 
