@@ -272,8 +272,12 @@ fn sizes_on_the_command_line_and_in_cards_are_bounded() {
         "--threads",
         "2147483647",
     ]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("--threads 2147483647: expected 1 to"), "{err}");
+    // A bad argument is a usage error (clap's exit code 2), named.
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--threads 2147483647: expected `auto` or 1 to"),
+        "{err}"
+    );
     let (code, err) = sample(&card, &out, &["--count", "1000000000000"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("GiB") && err.contains("--count"), "{err}");

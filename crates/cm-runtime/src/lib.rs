@@ -56,7 +56,7 @@ pub const MAX_THREADS_PER_CORE: usize = 4;
 #[derive(Debug, Error)]
 pub enum RuntimeError {
     /// A thread count out of range or not a number.
-    #[error("--threads {value:?}: expected `auto` or 1 to {max} ({MAX_THREADS_PER_CORE} x the {cores} cores available)")]
+    #[error("--threads {value}: expected `auto` or 1 to {max} ({MAX_THREADS_PER_CORE} x the {cores} cores available)")]
     Threads {
         /// What was given.
         value: String,
