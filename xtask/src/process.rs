@@ -9,6 +9,9 @@ use std::process::{Command, ExitCode, ExitStatus};
 
 use crate::libtorch::{Flavor, Libtorch};
 
+/// The cargo arguments that select the release `cm` binary.
+const CM_BINARY: [&str; 6] = ["--release", "--quiet", "-p", "cm-cli", "--bin", "cm"];
+
 /// `cargo run --release -p cm-cli --bin cm -- <args>` in `root` with
 /// libtorch set up.
 pub fn cargo_run_cm(
@@ -19,16 +22,9 @@ pub fn cargo_run_cm(
     let cargo = cargo_program();
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "cm-cli",
-            "--bin",
-            "cm",
-            "--",
-        ])
+        .arg("run")
+        .args(CM_BINARY)
+        .arg("--")
         .args(cm_args)
         .env("LIBTORCH", &torch.dir)
         .env_remove("LIBTORCH_USE_PYTORCH");
@@ -53,15 +49,8 @@ pub fn build_cm(root: &Path, torch: &Libtorch, features: &[&str]) -> Result<Path
     } else {
         root.join(target)
     };
-    let mut args = vec![
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "cm-cli",
-        "--bin",
-        "cm",
-    ];
+    let mut args = vec!["build"];
+    args.extend(CM_BINARY);
     let joined = features.join(",");
     if !features.is_empty() {
         args.extend(["--features", joined.as_str()]);
