@@ -5,9 +5,9 @@
 //! team is fragile: an idle libgomp thread spins before it sleeps, and two
 //! teams on the same cores make each other wait at every barrier (a 2-thread
 //! training step measured 2.2-3x slower beside one busy process, 6.5x
-//! beside another 2-thread libtorch process, where 1 thread was only 1.5x
-//! slower than quiet). So cm-rs decides three things (measurements in
-//! docs/benchmarks.md, "Threads on a shared CPU"):
+//! beside another 2-thread libtorch process, while 1 thread beside the busy
+//! process took 1.4x the quiet 2-thread time). So cm-rs decides three
+//! things (measurements in docs/benchmarks.md, "Threads on a shared CPU"):
 //!
 //! - **How many threads** ([`Threads::Auto`], the default): one per core
 //!   available to the process that other processes are not using right now
