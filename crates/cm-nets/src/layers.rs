@@ -142,6 +142,11 @@ impl ClassEmbed {
         }
     }
 
+    /// The embedding table, `[num_classes + 1, channels]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.table.ws
+    }
+
     /// `[B]` int64 labels, or `None` for the null class for all `batch`.
     pub fn forward(&self, class: Option<&Tensor>, batch: i64) -> Tensor {
         let device = self.table.ws.device();

@@ -179,22 +179,41 @@ impl UNetBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
+    /// What the block takes from the embedding: `(1 + scale, shift)` with
+    /// scale-shift, else the bias to add; `[B, C, 1, 1]` each.
+    fn emb_params(&self, emb: &Tensor) -> EmbParams {
+        let params = self.affine.forward(emb).unsqueeze(-1).unsqueeze(-1);
+        if self.scale_shift {
+            let chunks = params.chunk(2, 1);
+            EmbParams::ScaleShift {
+                scale1: &chunks[0] + 1.0,
+                shift: chunks[1].shallow_clone(),
+            }
+        } else {
+            EmbParams::Add(params)
+        }
+    }
+
+    /// The variables [`Self::emb_params`] reads (for the embedding cache).
+    fn emb_variables(&self) -> [&Tensor; 2] {
+        [
+            &self.affine.ws,
+            self.affine.bs.as_ref().expect("affine has a bias"),
+        ]
+    }
+
+    fn forward(&self, x: &Tensor, emb: &EmbParams, train: bool) -> Tensor {
         let h = self.norm0.forward(x).silu();
         let h = match &self.conv0 {
             Conv0::Filtered(conv) => conv.forward(&resample_filter(&h, self.scale)),
             Conv0::StridedDown(conv) => conv.forward(&h),
             Conv0::TransposedUp(conv) => conv.forward(&h),
         };
-        let params = self.affine.forward(emb).unsqueeze(-1).unsqueeze(-1);
-        let h = if self.scale_shift {
-            let chunks = params.chunk(2, 1);
-            let (scale, shift) = (&chunks[0], &chunks[1]);
-            shift
-                .addcmul(&self.norm1.forward(&h), &(scale + 1.0))
-                .silu()
-        } else {
-            self.norm1.forward(&(h + params)).silu()
+        let h = match emb {
+            EmbParams::ScaleShift { scale1, shift } => {
+                shift.addcmul(&self.norm1.forward(&h), scale1).silu()
+            }
+            EmbParams::Add(params) => self.norm1.forward(&(h + params)).silu(),
         };
         let h = self
             .conv1
@@ -212,6 +231,42 @@ impl UNetBlock {
     }
 }
 
+/// A block's share of the noise (and class) embedding.
+#[derive(Debug)]
+enum EmbParams {
+    /// `(1 + scale, shift)` of the scale-shift norm.
+    ScaleShift { scale1: Tensor, shift: Tensor },
+    /// A bias added before the norm.
+    Add(Tensor),
+}
+
+impl EmbParams {
+    fn shallow_clone(&self) -> EmbParams {
+        match self {
+            EmbParams::ScaleShift { scale1, shift } => EmbParams::ScaleShift {
+                scale1: scale1.shallow_clone(),
+                shift: shift.shallow_clone(),
+            },
+            EmbParams::Add(t) => EmbParams::Add(t.shallow_clone()),
+        }
+    }
+}
+
+/// The blocks' embedding parameters of the last inference call, with what
+/// they were computed from. Sampling evaluates the network again and again
+/// at the same noise levels (1-step sampling always at `sigma_max`), where
+/// the noise MLP and every block's affine layer give the same values: about
+/// 70 small operations of a pass of the CPU U-Net.
+#[derive(Debug)]
+struct EmbCache {
+    /// `c_noise` and class labels, bit for bit.
+    key: (Vec<u32>, Option<Vec<i64>>),
+    /// libtorch's version counters of the weights read: any in-place
+    /// update (optimizer, EMA, loading) changes one and misses the cache.
+    versions: Vec<i64>,
+    params: Vec<EmbParams>,
+}
+
 /// The U-Net; see the module docs.
 #[derive(Debug)]
 pub struct UNet {
@@ -224,6 +279,7 @@ pub struct UNet {
     dec: Vec<UNetBlock>,
     out_norm: nn::GroupNorm,
     out_conv: nn::Conv2D,
+    emb_cache: std::sync::Mutex<Option<EmbCache>>,
 }
 
 impl UNet {
@@ -354,8 +410,89 @@ impl UNet {
             dec,
             out_norm: layers::group_norm(&dec_p / "out_norm", cout),
             out_conv: layers::zero_conv(&dec_p / "out_conv", cout, img_c, 3),
+            emb_cache: std::sync::Mutex::new(None),
         }
     }
+
+    fn blocks(&self) -> impl Iterator<Item = &UNetBlock> {
+        self.enc.iter().chain(self.dec.iter())
+    }
+
+    /// Every block's embedding parameters, computed.
+    fn compute_emb_params(
+        &self,
+        c_noise: &Tensor,
+        cond: Conditioning<'_>,
+        batch: i64,
+    ) -> Vec<EmbParams> {
+        let mut emb = self.map_layer1.forward(
+            &self
+                .map_layer0
+                .forward(&self.map_noise.forward(c_noise))
+                .silu(),
+        );
+        if let Some(labels) = &self.map_label {
+            emb += labels.forward(cond.class, batch);
+        }
+        let emb = emb.silu();
+        self.blocks().map(|b| b.emb_params(&emb)).collect()
+    }
+
+    /// Version counters of the weights the embedding parameters read.
+    fn emb_versions(&self) -> Vec<i64> {
+        let mut tensors: Vec<&Tensor> = vec![&self.map_layer0.ws, &self.map_layer1.ws];
+        tensors.extend(self.map_layer0.bs.iter());
+        tensors.extend(self.map_layer1.bs.iter());
+        if let Some(label) = &self.map_label {
+            tensors.push(label.weight());
+        }
+        for b in self.blocks() {
+            tensors.extend(b.emb_variables());
+        }
+        tensors.iter().map(|t| t.internal_version()).collect()
+    }
+
+    /// The embedding parameters of an inference call, from the cache when
+    /// the same noise levels, labels and weights were seen last time.
+    fn cached_emb_params(
+        &self,
+        c_noise: &Tensor,
+        cond: Conditioning<'_>,
+        batch: i64,
+    ) -> Vec<EmbParams> {
+        let key = (
+            Vec::<f32>::try_from(&c_noise.to_kind(tch::Kind::Float))
+                .map(|v| v.iter().map(|f| f.to_bits()).collect())
+                .unwrap_or_default(),
+            cond.class
+                .map(|c| Vec::<i64>::try_from(c).unwrap_or_default()),
+        );
+        let versions = self.emb_versions();
+        let Ok(mut cache) = self.emb_cache.lock() else {
+            return self.compute_emb_params(c_noise, cond, batch);
+        };
+        if let Some(hit) = cache
+            .as_ref()
+            .filter(|c| c.key == key && c.versions == versions)
+        {
+            return hit.params.iter().map(EmbParams::shallow_clone).collect();
+        }
+        let params = self.compute_emb_params(c_noise, cond, batch);
+        *cache = Some(EmbCache {
+            key,
+            versions,
+            params: params.iter().map(EmbParams::shallow_clone).collect(),
+        });
+        params
+    }
+}
+
+/// Whether libtorch records operations for autograd right now (no
+/// `no_grad` guard in force): a leaf that requires a gradient passes it on
+/// to a product only then.
+fn grad_mode_enabled() -> bool {
+    let probe = Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    (&probe * 1.0).requires_grad()
 }
 
 impl Network for UNet {
@@ -367,21 +504,19 @@ impl Network for UNet {
         train: bool,
     ) -> Tensor {
         let batch = x.size()[0];
-        let mut emb = self.map_layer1.forward(
-            &self
-                .map_layer0
-                .forward(&self.map_noise.forward(c_noise))
-                .silu(),
-        );
-        if let Some(labels) = &self.map_label {
-            emb += labels.forward(cond.class, batch);
-        }
-        let emb = emb.silu();
-
+        // Inference without autograd may reuse the last call's embedding
+        // parameters (sampling at fixed noise levels); training never does.
+        let params = if !train && c_noise.device() == tch::Device::Cpu && !grad_mode_enabled() {
+            self.cached_emb_params(c_noise, cond, batch)
+        } else {
+            self.compute_emb_params(c_noise, cond, batch)
+        };
+        let mut params = params.iter();
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.enc {
-            h = block.forward(&h, &emb, train);
+            let p = params.next().expect("one embedding per block");
+            h = block.forward(&h, p, train);
             skips.push(h.shallow_clone());
         }
         for block in &self.dec {
@@ -389,7 +524,8 @@ impl Network for UNet {
                 let skip = skips.pop().expect("one skip per encoder block");
                 h = Tensor::cat(&[h, skip], 1);
             }
-            h = block.forward(&h, &emb, train);
+            let p = params.next().expect("one embedding per block");
+            h = block.forward(&h, p, train);
         }
         self.out_conv.forward(&self.out_norm.forward(&h).silu())
     }
