@@ -175,6 +175,8 @@ impl Default for MlpConfig {
 /// Any cm-nets network, selected by `arch` in TOML.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
+// Built once per model and passed by reference: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum NetConfig {
     /// `arch = "unet"`.
     Unet(UNetConfig),

@@ -999,6 +999,8 @@ impl Attention {
 }
 
 #[derive(Debug)]
+// One per resampling layer, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Sampler {
     /// Strided 3x3 convolution (down; `pad` pads right/bottom by one first)
     /// or nearest x2 then 3x3 convolution (up).
