@@ -66,7 +66,8 @@ pub fn ensure() -> Result<(), String> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(PACKAGES);
     // A fresh container has no package lists yet: update once and retry.
-    if !apt(&args) && !(apt(&["update", "-q"]) && apt(&args)) {
+    let installed = apt(&args) || (apt(&["update", "-q"]) && apt(&args));
+    if !installed {
         return Err(format!("`{install}` failed; run it yourself and try again"));
     }
     match self::missing().as_slice() {

@@ -79,7 +79,7 @@ impl PdConfig {
         }
         let halvings_apart = self.end_steps >= 1
             && self.end_steps <= self.start_steps
-            && self.start_steps % self.end_steps == 0
+            && self.start_steps.is_multiple_of(self.end_steps)
             && (self.start_steps / self.end_steps).is_power_of_two();
         if !halvings_apart {
             return Err(CoreError::invalid(

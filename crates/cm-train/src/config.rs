@@ -101,7 +101,7 @@ impl TrainConfig {
             }
         }
         if let Some(s) = self.shards {
-            if s == 0 || s > self.batch_size || self.batch_size % s != 0 {
+            if s == 0 || s > self.batch_size || !self.batch_size.is_multiple_of(s) {
                 return Err(CoreError::invalid(
                     f("shards"),
                     s,
@@ -138,7 +138,7 @@ impl TrainConfig {
     /// `"teacher.train."`).
     pub fn shards_for(&self, ranks: usize, prefix: &str) -> cm_core::Result<usize> {
         let shards = self.shards.unwrap_or(ranks);
-        if shards == 0 || self.batch_size % shards != 0 {
+        if shards == 0 || !self.batch_size.is_multiple_of(shards) {
             return Err(CoreError::invalid(
                 format!("{prefix}batch_size"),
                 self.batch_size,
@@ -148,7 +148,7 @@ impl TrainConfig {
                 ),
             ));
         }
-        if shards % ranks != 0 {
+        if !shards.is_multiple_of(ranks) {
             return Err(CoreError::invalid(
                 format!("{prefix}shards"),
                 shards,
