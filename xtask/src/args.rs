@@ -51,6 +51,11 @@ pub struct Args {
     pub passthrough: Vec<String>,
 }
 
+/// `v` as a count from 1 to `max`.
+fn count_in(v: &str, max: usize) -> Option<usize> {
+    v.parse::<usize>().ok().filter(|n| (1..=max).contains(n))
+}
+
 /// Parses the arguments after `cargo xtask`.
 pub fn parse(args: Vec<String>) -> Result<Args, String> {
     let mut parsed = Args {
@@ -76,21 +81,16 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
             "--procs" => {
                 let v = value("--procs")?;
                 let max = MAX_PROCS;
-                parsed.procs = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=max).contains(n))
-                        .ok_or_else(|| {
-                            format!("--procs {v}: expected a number of ranks, 1 to {max}")
-                        })?,
-                );
+                parsed.procs = Some(count_in(&v, max).ok_or_else(|| {
+                    format!("--procs {v}: expected a number of ranks, 1 to {max}")
+                })?);
             }
             "--vs-pytorch" => parsed.vs_pytorch = true,
             "--quick" => parsed.quick = true,
             "--python" => parsed.python = Some(value("--python")?),
             "--threads" => {
                 let v = value("--threads")?;
-                if !v.parse::<usize>().is_ok_and(|n| (1..=1024).contains(&n)) {
+                if count_in(&v, 1024).is_none() {
                     return Err(format!("--threads {v}: expected 1 to 1024"));
                 }
                 parsed.threads = Some(v);
@@ -99,9 +99,7 @@ pub fn parse(args: Vec<String>) -> Result<Args, String> {
                 let v = value("--rounds")?;
                 let max = MAX_ROUNDS;
                 parsed.rounds = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=max).contains(n))
+                    count_in(&v, max)
                         .ok_or_else(|| format!("--rounds {v}: expected 1 to {max}"))?,
                 );
             }
