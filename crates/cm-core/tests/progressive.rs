@@ -13,6 +13,7 @@ fn openai_time(i: usize, n: usize, g: &KarrasGrid) -> f64 {
 
 #[test]
 fn progressive_grid_is_openais_and_nests_under_halving() {
+    let _rng = cm_runtime::lock_global_rng();
     let g = KarrasGrid::default();
     for n in [1usize, 2, 4, 7, 64] {
         let grid = g.progressive_sigmas(n).unwrap();
@@ -49,6 +50,7 @@ impl Denoiser for Scale {
 
 #[test]
 fn euler_to_denoiser_inverts_the_euler_step() {
+    let _rng = cm_runtime::lock_global_rng();
     tch::manual_seed(3);
     let x_t = Tensor::randn([5, 3], (Kind::Double, tch::Device::Cpu)) * 4.0;
     let t = Tensor::from_slice(&[4.0f64, 2.0, 1.0, 0.5, 10.0]);

@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn consistency_function_is_identity_at_sigma_min_bit_for_bit() {
+    let _rng = cm_runtime::lock_global_rng();
     tch::manual_seed(0);
     for sigma_data in [0.5, 0.3, 1.0 / 3.0] {
         let p = ConsistencyConfig {
@@ -36,6 +37,7 @@ fn consistency_function_is_identity_at_sigma_min_bit_for_bit() {
 
 #[test]
 fn consistency_scalings_tend_to_edm_away_from_the_boundary() {
+    let _rng = cm_runtime::lock_global_rng();
     // For t >> eps the CM scalings approach EDM's (Song et al. 2023, App. C).
     let sigma = Tensor::from_slice(&[10.0f64, 80.0]);
     let cm = ConsistencyConfig::default()
@@ -55,6 +57,7 @@ fn consistency_scalings_tend_to_edm_away_from_the_boundary() {
 
 #[test]
 fn edm_denoiser_returns_input_plus_scaled_network_output() {
+    let _rng = cm_runtime::lock_global_rng();
     let p = EdmPreconditioning { sigma_data: 0.5 };
     let x = Tensor::from_slice(&[1.0f64, -2.0]).reshape([2, 1]);
     let sigma = Tensor::from_slice(&[0.5f64, 2.0]);
@@ -75,6 +78,7 @@ fn edm_denoiser_returns_input_plus_scaled_network_output() {
 
 #[test]
 fn pseudo_huber_limits() {
+    let _rng = cm_runtime::lock_global_rng();
     let dim = 3 * 32 * 32;
     let metric = PseudoHuber::for_dim(dim);
     assert!((metric.c - 0.00054 * 32.0 * 3f64.sqrt()).abs() < 1e-15);
@@ -116,6 +120,7 @@ fn pseudo_huber_limits() {
 
 #[test]
 fn grids_are_monotone_with_exact_end_points() {
+    let _rng = cm_runtime::lock_global_rng();
     let grid = KarrasGrid::default();
     let train = grid.training_sigmas(1281).unwrap();
     assert_eq!(train[0], 0.002);
@@ -133,6 +138,7 @@ fn grids_are_monotone_with_exact_end_points() {
 
 #[test]
 fn index_samplers_follow_their_probabilities() {
+    let _rng = cm_runtime::lock_global_rng();
     let grid = KarrasGrid::default().training_sigmas(11).unwrap();
     let samplers: [(&str, &dyn IndexSampler); 2] = [
         ("uniform", &UniformIndex {}),
@@ -155,6 +161,7 @@ fn index_samplers_follow_their_probabilities() {
 
 #[test]
 fn adjacent_pairs_gather_both_levels() {
+    let _rng = cm_runtime::lock_global_rng();
     let grid = KarrasGrid::default().training_sigmas(5).unwrap();
     let g = grid_tensor(&grid, Kind::Double, Device::Cpu);
     let idx = Tensor::from_slice(&[0i64, 3, 2]);
@@ -165,6 +172,7 @@ fn adjacent_pairs_gather_both_levels() {
 
 #[test]
 fn lognormal_sigma_has_the_configured_log_moments() {
+    let _rng = cm_runtime::lock_global_rng();
     tch::manual_seed(3);
     let dist = LognormalSigma::default();
     let s = dist.sample(400_000, Kind::Double, Device::Cpu);
@@ -177,6 +185,7 @@ fn lognormal_sigma_has_the_configured_log_moments() {
 
 #[test]
 fn weightings_by_hand() {
+    let _rng = cm_runtime::lock_global_rng();
     let t_n = Tensor::from_slice(&[0.5f64, 2.0]);
     let t_next = Tensor::from_slice(&[0.75f64, 2.5]);
     let w = |k: Weighting| to_vec(&k.bind(0.5).unwrap().weight(&t_n, &t_next));

@@ -38,6 +38,7 @@ fn objective(mu: f64, student: &Model) -> CdObjective {
 
 #[test]
 fn target_is_an_ema_of_the_student() {
+    let _rng = cm_runtime::lock_global_rng();
     let start = model(1);
     for mu in [0.0, 0.95] {
         let mut obj = objective(mu, &start);
@@ -58,6 +59,7 @@ fn target_is_an_ema_of_the_student() {
 
 #[test]
 fn teacher_is_frozen_and_the_loss_trains_only_the_student() {
+    let _rng = cm_runtime::lock_global_rng();
     let student = model(1);
     let mut obj = objective(0.95, &student);
     assert!(obj

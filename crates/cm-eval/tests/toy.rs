@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn sliced_wasserstein_of_a_translation_is_its_projected_rms() {
+    let _rng = cm_runtime::lock_global_rng();
     tch::manual_seed(0);
     let a = Tensor::randn([500, 2], (Kind::Double, Device::Cpu));
     let shift = Tensor::from_slice(&[0.3f64, -0.4]);
@@ -22,6 +23,7 @@ fn sliced_wasserstein_of_a_translation_is_its_projected_rms() {
 
 #[test]
 fn energy_distance_is_zero_for_equal_sets_and_grows_with_shift() {
+    let _rng = cm_runtime::lock_global_rng();
     tch::manual_seed(1);
     let a = Tensor::randn([300, 2], (Kind::Double, Device::Cpu));
     assert!(energy_distance(&a, &a).abs() < 1e-12);
@@ -36,6 +38,7 @@ fn energy_distance_is_zero_for_equal_sets_and_grows_with_shift() {
 
 #[test]
 fn mode_coverage_counts_modes_with_enough_samples() {
+    let _rng = cm_runtime::lock_global_rng();
     let centers = Tensor::from_slice(&[0.0f64, 0.0, 5.0, 5.0, -5.0, 5.0]).reshape([3, 2]);
     let samples =
         Tensor::from_slice(&[0.1f64, 0.0, -0.1, 0.05, 5.0, 5.1, 20.0, 20.0]).reshape([4, 2]);

@@ -41,6 +41,7 @@ fn perturbed(config: UNetConfig) -> Model {
 
 #[test]
 fn an_exported_unet_computes_the_same_function() {
+    let _rng = cm_runtime::lock_global_rng();
     for (classes, scale_shift) in [(0, true), (10, true), (0, false)] {
         let model = perturbed(mappable(classes, scale_shift));
         let (config, tensors) = to_diffusers(&model).unwrap();
@@ -66,6 +67,7 @@ fn an_exported_unet_computes_the_same_function() {
 
 #[test]
 fn what_does_not_map_is_named() {
+    let _rng = cm_runtime::lock_global_rng();
     let fmnist = match NetConfig::preset("fmnist-unet").unwrap() {
         NetConfig::Unet(c) => c,
         _ => unreachable!(),
@@ -126,6 +128,7 @@ fn what_does_not_map_is_named() {
 
 #[test]
 fn size_estimates_of_unvalidated_diffusers_configs_do_not_panic() {
+    let _rng = cm_runtime::lock_global_rng();
     use cm_nets::DiffusersUNetConfig;
     for config in [
         DiffusersUNetConfig {

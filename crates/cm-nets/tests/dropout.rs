@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn mask_has_bernoulli_statistics() {
+    let _rng = cm_runtime::lock_global_rng();
     for p in [0.1, 0.3, 0.5] {
         let n = 1_000_003; // odd: the last pair is half used
         let mask = dropout_mask(n, p, 42);
@@ -45,6 +46,7 @@ fn mask_has_bernoulli_statistics() {
 
 #[test]
 fn masks_are_reproducible_and_seeded() {
+    let _rng = cm_runtime::lock_global_rng();
     let a = dropout_mask(10_000, 0.2, 7);
     assert_eq!(a, dropout_mask(10_000, 0.2, 7));
     let b = dropout_mask(10_000, 0.2, 8);
@@ -58,6 +60,7 @@ fn masks_are_reproducible_and_seeded() {
 
 #[test]
 fn dropout_follows_the_libtorch_generator() {
+    let _rng = cm_runtime::lock_global_rng();
     let x = Tensor::ones([4, 8, 5, 5], (Kind::Float, Device::Cpu));
     tch::manual_seed(3);
     let a = dropout(&x, 0.25, true);
@@ -76,6 +79,7 @@ fn dropout_follows_the_libtorch_generator() {
 
 #[test]
 fn dropout_keeps_channels_last_and_its_gradient_is_the_mask() {
+    let _rng = cm_runtime::lock_global_rng();
     let x = Tensor::randn([2, 6, 4, 4], (Kind::Float, Device::Cpu));
     let cl = x
         .permute([0, 2, 3, 1])

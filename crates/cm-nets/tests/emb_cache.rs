@@ -36,6 +36,7 @@ fn cached(model: &Model, x: &Tensor, c: &Tensor, cond: Conditioning<'_>) -> Tens
 
 #[test]
 fn repeated_calls_match_fresh_computation() {
+    let _rng = cm_runtime::lock_global_rng();
     let model = small(0);
     let x = Tensor::randn([2, 1, 8, 8], (Kind::Float, Device::Cpu));
     let c = Tensor::from_slice(&[0.3f32, 0.3]);
@@ -58,6 +59,7 @@ fn repeated_calls_match_fresh_computation() {
 
 #[test]
 fn in_place_weight_updates_invalidate_it() {
+    let _rng = cm_runtime::lock_global_rng();
     let model = small(0);
     let x = Tensor::randn([1, 1, 8, 8], (Kind::Float, Device::Cpu));
     let c = Tensor::from_slice(&[1.5f32]);
@@ -82,6 +84,7 @@ fn in_place_weight_updates_invalidate_it() {
 
 #[test]
 fn labels_are_part_of_the_key_and_gradients_bypass_it() {
+    let _rng = cm_runtime::lock_global_rng();
     let model = small(3);
     let x = Tensor::randn([2, 1, 8, 8], (Kind::Float, Device::Cpu));
     let c = Tensor::from_slice(&[0.1f32, 0.1]);

@@ -31,6 +31,7 @@ fn small_unet() -> NetConfig {
 
 #[test]
 fn saved_files_carry_version_config_and_extras() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = tempfile::tempdir().unwrap();
     let mut model = Model::new(small_unet(), Device::Cpu).unwrap();
     model.set_metadata("cm_rs.card", r#"{"kind":"edm"}"#);
@@ -58,6 +59,7 @@ fn saved_files_carry_version_config_and_extras() {
 
 #[test]
 fn a_file_without_its_sidecar_loads_from_metadata() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(7);
     let mut model = Model::new(small_unet(), Device::Cpu).unwrap();
@@ -98,6 +100,7 @@ fn a_file_without_its_sidecar_loads_from_metadata() {
 
 #[test]
 fn a_non_safetensors_file_is_refused_by_the_header_reader() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junk.safetensors");
     // A header length far beyond the file.

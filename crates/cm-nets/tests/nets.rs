@@ -100,6 +100,7 @@ fn perturb(model: &Model) {
 
 #[test]
 fn every_preset_builds_and_keeps_the_shape() {
+    let _rng = cm_runtime::lock_global_rng();
     for name in PRESETS {
         let config = NetConfig::preset(name).unwrap();
         tch::manual_seed(0);
@@ -134,6 +135,7 @@ fn every_preset_builds_and_keeps_the_shape() {
 
 #[test]
 fn preset_files_equal_code_presets() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/nets");
     for name in PRESETS {
         let loaded: NetConfig = cm_core::load_toml(dir.join(format!("{name}.toml"))).unwrap();
@@ -143,6 +145,7 @@ fn preset_files_equal_code_presets() {
 
 #[test]
 fn shapes_for_every_architecture_and_resolution() {
+    let _rng = cm_runtime::lock_global_rng();
     for (name, config) in variants() {
         let model = Model::new(config, Device::Cpu).unwrap();
         let (x, c) = batch(&model, 3);
@@ -156,6 +159,7 @@ fn shapes_for_every_architecture_and_resolution() {
 
 #[test]
 fn fresh_networks_output_zeros() {
+    let _rng = cm_runtime::lock_global_rng();
     for (name, config) in variants() {
         let model = Model::new(config, Device::Cpu).unwrap();
         let (x, c) = batch(&model, 2);
@@ -170,6 +174,7 @@ fn fresh_networks_output_zeros() {
 
 #[test]
 fn every_parameter_receives_a_gradient() {
+    let _rng = cm_runtime::lock_global_rng();
     for (name, config) in variants() {
         tch::manual_seed(5);
         let model = Model::new(config, Device::Cpu).unwrap();
@@ -198,6 +203,7 @@ fn every_parameter_receives_a_gradient() {
 
 #[test]
 fn class_conditioning_changes_the_output_and_null_class_works() {
+    let _rng = cm_runtime::lock_global_rng();
     for (name, config) in variants() {
         tch::manual_seed(11);
         let model = Model::new(config, Device::Cpu).unwrap();
@@ -243,6 +249,7 @@ fn class_conditioning_changes_the_output_and_null_class_works() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
+    let _rng = cm_runtime::lock_global_rng();
     let model = Model::new(
         NetConfig::Unet(UNetConfig {
             num_classes: 10,
@@ -276,6 +283,7 @@ fn bad_inputs_are_errors_not_panics() {
 
 #[test]
 fn invalid_configs_name_the_field() {
+    let _rng = cm_runtime::lock_global_rng();
     let cases: Vec<(NetConfig, &str)> = vec![
         (
             NetConfig::Unet(UNetConfig {
@@ -367,6 +375,7 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn checkpoint_round_trip_is_bit_identical() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = temp_dir("roundtrip");
     for (i, (name, config)) in variants().into_iter().enumerate() {
         tch::manual_seed(i as i64);
@@ -397,6 +406,7 @@ fn checkpoint_round_trip_is_bit_identical() {
 
 #[test]
 fn mismatched_checkpoints_name_each_tensor() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = temp_dir("mismatch");
     let path = dir.join("wide.safetensors");
     Model::new(

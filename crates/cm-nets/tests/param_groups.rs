@@ -20,6 +20,7 @@ fn group(name: &str) -> &str {
 
 #[test]
 fn only_the_chosen_group_trains_and_gets_gradients() {
+    let _rng = cm_runtime::lock_global_rng();
     let mut model = mlp(0);
     let all: Vec<String> = model
         .trainable_variables()
@@ -62,6 +63,7 @@ fn only_the_chosen_group_trains_and_gets_gradients() {
 
 #[test]
 fn a_checkpoint_can_hold_a_subset() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = std::env::temp_dir().join(format!("cm-nets-subset-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("part.safetensors");

@@ -21,6 +21,7 @@ fn consistency_card(timesteps: &[(&str, Vec<f64>)]) -> ModelCard {
 
 #[test]
 fn round_trip_resolves_relative_weights() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = tempfile::tempdir().unwrap();
     let card = consistency_card(&[("2", vec![0.821]), ("3", vec![5.0, 0.5])]);
     let path = dir.path().join(CARD_FILE);
@@ -38,6 +39,7 @@ fn round_trip_resolves_relative_weights() {
 
 #[test]
 fn invalid_cards_name_the_field() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = tempfile::tempdir().unwrap();
     for (card, field) in [
         (consistency_card(&[("2", vec![0.5, 0.4])]), "timesteps.2"),
@@ -69,6 +71,7 @@ fn invalid_cards_name_the_field() {
 
 #[test]
 fn sampling_through_a_card_matches_the_samplers() {
+    let _rng = cm_runtime::lock_global_rng();
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(3);
     let model = Model::new(NetConfig::preset("toy-mlp").unwrap(), Device::Cpu).unwrap();
@@ -149,6 +152,7 @@ fn sampling_through_a_card_matches_the_samplers() {
 /// config from the same header.
 #[test]
 fn a_weights_file_alone_is_enough_to_sample() {
+    let _rng = cm_runtime::lock_global_rng();
     use cm_sample::{ModelCard, Pipeline, META_CARD};
     let dir = tempfile::tempdir().unwrap();
     let card = ModelCard::Consistency {
@@ -205,6 +209,7 @@ fn a_weights_file_alone_is_enough_to_sample() {
 /// and is counted as two evaluations.
 #[test]
 fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
+    let _rng = cm_runtime::lock_global_rng();
     use cm_sample::{consistency_sample_with, ClassChoice, GenerateConfig, Pipeline, SeededNoise};
     tch::manual_seed(5);
     let model = Model::new(NetConfig::preset("toy-mlp").unwrap(), Device::Cpu).unwrap();

@@ -39,6 +39,7 @@ fn counting() -> Counting {
 
 #[test]
 fn consistency_sampling_calls_the_network_once_per_step() {
+    let _rng = cm_runtime::lock_global_rng();
     let z = Tensor::randn([4, 2], (Kind::Float, Device::Cpu));
     for taus in [vec![], vec![0.821], vec![5.0, 0.821, 0.1]] {
         let f = counting();
@@ -67,6 +68,7 @@ fn consistency_sampling_calls_the_network_once_per_step() {
 
 #[test]
 fn edm_sampler_counts_evaluations_and_churns_only_in_range() {
+    let _rng = cm_runtime::lock_global_rng();
     let grid = KarrasGrid::default();
     let z = Tensor::randn([3, 2], (Kind::Double, Device::Cpu));
     for (steps, solver, nfe) in [

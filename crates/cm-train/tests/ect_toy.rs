@@ -24,6 +24,7 @@ fn preset(name: &str) -> EctRunConfig {
 
 #[test]
 fn toy_ect_one_step_comes_within_1_5x_of_the_teachers_heun() {
+    let _rng = cm_runtime::lock_global_rng();
     let config = preset("toy");
     let dir = std::env::temp_dir().join(format!("cm-train-ect-toy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -115,6 +116,7 @@ fn toy_ect_one_step_comes_within_1_5x_of_the_teachers_heun() {
 
 #[test]
 fn the_smoke_preset_runs_the_whole_pipeline_and_its_card_samples() {
+    let _rng = cm_runtime::lock_global_rng();
     let config = preset("smoke");
     let dir = std::env::temp_dir().join(format!("cm-train-ect-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -178,6 +180,7 @@ fn the_smoke_preset_runs_the_whole_pipeline_and_its_card_samples() {
 
 #[test]
 fn presets_validate_and_a_student_off_its_teachers_noise_is_refused() {
+    let _rng = cm_runtime::lock_global_rng();
     for name in ["toy", "smoke", "fmnist"] {
         preset(name)
             .validate()
