@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
 use cm_distill::{run_cd, run_pd, CdRunConfig, PdRunConfig};
-use cm_train::{run_teacher, TeacherConfig};
+use cm_train::{run_autoencoder, run_teacher, AutoencoderRunConfig, TeacherConfig};
 
 /// Consistency models in Rust: train, distill, sample and evaluate.
 #[derive(Debug, Parser)]
@@ -54,8 +54,9 @@ pub(crate) enum DeviceArg {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// TOML config (configs/teacher/*.toml, configs/cd/*.toml,
-    /// configs/pd/*.toml or configs/ct/*.toml; the fields are documented in
-    /// docs/teacher.md, docs/distill.md, docs/pd.md and docs/ct.md).
+    /// configs/pd/*.toml, configs/ct/*.toml or configs/autoencoder/*.toml;
+    /// the fields are documented in docs/teacher.md, docs/distill.md,
+    /// docs/pd.md, docs/ct.md and docs/lcm.md).
     #[arg(long, short)]
     pub config: PathBuf,
     /// Run folder: resolved config, checkpoints, metrics.csv, loss.png, sample grids.
@@ -163,6 +164,13 @@ enum Command {
     /// Train an EDM diffusion teacher (Karras et al. 2022). Ctrl-C saves a
     /// checkpoint and exits; a second Ctrl-C exits at once.
     TrainTeacher(RunArgs),
+    /// Train the KL autoencoder of latent consistency models (the
+    /// latent-diffusion VAE's design): reconstruction + KL (+ optional
+    /// feature distance); then measure the latent scaling factor and the
+    /// reconstruction error and FID, and write reconstructions.png,
+    /// report.md and the autoencoder's model.toml. Ctrl-C saves a
+    /// checkpoint; --resume continues.
+    TrainAutoencoder(RunArgs),
     /// Consistency distillation (Song et al. 2023, Algorithm 2): train or
     /// reuse the teacher of the config's [teacher] section, distill it, write
     /// 1-step and 2-step grids beside the teacher's and a report.md. Ctrl-C
@@ -427,6 +435,37 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn train_autoencoder(args: &RunArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let config: AutoencoderRunConfig = cm_core::load_toml(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let device = device(args.device)?;
+    let stop = install_stop_handler()?;
+    say!(
+        "training the autoencoder on {device:?} into {}",
+        args.run_dir.display()
+    );
+    let out = observe(args, "autoencoder", |observer| {
+        run_autoencoder(&config, &args.run_dir, args.resume, device, &stop, observer)
+            .with_context(|| format!("autoencoder run in {}", args.run_dir.display()))
+    })?;
+    let t = &out.train;
+    if t.stopped {
+        return Err(Interrupted { step: t.step }.into());
+    }
+    say!(
+        "done: step {}, final loss {:.4}; card {}, reconstructions in {}/reconstructions.png",
+        t.step,
+        t.losses.last().map(|l| l.1).unwrap_or(f64::NAN),
+        out.card
+            .as_deref()
+            .unwrap_or(std::path::Path::new("-"))
+            .display(),
+        args.run_dir.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // First of all: glibc reads its allocator tunables when the process
     // starts, so the tuned allocator needs one re-execution with them set
@@ -442,12 +481,14 @@ fn main() -> ExitCode {
 }
 
 /// The commands that train data-parallel when started by mpirun.
-const DATA_PARALLEL_COMMANDS: &str = "train-teacher, distill, train-pd, train-ect and train-ct";
+const DATA_PARALLEL_COMMANDS: &str =
+    "train-teacher, train-autoencoder, distill, train-pd, train-ect and train-ct";
 
 fn run_command(cli: &Cli) -> ExitCode {
     let data_parallel = matches!(
         cli.command,
         Command::TrainTeacher(_)
+            | Command::TrainAutoencoder(_)
             | Command::Distill(_)
             | Command::TrainPd(_)
             | Command::TrainEct(_)
@@ -474,6 +515,7 @@ fn run_command(cli: &Cli) -> ExitCode {
     };
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
+        Command::TrainAutoencoder(args) => train_autoencoder(args),
         Command::Distill(args) => distill(args),
         Command::TrainPd(args) => train_pd(args),
         Command::TrainEct(args) => train_ect(args),

@@ -147,6 +147,7 @@ impl<'a> PdStageMethod<'a> {
 impl Method for PdStageMethod<'_> {
     type Config = PdRunConfig;
     type Objective = PdObjective;
+    type Card = ModelCard;
 
     fn title(&self) -> &str {
         &self.title

@@ -96,6 +96,7 @@ impl<'a> CdMethod<'a> {
 impl Method for CdMethod<'_> {
     type Config = CdRunConfig;
     type Objective = CdObjective;
+    type Card = ModelCard;
 
     fn title(&self) -> &str {
         "Consistency distillation run"

@@ -172,6 +172,129 @@ impl Default for MlpConfig {
     }
 }
 
+/// A KL-regularised convolutional autoencoder (the latent-diffusion VAE's
+/// design, [`crate::Autoencoder`]): `2^(levels - 1)` down-sampling, a
+/// `latent_channels`-channel diagonal Gaussian latent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoencoderConfig {
+    /// Image channels in and out (1 or 3).
+    pub in_channels: usize,
+    /// Image side (square images), divisible by `2^(levels - 1)`.
+    pub resolution: usize,
+    /// Channels of the latent (4 in Stable Diffusion).
+    pub latent_channels: usize,
+    /// Base channel count.
+    pub base_channels: usize,
+    /// Channel multiplier per level; every level but the last halves the
+    /// resolution (`[1, 2, 2]`: 28x28 -> 7x7).
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per encoder level (the decoder has one more).
+    pub num_res_blocks: usize,
+    /// Self-attention in the middle of encoder and decoder (as LDM).
+    pub mid_attention: bool,
+}
+
+impl Default for AutoencoderConfig {
+    /// The Fashion-MNIST CPU preset: 1x28x28 -> 4x7x7.
+    fn default() -> Self {
+        AutoencoderConfig {
+            in_channels: 1,
+            resolution: 28,
+            latent_channels: 4,
+            base_channels: 32,
+            channel_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            mid_attention: true,
+        }
+    }
+}
+
+impl AutoencoderConfig {
+    /// How much each side shrinks, `2^(levels - 1)`.
+    pub fn downsampling(&self) -> usize {
+        1 << self.channel_mult.len().saturating_sub(1)
+    }
+
+    /// The shape of one latent, `[latent_channels, h, w]`.
+    pub fn latent_shape(&self) -> Vec<i64> {
+        let side = (self.resolution / self.downsampling()) as i64;
+        vec![self.latent_channels as i64, side, side]
+    }
+
+    /// An upper-side estimate of the parameter count: per level and side
+    /// (encoder, decoder) up to `num_res_blocks + 1` blocks of two 3x3
+    /// convolutions and a 1x1 skip, a resampling conv, and the middle.
+    pub fn approx_params(&self) -> f64 {
+        let base = self.base_channels as f64;
+        let blocks = self.num_res_blocks as f64 + 1.0;
+        let levels: f64 = self
+            .channel_mult
+            .iter()
+            .map(|&m| {
+                let w = base * m as f64;
+                2.0 * (blocks * (18.0 * w * w + w * w) + 9.0 * w * w)
+            })
+            .sum();
+        let top = base * self.channel_mult.iter().copied().max().unwrap_or(1) as f64;
+        levels
+            + 2.0 * (36.0 * top * top + 4.0 * top * top)
+            + 18.0 * (self.latent_channels as f64 + self.in_channels as f64) * top
+    }
+}
+
+impl Validate for AutoencoderConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        check_channels(self.in_channels)?;
+        check_positive("resolution", self.resolution)?;
+        check_positive("base_channels", self.base_channels)?;
+        check_positive("num_res_blocks", self.num_res_blocks)?;
+        if self.latent_channels == 0 || self.latent_channels > 64 {
+            return Err(invalid("latent_channels", self.latent_channels, "1 to 64"));
+        }
+        if self.channel_mult.is_empty()
+            || self.channel_mult.len() > 6
+            || self.channel_mult.iter().any(|&m| m == 0 || m > 64)
+        {
+            return Err(invalid(
+                "channel_mult",
+                &self.channel_mult,
+                "1 to 6 multipliers, each 1 to 64",
+            ));
+        }
+        if self.resolution > MAX_RESOLUTION {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!("1 to {MAX_RESOLUTION}"),
+            ));
+        }
+        let factor = self.downsampling();
+        if !self.resolution.is_multiple_of(factor) {
+            return Err(invalid(
+                "resolution",
+                self.resolution,
+                format!(
+                    "a multiple of 2^(levels-1) = {factor} for {} levels",
+                    self.channel_mult.len()
+                ),
+            ));
+        }
+        let side = self.resolution / factor;
+        if self.mid_attention && side * side > MAX_TOKENS {
+            return Err(invalid(
+                "mid_attention",
+                true,
+                format!(
+                    "false at a {side}x{side} latent (attention holds at most {MAX_TOKENS} tokens; \
+                     add a level)"
+                ),
+            ));
+        }
+        check_params(self.approx_params())
+    }
+}
+
 /// Any cm-nets network, selected by `arch` in TOML.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
@@ -187,6 +310,9 @@ pub enum NetConfig {
     /// `arch = "diffusers_unet2d"`: diffusers' `UNet2DModel`, read from a
     /// diffusers folder's `config.json` ([`DiffusersUNetConfig::from_json`]).
     DiffusersUnet2d(DiffusersUNetConfig),
+    /// `arch = "autoencoder"`: the latent-diffusion-style autoencoder of
+    /// latent consistency models.
+    Autoencoder(AutoencoderConfig),
 }
 
 /// The named presets, as in `configs/nets/<name>.toml`.
@@ -196,6 +322,8 @@ pub const PRESETS: &[&str] = &[
     "fmnist-dit",
     "cifar10-unet",
     "imagenet64-adm",
+    "fmnist-autoencoder",
+    "cifar10-autoencoder",
 ];
 
 impl NetConfig {
@@ -209,6 +337,10 @@ impl NetConfig {
     ///   embedding with iCT's small scale), for GPUs.
     /// - `imagenet64-adm`: 3x64x64 class-conditional ADM (192 channels,
     ///   multipliers 1,2,3,4, 3 blocks, attention at 32, 16, 8), for GPUs.
+    /// - `fmnist-autoencoder`: 1x28x28 -> 4x7x7 (32 channels, multipliers
+    ///   1,2,2, 1 block per level, middle attention), for 2 CPU cores.
+    /// - `cifar10-autoencoder`: 3x32x32 -> 4x8x8 (64 channels, multipliers
+    ///   1,2,2, 2 blocks per level), for GPUs.
     pub fn preset(name: &str) -> Option<NetConfig> {
         Some(match name {
             "toy-mlp" => NetConfig::Mlp(MlpConfig::default()),
@@ -238,6 +370,14 @@ impl NetConfig {
                 num_classes: 1000,
                 ..UNetConfig::default()
             }),
+            "fmnist-autoencoder" => NetConfig::Autoencoder(AutoencoderConfig::default()),
+            "cifar10-autoencoder" => NetConfig::Autoencoder(AutoencoderConfig {
+                in_channels: 3,
+                resolution: 32,
+                base_channels: 64,
+                num_res_blocks: 2,
+                ..AutoencoderConfig::default()
+            }),
             _ => return None,
         })
     }
@@ -260,6 +400,11 @@ impl NetConfig {
                 let (h, w) = c.hw();
                 vec![c.in_channels as i64, h as i64, w as i64]
             }
+            NetConfig::Autoencoder(c) => vec![
+                c.in_channels as i64,
+                c.resolution as i64,
+                c.resolution as i64,
+            ],
         }
     }
 
@@ -270,6 +415,7 @@ impl NetConfig {
             NetConfig::Dit(_) => "dit",
             NetConfig::Mlp(_) => "mlp",
             NetConfig::DiffusersUnet2d(_) => "diffusers_unet2d",
+            NetConfig::Autoencoder(_) => "autoencoder",
         }
     }
 
@@ -278,6 +424,14 @@ impl NetConfig {
     /// guidance (train a cm-rs `unet`; diffusers U-Nets are for loading
     /// published models).
     pub fn check_trainable(&self) -> cm_core::Result<()> {
+        if self.is_autoencoder() {
+            return Err(invalid(
+                "net.arch",
+                self.arch(),
+                "a denoising network (unet, dit or mlp); an autoencoder trains with \
+                 `cm train-autoencoder`",
+            ));
+        }
         if !self.has_null_class() && self.num_classes() > 0 {
             return Err(invalid(
                 "net.arch",
@@ -287,6 +441,11 @@ impl NetConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether this is an autoencoder (not a denoiser `F(x, c_noise)`).
+    pub fn is_autoencoder(&self) -> bool {
+        matches!(self, NetConfig::Autoencoder(_))
     }
 
     /// Whether label `num_classes` is a null class ("no label", what
@@ -305,6 +464,7 @@ impl NetConfig {
             NetConfig::Dit(c) => c.num_classes,
             NetConfig::Mlp(c) => c.num_classes,
             NetConfig::DiffusersUnet2d(c) => c.num_classes(),
+            NetConfig::Autoencoder(_) => 0,
         }
     }
 }
@@ -402,6 +562,7 @@ impl NetConfig {
             NetConfig::Dit(c) => c.approx_params(),
             NetConfig::Mlp(c) => c.approx_params(),
             NetConfig::DiffusersUnet2d(c) => c.num_params().unwrap_or(f64::INFINITY),
+            NetConfig::Autoencoder(c) => c.approx_params(),
         }
     }
 }
@@ -614,6 +775,7 @@ impl Validate for NetConfig {
             NetConfig::Dit(c) => c.validate(),
             NetConfig::Mlp(c) => c.validate(),
             NetConfig::DiffusersUnet2d(c) => c.validate(),
+            NetConfig::Autoencoder(c) => c.validate(),
         }
     }
 }

@@ -9,6 +9,9 @@
 //!   folder's `config.json` so the published consistency models load name
 //!   for name ([`Model::from_diffusers`]).
 //!
+//! - [`Autoencoder`]: a KL-regularised convolutional autoencoder (the
+//!   latent-diffusion VAE's design), for latent consistency models.
+//!
 //! All implement [`Network`]: `F(x_in, c_noise, class, train)` with the
 //! output shaped like the input; cm-core's parameterizations wrap them.
 //! [`Model`] owns a network's `VarStore` and config and reads and writes
@@ -16,6 +19,7 @@
 //! serde structs ([`NetConfig`]) with named presets ([`NetConfig::preset`],
 //! `configs/nets/*.toml`).
 
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;
 pub mod denoiser;
@@ -30,13 +34,14 @@ pub mod model;
 pub mod network;
 pub mod unet;
 
+pub use autoencoder::{Autoencoder, DiagonalGaussian};
 pub use checkpoint::{
     load_strict, load_strict_tensors, load_strict_tensors_cast, read_metadata, sidecar_path,
     write_atomic, write_safetensors_with_metadata,
 };
 pub use config::{
-    DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, MAX_DIM, MAX_PARAMS, MAX_RESOLUTION,
-    MAX_TOKENS, PRESETS,
+    AutoencoderConfig, DiTConfig, MlpConfig, NetConfig, Resample, UNetConfig, MAX_DIM, MAX_PARAMS,
+    MAX_RESOLUTION, MAX_TOKENS, PRESETS,
 };
 pub use denoiser::Preconditioned;
 pub use diffusers::{DiffusersUNet, DiffusersUNetConfig, SampleSize, UNET_2D_CLASS};

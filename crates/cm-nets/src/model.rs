@@ -8,6 +8,7 @@ use std::path::Path;
 use cm_core::Conditioning;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::autoencoder::Autoencoder;
 use crate::checkpoint::{
     read_metadata, sidecar_path, write_atomic, write_safetensors_with_metadata,
 };
@@ -56,6 +57,7 @@ impl Model {
             NetConfig::Dit(c) => Box::new(DiT::new(&root, c, &mut macs)),
             NetConfig::Mlp(c) => Box::new(ResidualMlp::new(&root, c, &mut macs)),
             NetConfig::DiffusersUnet2d(c) => Box::new(DiffusersUNet::new(&root, c, &mut macs)),
+            NetConfig::Autoencoder(c) => Box::new(Autoencoder::new(&root, c, &mut macs)),
         };
         let model = Model {
             vs,
@@ -66,7 +68,7 @@ impl Model {
         };
         if matches!(
             model.config,
-            NetConfig::Unet(_) | NetConfig::DiffusersUnet2d(_)
+            NetConfig::Unet(_) | NetConfig::DiffusersUnet2d(_) | NetConfig::Autoencoder(_)
         ) {
             // Measured faster on CPU (docs/benchmarks.md): the U-Net's
             // convolutions run in NHWC when their weights are channels-last.
@@ -99,6 +101,12 @@ impl Model {
         train: bool,
     ) -> Tensor {
         self.net.forward_t(x, c_noise, cond, train)
+    }
+
+    /// The encoder and decoder when the network is an autoencoder
+    /// (`arch = "autoencoder"`), else `None`.
+    pub fn autoencoder(&self) -> Option<&Autoencoder> {
+        self.net.as_autoencoder()
     }
 
     /// Checks `x` (`[B, ...sample_shape]`, floating point) and `cond`

@@ -21,7 +21,7 @@ use cm_core::Conditioning;
 
 /// Multi-head self-attention over the pixels of a feature map.
 #[derive(Debug)]
-struct SelfAttention {
+pub(crate) struct SelfAttention {
     norm: nn::GroupNorm,
     qkv: nn::Conv2D,
     proj: nn::Conv2D,
@@ -29,7 +29,13 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(p: nn::Path, channels: i64, heads: i64, res: i64, macs: &mut MacCounter) -> Self {
+    pub(crate) fn new(
+        p: nn::Path,
+        channels: i64,
+        heads: i64,
+        res: i64,
+        macs: &mut MacCounter,
+    ) -> Self {
         macs.conv(channels, 3 * channels, 1, res, res);
         macs.attention(res * res, channels);
         macs.conv(channels, channels, 1, res, res);
@@ -42,7 +48,7 @@ impl SelfAttention {
     }
 
     /// Returns the attention branch (to be added to `x`).
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("feature map is 4-D");
         let qkv = self.qkv.forward(&self.norm.forward(x));
         // [B, 3C, H, W] -> 3 x [B, heads, HW, C/heads]

@@ -186,7 +186,16 @@ impl ModelCard {
                 },
             });
         }
-        if cm_core::load_toml::<KindPeek>(path)?.kind.as_deref() == Some("diffusers") {
+        let kind = cm_core::load_toml::<KindPeek>(path)?.kind;
+        if kind.as_deref() == Some("autoencoder") {
+            return Err(SampleError::Card {
+                path: path.to_path_buf(),
+                message: "is an autoencoder's card: it does not sample on its own; name it as \
+                          `[latent] autoencoder` in a run config"
+                    .into(),
+            });
+        }
+        if kind.as_deref() == Some("diffusers") {
             let file: DiffusersCardFile = cm_core::load_toml(path)?;
             return file.resolve(path);
         }

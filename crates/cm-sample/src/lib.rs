@@ -20,6 +20,8 @@
 //! - [`diffusers`]: the published diffusers consistency models: diffusers'
 //!   `CMStochasticIterativeScheduler` (sigmas and timesteps exactly as
 //!   diffusers computes them) and the card of a diffusers folder.
+//! - [`latent`]: the latent space of latent consistency models: an
+//!   autoencoder's card and [`LatentCodec`] (images <-> scaled latents).
 //! - [`card`]: the model card (`model.toml`) that names a weights file and
 //!   how to sample from it; every command that samples takes one.
 //!
@@ -43,6 +45,7 @@ pub mod edm;
 pub mod error;
 pub mod generate;
 pub mod images;
+pub mod latent;
 pub mod noise;
 pub mod pipeline;
 pub mod search;
@@ -63,5 +66,6 @@ pub use edit::{
 pub use edm::{edm_sample, edm_sample_with, EdmSampler, Sampled, SamplingGrid, MAX_SAMPLER_STEPS};
 pub use error::{Result, SampleError};
 pub use generate::{generate, ClassChoice, GenerateConfig, Generated, MAX_BATCH_SIZE};
+pub use latent::{AutoencoderCard, LatentCodec, CODEC_CHUNK};
 pub use noise::{sample_seed, GlobalNoise, NoiseSource, SeededNoise};
 pub use pipeline::{Pipeline, MAX_PIPELINE_COUNT};

@@ -173,6 +173,7 @@ impl<'a> CtMethod<'a> {
 impl Method for CtMethod<'_> {
     type Config = CtRunConfig;
     type Objective = CtObjective;
+    type Card = ModelCard;
 
     fn title(&self) -> &str {
         "Consistency training run"

@@ -94,6 +94,7 @@ impl<'a> EctMethod<'a> {
 impl Method for EctMethod<'_> {
     type Config = EctRunConfig;
     type Objective = EctObjective;
+    type Card = ModelCard;
 
     fn title(&self) -> &str {
         "Easy consistency tuning run"

@@ -26,10 +26,13 @@
 //!   weights, with continuous pairs that tighten over stages.
 //! - [`consistency`]: [`ConsistencyCore`], the machinery CT and consistency
 //!   distillation (cm-distill) share.
+//! - [`autoencoder`]: the KL autoencoder of latent consistency models
+//!   ([`run_autoencoder`]), its scaling factor and reconstruction FID.
 //! - [`ablation`]: the CT-to-iCT ablation run ([`run_ablation`]): every
 //!   rung for several seeds, measured by a caller-supplied 2-D metric.
 
 pub mod ablation;
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;
 pub mod consistency;
@@ -54,6 +57,10 @@ pub mod trainer;
 pub use ablation::{
     run_ablation, AblationObserver, AblationOptions, AblationOutcome, PointScores, RunScores,
 };
+pub use autoencoder::{
+    run_autoencoder, AutoencoderMethod, AutoencoderObjective, AutoencoderObjectiveConfig,
+    AutoencoderOutcome, AutoencoderRunConfig, Reconstruction,
+};
 pub use checkpoint::{
     checkpoint_name, evaluation_weights_file, final_weights, latest_checkpoint, list_checkpoints,
 };
@@ -74,7 +81,7 @@ pub use objective::{Batch, BatchSource, Objective};
 pub use observer::{Observer, Quiet, StepInfo};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use run::{
-    check_run_folder, run, write_run_config, Method, ReportSampler, RunConfig, RunContext,
+    check_run_folder, run, write_run_config, Method, ReportSampler, RunCard, RunConfig, RunContext,
     RunOutcome, SamplerRow,
 };
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};

@@ -14,7 +14,7 @@ use crate::error::{Result, TrainError};
 use crate::observer::Observer;
 
 /// Passes cm-eval's messages to an [`Observer`].
-struct Messages<'a>(&'a mut dyn Observer);
+pub(crate) struct Messages<'a>(pub(crate) &'a mut dyn Observer);
 
 impl Progress for Messages<'_> {
     fn message(&mut self, message: &str) {

@@ -22,7 +22,7 @@ use tch::{Device, Tensor};
 use cm_core::Validate;
 use cm_data::DataSource;
 use cm_nets::Model;
-use cm_sample::{ModelCard, Sampled, CARD_FILE};
+use cm_sample::{AutoencoderCard, ModelCard, Sampled, CARD_FILE};
 
 use crate::checkpoint::{final_weights, latest_checkpoint, refuse_existing_run};
 use crate::config::TrainConfig;
@@ -71,12 +71,44 @@ pub trait RunConfig: Serialize + DeserializeOwned + PartialEq + Validate {
     fn take_steps_of(&mut self, new: &Self);
 }
 
+/// What a finished run writes as `model.toml` and every checkpoint carries
+/// in its metadata ([`cm_sample::META_CARD`]): a sampler's [`ModelCard`],
+/// or an autoencoder's [`AutoencoderCard`].
+pub trait RunCard {
+    /// Writes the card atomically.
+    fn save(&self, path: &Path) -> Result<()>;
+    /// The card as checkpoint metadata (JSON without the weights path).
+    fn metadata_json(&self) -> String;
+}
+
+impl RunCard for ModelCard {
+    fn save(&self, path: &Path) -> Result<()> {
+        Ok(ModelCard::save(self, path)?)
+    }
+
+    fn metadata_json(&self) -> String {
+        ModelCard::metadata_json(self)
+    }
+}
+
+impl RunCard for AutoencoderCard {
+    fn save(&self, path: &Path) -> Result<()> {
+        Ok(AutoencoderCard::save(self, path)?)
+    }
+
+    fn metadata_json(&self) -> String {
+        AutoencoderCard::metadata_json(self)
+    }
+}
+
 /// What a method adds to the run skeleton.
 pub trait Method {
     /// The whole run config, as written to `config.toml`.
     type Config: RunConfig;
     /// The training objective.
     type Objective: Objective;
+    /// The model card the run writes.
+    type Card: RunCard;
 
     /// The report's title, e.g. `"Consistency training run"`.
     fn title(&self) -> &str;
@@ -100,7 +132,19 @@ pub trait Method {
     ) -> Vec<ReportSampler<'a>>;
     /// The model card of the finished run, its weights at `weights`
     /// (relative to the run folder).
-    fn card(&self, weights: PathBuf) -> ModelCard;
+    fn card(&self, weights: PathBuf) -> Self::Card;
+
+    /// Runs once training has finished, before the report and the card:
+    /// measurements of the evaluation network on the data (an autoencoder's
+    /// scaling factor and reconstruction error). Returns extra report lines.
+    fn finish(
+        &mut self,
+        _eval: &Model,
+        _data: &cm_data::Dataset,
+        _observer: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// One row of the report's sampler table.
@@ -257,8 +301,17 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     // Only rank 0 writes the report and the card; the others wait for them
     // (a later stage of the pipeline reads the card).
     let rows = if writer {
+        let measured = method.finish(eval_model(&out.online, &out.emas), &data, observer)?;
         let rows = write_report_grids(method, &objective, &out, run_dir)?;
-        write_report(method, &out, &rows, run_dir, seconds, comm.size())?;
+        write_report(
+            method,
+            &out,
+            &rows,
+            &measured,
+            run_dir,
+            seconds,
+            comm.size(),
+        )?;
         method.card(final_weights(&train_config)).save(&card)?;
         rows
     } else {
@@ -322,6 +375,7 @@ fn write_report<M: Method>(
     method: &M,
     out: &TrainOutcome,
     rows: &[SamplerRow],
+    measured: &[String],
     run_dir: &Path,
     seconds: f64,
     ranks: usize,
@@ -346,7 +400,7 @@ fn write_report<M: Method>(
         out.step,
         seconds / 60.0
     );
-    for line in method.describe() {
+    for line in method.describe().iter().chain(measured) {
         let _ = writeln!(md, "- {line}");
     }
     let _ = writeln!(

@@ -151,6 +151,7 @@ pub fn teacher_report_samplers<'a>(
 impl Method for TeacherMethod<'_> {
     type Config = TeacherConfig;
     type Objective = EdmObjective;
+    type Card = ModelCard;
 
     fn title(&self) -> &str {
         "EDM teacher run"
