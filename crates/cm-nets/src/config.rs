@@ -202,7 +202,7 @@ impl Default for AutoencoderConfig {
             in_channels: 1,
             resolution: 28,
             latent_channels: 4,
-            base_channels: 32,
+            base_channels: 16,
             channel_mult: vec![1, 2, 2],
             num_res_blocks: 1,
             mid_attention: true,
@@ -337,7 +337,7 @@ impl NetConfig {
     ///   embedding with iCT's small scale), for GPUs.
     /// - `imagenet64-adm`: 3x64x64 class-conditional ADM (192 channels,
     ///   multipliers 1,2,3,4, 3 blocks, attention at 32, 16, 8), for GPUs.
-    /// - `fmnist-autoencoder`: 1x28x28 -> 4x7x7 (32 channels, multipliers
+    /// - `fmnist-autoencoder`: 1x28x28 -> 4x7x7 (16 channels, multipliers
     ///   1,2,2, 1 block per level, middle attention), for 2 CPU cores.
     /// - `cifar10-autoencoder`: 3x32x32 -> 4x8x8 (64 channels, multipliers
     ///   1,2,2, 2 blocks per level), for GPUs.

@@ -1,0 +1,125 @@
+//! The autoencoder run (`cm train-autoencoder`) end to end on Fashion-MNIST
+//! with the smoke preset: it learns (the loss falls), the card carries a
+//! scaling factor that gives the encoded training latents unit standard
+//! deviation, the codec's round trip is the network's reconstruction, and
+//! configs that cannot work are refused by field.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use cm_core::Validate;
+use cm_data::{DataSource, Dataset};
+use cm_sample::{AutoencoderCard, ModelCard};
+use cm_train::{run_autoencoder, AutoencoderRunConfig, Quiet};
+use tch::{Device, Kind, Tensor};
+
+fn preset(name: &str) -> AutoencoderRunConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../configs/autoencoder/{name}.toml"));
+    cm_core::load_toml(path).unwrap()
+}
+
+#[test]
+fn the_smoke_autoencoder_learns_and_its_card_scales_latents_to_unit_variance() {
+    let _rng = cm_runtime::lock_global_rng();
+    let config = preset("smoke");
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("ae");
+    let out = run_autoencoder(
+        &config,
+        &run_dir,
+        false,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(out.train.step, 60);
+    let losses = &out.train.losses;
+    let first: f64 = losses[..5].iter().map(|l| l.1).sum::<f64>() / 5.0;
+    let last: f64 = losses[losses.len() - 5..].iter().map(|l| l.1).sum::<f64>() / 5.0;
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+
+    let report = std::fs::read_to_string(out.report.unwrap()).unwrap();
+    for needle in ["scaling_factor", "PSNR", "reconstruction FID", "reconstructions.png"] {
+        assert!(report.contains(needle), "report lacks {needle}: {report}");
+    }
+    assert!(run_dir.join("reconstructions.png").is_file());
+
+    let card_path = out.card.unwrap();
+    let card = AutoencoderCard::load(&card_path).unwrap();
+    let codec = card.load_codec(Device::Cpu).unwrap();
+    assert_eq!(codec.latent_shape(), vec![4, 7, 7]);
+    // The factor is 1 / std of the first 4096 training images' latent
+    // means: re-encoding them gives unit standard deviation.
+    let Dataset::Images(images) = DataSource::FashionMnist.load(None).unwrap() else {
+        panic!("Fashion-MNIST is images")
+    };
+    let indices: Vec<usize> = (0..4096).collect();
+    let x = cm_eval::classifier::images_to_float(
+        &images.train.select(&indices).unwrap().to_tensor(),
+    );
+    let z = codec.encode(&x).unwrap();
+    let std = f64::try_from(z.to_kind(Kind::Double).std(true)).unwrap();
+    assert!((std - 1.0).abs() < 1e-3, "latent std {std}");
+    // decode(encode(x)) is the network's own reconstruction.
+    let x8 = x.narrow(0, 0, 8);
+    let round = codec.decode(&codec.encode(&x8).unwrap()).unwrap();
+    let direct = tch::no_grad(|| {
+        codec.model().forward_t(
+            &x8,
+            &Tensor::zeros([8], (Kind::Float, Device::Cpu)),
+            cm_core::Conditioning::none(),
+            false,
+        )
+    });
+    let diff = f64::try_from((round - direct).abs().max()).unwrap();
+    assert!(diff < 1e-4, "round trip differs by {diff}");
+    // Shapes are checked.
+    let err = codec.decode(&x8).unwrap_err().to_string();
+    assert!(err.contains("latents"), "{err}");
+
+    // The sampler's card loader points at what to do with it.
+    let err = ModelCard::load(&card_path).unwrap_err().to_string();
+    assert!(err.contains("autoencoder") && err.contains("[latent]"), "{err}");
+
+    // Resuming the finished run changes nothing.
+    let before = std::fs::read_to_string(&card_path).unwrap();
+    let again = run_autoencoder(
+        &config,
+        &run_dir,
+        true,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(again.train.step, 60);
+    assert_eq!(std::fs::read_to_string(&card_path).unwrap(), before);
+}
+
+#[test]
+fn configs_that_cannot_train_an_autoencoder_are_refused_by_field() {
+    for name in ["smoke", "fmnist"] {
+        preset(name).validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let mut c = preset("smoke");
+    c.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("net.arch"), "{err}");
+    let mut c = preset("smoke");
+    c.data = toml::from_str("kind = \"toy\"\ndistribution = \"two-moons\"").unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("data.kind"), "{err}");
+    let mut c = preset("smoke");
+    c.autoencoder.kl_weight = -1.0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("autoencoder.kl_weight"), "{err}");
+    // A card without a scaling factor (a run that has not finished) is
+    // refused rather than used at the wrong scale.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.toml");
+    AutoencoderCard::new("w.safetensors".into(), None).save(&path).unwrap();
+    let err = AutoencoderCard::load(&path).unwrap_err().to_string();
+    assert!(err.contains("scaling_factor"), "{err}");
+}
