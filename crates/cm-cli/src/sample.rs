@@ -54,7 +54,9 @@ impl DataArg {
     pub fn load(self) -> Result<cm_data::ImageDataset> {
         match self.source().load(None).context("loading the data set")? {
             cm_data::Dataset::Images(d) => Ok(d),
-            cm_data::Dataset::Points(_) => bail!("--data must name an image data set"),
+            cm_data::Dataset::Points(_) | cm_data::Dataset::Latents(_) => {
+                bail!("--data must name an image data set")
+            }
         }
     }
 }

@@ -323,6 +323,148 @@ impl PointSplit {
     }
 }
 
+/// One split of a data set of float examples of any shape (an
+/// autoencoder's latents `[4, 7, 7]`, ...): `N` examples as f32, with
+/// optional i64 labels. The loader serves them as they are.
+#[derive(Clone, PartialEq)]
+pub struct FloatSplit {
+    values: Vec<f32>,
+    shape: Vec<usize>,
+    labels: Option<Vec<i64>>,
+}
+
+/// A summary, not the values: `FloatSplit { len, shape, labelled }`.
+impl std::fmt::Debug for FloatSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FloatSplit")
+            .field("len", &self.len())
+            .field("shape", &self.shape)
+            .field("labelled", &self.labels.is_some())
+            .finish()
+    }
+}
+
+impl FloatSplit {
+    /// Wraps `values` (`[N, ...shape]` row-major) and optional labels (`N`).
+    pub fn new(values: Vec<f32>, shape: Vec<usize>, labels: Option<Vec<i64>>) -> Result<Self> {
+        let per: usize = shape.iter().product();
+        if shape.is_empty() || per == 0 {
+            return Err(DataError::invalid(
+                "shape",
+                format!("{shape:?}"),
+                "one or more dimensions, each at least 1",
+            ));
+        }
+        if !values.len().is_multiple_of(per) {
+            return Err(DataError::invalid(
+                "values.len()",
+                values.len(),
+                format!("a multiple of the example size {per} ({shape:?})"),
+            ));
+        }
+        if let Some(l) = &labels {
+            if l.len() != values.len() / per {
+                return Err(DataError::invalid(
+                    "labels.len()",
+                    l.len(),
+                    format!("one label per example ({})", values.len() / per),
+                ));
+            }
+        }
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(DataError::invalid("values", bad, "finite numbers"));
+        }
+        Ok(FloatSplit {
+            values,
+            shape,
+            labels,
+        })
+    }
+
+    /// The split of a float tensor `[N, ...]` (any float kind, any device)
+    /// and optional labels `[N]`.
+    pub fn from_tensor(x: &Tensor, labels: Option<&Tensor>) -> Result<Self> {
+        let size = x.size();
+        if size.len() < 2 {
+            return Err(DataError::invalid(
+                "tensor shape",
+                format!("{size:?}"),
+                "[N, ...] with at least one example dimension",
+            ));
+        }
+        let values = Vec::<f32>::try_from(
+            x.to_device(tch::Device::Cpu)
+                .to_kind(tch::Kind::Float)
+                .contiguous()
+                .flatten(0, -1),
+        )?;
+        let labels = labels
+            .map(|l| Vec::<i64>::try_from(l.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64)))
+            .transpose()?;
+        FloatSplit::new(
+            values,
+            size[1..].iter().map(|&d| d as usize).collect(),
+            labels,
+        )
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.values.len() / self.example_len()
+    }
+
+    /// Whether the split holds no example.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The shape of one example.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Values per example.
+    pub fn example_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// All values, `[N, ...shape]` row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The labels, if any.
+    pub fn labels(&self) -> Option<&[i64]> {
+        self.labels.as_deref()
+    }
+
+    /// The values as an f32 tensor `[N, ...shape]` on the CPU.
+    pub fn to_tensor(&self) -> Tensor {
+        let mut shape = vec![self.len() as i64];
+        shape.extend(self.shape.iter().map(|&d| d as i64));
+        Tensor::from_slice(&self.values).reshape(shape)
+    }
+
+    /// The labels as an int64 tensor `[N]`, if any.
+    pub fn labels_tensor(&self) -> Option<Tensor> {
+        self.labels.as_deref().map(Tensor::from_slice)
+    }
+}
+
+/// A data set of float examples (an image data set encoded by an
+/// autoencoder): train and test splits and the classes of the images.
+#[derive(Clone, Debug)]
+pub struct FloatDataset {
+    /// Short name, e.g. `fashion-mnist latents (autoencoder 1a2b...)`.
+    pub name: String,
+    /// Training split.
+    pub train: Arc<FloatSplit>,
+    /// Test split (may be empty).
+    pub test: Arc<FloatSplit>,
+    /// Number of classes; 0 for unlabelled data.
+    pub num_classes: usize,
+}
+
 /// How a labelled source without a fixed train/test split is split, per
 /// class. Within each class the **last** `k` images (in source order) go to
 /// the test split and the rest to the train split; see [`split_stratified`].

@@ -57,7 +57,9 @@ pub mod toy;
 pub use cache::{default_data_dir, read_cache, resolve_data_dir, write_cache};
 pub use cifar::{load_cifar10_dir, read_cifar10_batch, CIFAR10_CLASSES};
 pub use colored::{colorize_dataset, colorize_split, hsv_to_rgb, DEFAULT_HUE_JITTER};
-pub use dataset::{split_stratified, ImageDataset, ImageSplit, PointSplit, SplitRule};
+pub use dataset::{
+    split_stratified, FloatDataset, FloatSplit, ImageDataset, ImageSplit, PointSplit, SplitRule,
+};
 pub use error::{DataError, Result};
 pub use folder::{load_image, load_image_folder, ColorMode, ImageFolderConfig};
 pub use idx::{load_idx_dir, read_idx_images, read_idx_labels, read_idx_pair};

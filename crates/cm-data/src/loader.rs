@@ -24,7 +24,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::dataset::{ImageSplit, PointSplit};
+use crate::dataset::{FloatSplit, ImageSplit, PointSplit};
 use crate::error::{DataError, Result};
 use crate::rng::{self, Tag};
 
@@ -85,6 +85,8 @@ pub enum LoaderData {
     Images(Arc<ImageSplit>),
     /// f32 points, as they are.
     Points(Arc<PointSplit>),
+    /// f32 examples of any shape (latents), as they are.
+    Floats(Arc<FloatSplit>),
 }
 
 impl LoaderData {
@@ -93,6 +95,7 @@ impl LoaderData {
         match self {
             LoaderData::Images(s) => s.len(),
             LoaderData::Points(s) => s.len(),
+            LoaderData::Floats(s) => s.len(),
         }
     }
 
@@ -105,6 +108,7 @@ impl LoaderData {
         match self {
             LoaderData::Images(s) => s.labels(),
             LoaderData::Points(s) => s.labels(),
+            LoaderData::Floats(s) => s.labels(),
         }
     }
 }
@@ -124,6 +128,12 @@ impl From<ImageSplit> for LoaderData {
 impl From<Arc<PointSplit>> for LoaderData {
     fn from(s: Arc<PointSplit>) -> Self {
         LoaderData::Points(s)
+    }
+}
+
+impl From<Arc<FloatSplit>> for LoaderData {
+    fn from(s: Arc<FloatSplit>) -> Self {
+        LoaderData::Floats(s)
     }
 }
 
@@ -217,19 +227,24 @@ impl BatchLoader {
                 "at most u32::MAX",
             ));
         }
-        if let LoaderData::Points(_) = data {
+        let what = match data {
+            LoaderData::Points(_) => Some("2-D points"),
+            LoaderData::Floats(_) => Some("float examples (latents)"),
+            LoaderData::Images(_) => None,
+        };
+        if let Some(what) = what {
             if config.hflip {
                 return Err(DataError::invalid(
                     "loader.hflip",
                     true,
-                    "false for 2-D points (flips apply to images)",
+                    format!("false for {what} (flips apply to images)"),
                 ));
             }
             if config.pad != 0 {
                 return Err(DataError::invalid(
                     "loader.pad",
                     config.pad,
-                    "0 for 2-D points (padding applies to images)",
+                    format!("0 for {what} (padding applies to images)"),
                 ));
             }
         }
@@ -287,6 +302,11 @@ impl BatchLoader {
                 ]
             }
             LoaderData::Points(_) => vec![b, 2],
+            LoaderData::Floats(split) => {
+                let mut shape = vec![b];
+                shape.extend(split.shape().iter().map(|&d| d as i64));
+                shape
+            }
         }
     }
 
@@ -353,6 +373,14 @@ impl BatchLoader {
                 let mut buf = Vec::with_capacity(2 * indices.len());
                 for &i in &indices {
                     buf.extend_from_slice(&pts[2 * i..2 * i + 2]);
+                }
+                Tensor::f_from_slice(&buf)?.f_reshape(&shape)?
+            }
+            LoaderData::Floats(split) => {
+                let (values, per) = (split.values(), split.example_len());
+                let mut buf = Vec::with_capacity(per * indices.len());
+                for &i in &indices {
+                    buf.extend_from_slice(&values[per * i..per * (i + 1)]);
                 }
                 Tensor::f_from_slice(&buf)?.f_reshape(&shape)?
             }

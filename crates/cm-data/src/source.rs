@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cifar::load_cifar10_dir;
-use crate::dataset::{ImageDataset, SplitRule};
+use crate::dataset::{FloatDataset, ImageDataset, SplitRule};
 use crate::error::Result;
 use crate::folder::{load_image_folder, ColorMode, ImageFolderConfig};
 use crate::idx::load_idx_dir;
@@ -124,13 +124,16 @@ impl DataSource {
     }
 }
 
-/// A loaded data set: images or 2-D points.
+/// A loaded data set: images, 2-D points, or float examples (an image data
+/// set encoded to latents).
 #[derive(Clone, Debug)]
 pub enum Dataset {
     /// An image data set.
     Images(ImageDataset),
     /// A 2-D toy data set.
     Points(ToyDataset),
+    /// Float examples of any shape (latents of an image data set).
+    Latents(FloatDataset),
 }
 
 impl Dataset {
@@ -139,6 +142,7 @@ impl Dataset {
         match self {
             Dataset::Images(d) => LoaderData::Images(d.train.clone()),
             Dataset::Points(d) => LoaderData::Points(d.train.clone()),
+            Dataset::Latents(d) => LoaderData::Floats(d.train.clone()),
         }
     }
 
@@ -147,6 +151,7 @@ impl Dataset {
         match self {
             Dataset::Images(d) => LoaderData::Images(d.test.clone()),
             Dataset::Points(d) => LoaderData::Points(d.test.clone()),
+            Dataset::Latents(d) => LoaderData::Floats(d.test.clone()),
         }
     }
 
@@ -155,6 +160,7 @@ impl Dataset {
         match self {
             Dataset::Images(d) => d.num_classes,
             Dataset::Points(d) => d.num_classes(),
+            Dataset::Latents(d) => d.num_classes,
         }
     }
 
@@ -163,6 +169,7 @@ impl Dataset {
         match self {
             Dataset::Images(d) => d.shape().to_vec(),
             Dataset::Points(_) => vec![2],
+            Dataset::Latents(d) => d.train.shape().to_vec(),
         }
     }
 }

@@ -204,3 +204,53 @@ fn invalid_batch_sizes_are_rejected() {
     let empty = ImageSplit::empty([1, 2, 2], true);
     assert!(BatchLoader::new(empty, LoaderConfig::new(1, 0)).is_err());
 }
+
+#[test]
+fn float_examples_are_served_as_they_are_with_their_labels() {
+    // 30 examples of shape [2, 3, 3] whose values encode (example, element).
+    let per = 18;
+    let values: Vec<f32> = (0..30 * per).map(|v| v as f32 * 0.5 - 7.0).collect();
+    let labels: Vec<i64> = (0..30).map(|i| i % 4).collect();
+    let split =
+        cm_data::FloatSplit::new(values.clone(), vec![2, 3, 3], Some(labels.clone())).unwrap();
+    assert_eq!((split.len(), split.example_len()), (30, per));
+    let loader = BatchLoader::new(Arc::new(split), LoaderConfig::new(7, 5)).unwrap();
+    for step in [0u64, 3, 4, 9] {
+        let batch = loader.batch(step).unwrap();
+        assert_eq!(batch.x.size(), [7, 2, 3, 3]);
+        let got = Vec::<f32>::try_from(batch.x.flatten(0, -1)).unwrap();
+        let got_labels = Vec::<i64>::try_from(batch.labels.unwrap()).unwrap();
+        for (k, &i) in batch.indices.iter().enumerate() {
+            assert_eq!(got[k * per..(k + 1) * per], values[i * per..(i + 1) * per]);
+            assert_eq!(got_labels[k], labels[i]);
+        }
+    }
+    // Flips and padding are for images.
+    let split = cm_data::FloatSplit::new(vec![0.0; 4 * 8], vec![4, 2], None).unwrap();
+    let err = BatchLoader::new(
+        Arc::new(split.clone()),
+        LoaderConfig::new(2, 0).with_hflip(true),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("loader.hflip") && err.contains("latents"),
+        "{err}"
+    );
+    let err = BatchLoader::new(Arc::new(split), LoaderConfig::new(2, 0).with_pad(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loader.pad"), "{err}");
+    // Bad parts are refused by name.
+    let err = cm_data::FloatSplit::new(vec![0.0; 5], vec![2], None).unwrap_err();
+    assert!(err.to_string().contains("values.len()"), "{err}");
+    let err = cm_data::FloatSplit::new(vec![0.0; 4], vec![2], Some(vec![0])).unwrap_err();
+    assert!(err.to_string().contains("labels.len()"), "{err}");
+    let err = cm_data::FloatSplit::new(vec![f32::NAN, 0.0], vec![2], None).unwrap_err();
+    assert!(err.to_string().contains("finite"), "{err}");
+    // A tensor round trip.
+    let t = Tensor::randn([3, 4, 2], (Kind::Float, tch::Device::Cpu));
+    let s = cm_data::FloatSplit::from_tensor(&t, None).unwrap();
+    assert_eq!(s.shape(), [4, 2]);
+    assert_eq!(f64::try_from((s.to_tensor() - t).abs().max()).unwrap(), 0.0);
+}

@@ -340,7 +340,7 @@ impl Scorer<'_> {
 fn image_dataset(config: &EvalConfig) -> Result<ImageDataset> {
     match config.data.load(None)? {
         Dataset::Images(d) => Ok(d),
-        Dataset::Points(_) => Err(EvalError::InvalidInput(
+        Dataset::Points(_) | Dataset::Latents(_) => Err(EvalError::InvalidInput(
             "cm eval needs an image data set".into(),
         )),
     }

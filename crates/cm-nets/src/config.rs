@@ -581,6 +581,25 @@ fn check_embedding(kind: NoiseEmbedding, scale: f64) -> cm_core::Result<()> {
     Ok(())
 }
 
+/// Channels of a denoising network's input: images (1 or 3) or an
+/// autoencoder's latents (up to [`MAX_LATENT_CHANNELS`]).
+fn check_sample_channels(channels: usize) -> cm_core::Result<()> {
+    if channels == 0 || channels > MAX_LATENT_CHANNELS {
+        return Err(invalid(
+            "in_channels",
+            channels,
+            format!(
+                "1 (grey) or 3 (RGB) for images, up to {MAX_LATENT_CHANNELS} for an autoencoder's latents"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The most latent channels an autoencoder may have (and a latent-space
+/// network may take).
+pub const MAX_LATENT_CHANNELS: usize = 64;
+
 fn check_channels(channels: usize) -> cm_core::Result<()> {
     if channels != 1 && channels != 3 {
         return Err(invalid("in_channels", channels, "1 (grey) or 3 (RGB)"));
@@ -590,7 +609,7 @@ fn check_channels(channels: usize) -> cm_core::Result<()> {
 
 impl Validate for UNetConfig {
     fn validate(&self) -> cm_core::Result<()> {
-        check_channels(self.in_channels)?;
+        check_sample_channels(self.in_channels)?;
         check_positive("model_channels", self.model_channels)?;
         check_positive("num_res_blocks", self.num_res_blocks)?;
         check_positive("channels_per_head", self.channels_per_head)?;
@@ -687,7 +706,7 @@ impl Validate for UNetConfig {
 
 impl Validate for DiTConfig {
     fn validate(&self) -> cm_core::Result<()> {
-        check_channels(self.in_channels)?;
+        check_sample_channels(self.in_channels)?;
         check_positive("patch_size", self.patch_size)?;
         check_positive("depth", self.depth)?;
         check_positive("num_heads", self.num_heads)?;

@@ -302,7 +302,7 @@ fn invalid_configs_name_the_field() {
         ),
         (
             NetConfig::Unet(UNetConfig {
-                in_channels: 2,
+                in_channels: 65,
                 ..UNetConfig::default()
             }),
             "in_channels",

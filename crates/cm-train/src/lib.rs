@@ -28,6 +28,8 @@
 //!   distillation (cm-distill) share.
 //! - [`autoencoder`]: the KL autoencoder of latent consistency models
 //!   ([`run_autoencoder`]), its scaling factor and reconstruction FID.
+//! - [`latent`]: any method in an autoencoder's latent space (`[latent]`):
+//!   the data encoded once and cached, grids decoded.
 //! - [`ablation`]: the CT-to-iCT ablation run ([`run_ablation`]): every
 //!   rung for several seeds, measured by a caller-supplied 2-D metric.
 
@@ -43,6 +45,7 @@ pub mod ect_pipeline;
 pub mod edm;
 pub mod ema;
 pub mod error;
+pub mod latent;
 pub mod metric;
 pub mod metrics;
 pub mod objective;
@@ -75,6 +78,7 @@ pub use ect_pipeline::{run_ect, EctMethod, EctOutcome, EctRunConfig};
 pub use edm::{EdmObjective, EdmObjectiveConfig};
 pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
+pub use latent::{latent_dataset, Decoding, LatentConfig};
 pub use metric::build_metric;
 pub use metrics::read_losses;
 pub use objective::{Batch, BatchSource, Objective};

@@ -69,6 +69,11 @@ pub trait RunConfig: Serialize + DeserializeOwned + PartialEq + Validate {
     /// Copies the step counts of `new` into `self`: a resumed run may be
     /// extended, nothing else may change.
     fn take_steps_of(&mut self, new: &Self);
+    /// The autoencoder whose latent space the run trains in (`[latent]`),
+    /// if any: the data is encoded to latents and grids are decoded.
+    fn latent(&self) -> Option<&crate::latent::LatentConfig> {
+        None
+    }
 }
 
 /// What a finished run writes as `model.toml` and every checkpoint carries
@@ -250,6 +255,33 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
             ));
         }
     }
+    // The latent route: the images become the autoencoder's scaled
+    // latents (encoded once, cached), and grids are decoded to images.
+    let codec = match method.config().latent() {
+        Some(latent) => {
+            let codec = latent.load_codec(device)?;
+            let root = cm_eval::classifier::default_cache_root()?;
+            let card = cm_sample::AutoencoderCard::load(&latent.autoencoder)?;
+            // Rank 0 encodes and caches; the others then read the cache.
+            let encode = |observer: &mut dyn Observer| {
+                crate::latent::latent_dataset(&data, &codec, &card.weights, &root, observer)
+            };
+            let latents = if writer {
+                let l = encode(observer);
+                comm.barrier();
+                l?
+            } else {
+                comm.barrier();
+                encode(observer)?
+            };
+            Some((codec, latents))
+        }
+        None => None,
+    };
+    let (codec, data) = match codec {
+        Some((codec, latents)) => (Some(codec), latents),
+        None => (None, data),
+    };
     tch::manual_seed(mix_seed(train_config.seed, u64::MAX));
     let (mut model, mut objective) = method.build(device, observer)?;
     // Every checkpoint says how to sample from it (cm_sample::META_CARD).
@@ -264,8 +296,19 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
         model.flops_per_sample() as f64 / 1e6
     ));
     let started = Instant::now();
+    let mut decoding;
+    let training: &mut dyn Objective = match &codec {
+        Some(codec) => {
+            decoding = crate::latent::Decoding {
+                inner: &mut objective,
+                codec,
+            };
+            &mut decoding
+        }
+        None => &mut objective,
+    };
     let out = train(
-        &mut objective,
+        training,
         model,
         &source,
         &train_config,
@@ -301,8 +344,20 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     // Only rank 0 writes the report and the card; the others wait for them
     // (a later stage of the pipeline reads the card).
     let rows = if writer {
-        let measured = method.finish(eval_model(&out.online, &out.emas), &data, observer)?;
-        let rows = write_report_grids(method, &objective, &out, run_dir)?;
+        let mut measured = method.finish(eval_model(&out.online, &out.emas), &data, observer)?;
+        if let (Some(codec), Some(latent)) = (&codec, method.config().latent()) {
+            measured.insert(
+                0,
+                format!(
+                    "latent space of the autoencoder `{}`: latents {:?}, scaling_factor {:.5}; \
+                     grids decoded to images",
+                    latent.autoencoder.display(),
+                    codec.latent_shape(),
+                    codec.scaling_factor()
+                ),
+            );
+        }
+        let rows = write_report_grids(method, &objective, &out, codec.as_ref(), run_dir)?;
         write_report(
             method,
             &out,
@@ -349,6 +404,7 @@ fn write_report_grids<M: Method>(
     method: &M,
     objective: &M::Objective,
     out: &TrainOutcome,
+    codec: Option<&cm_sample::LatentCodec>,
     run_dir: &Path,
 ) -> Result<Vec<SamplerRow>> {
     let config = method.config().train();
@@ -359,8 +415,13 @@ fn write_report_grids<M: Method>(
         tch::manual_seed(mix_seed(config.seed, 77));
         let t = Instant::now();
         let sampled = (sampler.sample)(&latents)?;
+        // A latent run's samples are decoded (the decoder's time counts).
+        let x = match codec {
+            Some(codec) => codec.decode(&sampled.x)?,
+            None => sampled.x,
+        };
         let seconds = t.elapsed().as_secs_f64();
-        cm_report::write_samples(&sampled.x, &run_dir.join(&sampler.file))?;
+        cm_report::write_samples(&x, &run_dir.join(&sampler.file))?;
         rows.push(SamplerRow {
             label: sampler.label,
             file: sampler.file,

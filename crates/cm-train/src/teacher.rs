@@ -49,6 +49,11 @@ pub struct TeacherConfig {
     /// The EDM objective and the grid sampler.
     #[serde(default)]
     pub edm: EdmObjectiveConfig,
+    /// Train in an autoencoder's latent space (latent diffusion, the
+    /// teacher of LCM): `[latent] autoencoder = "runs/ae/model.toml"`;
+    /// `[net]` then takes the latent shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent: Option<crate::latent::LatentConfig>,
 }
 
 impl TeacherConfig {
@@ -86,6 +91,10 @@ impl RunConfig for TeacherConfig {
 
     fn take_steps_of(&mut self, new: &Self) {
         self.train.steps = new.train.steps;
+    }
+
+    fn latent(&self) -> Option<&crate::latent::LatentConfig> {
+        self.latent.as_ref()
     }
 }
 

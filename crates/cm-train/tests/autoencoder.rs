@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use cm_core::Validate;
 use cm_data::{DataSource, Dataset};
 use cm_sample::{AutoencoderCard, ModelCard};
-use cm_train::{run_autoencoder, AutoencoderRunConfig, Quiet};
+use cm_train::{run_autoencoder, run_teacher, AutoencoderRunConfig, Quiet, TeacherConfig};
 use tch::{Device, Kind, Tensor};
 
 fn preset(name: &str) -> AutoencoderRunConfig {
@@ -41,7 +41,12 @@ fn the_smoke_autoencoder_learns_and_its_card_scales_latents_to_unit_variance() {
     assert!(last < 0.8 * first, "loss {first} -> {last}");
 
     let report = std::fs::read_to_string(out.report.unwrap()).unwrap();
-    for needle in ["scaling_factor", "PSNR", "reconstruction FID", "reconstructions.png"] {
+    for needle in [
+        "scaling_factor",
+        "PSNR",
+        "reconstruction FID",
+        "reconstructions.png",
+    ] {
         assert!(report.contains(needle), "report lacks {needle}: {report}");
     }
     assert!(run_dir.join("reconstructions.png").is_file());
@@ -56,9 +61,8 @@ fn the_smoke_autoencoder_learns_and_its_card_scales_latents_to_unit_variance() {
         panic!("Fashion-MNIST is images")
     };
     let indices: Vec<usize> = (0..4096).collect();
-    let x = cm_eval::classifier::images_to_float(
-        &images.train.select(&indices).unwrap().to_tensor(),
-    );
+    let x =
+        cm_eval::classifier::images_to_float(&images.train.select(&indices).unwrap().to_tensor());
     let z = codec.encode(&x).unwrap();
     let std = f64::try_from(z.to_kind(Kind::Double).std(true)).unwrap();
     assert!((std - 1.0).abs() < 1e-3, "latent std {std}");
@@ -81,7 +85,10 @@ fn the_smoke_autoencoder_learns_and_its_card_scales_latents_to_unit_variance() {
 
     // The sampler's card loader points at what to do with it.
     let err = ModelCard::load(&card_path).unwrap_err().to_string();
-    assert!(err.contains("autoencoder") && err.contains("[latent]"), "{err}");
+    assert!(
+        err.contains("autoencoder") && err.contains("[latent]"),
+        "{err}"
+    );
 
     // Resuming the finished run changes nothing.
     let before = std::fs::read_to_string(&card_path).unwrap();
@@ -96,12 +103,82 @@ fn the_smoke_autoencoder_learns_and_its_card_scales_latents_to_unit_variance() {
     .unwrap();
     assert_eq!(again.train.step, 60);
     assert_eq!(std::fs::read_to_string(&card_path).unwrap(), before);
+
+    // The latent route: a class-conditional EDM teacher on the encoded
+    // data (encoded once and cached), its grids decoded to images.
+    let teacher: TeacherConfig = toml::from_str(&format!(
+        r#"
+        [latent]
+        autoencoder = {card:?}
+        [net]
+        arch = "unet"
+        in_channels = 4
+        resolution = 7
+        model_channels = 16
+        channel_mult = [1]
+        num_res_blocks = 1
+        attn_resolutions = [7]
+        channels_per_head = 16
+        dropout = 0.0
+        num_classes = 10
+        [train]
+        steps = 20
+        batch_size = 16
+        ema_rates = [0.9]
+        checkpoint_every = 20
+        sample_count = 4
+        [edm]
+        label_dropout = 0.1
+        [edm.edm]
+        sigma_data = 1.0
+        "#,
+        card = card_path.display().to_string()
+    ))
+    .unwrap();
+    let cache = cm_train::latent::latent_cache_file(
+        &cm_eval::classifier::default_cache_root().unwrap(),
+        &images,
+        &card.weights,
+        card.scaling_factor.unwrap(),
+    )
+    .unwrap();
+    let out = run_teacher(
+        &teacher,
+        &dir.path().join("latent-teacher"),
+        false,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(out.train.step, 20);
+    assert!(cache.is_file(), "no latent cache at {}", cache.display());
+    // The cached latents are the codec's encoding of the data.
+    let cached = Tensor::read_safetensors(&cache).unwrap();
+    let train = &cached.iter().find(|(n, _)| n == "train.latents").unwrap().1;
+    assert_eq!(train.size(), [images.train.len() as i64, 4, 7, 7]);
+    let direct = codec.encode(&x.narrow(0, 0, 16)).unwrap();
+    let diff = f64::try_from((train.narrow(0, 0, 16) - direct).abs().max()).unwrap();
+    assert!(diff < 1e-4, "cached latents differ by {diff}");
+    // The grid is decoded: 4 images of 28x28 in a 2x2 grid with 2-pixel gaps.
+    let png = std::fs::read(dir.path().join("latent-teacher/samples_heun35.png")).unwrap();
+    // PNG: 8-byte signature, IHDR length and type, then width and height.
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((be(16), be(20)), (2 * 30 + 2, 2 * 30 + 2));
+    let report = std::fs::read_to_string(out.report.unwrap()).unwrap();
+    assert!(
+        report.contains("latent space of the autoencoder"),
+        "{report}"
+    );
+    let _ = std::fs::remove_file(&cache);
 }
 
 #[test]
 fn configs_that_cannot_train_an_autoencoder_are_refused_by_field() {
     for name in ["smoke", "fmnist"] {
-        preset(name).validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        preset(name)
+            .validate()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     let mut c = preset("smoke");
     c.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
@@ -119,7 +196,9 @@ fn configs_that_cannot_train_an_autoencoder_are_refused_by_field() {
     // refused rather than used at the wrong scale.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.toml");
-    AutoencoderCard::new("w.safetensors".into(), None).save(&path).unwrap();
+    AutoencoderCard::new("w.safetensors".into(), None)
+        .save(&path)
+        .unwrap();
     let err = AutoencoderCard::load(&path).unwrap_err().to_string();
     assert!(err.contains("scaling_factor"), "{err}");
 }
