@@ -75,12 +75,12 @@ pub fn latent_cache_file(
 fn encode_split(codec: &LatentCodec, split: &ImageSplit) -> Result<FloatSplit> {
     let shape = codec.latent_shape();
     if split.is_empty() {
-        return Ok(FloatSplit::new(
+        return FloatSplit::new(
             Vec::new(),
             shape.iter().map(|&d| d as usize).collect(),
             split.labels().map(|_| Vec::new()),
         )
-        .map_err(|e| TrainError::Batch(e.to_string()))?);
+        .map_err(|e| TrainError::Batch(e.to_string()));
     }
     let x = cm_eval::classifier::images_to_float(&split.to_tensor());
     let z = codec.encode(&x)?;
