@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::presets;
 
-/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ect}`, `{ct}`, `{recipes}` and `{eval}`
+/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ect}`, `{lcm}`, `{ct}`, `{recipes}` and `{eval}`
 /// stand for the preset lists.
 const TEMPLATE: &str = "\
 cargo xtask: the cm-rs task runner
@@ -67,6 +67,12 @@ COMMANDS:
              then a consistency model started from its weights and tuned with
              ECT's continuous pairs; 1-step and 2-step grids, report and model
              card in runs/ect-<preset>.
+    train-lcm [--preset {lcm}] [--config FILE] [--run-dir DIR] [--resume]
+             Latent consistency model (Luo et al. 2023): the autoencoder,
+             the class-conditional latent teacher (both reused when finished,
+             under runs/teachers), then latent consistency distillation with
+             classifier-free guidance; decoded 1-, 2- and 4-step grids,
+             report and model card in runs/lcm-<preset> (docs/lcm.md).
     train-teacher [--preset {teacher}] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
     train-ct [--preset {ct}] [--recipe {recipes}] [--config FILE] [--run-dir DIR] [--resume]
@@ -102,7 +108,7 @@ COMMANDS:
     help     Print this help.
 
 DATA PARALLEL:
-    --procs N on train-cd, train-pd, train-ect, train-teacher, train-ct and compare's
+    --procs N on train-cd, train-pd, train-ect, train-lcm, train-teacher, train-ct and compare's
     training runs builds `cm` with MPI and runs it as N ranks through
     `mpirun --bind-to none --oversubscribe -n N` (one libtorch thread per rank
     unless `-- --threads T`); --hostfile FILE runs on the machines it lists
@@ -156,6 +162,7 @@ pub fn text(root: Option<&Path>) -> String {
         .replace("{cd}", &group("cd"))
         .replace("{pd}", &group("pd"))
         .replace("{ect}", &group("ect"))
+        .replace("{lcm}", &group("lcm"))
         .replace("{eval}", &group("eval"))
         .replace("{ct}", &alternatives(ct_presets))
         .replace("{recipes}", &alternatives(recipes))
@@ -170,7 +177,7 @@ mod tests {
     fn help_lists_every_preset_file_and_command() {
         let root = workspace::root().unwrap();
         let help = text(Some(&root));
-        for group in ["teacher", "cd", "pd", "ect", "eval"] {
+        for group in ["teacher", "cd", "pd", "ect", "lcm", "eval"] {
             let names = presets::available(&root, group);
             assert!(!names.is_empty(), "no presets in configs/{group}");
             assert!(help.contains(&names.join("|")), "{group}: {help}");
@@ -184,6 +191,7 @@ mod tests {
             "{cd}",
             "{pd}",
             "{ect}",
+            "{lcm}",
             "{ct}",
             "{recipes}",
             "{eval}",

@@ -41,6 +41,7 @@ const COMMANDS: &[&str] = &[
     "train-cd",
     "train-pd",
     "train-ect",
+    "train-lcm",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -73,12 +74,13 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             "train-teacher",
             "train-ct",
             "train-ect",
+            "train-lcm",
             "compare",
         ]
         .contains(&command)
     {
         return Err(format!(
-            "--procs: `{command}` does not train data-parallel (train-cd, train-pd, train-teacher, train-ct, train-ect and compare do)"
+            "--procs: `{command}` does not train data-parallel (train-cd, train-pd, train-teacher, train-ct, train-ect, train-lcm and compare do)"
         ));
     }
     if args.procs.is_some() && args.cuda {

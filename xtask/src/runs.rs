@@ -18,6 +18,7 @@ pub const COMMANDS: &[&str] = &[
     "train-cd",
     "train-pd",
     "train-ect",
+    "train-lcm",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -32,6 +33,7 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
         "train-cd" => cm_run_args(args, &root, "distill", "cd", "cd")?,
         "train-pd" => cm_run_args(args, &root, "train-pd", "pd", "pd")?,
         "train-ect" => cm_run_args(args, &root, "train-ect", "ect", "ect")?,
+        "train-lcm" => cm_run_args(args, &root, "train-lcm", "lcm", "lcm")?,
         "train-ct" => ct_args(args, &root)?,
         "ct-ablation" => {
             let mut cm_args = vec!["ct-ablation".to_string()];

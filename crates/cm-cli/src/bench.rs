@@ -174,6 +174,8 @@ impl Rows {
             consistency: ConsistencyConfig::default(),
             timesteps: BTreeMap::new(),
             scheduler: None,
+            autoencoder: None,
+            guidance: None,
         };
         let pipeline = Pipeline::new(card, copy(&base)?);
 

@@ -189,6 +189,15 @@ enum Command {
     /// ([ect]); 1-step and 2-step grids beside the teacher's and a
     /// report.md. Ctrl-C saves a checkpoint; --resume continues.
     TrainEct(DistillArgs),
+    /// Latent consistency model (LCM, Luo et al. 2023): train or reuse the
+    /// autoencoder ([autoencoder]) and the class-conditional latent teacher
+    /// ([teacher], label dropout for classifier-free guidance), then
+    /// latent consistency distillation ([lcd]: guided teacher steps with
+    /// w ~ U[w_min, w_max], skipping step k, a student that embeds w);
+    /// decoded 1-, 2- and 4-step grids beside the guided teacher's, a
+    /// report.md and a card that `cm sample --guidance W --class C --steps
+    /// N` reads. Ctrl-C saves a checkpoint; --resume continues.
+    TrainLcm(DistillArgs),
     /// Consistency training from data alone (CT, Song et al. 2023,
     /// Algorithm 3, or the improved recipe iCT, Song & Dhariwal 2023; the
     /// config's [ct.recipe] decides): train, then write 1-step and 2-step
@@ -370,6 +379,17 @@ fn train_ect(args: &DistillArgs) -> Result<()> {
     )
 }
 
+fn train_lcm(args: &DistillArgs) -> Result<()> {
+    from_teacher::<cm_distill::LcmRunConfig>(
+        args,
+        "latent consistency model (autoencoder, guided latent teacher, LCD)",
+        "lcm",
+        |config, run_dir, teachers, resume, device, stop, observer| {
+            Ok(cm_distill::run_lcm(config, run_dir, teachers, resume, device, stop, observer)?.lcd)
+        },
+    )
+}
+
 fn train_pd(args: &DistillArgs) -> Result<()> {
     let run = &args.run;
     let DistillSetup {
@@ -482,13 +502,14 @@ fn main() -> ExitCode {
 
 /// The commands that train data-parallel when started by mpirun.
 const DATA_PARALLEL_COMMANDS: &str =
-    "train-teacher, train-autoencoder, distill, train-pd, train-ect and train-ct";
+    "train-teacher, train-autoencoder, distill, train-pd, train-ect, train-lcm and train-ct";
 
 fn run_command(cli: &Cli) -> ExitCode {
     let data_parallel = matches!(
         cli.command,
         Command::TrainTeacher(_)
             | Command::TrainAutoencoder(_)
+            | Command::TrainLcm(_)
             | Command::Distill(_)
             | Command::TrainPd(_)
             | Command::TrainEct(_)
@@ -516,6 +537,7 @@ fn run_command(cli: &Cli) -> ExitCode {
     let result = match &cli.command {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::TrainAutoencoder(args) => train_autoencoder(args),
+        Command::TrainLcm(args) => train_lcm(args),
         Command::Distill(args) => distill(args),
         Command::TrainPd(args) => train_pd(args),
         Command::TrainEct(args) => train_ect(args),

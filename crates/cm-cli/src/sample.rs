@@ -252,12 +252,23 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         },
         guidance: args.guidance,
     };
-    let is_image = model.config().sample_shape().len() == 3;
+    // A model in an autoencoder's latent space samples latents, decoded to images.
+    let codec = card.load_codec(device).with_context(|| {
+        format!(
+            "loading the autoencoder {}",
+            card.autoencoder().unwrap_or(Path::new("-")).display()
+        )
+    })?;
+    let sample_shape = match &codec {
+        Some(codec) => codec.image_shape(),
+        None => model.config().sample_shape(),
+    };
+    let is_image = sample_shape.len() == 3;
     // Every sample is kept (u8 pixels, or f32 points) for the tensor file:
     // refuse before sampling what would not fit.
     // Plus an i64 label each when conditional, and twice for the chunks and
     // their concatenation held at once.
-    let per_sample: u64 = model.config().sample_shape().iter().product::<i64>() as u64
+    let per_sample: u64 = sample_shape.iter().product::<i64>() as u64
         * if is_image { 1 } else { 4 }
         + if config.classes == ClassChoice::None {
             0
@@ -285,22 +296,29 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
     bar.start("sample", args.count as u64);
     let out = &args.out;
     let write_each = is_image && !args.no_png;
-    let done = generate::<anyhow::Error>(&card, &model, &config, device, &mut |chunk: Chunk| {
-        if write_each {
-            write_pngs(&chunk.images, out, chunk.first)
-                .with_context(|| format!("writing PNGs into {}", out.display()))?;
-        }
-        bar.advance(chunk.images.size()[0] as u64);
-        samples.push(if is_image {
-            to_u8(&chunk.images)
-        } else {
-            chunk.images
-        });
-        if let Some(c) = chunk.classes {
-            labels.push(c);
-        }
-        Ok(())
-    })
+    let done = generate::<anyhow::Error>(
+        &card,
+        &model,
+        codec.as_ref(),
+        &config,
+        device,
+        &mut |chunk: Chunk| {
+            if write_each {
+                write_pngs(&chunk.images, out, chunk.first)
+                    .with_context(|| format!("writing PNGs into {}", out.display()))?;
+            }
+            bar.advance(chunk.images.size()[0] as u64);
+            samples.push(if is_image {
+                to_u8(&chunk.images)
+            } else {
+                chunk.images
+            });
+            if let Some(c) = chunk.classes {
+                labels.push(c);
+            }
+            Ok(())
+        },
+    )
     .with_context(|| format!("sampling from {}", source.display()))?;
     bar.finish();
     let samples = Tensor::cat(&samples, 0);

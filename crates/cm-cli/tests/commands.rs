@@ -39,6 +39,8 @@ fn card(dir: &Path) -> PathBuf {
         consistency: ConsistencyConfig::default(),
         timesteps: [("2".to_string(), vec![0.821])].into(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let path = dir.join("model.toml");
     card.save(&path).unwrap();
@@ -64,6 +66,8 @@ fn conditional_card(dir: &Path) -> PathBuf {
         consistency: ConsistencyConfig::default(),
         timesteps: Default::default(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let path = dir.join("conditional.toml");
     card.save(&path).unwrap();
@@ -309,6 +313,7 @@ fn sample_edit_and_export() {
         weights: "w.safetensors".into(),
         edm: cm_core::EdmConfig::default(),
         sampler: cm_sample::EdmSampler::default(),
+        autoencoder: None,
     };
     edm.save(dir.path().join("edm.toml")).unwrap();
     let (ok, err) = cm(&[
@@ -332,6 +337,7 @@ fn sample_edit_and_export() {
             s_churn: 40.0,
             ..Default::default()
         },
+        autoencoder: None,
     };
     churn.save(dir.path().join("churn.toml")).unwrap();
     for (name, batch) in [("churn1", "1"), ("churn3", "3")] {
@@ -576,6 +582,8 @@ fn export_a_model_as_a_diffusers_folder() {
         },
         timesteps: Default::default(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let card_path = dir.path().join("model.toml");
     card.save(&card_path).unwrap();

@@ -56,6 +56,8 @@ fn card_for(dir: &Path, net: NetConfig, name: &str) -> PathBuf {
         consistency: ConsistencyConfig::default(),
         timesteps: Default::default(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let path = dir.join(format!("card-{name}.toml"));
     card.save(&path).unwrap();

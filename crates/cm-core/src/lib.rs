@@ -50,7 +50,7 @@ pub use config::{
 };
 pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE};
 pub use error::{CoreError, Result};
-pub use guidance::ClassifierFreeGuidance;
+pub use guidance::{ClassifierFreeGuidance, PerExampleGuidance};
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
 pub use noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
 pub use ode::{euler_to_denoiser, ode_derivative, Denoiser, OdeSolver, Solver};
@@ -64,6 +64,7 @@ pub use schedule::{
 };
 pub use seed::{fnv1a64, mix_seed, splitmix64, SplitMix64};
 pub use sigmas::{
-    adjacent_pairs, check_sigma, grid_tensor, KarrasGrid, NoiseRange, MAX_GRID_POINTS, MAX_SIGMA,
+    adjacent_pairs, check_sigma, grid_tensor, lcm_times, KarrasGrid, NoiseRange, MAX_GRID_POINTS,
+    MAX_SIGMA,
 };
 pub use weighting::{BoundWeighting, LossWeighting, Weighting};

@@ -222,6 +222,36 @@ impl KarrasGrid {
     }
 }
 
+/// LCM's sampling times (Luo et al. 2023; diffusers' `LCMScheduler.set_timesteps`):
+/// of an ascending training grid, the skipping-step grid from the top
+/// (`grid[N-1], grid[N-1-k], grid[N-1-2k], ...`, the times latent
+/// consistency distillation trains on), and of those `steps` evenly spaced
+/// ones, `floor(linspace(0, len, steps, endpoint = False))`, descending. The
+/// first is `grid[N-1]` (where sampling starts), the rest are the
+/// intermediate times of multistep sampling. With a 1,000-point grid of
+/// timestep indices and `k = 20` this gives diffusers' `[999, 759, 499,
+/// 259]` for 4 steps. Needs `1 <= k < N` and `1 <= steps <= len`.
+pub fn lcm_times(grid: &[f64], skip: usize, steps: usize) -> Result<Vec<f64>> {
+    let n = grid.len();
+    if skip == 0 || skip >= n {
+        return Err(CoreError::invalid(
+            "skip",
+            skip,
+            format!("a skipping step in 1..{n} (the grid has {n} points)"),
+        ));
+    }
+    let skipping: Vec<f64> = (0..n).rev().step_by(skip).map(|i| grid[i]).collect();
+    let len = skipping.len();
+    if steps == 0 || steps > len {
+        return Err(CoreError::invalid(
+            "steps",
+            steps,
+            format!("1 to {len} (the skipping-step grid of k = {skip} has {len} times)"),
+        ));
+    }
+    Ok((0..steps).map(|j| skipping[j * len / steps]).collect())
+}
+
 /// Turns a grid into a 1-D float tensor on `device`.
 pub fn grid_tensor(sigmas: &[f64], kind: Kind, device: Device) -> Tensor {
     Tensor::from_slice(sigmas).to_kind(kind).to_device(device)

@@ -268,3 +268,34 @@ fn distance_metrics_match_reference() {
         }
     }
 }
+
+#[test]
+fn lcm_times_match_diffusers_lcm_scheduler() {
+    // diffusers' LCMScheduler, 1000 training steps, 50 original steps
+    // (k = 20): lcm_origin_timesteps = 19, 39, ..., 999; 4 and 2 inference
+    // steps give [999, 759, 499, 259] and [999, 499] (its docs' values).
+    let grid: Vec<f64> = (0..1000).map(f64::from).collect();
+    assert_eq!(
+        cm_core::lcm_times(&grid, 20, 4).unwrap(),
+        vec![999.0, 759.0, 499.0, 259.0]
+    );
+    assert_eq!(
+        cm_core::lcm_times(&grid, 20, 2).unwrap(),
+        vec![999.0, 499.0]
+    );
+    assert_eq!(cm_core::lcm_times(&grid, 20, 1).unwrap(), vec![999.0]);
+    // 3 steps: floor(linspace(0, 50, 3, endpoint=False)) = [0, 16, 33].
+    assert_eq!(
+        cm_core::lcm_times(&grid, 20, 3).unwrap(),
+        vec![999.0, 999.0 - 16.0 * 20.0, 999.0 - 33.0 * 20.0]
+    );
+    // Bounds are refused by name.
+    assert!(cm_core::lcm_times(&grid, 0, 2)
+        .unwrap_err()
+        .to_string()
+        .contains("skip"));
+    assert!(cm_core::lcm_times(&grid, 20, 51)
+        .unwrap_err()
+        .to_string()
+        .contains("steps"));
+}

@@ -126,3 +126,49 @@ fn noise_range_checks_its_ends() {
         .contains("sigma_max"));
     assert!(NoiseRange::new(0.1, f64::INFINITY).is_err());
 }
+
+#[test]
+fn per_example_scales_match_the_formula_row_by_row() {
+    use cm_core::PerExampleGuidance;
+    let x = Tensor::from_slice(&[1.0f64, -2.0, 0.5, 3.0, -1.0, 0.25]).view([3, 2]);
+    let sigma = Tensor::from_slice(&[0.5f64, 2.0, 7.0]);
+    let labels = Tensor::from_slice(&[2i64, 4, 0]);
+    let w = Tensor::from_slice(&[0.0f64, 1.5, 6.0]);
+    let inner = net();
+    let guided = PerExampleGuidance::new(&inner, &w, 9).unwrap();
+    let out = guided.denoise(&x, &sigma, Conditioning::class(&labels));
+    assert_eq!((inner.calls.get(), inner.rows.get()), (1, 6));
+    let (xs, s, c, ws) = (
+        [[1.0, -2.0], [0.5, 3.0], [-1.0, 0.25]],
+        [0.5, 2.0, 7.0],
+        [2.0, 4.0, 0.0],
+        [0.0, 1.5, 6.0],
+    );
+    for (i, row) in xs.iter().enumerate() {
+        for (j, &xij) in row.iter().enumerate() {
+            let d_c = xij * (c[i] + 1.0) / (1.0 + s[i]);
+            let d_u = xij * 10.0 / (1.0 + s[i]);
+            let want = d_c + ws[i] * (d_c - d_u);
+            let got = out.double_value(&[i as i64, j as i64]);
+            assert!((got - want).abs() < 1e-12, "[{i},{j}] {got} vs {want}");
+        }
+    }
+    // A constant w is the scalar wrapper.
+    let same = Tensor::full([3], 2.5, (Kind::Double, Device::Cpu));
+    let a = PerExampleGuidance::new(&inner, &same, 9).unwrap().denoise(
+        &x,
+        &sigma,
+        Conditioning::class(&labels),
+    );
+    let b = ClassifierFreeGuidance::new(&inner, 2.5, 9)
+        .unwrap()
+        .denoise(&x, &sigma, Conditioning::class(&labels));
+    assert!(f64::try_from((a - b).abs().max()).unwrap() < 1e-12);
+    // Bad scales are refused by name.
+    let bad = Tensor::from_slice(&[1.0f64, -0.5]);
+    let err = PerExampleGuidance::new(&inner, &bad, 9)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("guidance scales"), "{err}");
+    assert!(PerExampleGuidance::new(&inner, &w, 0).is_err());
+}

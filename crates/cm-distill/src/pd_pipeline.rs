@@ -244,6 +244,7 @@ impl Method for PdStageMethod<'_> {
             weights,
             edm: self.config.teacher.edm.edm,
             sampler: pd_sampler(self.steps),
+            autoencoder: None,
         }
     }
 }

@@ -73,6 +73,11 @@ impl RunConfig for CdRunConfig {
     fn take_steps_of(&mut self, new: &Self) {
         self.train.steps = new.train.steps;
     }
+
+    /// The teacher's latent space, if it has one (CD of a latent teacher).
+    fn latent(&self) -> Option<&cm_train::LatentConfig> {
+        self.teacher.latent.as_ref()
+    }
 }
 
 /// What a CD run leaves (the teacher run folder, whether it was reused,
@@ -186,6 +191,8 @@ impl Method for CdMethod<'_> {
             consistency: self.config.cd.recipe.consistency,
             timesteps: [("2".to_string(), vec![self.config.cd.two_step_tau])].into(),
             scheduler: None,
+            autoencoder: None,
+            guidance: None,
         }
     }
 }

@@ -453,7 +453,12 @@ pub fn evaluate_cached(
         }
         let card = ModelCard::load(&entry.card)?;
         let model = card.load_model(device)?;
-        let model_shape = model.config().sample_shape();
+        // A latent model's samples are decoded by its autoencoder.
+        let codec = card.load_codec(device)?;
+        let model_shape = match &codec {
+            Some(codec) => codec.image_shape(),
+            None => model.config().sample_shape(),
+        };
         if model_shape != shape {
             return Err(EvalError::InvalidInput(format!(
                 "model `{}` makes samples {:?} but {} images are {:?}",
@@ -509,10 +514,11 @@ pub fn evaluate_cached(
                         SampleSetup {
                             name: &entry.name,
                             n,
-                            shape: &shape,
+                            shape: &model.config().sample_shape(),
                             num_classes,
                             config,
                             device,
+                            codec: codec.as_ref(),
                         },
                         &space.net,
                         progress,
@@ -653,6 +659,8 @@ struct SampleSetup<'a> {
     num_classes: i64,
     config: &'a EvalConfig,
     device: Device,
+    /// The autoencoder of a latent model.
+    codec: Option<&'a cm_sample::LatentCodec>,
 }
 
 /// Samples `setup.n` images in batches from latents seeded by the config's
@@ -672,6 +680,7 @@ fn sample_row(
         num_classes,
         config,
         device,
+        codec,
     } = setup;
     tch::manual_seed(config.seed as i64);
     let denoiser = card.denoiser(model);
@@ -689,7 +698,14 @@ fn sample_row(
         let class =
             (num_classes > 0).then(|| Tensor::randint(num_classes, [b], (Kind::Int64, device)));
         let started = Instant::now();
-        let cond = Conditioning::from_class(class.as_ref());
+        // LCM: a network that embeds w gets the card's default scale.
+        let w = card
+            .embedded_guidance()
+            .map(|w| Tensor::full([b], w, (Kind::Float, device)));
+        let mut cond = Conditioning::from_class(class.as_ref());
+        if let Some(w) = &w {
+            cond = cond.with_guidance(w);
+        }
         let sampled = match plan {
             Plan::Consistency(taus) => {
                 consistency_sample(denoiser.as_ref(), &latents, card.range(), taus, cond)?
@@ -702,7 +718,11 @@ fn sample_row(
                 edm_sample(denoiser.as_ref(), &latents, &grid, s, cond)?
             }
         };
-        let x = sampled.x.clamp(-1.0, 1.0).to_device(Device::Cpu);
+        let x = match codec {
+            Some(codec) => codec.decode(&sampled.x)?,
+            None => sampled.x,
+        };
+        let x = x.clamp(-1.0, 1.0).to_device(Device::Cpu);
         sampling_seconds += started.elapsed().as_secs_f64();
         nfe = sampled.nfe;
         let (f, l) = net.features(&x)?;

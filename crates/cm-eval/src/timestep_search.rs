@@ -203,6 +203,7 @@ pub fn run(
     }
     let space = feature_space(data, &options.classifier, None, device, progress)?;
     let reference = &space.reference.stats;
+    let codec = card.load_codec(device)?;
     progress.start("search", options.probes());
     let started = Instant::now();
     let mut fid_of = |taus: &[f64]| -> Result<f64> {
@@ -216,7 +217,7 @@ pub fn run(
             guidance: None,
         };
         let mut feats = Vec::new();
-        generate::<EvalError>(card, model, &gen, device, &mut |chunk| {
+        generate::<EvalError>(card, model, codec.as_ref(), &gen, device, &mut |chunk| {
             let (f, _) = space.net.features(&chunk.images)?;
             feats.push(f);
             Ok(())
@@ -334,6 +335,8 @@ mod tests {
                 consistency: ConsistencyConfig::default(),
                 timesteps: Default::default(),
                 scheduler: None,
+                autoencoder: None,
+                guidance: None,
             },
         };
         assert_eq!(

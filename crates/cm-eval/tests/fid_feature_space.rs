@@ -130,6 +130,8 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         consistency: Default::default(),
         timesteps: Default::default(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let card_path = dir.path().join("model.toml");
     card.save(&card_path).unwrap();

@@ -58,6 +58,11 @@ pub struct UNetConfig {
     pub skip_scale: f64,
     /// Scale-shift conditioning `norm(x) (1 + scale) + shift`, else additive.
     pub scale_shift: bool,
+    /// Embed a guidance scale `w` (LCM's w-conditioning: a sinusoidal
+    /// embedding of `1000 w` through a zero-initialised projection added to
+    /// the noise embedding, so a student built from a teacher starts equal
+    /// to it).
+    pub guidance_embedding: bool,
 }
 
 impl Default for UNetConfig {
@@ -79,6 +84,7 @@ impl Default for UNetConfig {
             num_classes: 0,
             skip_scale: 1.0,
             scale_shift: true,
+            guidance_embedding: false,
         }
     }
 }
@@ -441,6 +447,11 @@ impl NetConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the network embeds a guidance scale `w` (LCM).
+    pub fn embeds_guidance(&self) -> bool {
+        matches!(self, NetConfig::Unet(c) if c.guidance_embedding)
     }
 
     /// Whether this is an autoencoder (not a denoiser `F(x, c_noise)`).

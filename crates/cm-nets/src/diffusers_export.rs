@@ -51,6 +51,13 @@ pub fn unet_to_diffusers_config(c: &UNetConfig) -> cm_core::Result<DiffusersUNet
     if c.skip_scale != 1.0 {
         return Err(unsupported("skip_scale", c.skip_scale, "1"));
     }
+    if c.guidance_embedding {
+        return Err(unsupported(
+            "guidance_embedding",
+            true,
+            "false (UNet2DModel has no guidance-scale embedding)",
+        ));
+    }
     // cm-rs's input convolution and noise embedding are `model_channels`
     // wide, diffusers' `block_out_channels[0]`.
     if c.channel_mult.first() != Some(&1) {

@@ -114,12 +114,22 @@ impl Model {
     /// class-conditional networks; no guidance scale: these networks do not
     /// embed one) against the network's contract.
     pub fn check_input(&self, x: &Tensor, cond: Conditioning<'_>) -> Result<()> {
-        if cond.guidance.is_some() {
-            return Err(NetError::InvalidInput(
-                "this network does not embed a guidance scale: apply classifier-free guidance \
-                 around the denoiser instead (cm_core::ClassifierFreeGuidance)"
-                    .into(),
-            ));
+        if let Some(w) = cond.guidance {
+            if !self.config.embeds_guidance() {
+                return Err(NetError::InvalidInput(
+                    "this network does not embed a guidance scale: apply classifier-free guidance \
+                     around the denoiser instead (cm_core::ClassifierFreeGuidance)"
+                        .into(),
+                ));
+            }
+            let b = x.size().first().copied().unwrap_or(0);
+            if w.size() != [b] || !w.is_floating_point() {
+                return Err(NetError::InvalidInput(format!(
+                    "expected floating-point guidance scales of shape [{b}], found {:?} {:?}",
+                    w.kind(),
+                    w.size()
+                )));
+            }
         }
         let class = cond.class;
         let want = self.config.sample_shape();
@@ -225,6 +235,46 @@ impl Model {
     pub fn copy_from(&mut self, other: &Model) -> Result<()> {
         self.vs.copy(&other.vs)?;
         Ok(())
+    }
+
+    /// Copies every weight `other` has into the same-named weight here and
+    /// returns the names of the weights `other` lacks (left as initialised):
+    /// a student that adds layers to its teacher (LCM's w-embedding
+    /// projection, zero-initialised) starts from the teacher's weights. A
+    /// weight of `other` missing here, or of another shape, is an error.
+    pub fn copy_matching_from(&mut self, other: &Model) -> Result<Vec<String>> {
+        let mine = self.vs.variables();
+        let theirs = other.vs.variables();
+        for (name, t) in &theirs {
+            match mine.get(name) {
+                Some(v) if v.size() == t.size() => {}
+                Some(v) => {
+                    return Err(NetError::InvalidInput(format!(
+                        "weight `{name}` is {:?} in the source and {:?} here",
+                        t.size(),
+                        v.size()
+                    )))
+                }
+                None => {
+                    return Err(NetError::InvalidInput(format!(
+                        "the source has weight `{name}`, this network has not"
+                    )))
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        tch::no_grad(|| {
+            for (name, mut v) in mine {
+                match theirs.get(&name) {
+                    Some(t) => {
+                        v.copy_(t);
+                    }
+                    None => missing.push(name),
+                }
+            }
+        });
+        missing.sort();
+        Ok(missing)
     }
 
     /// Takes `other`'s extra metadata (e.g. an EMA copy of the online

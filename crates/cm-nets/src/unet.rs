@@ -265,8 +265,8 @@ impl EmbParams {
 /// 70 small operations of a pass of the CPU U-Net.
 #[derive(Debug)]
 struct EmbCache {
-    /// `c_noise` and class labels, bit for bit.
-    key: (Vec<u32>, Option<Vec<i64>>),
+    /// `c_noise`, class labels and guidance scales, bit for bit.
+    key: (Vec<u32>, Option<Vec<i64>>, Option<Vec<u32>>),
     /// libtorch's version counters of the weights read: any in-place
     /// update (optimizer, EMA, loading) changes one and misses the cache.
     versions: Vec<i64>,
@@ -280,6 +280,9 @@ pub struct UNet {
     map_layer0: nn::Linear,
     map_layer1: nn::Linear,
     map_label: Option<ClassEmbed>,
+    /// LCM's w-embedding: a sinusoidal embedding of `1000 w` through a
+    /// zero-initialised projection, added to the noise embedding.
+    map_guidance: Option<(NoiseEmbed, nn::Linear)>,
     conv_in: nn::Conv2D,
     enc: Vec<UNetBlock>,
     dec: Vec<UNetBlock>,
@@ -307,6 +310,18 @@ impl UNet {
         let map_layer1 = nn::linear(p / "map_layer1", emb, emb, Default::default());
         let map_label = (cfg.num_classes > 0)
             .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb));
+        let map_guidance = cfg.guidance_embedding.then(|| {
+            macs.linear(mc, emb, 1);
+            (
+                NoiseEmbed::new(
+                    &(p / "map_guidance"),
+                    mc,
+                    crate::layers::NoiseEmbedding::Positional,
+                    1.0,
+                ),
+                layers::zero_linear(p / "map_guidance_proj", mc, emb),
+            )
+        });
 
         let res0 = cfg.resolution as i64;
         let attn_at = |res: i64| cfg.attn_resolutions.contains(&(res as usize));
@@ -411,6 +426,7 @@ impl UNet {
             map_layer0,
             map_layer1,
             map_label,
+            map_guidance,
             conv_in,
             enc,
             dec,
@@ -440,6 +456,15 @@ impl UNet {
         if let Some(labels) = &self.map_label {
             emb += labels.forward(cond.class, batch);
         }
+        if let Some((embed, proj)) = &self.map_guidance {
+            // LCM embeds 1000 w like a timestep; no w means w = 0 (the
+            // plain conditional model).
+            let w = match cond.guidance {
+                Some(w) => w.to_kind(tch::Kind::Float).expand([batch], false) * 1000.0,
+                None => Tensor::zeros([batch], (tch::Kind::Float, c_noise.device())),
+            };
+            emb += proj.forward(&embed.forward(&w));
+        }
         let emb = emb.silu();
         self.blocks().map(|b| b.emb_params(&emb)).collect()
     }
@@ -451,6 +476,10 @@ impl UNet {
         tensors.extend(self.map_layer1.bs.iter());
         if let Some(label) = &self.map_label {
             tensors.push(label.weight());
+        }
+        if let Some((_, proj)) = &self.map_guidance {
+            tensors.push(&proj.ws);
+            tensors.extend(proj.bs.iter());
         }
         for b in self.blocks() {
             tensors.extend(b.emb_variables());
@@ -472,6 +501,11 @@ impl UNet {
                 .unwrap_or_default(),
             cond.class
                 .map(|c| Vec::<i64>::try_from(c).unwrap_or_default()),
+            cond.guidance.map(|w| {
+                Vec::<f32>::try_from(&w.to_kind(tch::Kind::Float))
+                    .map(|v| v.iter().map(|f| f.to_bits()).collect())
+                    .unwrap_or_default()
+            }),
         );
         let versions = self.emb_versions();
         let Ok(mut cache) = self.emb_cache.lock() else {

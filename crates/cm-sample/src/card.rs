@@ -72,6 +72,9 @@ pub enum TauSource {
     Scheduler,
 }
 
+/// The largest guidance scale `w` a card or a sampling call may name.
+pub const MAX_GUIDANCE: f64 = 100.0;
+
 /// What kind of model a card describes and how to sample from it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -92,6 +95,16 @@ pub enum ModelCard {
         /// step's output to [-1, 1].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduler: Option<CmSchedulerConfig>,
+        /// The autoencoder's card when the model works in its latent space
+        /// (a latent consistency model): samples are decoded to images.
+        /// Relative to this card's folder, or absolute.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        autoencoder: Option<PathBuf>,
+        /// The default guidance scale `w` of a network that embeds `w`
+        /// (LCM's w-conditioning, `D_c + w (D_c - D_u)` distilled into one
+        /// evaluation); `None` for networks that do not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guidance: Option<f64>,
     },
     /// An EDM diffusion model `D(x; sigma)` (the teacher).
     Edm {
@@ -102,6 +115,11 @@ pub enum ModelCard {
         /// The default sampler.
         #[serde(default)]
         sampler: EdmSampler,
+        /// The autoencoder's card when the model works in its latent space
+        /// (a latent diffusion teacher): samples are decoded to images.
+        /// Relative to this card's folder, or absolute.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        autoencoder: Option<PathBuf>,
     },
 }
 
@@ -112,9 +130,19 @@ impl Validate for ModelCard {
                 consistency,
                 timesteps,
                 scheduler,
+                guidance,
                 ..
             } => {
                 consistency.validate_at("consistency.")?;
+                if let Some(w) = *guidance {
+                    if !(w.is_finite() && (0.0..=MAX_GUIDANCE).contains(&w)) {
+                        return Err(CoreError::invalid(
+                            "guidance",
+                            w,
+                            format!("a guidance scale w in [0, {MAX_GUIDANCE}]"),
+                        ));
+                    }
+                }
                 if let Some(scheduler) = scheduler {
                     scheduler.validate()?;
                 }
@@ -205,6 +233,11 @@ impl ModelCard {
         if weights.is_relative() {
             *weights = dir.join(&*weights);
         }
+        if let Some(ae) = card.autoencoder_mut() {
+            if ae.is_relative() {
+                *ae = dir.join(&*ae);
+            }
+        }
         Ok(card)
     }
 
@@ -294,6 +327,48 @@ impl ModelCard {
         match self {
             ModelCard::Consistency { weights, .. } | ModelCard::Edm { weights, .. } => weights,
         }
+    }
+
+    /// The autoencoder's card, for a model in its latent space.
+    pub fn autoencoder(&self) -> Option<&Path> {
+        match self {
+            ModelCard::Consistency { autoencoder, .. } | ModelCard::Edm { autoencoder, .. } => {
+                autoencoder.as_deref()
+            }
+        }
+    }
+
+    fn autoencoder_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            ModelCard::Consistency { autoencoder, .. } | ModelCard::Edm { autoencoder, .. } => {
+                autoencoder.as_mut()
+            }
+        }
+    }
+
+    /// Names the autoencoder whose latent space the model works in.
+    pub fn set_autoencoder(&mut self, card: Option<PathBuf>) {
+        match self {
+            ModelCard::Consistency { autoencoder, .. } | ModelCard::Edm { autoencoder, .. } => {
+                *autoencoder = card
+            }
+        }
+    }
+
+    /// The default guidance scale of a network that embeds `w` (LCM).
+    pub fn embedded_guidance(&self) -> Option<f64> {
+        match self {
+            ModelCard::Consistency { guidance, .. } => *guidance,
+            ModelCard::Edm { .. } => None,
+        }
+    }
+
+    /// The autoencoder that decodes the model's latents, loaded on
+    /// `device`; `None` for a model in image space.
+    pub fn load_codec(&self, device: Device) -> Result<Option<crate::LatentCodec>> {
+        self.autoencoder()
+            .map(|path| crate::AutoencoderCard::load(path)?.load_codec(device))
+            .transpose()
     }
 
     /// Loads the network (architecture from the weights' sidecar, else from
@@ -523,6 +598,8 @@ impl DiffusersFolder {
             consistency: scheduler.consistency(),
             timesteps: taus,
             scheduler: Some(scheduler),
+            autoencoder: None,
+            guidance: None,
         };
         card.validate()?;
         Ok(card)
@@ -558,6 +635,8 @@ mod tests {
                 .map(|(k, t)| (k.to_string(), t.clone()))
                 .collect(),
             scheduler: None,
+            autoencoder: None,
+            guidance: None,
         }
     }
 
@@ -605,6 +684,7 @@ mod tests {
             weights: "w.safetensors".into(),
             edm: Default::default(),
             sampler: Default::default(),
+            autoencoder: None,
         };
         assert!(edm.taus_or_karras(2).is_err());
         assert!(edm.karras_taus(2, None).is_err());

@@ -15,6 +15,7 @@ use crate::consistency::consistency_sample_with;
 use crate::edm::MAX_SAMPLER_STEPS;
 use crate::edm::{edm_sample_with, EdmSampler};
 use crate::error::Result;
+use crate::latent::LatentCodec;
 use crate::noise::SeededNoise;
 
 /// The largest chunk one sampler call may take (its activations are held
@@ -99,11 +100,16 @@ pub struct Generated {
 }
 
 /// Generates `config.count` images with `model` (loaded from `card`) on
-/// `device`, handing each chunk to `on_chunk` in order. Runs without
+/// `device`, handing each chunk to `on_chunk` in order. A model in an
+/// autoencoder's latent space samples latents that `codec` (the card's
+/// [`ModelCard::load_codec`]) decodes to images. A network that embeds the
+/// guidance scale (LCM) gets `w` (`config.guidance`, else the card's
+/// default) as conditioning: one evaluation per step. Runs without
 /// autograd.
 pub fn generate<E: From<crate::SampleError>>(
     card: &ModelCard,
     model: &Model,
+    codec: Option<&LatentCodec>,
     config: &GenerateConfig,
     device: Device,
     on_chunk: &mut dyn FnMut(Chunk) -> std::result::Result<(), E>,
@@ -213,10 +219,38 @@ pub fn generate<E: From<crate::SampleError>>(
         }
     };
     let taus = check().map_err(E::from)?;
+    if card.autoencoder().is_some() != codec.is_some() {
+        return Err(E::from(
+            CoreError::invalid(
+                "autoencoder",
+                card.autoencoder()
+                    .map_or("none".to_string(), |p| p.display().to_string()),
+                "the card's autoencoder loaded as the codec (ModelCard::load_codec), and none \
+                 for a model in image space",
+            )
+            .into(),
+        ));
+    }
     let shape = model.config().sample_shape();
     let num_classes = model.config().num_classes() as i64;
     let plain = card.denoiser(model);
-    let guided = match config.guidance {
+    // LCM: the network embeds w; the guidance is its input, not two passes.
+    let embedded = card
+        .embedded_guidance()
+        .map(|default| config.guidance.unwrap_or(default));
+    if let Some(w) = embedded {
+        if !(w.is_finite() && (0.0..=crate::card::MAX_GUIDANCE).contains(&w)) {
+            return Err(E::from(
+                CoreError::invalid(
+                    "guidance",
+                    w,
+                    format!("a guidance scale w in [0, {}]", crate::card::MAX_GUIDANCE),
+                )
+                .into(),
+            ));
+        }
+    }
+    let guided = match config.guidance.filter(|_| embedded.is_none()) {
         // The null class is `num_classes` (cm-nets' label dropout).
         Some(w) => Some(
             ClassifierFreeGuidance::new(plain.as_ref(), w, num_classes)
@@ -230,11 +264,11 @@ pub fn generate<E: From<crate::SampleError>>(
     };
     // The guided denoiser runs the network twice, except at w = 0 (the
     // plain conditional model, one evaluation).
-    let evaluations_per_call = match config.guidance {
-        Some(w) if w > 0.0 => 2,
+    let evaluations_per_call = match (embedded, config.guidance) {
+        (None, Some(w)) if w > 0.0 => 2,
         _ => 1,
     };
-    let is_image = shape.len() == 3;
+    let is_image = shape.len() == 3 || codec.is_some();
     let _guard = tch::no_grad_guard();
     let mut seconds = 0.0;
     let mut nfe = 0;
@@ -254,40 +288,32 @@ pub fn generate<E: From<crate::SampleError>>(
                     .remainder(num_classes),
             ),
         };
+        let w = embedded.map(|w| Tensor::full([n as i64], w, (Kind::Float, device)));
+        let mut cond = Conditioning::from_class(classes.as_ref());
+        if let Some(w) = &w {
+            cond = cond.with_guidance(w);
+        }
         let sampled = match card {
-            ModelCard::Consistency { consistency, .. } => consistency_sample_with(
-                f,
-                &latents,
-                consistency.range(),
-                &taus,
-                Conditioning::from_class(classes.as_ref()),
-                &mut noise,
-            )
-            .map_err(|e| E::from(e.into()))?,
+            ModelCard::Consistency { consistency, .. } => {
+                consistency_sample_with(f, &latents, consistency.range(), &taus, cond, &mut noise)
+                    .map_err(|e| E::from(e.into()))?
+            }
             ModelCard::Edm { edm, sampler, .. } => {
                 let sampler = EdmSampler {
                     steps: config.steps,
                     ..*sampler
                 };
-                edm_sample_with(
-                    f,
-                    &latents,
-                    &edm.grid(),
-                    &sampler,
-                    Conditioning::from_class(classes.as_ref()),
-                    &mut noise,
-                )
-                .map_err(|e| E::from(e.into()))?
+                edm_sample_with(f, &latents, &edm.grid(), &sampler, cond, &mut noise)
+                    .map_err(|e| E::from(e.into()))?
             }
         };
         // Images live in [-1, 1]; 2-D points (unit-variance toy data) are
         // returned as they are.
-        let images = if is_image {
-            sampled.x.clamp(-1.0, 1.0)
-        } else {
-            sampled.x
-        }
-        .to_device(Device::Cpu);
+        let x = match codec {
+            Some(codec) => codec.decode(&sampled.x).map_err(E::from)?,
+            None => sampled.x,
+        };
+        let images = if is_image { x.clamp(-1.0, 1.0) } else { x }.to_device(Device::Cpu);
         seconds += started.elapsed().as_secs_f64();
         nfe = sampled.nfe * evaluations_per_call;
         on_chunk(Chunk {

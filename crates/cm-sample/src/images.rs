@@ -24,7 +24,7 @@
 //!     consistency: Default::default(),
 //!     timesteps: Default::default(),
 //!     scheduler: None,
-//! };
+//! autoencoder: None, guidance: None, };
 //! card.save(dir.path().join("model.toml"))?;
 //!
 //! let pipe = Pipeline::load(dir.path().join("model.toml"), tch::Device::Cpu)?;

@@ -34,6 +34,8 @@ use crate::generate::{generate, GenerateConfig, Generated};
 pub struct Pipeline {
     card: ModelCard,
     model: Model,
+    /// The autoencoder of a model in latent space.
+    codec: Option<crate::LatentCodec>,
 }
 
 impl Pipeline {
@@ -42,13 +44,28 @@ impl Pipeline {
     pub fn load(card: impl AsRef<Path>, device: Device) -> Result<Self> {
         let card = ModelCard::load(card)?;
         let model = card.load_model(device)?;
-        Ok(Pipeline { card, model })
+        let codec = card.load_codec(device)?;
+        Ok(Pipeline { card, model, codec })
     }
 
     /// A pipeline from a card and a network already in memory (e.g. one
-    /// just trained). The network must be the one the card describes.
+    /// just trained). The network must be the one the card describes; a
+    /// model in latent space needs [`Pipeline::with_codec`].
     pub fn new(card: ModelCard, model: Model) -> Self {
-        Pipeline { card, model }
+        Pipeline {
+            card,
+            model,
+            codec: None,
+        }
+    }
+
+    /// The same pipeline decoding its samples with `codec` (a model in an
+    /// autoencoder's latent space).
+    pub fn with_codec(self, codec: crate::LatentCodec) -> Self {
+        Pipeline {
+            codec: Some(codec),
+            ..self
+        }
     }
 
     /// `count` samples in `steps` network steps under `seed`: one-step or
@@ -82,6 +99,7 @@ impl Pipeline {
         let done = generate::<SampleError>(
             &self.card,
             &self.model,
+            self.codec.as_ref(),
             &config,
             self.model.device(),
             &mut |chunk| {
@@ -102,9 +120,13 @@ impl Pipeline {
         &self.model
     }
 
-    /// The shape of one sample: `[C, H, W]` for images, `[D]` for points.
+    /// The shape of one sample: `[C, H, W]` for images (decoded from
+    /// latents for a latent model), `[D]` for points.
     pub fn sample_shape(&self) -> Vec<i64> {
-        self.model.config().sample_shape()
+        match &self.codec {
+            Some(codec) => codec.image_shape(),
+            None => self.model.config().sample_shape(),
+        }
     }
 
     /// Whether samples are images (`[C, H, W]`) rather than points.

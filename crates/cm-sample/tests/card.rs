@@ -16,6 +16,8 @@ fn consistency_card(timesteps: &[(&str, Vec<f64>)]) -> ModelCard {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     }
 }
 
@@ -88,6 +90,8 @@ fn sampling_through_a_card_matches_the_samplers() {
         consistency: c,
         timesteps: [("2".to_string(), vec![0.821])].into(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     card.save(dir.path().join("cm.toml")).unwrap();
     let card = ModelCard::load(dir.path().join("cm.toml")).unwrap();
@@ -123,6 +127,7 @@ fn sampling_through_a_card_matches_the_samplers() {
             solver: Solver::Heun,
             ..Default::default()
         },
+        autoencoder: None,
     };
     let d = Preconditioned::eval(&model, edm.preconditioning());
     let via = card
@@ -163,6 +168,8 @@ fn a_weights_file_alone_is_enough_to_sample() {
         },
         timesteps: [("2".to_string(), vec![0.5])].into(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let json = card.metadata_json();
     assert!(!json.contains("ignored"), "{json}");
@@ -224,6 +231,8 @@ fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
         consistency: ConsistencyConfig::default(),
         timesteps: Default::default(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     };
     let taus = card.karras_taus(3, None).unwrap();
     let f = card.denoiser(&model);
@@ -266,6 +275,8 @@ fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
             consistency: ConsistencyConfig::default(),
             timesteps: Default::default(),
             scheduler: None,
+            autoencoder: None,
+            guidance: None,
         },
         model,
     );

@@ -117,6 +117,8 @@ fn a_crate_outside_the_workspace_builds_and_runs_with_no_environment() {
         consistency: Default::default(),
         timesteps: Default::default(),
         scheduler: None,
+        autoencoder: None,
+        guidance: None,
     }
     .save(models.join("model.toml"))
     .unwrap();

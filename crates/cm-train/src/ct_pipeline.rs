@@ -232,6 +232,8 @@ impl Method for CtMethod<'_> {
             consistency: self.config.ct.recipe.consistency,
             timesteps: [("2".to_string(), vec![self.config.ct.two_step_tau])].into(),
             scheduler: None,
+            autoencoder: None,
+            guidance: None,
         }
     }
 }

@@ -69,6 +69,11 @@ impl RunConfig for EctRunConfig {
     fn take_steps_of(&mut self, new: &Self) {
         self.train.steps = new.train.steps;
     }
+
+    /// The teacher's latent space, if it has one (CD of a latent teacher).
+    fn latent(&self) -> Option<&crate::latent::LatentConfig> {
+        self.teacher.latent.as_ref()
+    }
 }
 
 /// ECT on the run skeleton, from a finished teacher.
@@ -181,6 +186,8 @@ impl Method for EctMethod<'_> {
             consistency: self.config.ect.consistency,
             timesteps: [("2".to_string(), vec![self.config.ect.two_step_tau])].into(),
             scheduler: None,
+            autoencoder: None,
+            guidance: None,
         }
     }
 }

@@ -84,6 +84,9 @@ pub trait RunCard {
     fn save(&self, path: &Path) -> Result<()>;
     /// The card as checkpoint metadata (JSON without the weights path).
     fn metadata_json(&self) -> String;
+    /// Names the autoencoder of a latent run (`[latent]`), so sampling
+    /// decodes; cards that cannot sample ignore it.
+    fn set_latent(&mut self, _autoencoder: &Path) {}
 }
 
 impl RunCard for ModelCard {
@@ -93,6 +96,13 @@ impl RunCard for ModelCard {
 
     fn metadata_json(&self) -> String {
         ModelCard::metadata_json(self)
+    }
+
+    fn set_latent(&mut self, autoencoder: &Path) {
+        // Absolute: the card is read from the run folder, the config's path
+        // from the working directory.
+        let path = std::fs::canonicalize(autoencoder).unwrap_or_else(|_| autoencoder.into());
+        self.set_autoencoder(Some(path));
     }
 }
 
@@ -285,9 +295,16 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     tch::manual_seed(mix_seed(train_config.seed, u64::MAX));
     let (mut model, mut objective) = method.build(device, observer)?;
     // Every checkpoint says how to sample from it (cm_sample::META_CARD).
+    let card_of = |method: &M, weights: PathBuf| {
+        let mut card = method.card(weights);
+        if let Some(latent) = method.config().latent() {
+            card.set_latent(&latent.autoencoder);
+        }
+        card
+    };
     model.set_metadata(
         cm_sample::META_CARD,
-        method.card(PathBuf::new()).metadata_json(),
+        card_of(method, PathBuf::new()).metadata_json(),
     );
     let source = loader_for(&data, loader, &train_config, model.config())?;
     observer.on_message(&format!(
@@ -367,7 +384,7 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
             seconds,
             comm.size(),
         )?;
-        method.card(final_weights(&train_config)).save(&card)?;
+        card_of(method, final_weights(&train_config)).save(&card)?;
         rows
     } else {
         Vec::new()

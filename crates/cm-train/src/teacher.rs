@@ -210,6 +210,7 @@ impl Method for TeacherMethod<'_> {
             weights,
             edm: self.config.edm.edm,
             sampler: self.config.edm.sampler,
+            autoencoder: None,
         }
     }
 }

@@ -1,0 +1,272 @@
+//! Latent consistency distillation (LCD; Luo et al. 2023, Algorithm 1): CD
+//! with a classifier-free-guided teacher and a student that embeds the
+//! guidance scale, run in an autoencoder's latent space (`[latent]` of the
+//! teacher's config; the objective itself works on any data).
+//!
+//! Per example: a pair `(t_n, t_{n+k})` of the training grid `k` points
+//! apart (the skipping step), `w ~ U[w_min, w_max]`, `x_{n+k} = x0 +
+//! t_{n+k} z`, one ODE step of the guided teacher
+//! `D_w = D_c + w (D_c - D_u)` (LCM Eq. 9) from `t_{n+k}` down to `t_n`
+//! (Euler, LCM's DDIM step in EDM form, or Heun), and the consistency loss
+//! `lambda d(f_theta(x_{n+k}, t_{n+k}, c, w), f_theta-(x^_n, t_n, c, w))`
+//! against the EMA target, with the boundary scalings of the recipe's
+//! parameterization. The student's network embeds `w` through a
+//! zero-initialised projection (cm-nets `guidance_embedding`), so it starts
+//! as the teacher.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use cm_core::{
+    append_dims, grid_tensor, Conditioning, ConsistencyRecipe, CoreError, DiscretizationSchedule,
+    EdmConfig, OdeSolver, PerExampleGuidance, Solver,
+};
+use cm_nets::{Model, Preconditioned};
+use cm_sample::{consistency_sample, MAX_GUIDANCE};
+use cm_train::{Batch, ConsistencyCore, Objective, Result};
+
+/// Settings of latent consistency distillation (`[lcd]`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LcdConfig {
+    /// Parameterization, grid size `N` and target EMA `mu`, weighting,
+    /// metric (pair sampling is the skipping step's, uniform).
+    pub recipe: ConsistencyRecipe,
+    /// The skipping step `k`: pairs `(t_n, t_{n+k})` of the `N`-point grid.
+    pub skip: usize,
+    /// The guided teacher's ODE step `t_{n+k} -> t_n`.
+    pub solver: Solver,
+    /// Guidance scales are drawn uniformly from `[w_min, w_max]`.
+    pub w_min: f64,
+    /// See `w_min`.
+    pub w_max: f64,
+    /// The default scale of sampling (grids, the model card).
+    pub guidance: f64,
+}
+
+impl Default for LcdConfig {
+    /// CD's recipe on a 40-point grid with `k = 4` (10 skipping-step times,
+    /// as LCM's 50 of 1,000 DDIM steps in proportion), a Heun teacher step,
+    /// `w ~ U[0, 3]` and `w = 1.5` for sampling (LCM's scales `[2, 14]`
+    /// suit Stable Diffusion's text guidance, not a 10-class model).
+    fn default() -> Self {
+        let mut recipe = ConsistencyRecipe::cd();
+        recipe.schedule =
+            cm_core::ScheduleConfig::Fixed(cm_core::FixedSchedule { n: 40, mu: 0.95 });
+        LcdConfig {
+            recipe,
+            skip: 4,
+            solver: Solver::Heun,
+            w_min: 0.0,
+            w_max: 3.0,
+            guidance: 1.5,
+        }
+    }
+}
+
+impl LcdConfig {
+    /// Checks the ranges; `prefix` is the dotted path of the section.
+    pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
+        self.recipe.validate_at(&format!("{prefix}recipe."))?;
+        let n = self.recipe.schedule.at(0).n;
+        if self.skip == 0 || self.skip >= n {
+            return Err(CoreError::invalid(
+                format!("{prefix}skip"),
+                self.skip,
+                format!("a skipping step in 1..{n} (the recipe's grid has N = {n} points)"),
+            ));
+        }
+        for (name, w) in [
+            ("w_min", self.w_min),
+            ("w_max", self.w_max),
+            ("guidance", self.guidance),
+        ] {
+            if !(w.is_finite() && (0.0..=MAX_GUIDANCE).contains(&w)) {
+                return Err(CoreError::invalid(
+                    format!("{prefix}{name}"),
+                    w,
+                    format!("a guidance scale in [0, {MAX_GUIDANCE}]"),
+                ));
+            }
+        }
+        if self.w_min > self.w_max {
+            return Err(CoreError::invalid(
+                format!("{prefix}w_min"),
+                self.w_min,
+                format!("at most w_max = {}", self.w_max),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The times of `steps`-step sampling on the skipping-step grid
+    /// ([`cm_core::lcm_times`]), the first being `sigma_max`.
+    pub fn times(&self, steps: usize) -> cm_core::Result<Vec<f64>> {
+        let n = self.recipe.schedule.at(0).n;
+        let grid = self.recipe.consistency.grid().training_sigmas(n)?;
+        cm_core::lcm_times(&grid, self.skip, steps)
+    }
+}
+
+/// The LCD objective with its frozen guided teacher and its target.
+#[derive(Debug)]
+pub struct LcdObjective {
+    config: LcdConfig,
+    teacher: Model,
+    teacher_edm: EdmConfig,
+    null_class: i64,
+    num_classes: i64,
+    core: ConsistencyCore,
+    grids: HashMap<usize, Tensor>,
+}
+
+impl LcdObjective {
+    /// `teacher`: the class-conditional EDM teacher (frozen here, trained
+    /// with label dropout so it has a null class); `student`: the network
+    /// being trained (the teacher's plus the w-embedding); the target starts
+    /// as a copy of the student.
+    pub fn new(
+        config: LcdConfig,
+        mut teacher: Model,
+        teacher_edm: EdmConfig,
+        student: &Model,
+        metric: Box<dyn cm_core::DistanceMetric + Send>,
+    ) -> Result<Self> {
+        config.validate_at("lcd.")?;
+        let Some(null_class) = teacher.null_class() else {
+            return Err(CoreError::invalid(
+                "teacher.net.num_classes",
+                teacher.config().num_classes(),
+                "a class-conditional teacher with a null class (classifier-free guidance needs \
+                 one; train it with edm.label_dropout > 0)",
+            )
+            .into());
+        };
+        if !student.config().embeds_guidance() {
+            return Err(CoreError::invalid(
+                "student net.guidance_embedding",
+                false,
+                "true (the LCM student embeds the guidance scale w)",
+            )
+            .into());
+        }
+        teacher.var_store_mut().freeze();
+        let core = ConsistencyCore::new(config.recipe, student, "lcd.recipe.", metric)?;
+        Ok(LcdObjective {
+            config,
+            num_classes: null_class,
+            teacher,
+            teacher_edm,
+            null_class,
+            core,
+            grids: HashMap::new(),
+        })
+    }
+
+    /// The frozen teacher.
+    pub fn teacher(&self) -> &Model {
+        &self.teacher
+    }
+
+    /// The target network `theta-`.
+    pub fn target(&self) -> &Model {
+        self.core.target()
+    }
+
+    /// Draws `(t_n, t_{n+k})` per example: `n` uniform in `0..N-k` on the
+    /// step's `N`-point grid.
+    fn pairs(&mut self, b: i64, step: u64, device: Device) -> Result<(Tensor, Tensor)> {
+        let n = self.config.recipe.schedule.at(step).n;
+        let k = self.config.skip.min(n - 1) as i64;
+        if !self.grids.contains_key(&n) {
+            let values = self.config.recipe.consistency.grid().training_sigmas(n)?;
+            self.grids
+                .insert(n, grid_tensor(&values, Kind::Float, device));
+        }
+        let grid = &self.grids[&n];
+        let index = Tensor::randint(n as i64 - k, [b], (Kind::Int64, device));
+        Ok((
+            grid.index_select(0, &index),
+            grid.index_select(0, &(index + k)),
+        ))
+    }
+
+    /// Class labels cycling through the classes and the default `w`, for
+    /// the grids.
+    fn grid_conditioning(&self, b: i64, device: Device) -> (Tensor, Tensor) {
+        let classes = Tensor::arange(b, (Kind::Int64, device)).remainder(self.num_classes);
+        let w = Tensor::full([b], self.config.guidance, (Kind::Float, device));
+        (classes, w)
+    }
+
+    /// `steps`-step LCM samples from `model` (the student or an EMA of it):
+    /// classes cycling, the default `w`, the skipping-step times.
+    pub fn sample_steps(&self, model: &Model, latents: &Tensor, steps: usize) -> Result<Tensor> {
+        let c = self.config.recipe.consistency;
+        let times = self.config.times(steps)?;
+        let f = Preconditioned::eval(model, c.parameterization());
+        let (classes, w) = self.grid_conditioning(latents.size()[0], latents.device());
+        let cond = Conditioning::class(&classes).with_guidance(&w);
+        Ok(consistency_sample(&f, latents, c.range(), &times[1..], cond)?.x)
+    }
+}
+
+impl Objective for LcdObjective {
+    fn name(&self) -> &str {
+        "lcd"
+    }
+
+    fn loss(&mut self, online: &Model, batch: &Batch, step: u64) -> Result<Tensor> {
+        let x0 = &batch.x;
+        let b = x0.size()[0];
+        let Some(labels) = &batch.labels else {
+            return Err(CoreError::invalid(
+                "teacher.data",
+                "unlabelled",
+                "labelled data (the guided teacher and the student are class-conditional)",
+            )
+            .into());
+        };
+        let (t_n, t_next) = self.pairs(b, step, x0.device())?;
+        let x_next = x0 + x0.randn_like() * append_dims(&t_next, x0.dim());
+        let w = Tensor::rand([b], (Kind::Float, x0.device()))
+            * (self.config.w_max - self.config.w_min)
+            + self.config.w_min;
+        // One guided teacher ODE step t_{n+k} -> t_n, without autograd.
+        let x_hat = tch::no_grad(|| -> Result<Tensor> {
+            let teacher = Preconditioned::eval(&self.teacher, self.teacher_edm.preconditioning());
+            let guided = PerExampleGuidance::new(&teacher, &w, self.null_class)?;
+            Ok(self.config.solver.step(
+                &guided,
+                &x_next,
+                &t_next,
+                &t_n,
+                Conditioning::class(labels),
+            ))
+        })?;
+        let cond = Conditioning::class(labels).with_guidance(&w);
+        Ok(self
+            .core
+            .loss(online, (&x_next, &t_next), (&x_hat, &t_n), cond))
+    }
+
+    fn after_step(&mut self, online: &Model, step: u64) -> Result<()> {
+        self.core.update_target(online, step);
+        Ok(())
+    }
+
+    fn extra_models(&self) -> Vec<(&'static str, &Model)> {
+        self.core.extra_models()
+    }
+
+    fn extra_models_mut(&mut self) -> Vec<(&'static str, &mut Model)> {
+        self.core.extra_models_mut()
+    }
+
+    /// One-step samples at the default `w`, classes cycling.
+    fn sample(&self, model: &Model, latents: &Tensor, _: Conditioning<'_>) -> Result<Tensor> {
+        self.sample_steps(model, latents, 1)
+    }
+}

@@ -1,0 +1,475 @@
+//! The LCD stage of the LCM pipeline (`cm train-lcm`, `cargo xtask
+//! train-lcm`): get the guided teacher ([`cm_train::prepare_teacher`]:
+//! reused when a finished run with the same config exists, else trained; its
+//! config's `[latent]` puts it, and so this stage, in an autoencoder's
+//! latent space), then distill it with [`LcdObjective`] on the run skeleton.
+//! The student is the teacher's network plus the w-embedding
+//! (`guidance_embedding = true`), started from the teacher's weights. The
+//! report shows the teacher's guided Heun grid beside LCM's 1-, 2- and
+//! 4-step grids (classes cycling, the default `w`), all decoded from the
+//! same noise; the card stores `w`, the skipping-step times and the
+//! autoencoder, so `cm sample --steps 4 --guidance W --class C` samples it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, Validate};
+use cm_data::DataSource;
+use cm_nets::{Model, NetConfig, Preconditioned};
+use cm_sample::{edm_sample, EdmSampler, ModelCard};
+use cm_train::{
+    check_student_noise, run_from_teacher, LatentConfig, LoaderOptions, Method, Observer,
+    ReadyTeacher, ReportSampler, RunConfig, RunContext, TeacherConfig, TrainConfig,
+};
+
+use crate::lcd::{LcdConfig, LcdObjective};
+
+/// The step counts whose skipping-step times the card stores.
+pub const CARD_STEPS: [usize; 3] = [2, 4, 8];
+
+/// A whole LCD run: `[teacher]` (usually `include =
+/// "../teacher/NAME.toml"`, class-conditional with label dropout, and for
+/// LCM with `[teacher.latent]`), `[train]` and `[lcd]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LcdRunConfig {
+    /// How to train (or find) the guided teacher.
+    pub teacher: TeacherConfig,
+    /// The distillation loop.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// The LCD objective.
+    #[serde(default)]
+    pub lcd: LcdConfig,
+}
+
+impl Validate for LcdRunConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        self.teacher.validate_at("teacher.")?;
+        self.train.validate_at("train.")?;
+        self.lcd.validate_at("lcd.")?;
+        if self.teacher.net.num_classes() == 0 || self.teacher.edm.label_dropout <= 0.0 {
+            return Err(CoreError::invalid(
+                "teacher.edm.label_dropout",
+                self.teacher.edm.label_dropout,
+                "a class-conditional teacher (net.num_classes > 0) trained with label dropout \
+                 > 0, so it has the unconditional model guidance needs",
+            ));
+        }
+        if !matches!(self.teacher.net, NetConfig::Unet(_)) {
+            return Err(CoreError::invalid(
+                "teacher.net.arch",
+                self.teacher.net.arch(),
+                "\"unet\" (the student adds the U-Net's guidance embedding)",
+            ));
+        }
+        for steps in CARD_STEPS {
+            self.lcd.times(steps).map_err(|e| {
+                CoreError::invalid(
+                    "lcd.skip",
+                    self.lcd.skip,
+                    format!("a skipping-step grid with at least {steps} times ({e})"),
+                )
+            })?;
+        }
+        check_student_noise(
+            &self.teacher,
+            &self.lcd.recipe.consistency,
+            "lcd.recipe.consistency.",
+        )
+    }
+}
+
+impl RunConfig for LcdRunConfig {
+    fn data(&self) -> (&DataSource, LoaderOptions) {
+        (&self.teacher.data, self.teacher.loader)
+    }
+
+    fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    fn take_steps_of(&mut self, new: &Self) {
+        self.train.steps = new.train.steps;
+    }
+
+    fn latent(&self) -> Option<&LatentConfig> {
+        self.teacher.latent.as_ref()
+    }
+}
+
+/// What an LCD run leaves.
+pub type LcdOutcome = cm_train::FromTeacherOutcome;
+
+/// LCD on the run skeleton, from a finished guided teacher.
+#[derive(Debug)]
+pub struct LcdMethod<'a> {
+    config: &'a LcdRunConfig,
+    teacher: ReadyTeacher,
+}
+
+impl<'a> LcdMethod<'a> {
+    /// The method for `config`, distilling `teacher`.
+    pub fn new(config: &'a LcdRunConfig, teacher: ReadyTeacher) -> Self {
+        LcdMethod { config, teacher }
+    }
+}
+
+/// The student's network: the teacher's with the w-embedding.
+pub fn student_config(teacher: &NetConfig) -> cm_core::Result<NetConfig> {
+    match teacher {
+        NetConfig::Unet(c) => Ok(NetConfig::Unet(cm_nets::UNetConfig {
+            guidance_embedding: true,
+            ..c.clone()
+        })),
+        other => Err(CoreError::invalid(
+            "teacher.net.arch",
+            other.arch(),
+            "\"unet\" (the student adds the U-Net's guidance embedding)",
+        )),
+    }
+}
+
+impl Method for LcdMethod<'_> {
+    type Config = LcdRunConfig;
+    type Objective = LcdObjective;
+    type Card = ModelCard;
+
+    fn title(&self) -> &str {
+        "Latent consistency distillation run"
+    }
+
+    fn config(&self) -> &LcdRunConfig {
+        self.config
+    }
+
+    fn build(
+        &mut self,
+        device: Device,
+        observer: &mut dyn Observer,
+    ) -> cm_train::Result<(Model, LcdObjective)> {
+        let teacher = Model::from_checkpoint(&self.teacher.weights, device)?;
+        let mut student = Model::new(student_config(teacher.config())?, device)?;
+        let fresh = student.copy_matching_from(&teacher)?;
+        observer.on_message(&format!(
+            "student = teacher + w-embedding ({} new variables, zero-initialised projection)",
+            fresh.len()
+        ));
+        let metric = cm_train::build_metric(
+            &self.config.lcd.recipe.metric,
+            "lcd.recipe.metric.",
+            &student.config().sample_shape(),
+            &self.config.teacher.data,
+            device,
+            observer,
+        )?;
+        let objective = LcdObjective::new(
+            self.config.lcd,
+            teacher,
+            self.config.teacher.edm.edm,
+            &student,
+            metric,
+        )?;
+        observer.on_message("distilling");
+        Ok((student, objective))
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let t = &self.teacher;
+        let l = &self.config.lcd;
+        let n = cm_core::DiscretizationSchedule::at(&l.recipe.schedule, 0).n;
+        let mut lines = vec![
+            format!(
+                "teacher: `{}` ({}; {:.1} min), guided by classifier-free guidance D_c + w (D_c - D_u)",
+                t.dir.display(),
+                if t.reused { "reused" } else { "trained in this run" },
+                t.seconds / 60.0
+            ),
+            format!(
+                "objective: latent consistency distillation (LCM Alg. 1), skipping step k = {} on \
+                 the N = {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, w ~ U[{}, {}] per \
+                 example, embedded by the student",
+                l.skip, l.solver, l.w_min, l.w_max
+            ),
+        ];
+        lines.extend(l.recipe.describe());
+        lines.push(format!(
+            "grids: classes cycling, w = {}; LCM times on the skipping-step grid: 2 steps {:?}, 4 steps {:?}",
+            l.guidance,
+            l.times(2).unwrap_or_default(),
+            l.times(4).unwrap_or_default()
+        ));
+        lines
+    }
+
+    fn report_samplers<'a>(
+        &'a self,
+        objective: &'a LcdObjective,
+        eval: &'a Model,
+    ) -> Vec<ReportSampler<'a>> {
+        let w = self.config.lcd.guidance;
+        let edm = &self.config.teacher.edm.edm;
+        let mut samplers = vec![ReportSampler {
+            label: format!("teacher, Heun 18 steps, guided w = {w} (2 x 35 evaluations)"),
+            file: "samples_teacher_heun35.png".into(),
+            sample: Box::new(move |latents: &Tensor| {
+                let teacher = objective.teacher();
+                let d = Preconditioned::eval(teacher, edm.preconditioning());
+                let null = teacher.null_class().unwrap_or(0);
+                let guided = ClassifierFreeGuidance::new(&d, w, null)?;
+                let b = latents.size()[0];
+                let classes = Tensor::arange(b, (Kind::Int64, latents.device())).remainder(null);
+                let mut out = edm_sample(
+                    &guided,
+                    latents,
+                    &edm.grid(),
+                    &EdmSampler::default(),
+                    Conditioning::class(&classes),
+                )?;
+                out.nfe *= 2;
+                Ok(out)
+            }),
+        }];
+        for steps in [1usize, 2, 4] {
+            samplers.push(ReportSampler {
+                label: format!("LCM, {steps} step{}", if steps == 1 { "" } else { "s" }),
+                file: format!("samples_lcm_{steps}step.png"),
+                sample: Box::new(move |latents: &Tensor| {
+                    Ok(cm_sample::Sampled {
+                        x: objective.sample_steps(eval, latents, steps)?,
+                        nfe: steps,
+                    })
+                }),
+            });
+        }
+        samplers
+    }
+
+    fn card(&self, weights: PathBuf) -> ModelCard {
+        let l = &self.config.lcd;
+        let timesteps = CARD_STEPS
+            .iter()
+            .filter_map(|&k| Some((k.to_string(), l.times(k).ok()?[1..].to_vec())))
+            .collect();
+        ModelCard::Consistency {
+            weights,
+            consistency: l.recipe.consistency,
+            timesteps,
+            scheduler: None,
+            autoencoder: None,
+            guidance: Some(l.guidance),
+        }
+    }
+}
+
+/// Runs the LCD stage into `run_dir`, with teachers kept under `teachers`
+/// (see [`cm_distill::run_cd`](crate::run_cd) for resume and stop).
+pub fn run_lcd(
+    config: &LcdRunConfig,
+    run_dir: &Path,
+    teachers: &Path,
+    resume: bool,
+    device: Device,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> cm_train::Result<LcdOutcome> {
+    config.validate()?;
+    run_from_teacher(
+        &config.teacher,
+        config,
+        RunContext {
+            run_dir,
+            resume,
+            device,
+            stop,
+            observer,
+        },
+        teachers,
+        |teacher| LcdMethod::new(config, teacher),
+    )
+}
+
+/// The whole latent consistency model pipeline (`cm train-lcm`,
+/// `cargo xtask train-lcm`): `[autoencoder]` (an autoencoder run config,
+/// usually `include = "../autoencoder/NAME.toml"`), `[teacher]` (the guided
+/// teacher in its latent space: `[net]` takes the latent shape; the
+/// pipeline fills in `[teacher.latent]`), `[train]` and `[lcd]` (the LCD
+/// stage).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LcmRunConfig {
+    /// The autoencoder stage.
+    pub autoencoder: cm_train::AutoencoderRunConfig,
+    /// The guided latent teacher (without `[latent]`).
+    pub teacher: TeacherConfig,
+    /// The LCD loop.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// The LCD objective.
+    #[serde(default)]
+    pub lcd: LcdConfig,
+}
+
+impl Validate for LcmRunConfig {
+    fn validate(&self) -> cm_core::Result<()> {
+        self.autoencoder
+            .validate()
+            .map_err(|e| prefixed("autoencoder.", e))?;
+        if let Some(latent) = &self.teacher.latent {
+            return Err(CoreError::invalid(
+                "teacher.latent.autoencoder",
+                latent.autoencoder.display(),
+                "no [teacher.latent] section: the pipeline trains the autoencoder of \
+                 [autoencoder] and names it itself",
+            ));
+        }
+        if self.teacher.data != self.autoencoder.data {
+            return Err(CoreError::invalid(
+                "teacher.data",
+                format!("{:?}", self.teacher.data),
+                format!(
+                    "the autoencoder's data ({:?}): the teacher learns its latents",
+                    self.autoencoder.data
+                ),
+            ));
+        }
+        let NetConfig::Autoencoder(ae) = &self.autoencoder.net else {
+            unreachable!("checked by AutoencoderRunConfig::validate")
+        };
+        let latent = ae.latent_shape();
+        if self.teacher.net.sample_shape() != latent {
+            return Err(CoreError::invalid(
+                "teacher.net",
+                format!("{:?}", self.teacher.net.sample_shape()),
+                format!(
+                    "a network for the autoencoder's latents {latent:?} (in_channels = {}, \
+                     resolution = {})",
+                    latent[0], latent[1]
+                ),
+            ));
+        }
+        self.lcd_config(PathBuf::from("autoencoder.toml"))
+            .validate()
+    }
+}
+
+/// Field paths of the autoencoder stage's errors start with `autoencoder.`.
+fn prefixed(prefix: &str, e: CoreError) -> CoreError {
+    match e {
+        CoreError::InvalidConfig {
+            field,
+            value,
+            expected,
+        } => CoreError::InvalidConfig {
+            field: format!("{prefix}{field}"),
+            value,
+            expected,
+        },
+        other => other,
+    }
+}
+
+impl LcmRunConfig {
+    /// The LCD stage's config, its teacher in the latent space of the
+    /// autoencoder card `autoencoder`.
+    pub fn lcd_config(&self, autoencoder: PathBuf) -> LcdRunConfig {
+        let mut teacher = self.teacher.clone();
+        teacher.latent = Some(LatentConfig { autoencoder });
+        LcdRunConfig {
+            teacher,
+            train: self.train.clone(),
+            lcd: self.lcd,
+        }
+    }
+}
+
+/// Where the autoencoder of `config` lives: `TEACHERS/autoencoder-<hash>`,
+/// the hash of its resolved config (a changed config trains anew).
+pub fn autoencoder_dir(teachers: &Path, config: &cm_train::AutoencoderRunConfig) -> PathBuf {
+    let text = toml::to_string(config).expect("configs serialize to TOML");
+    teachers.join(format!(
+        "autoencoder-{:016x}",
+        cm_core::fnv1a64(text.as_bytes())
+    ))
+}
+
+/// What the LCM pipeline leaves: the autoencoder's folder and card, and
+/// the LCD stage's outcome (teacher, loop, report, card).
+#[derive(Debug)]
+pub struct LcmOutcome {
+    /// The autoencoder run folder.
+    pub autoencoder_dir: PathBuf,
+    /// Whether the autoencoder was reused rather than trained now.
+    pub autoencoder_reused: bool,
+    /// The LCD stage (`train.stopped` when Ctrl-C ended any stage).
+    pub lcd: LcdOutcome,
+}
+
+/// Runs the LCM pipeline into `run_dir`: the autoencoder (reused when its
+/// folder under `teachers` holds a finished run of the same config), the
+/// guided latent teacher (likewise), then LCD ([`run_lcd`]). Interrupted
+/// stages continue from their newest checkpoints; with `resume` the LCD
+/// stage does too.
+pub fn run_lcm(
+    config: &LcmRunConfig,
+    run_dir: &Path,
+    teachers: &Path,
+    resume: bool,
+    device: Device,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> cm_train::Result<LcmOutcome> {
+    config.validate()?;
+    let ae_dir = autoencoder_dir(teachers, &config.autoencoder);
+    let card = ae_dir.join(cm_sample::CARD_FILE);
+    // A card with a scaling factor is written only when the run finished.
+    let reused = cm_sample::AutoencoderCard::load(&card).is_ok()
+        && std::fs::read_to_string(ae_dir.join("config.toml")).ok()
+            == toml::to_string(&config.autoencoder).ok();
+    // Absolute, so the teacher's config (and its reuse key) does not depend
+    // on the working directory.
+    std::fs::create_dir_all(&ae_dir).map_err(cm_train::TrainError::io("cannot create", &ae_dir))?;
+    let card = std::fs::canonicalize(&ae_dir)
+        .map(|d| d.join(cm_sample::CARD_FILE))
+        .unwrap_or(card);
+    if reused {
+        observer.on_message(&format!(
+            "reusing the finished autoencoder in {}",
+            ae_dir.display()
+        ));
+    } else {
+        observer.on_message(&format!("training the autoencoder in {}", ae_dir.display()));
+        let out = cm_train::run_autoencoder(
+            &config.autoencoder,
+            &ae_dir,
+            true,
+            device,
+            stop,
+            &mut *observer,
+        )?;
+        if out.train.stopped {
+            return Ok(LcmOutcome {
+                autoencoder_dir: ae_dir,
+                autoencoder_reused: false,
+                lcd: LcdOutcome {
+                    teacher_dir: PathBuf::new(),
+                    teacher_reused: false,
+                    train: out.train,
+                    report: None,
+                    card: None,
+                    samplers: Vec::new(),
+                },
+            });
+        }
+    }
+    let lcd = config.lcd_config(card);
+    let out = run_lcd(&lcd, run_dir, teachers, resume, device, stop, observer)?;
+    Ok(LcmOutcome {
+        autoencoder_dir: ae_dir,
+        autoencoder_reused: reused,
+        lcd: out,
+    })
+}

@@ -1,0 +1,143 @@
+//! LCM's w-embedding in the U-Net (`guidance_embedding = true`): a student
+//! built from its teacher with `copy_matching_from` starts equal to it for
+//! every `w` (the projection is zero-initialised); once trained, `w`
+//! changes the output, also through the inference embedding cache; inputs
+//! are checked.
+
+use cm_core::Conditioning;
+use cm_nets::{Model, NetConfig, UNetConfig};
+use tch::{Device, Kind, Tensor};
+
+fn teacher_config() -> UNetConfig {
+    UNetConfig {
+        in_channels: 4,
+        resolution: 8,
+        model_channels: 16,
+        channel_mult: vec![1, 2],
+        attn_resolutions: vec![4],
+        channels_per_head: 16,
+        num_classes: 3,
+        dropout: 0.0,
+        ..UNetConfig::default()
+    }
+}
+
+#[test]
+fn a_student_starts_equal_to_its_teacher_and_w_then_matters() {
+    let _rng = cm_runtime::lock_global_rng();
+    tch::manual_seed(11);
+    let teacher = Model::new(NetConfig::Unet(teacher_config()), Device::Cpu).unwrap();
+    // Non-trivial teacher weights (fresh output layers are zero).
+    tch::no_grad(|| {
+        for (_, mut v) in teacher.var_store().variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.05));
+        }
+    });
+    let mut student = Model::new(
+        NetConfig::Unet(UNetConfig {
+            guidance_embedding: true,
+            ..teacher_config()
+        }),
+        Device::Cpu,
+    )
+    .unwrap();
+    let missing = student.copy_matching_from(&teacher).unwrap();
+    assert_eq!(
+        missing,
+        vec![
+            "map_guidance.freqs".to_string(),
+            "map_guidance_proj.bias".into(),
+            "map_guidance_proj.weight".into()
+        ]
+    );
+    let x = Tensor::randn([3, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let c = Tensor::from_slice(&[0.1f32, -0.5, 1.2]);
+    let labels = Tensor::from_slice(&[0i64, 2, 3]);
+    let _guard = tch::no_grad_guard();
+    let want = teacher.forward_t(&x, &c, Conditioning::class(&labels), false);
+    for w in [0.0f64, 1.5, 7.0] {
+        let ws = Tensor::full([3], w, (Kind::Float, Device::Cpu));
+        let cond = Conditioning::class(&labels).with_guidance(&ws);
+        student.check_input(&x, cond).unwrap();
+        let got = student.forward_t(&x, &c, cond, false);
+        assert_eq!(
+            f64::try_from((got - &want).abs().max()).unwrap(),
+            0.0,
+            "w = {w}"
+        );
+    }
+    // A trained projection: different w, different outputs (the second
+    // call at the same noise levels goes through the embedding cache).
+    for (name, mut v) in student.var_store().variables() {
+        if name.starts_with("map_guidance_proj") {
+            let _ = v.g_add_(&(v.randn_like() * 0.1));
+        }
+    }
+    let out = |w: f64| {
+        let ws = Tensor::full([3], w, (Kind::Float, Device::Cpu));
+        student.forward_t(
+            &x,
+            &c,
+            Conditioning::class(&labels).with_guidance(&ws),
+            false,
+        )
+    };
+    let (a, b, a_again) = (out(1.0), out(4.0), out(1.0));
+    assert!(f64::try_from((&a - &b).abs().max()).unwrap() > 1e-4);
+    assert_eq!(f64::try_from((&a - a_again).abs().max()).unwrap(), 0.0);
+    // No w is w = 0.
+    let none = student.forward_t(&x, &c, Conditioning::class(&labels), false);
+    let zero = out(0.0);
+    assert_eq!(f64::try_from((none - zero).abs().max()).unwrap(), 0.0);
+}
+
+#[test]
+fn guidance_inputs_are_checked_and_copies_must_fit() {
+    let _rng = cm_runtime::lock_global_rng();
+    let plain = Model::new(NetConfig::Unet(teacher_config()), Device::Cpu).unwrap();
+    let x = Tensor::zeros([2, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let w = Tensor::ones([2], (Kind::Float, Device::Cpu));
+    let err = plain
+        .check_input(&x, Conditioning::none().with_guidance(&w))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not embed a guidance scale"), "{err}");
+    let mut student = Model::new(
+        NetConfig::Unet(UNetConfig {
+            guidance_embedding: true,
+            ..teacher_config()
+        }),
+        Device::Cpu,
+    )
+    .unwrap();
+    let bad = Tensor::ones([3], (Kind::Float, Device::Cpu));
+    let err = student
+        .check_input(&x, Conditioning::none().with_guidance(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("guidance scales of shape [2]"), "{err}");
+    // The teacher must fit inside the student, not the other way round.
+    let mut teacher = Model::new(NetConfig::Unet(teacher_config()), Device::Cpu).unwrap();
+    let err = teacher
+        .copy_matching_from(&student)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("map_guidance"), "{err}");
+    let wider = Model::new(
+        NetConfig::Unet(UNetConfig {
+            model_channels: 32,
+            ..teacher_config()
+        }),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(student.copy_matching_from(&wider).is_err());
+    // diffusers' UNet2DModel has no w-embedding: export refuses it.
+    let NetConfig::Unet(c) = student.config().clone() else {
+        unreachable!()
+    };
+    let err = cm_nets::diffusers_export::unet_to_diffusers_config(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("guidance_embedding"), "{err}");
+}
