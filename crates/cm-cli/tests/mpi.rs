@@ -460,7 +460,8 @@ fn commands_that_do_not_train_refuse_several_ranks() {
     assert!(!out.status.success());
     assert!(
         err.contains(
-            "only train-teacher, distill, train-pd, train-ect and train-ct train data-parallel"
+            "only train-teacher, train-autoencoder, distill, train-pd, train-ect, train-lcm and \
+             train-ct train data-parallel"
         ),
         "{err}"
     );
