@@ -311,8 +311,4 @@ impl Network for Autoencoder {
     ) -> Tensor {
         self.decode(self.encode(x).mode())
     }
-
-    fn as_autoencoder(&self) -> Option<&Autoencoder> {
-        Some(self)
-    }
 }

@@ -30,12 +30,21 @@ pub const META_NET: &str = "cm_rs.net";
 /// The file name of a diffusers model's config, beside its weights.
 pub const DIFFUSERS_CONFIG: &str = "config.json";
 
+/// What a [`Model`] holds: a denoising network, or an autoencoder (kept as
+/// its type, so [`Model::autoencoder`] can hand out its encoder and
+/// decoder).
+#[derive(Debug)]
+enum Net {
+    Denoiser(Box<dyn Network>),
+    Autoencoder(Autoencoder),
+}
+
 /// A network with its weights, config and bookkeeping. Teacher, student and
 /// target networks are each a `Model` (one `VarStore` per role).
 #[derive(Debug)]
 pub struct Model {
     vs: nn::VarStore,
-    net: Box<dyn Network>,
+    net: Net,
     config: NetConfig,
     macs: u64,
     /// Extra checkpoint metadata (e.g. the parameterization), written by
@@ -52,12 +61,14 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let mut macs = MacCounter::default();
         let root = vs.root();
-        let net: Box<dyn Network> = match &config {
-            NetConfig::Unet(c) => Box::new(UNet::new(&root, c, &mut macs)),
-            NetConfig::Dit(c) => Box::new(DiT::new(&root, c, &mut macs)),
-            NetConfig::Mlp(c) => Box::new(ResidualMlp::new(&root, c, &mut macs)),
-            NetConfig::DiffusersUnet2d(c) => Box::new(DiffusersUNet::new(&root, c, &mut macs)),
-            NetConfig::Autoencoder(c) => Box::new(Autoencoder::new(&root, c, &mut macs)),
+        let net = match &config {
+            NetConfig::Unet(c) => Net::Denoiser(Box::new(UNet::new(&root, c, &mut macs))),
+            NetConfig::Dit(c) => Net::Denoiser(Box::new(DiT::new(&root, c, &mut macs))),
+            NetConfig::Mlp(c) => Net::Denoiser(Box::new(ResidualMlp::new(&root, c, &mut macs))),
+            NetConfig::DiffusersUnet2d(c) => {
+                Net::Denoiser(Box::new(DiffusersUNet::new(&root, c, &mut macs)))
+            }
+            NetConfig::Autoencoder(c) => Net::Autoencoder(Autoencoder::new(&root, c, &mut macs)),
         };
         let model = Model {
             vs,
@@ -100,13 +111,19 @@ impl Model {
         cond: Conditioning<'_>,
         train: bool,
     ) -> Tensor {
-        self.net.forward_t(x, c_noise, cond, train)
+        match &self.net {
+            Net::Denoiser(net) => net.forward_t(x, c_noise, cond, train),
+            Net::Autoencoder(ae) => ae.forward_t(x, c_noise, cond, train),
+        }
     }
 
     /// The encoder and decoder when the network is an autoencoder
     /// (`arch = "autoencoder"`), else `None`.
     pub fn autoencoder(&self) -> Option<&Autoencoder> {
-        self.net.as_autoencoder()
+        match &self.net {
+            Net::Autoencoder(ae) => Some(ae),
+            Net::Denoiser(_) => None,
+        }
     }
 
     /// Checks `x` (`[B, ...sample_shape]`, floating point) and `cond`

@@ -3,8 +3,6 @@
 //! [`crate::Model`] owns one with its weights.
 
 use cm_core::Conditioning;
-
-use crate::autoencoder::Autoencoder;
 use tch::Tensor;
 
 /// A raw network `F(x_in, c_noise, cond)` of the EDM / consistency
@@ -25,10 +23,4 @@ pub trait Network: Send + std::fmt::Debug {
         cond: Conditioning<'_>,
         train: bool,
     ) -> Tensor;
-
-    /// The encoder and decoder, for a network that is an autoencoder
-    /// (`arch = "autoencoder"`); `None` for denoising networks.
-    fn as_autoencoder(&self) -> Option<&Autoencoder> {
-        None
-    }
 }

@@ -284,19 +284,7 @@ impl ModelCard {
     /// relative to `path`'s folder to keep a run folder movable.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.validate()?;
-        let path = path.as_ref();
-        let text = toml::to_string(self).map_err(|e| SampleError::Card {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        cm_nets::write_atomic(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|source| cm_nets::NetError::Io {
-                action: "cannot write",
-                path: tmp.to_path_buf(),
-                source,
-            })
-        })?;
-        Ok(())
+        write_toml_atomic(self, path.as_ref())
     }
 
     /// Writes the card over the file it was loaded from, `path`, keeping
@@ -619,6 +607,23 @@ impl DiffusersCardFile {
         };
         DiffusersFolder::open(folder)?.card(&self.timesteps)
     }
+}
+
+/// Writes `value` as TOML to `path` atomically (temporary file, then
+/// rename): a card is never left half-written.
+pub(crate) fn write_toml_atomic<T: Serialize>(value: &T, path: &Path) -> Result<()> {
+    let text = toml::to_string(value).map_err(|e| SampleError::Card {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    cm_nets::write_atomic(path, |tmp| {
+        std::fs::write(tmp, &text).map_err(|source| cm_nets::NetError::Io {
+            action: "cannot write",
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

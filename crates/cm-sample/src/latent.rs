@@ -115,19 +115,7 @@ impl AutoencoderCard {
     /// `path`'s folder to keep a run folder movable).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.validate()?;
-        let path = path.as_ref();
-        let text = toml::to_string(self).map_err(|e| SampleError::Card {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        cm_nets::write_atomic(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|source| cm_nets::NetError::Io {
-                action: "cannot write",
-                path: tmp.to_path_buf(),
-                source,
-            })
-        })?;
-        Ok(())
+        crate::card::write_toml_atomic(self, path.as_ref())
     }
 
     /// The card as checkpoint metadata: JSON without the weights path.
