@@ -86,6 +86,12 @@ pub struct ModelEntry {
     /// column; omitted: "-").
     #[serde(default)]
     pub teacher: Option<bool>,
+    /// Classifier-free guidance scale `w` (LCM's form `D_c + w (D_c -
+    /// D_u)`) for a class-conditional model: around the denoiser (two
+    /// evaluations each), or for an LCM card (`guidance` in the card) its
+    /// embedded `w` (default: the card's). Omitted: no guidance.
+    #[serde(default)]
+    pub guidance: Option<f64>,
     /// Run folders whose training wall time the table reports, summed over
     /// each folder's `metrics.csv` and those of its direct subfolders (PD's
     /// stages), and over resumed sessions.
@@ -205,6 +211,15 @@ impl Validate for EvalConfig {
                             "at least 2, more than k = {} and at least is_splits = {}",
                             self.k, self.is_splits
                         ),
+                    ));
+                }
+            }
+            if let Some(w) = m.guidance {
+                if !(w.is_finite() && (0.0..=cm_sample::MAX_GUIDANCE).contains(&w)) {
+                    return Err(CoreError::invalid(
+                        format!("models[{i}].guidance"),
+                        w,
+                        format!("a guidance scale w in [0, {}]", cm_sample::MAX_GUIDANCE),
                     ));
                 }
             }
@@ -475,13 +490,16 @@ pub fn evaluate_cached(
         };
         let num_classes = model.config().num_classes() as i64;
         for &steps in &entry.steps {
-            let (plan, sampler, tag) = plan_row(&card, entry, index, steps, &mut notes)?;
+            let (plan, mut sampler, tag) = plan_row(&card, entry, index, steps, &mut notes)?;
+            if let Some(w) = entry.guidance.or(card.embedded_guidance()) {
+                sampler.push_str(&format!(", guidance w = {w}"));
+            }
             let key = identity.as_ref().map(|id| {
                 row_key(&[
                     id.as_bytes(),
                     format!(
-                        "{plan:?}|{steps}|{n}|{}|{}|{device:?}",
-                        config.seed, config.batch_size
+                        "{plan:?}|{steps}|{n}|{}|{}|{device:?}|{:?}",
+                        config.seed, config.batch_size, entry.guidance
                     )
                     .as_bytes(),
                     classifier_id.as_bytes(),
@@ -519,6 +537,7 @@ pub fn evaluate_cached(
                             config,
                             device,
                             codec: codec.as_ref(),
+                            guidance: entry.guidance,
                         },
                         &space.net,
                         progress,
@@ -661,6 +680,8 @@ struct SampleSetup<'a> {
     device: Device,
     /// The autoencoder of a latent model.
     codec: Option<&'a cm_sample::LatentCodec>,
+    /// The row's guidance scale.
+    guidance: Option<f64>,
 }
 
 /// Samples `setup.n` images in batches from latents seeded by the config's
@@ -681,9 +702,37 @@ fn sample_row(
         config,
         device,
         codec,
+        guidance,
     } = setup;
     tch::manual_seed(config.seed as i64);
-    let denoiser = card.denoiser(model);
+    let plain = card.denoiser(model);
+    // An LCM embeds w; other class-conditional models are guided around
+    // the denoiser (two evaluations each).
+    let embedded = card.embedded_guidance().map(|d| guidance.unwrap_or(d));
+    let guided = match guidance.filter(|_| embedded.is_none()) {
+        Some(w) => {
+            let null = model.null_class().ok_or_else(|| {
+                EvalError::InvalidInput(format!(
+                    "model `{name}`: guidance needs a class-conditional model with a null class"
+                ))
+            })?;
+            Some(cm_core::ClassifierFreeGuidance::new(
+                plain.as_ref(),
+                w,
+                null,
+            )?)
+        }
+        None => None,
+    };
+    let evaluations = if guided.as_ref().is_some_and(|g| g.scale() > 0.0) {
+        2
+    } else {
+        1
+    };
+    let denoiser: &dyn cm_core::Denoiser = match &guided {
+        Some(g) => g,
+        None => plain.as_ref(),
+    };
     let (mut feats, mut logits) = (Vec::new(), Vec::new());
     let mut grid: Option<Tensor> = None;
     let mut sampling_seconds = 0.0;
@@ -699,23 +748,21 @@ fn sample_row(
             (num_classes > 0).then(|| Tensor::randint(num_classes, [b], (Kind::Int64, device)));
         let started = Instant::now();
         // LCM: a network that embeds w gets the card's default scale.
-        let w = card
-            .embedded_guidance()
-            .map(|w| Tensor::full([b], w, (Kind::Float, device)));
+        let w = embedded.map(|w| Tensor::full([b], w, (Kind::Float, device)));
         let mut cond = Conditioning::from_class(class.as_ref());
         if let Some(w) = &w {
             cond = cond.with_guidance(w);
         }
         let sampled = match plan {
             Plan::Consistency(taus) => {
-                consistency_sample(denoiser.as_ref(), &latents, card.range(), taus, cond)?
+                consistency_sample(denoiser, &latents, card.range(), taus, cond)?
             }
             Plan::Edm(s) => {
                 let grid = match card {
                     ModelCard::Edm { edm, .. } => edm.grid(),
                     ModelCard::Consistency { consistency, .. } => consistency.grid(),
                 };
-                edm_sample(denoiser.as_ref(), &latents, &grid, s, cond)?
+                edm_sample(denoiser, &latents, &grid, s, cond)?
             }
         };
         let x = match codec {
@@ -724,7 +771,7 @@ fn sample_row(
         };
         let x = x.clamp(-1.0, 1.0).to_device(Device::Cpu);
         sampling_seconds += started.elapsed().as_secs_f64();
-        nfe = sampled.nfe;
+        nfe = sampled.nfe * evaluations;
         let (f, l) = net.features(&x)?;
         feats.push(f);
         logits.push(l);

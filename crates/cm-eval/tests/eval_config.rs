@@ -58,6 +58,9 @@ fn invalid_values_name_the_field() {
     assert!(e.contains("classifier.dropout"), "{e}");
     let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1, 0]\n").unwrap_err();
     assert!(e.contains("models[0].steps"), "{e}");
+    let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.0\n")
+        .unwrap_err();
+    assert!(e.contains("models[0].guidance"), "{e}");
     let e = parse("samples = 10\n").unwrap_err();
     assert!(e.contains("models"), "{e}");
     let e = parse(&format!("sample = 10\n{MODELS}")).unwrap_err();

@@ -61,7 +61,9 @@ pub struct UNetConfig {
     /// Embed a guidance scale `w` (LCM's w-conditioning: a sinusoidal
     /// embedding of `1000 w` through a zero-initialised projection added to
     /// the noise embedding, so a student built from a teacher starts equal
-    /// to it).
+    /// to it). Written only when set, so configs (and the teacher folders
+    /// keyed by their hash) of networks without it are unchanged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub guidance_embedding: bool,
 }
 
