@@ -214,6 +214,14 @@ pub struct SdeditArgs {
 
 /// The consistency card's noise range, or an error for an EDM card.
 fn consistency_range(card: &ModelCard, path: &std::path::Path) -> Result<NoiseRange> {
+    if let Some(ae) = card.autoencoder() {
+        bail!(
+            "{}: zero-shot editing works in pixel space; this model works in the latent space \
+             of the autoencoder {} (edits of latents are not built)",
+            path.display(),
+            ae.display()
+        );
+    }
     match card {
         ModelCard::Consistency { consistency, .. } => Ok(consistency.range()),
         ModelCard::Edm { .. } => bail!(

@@ -429,12 +429,10 @@ pub fn run_lcm(
     let reused = cm_sample::AutoencoderCard::load(&card).is_ok()
         && std::fs::read_to_string(ae_dir.join("config.toml")).ok()
             == toml::to_string(&config.autoencoder).ok();
-    // Absolute, so the teacher's config (and its reuse key) does not depend
-    // on the working directory.
-    std::fs::create_dir_all(&ae_dir).map_err(cm_train::TrainError::io("cannot create", &ae_dir))?;
-    let card = std::fs::canonicalize(&ae_dir)
-        .map(|d| d.join(cm_sample::CARD_FILE))
-        .unwrap_or(card);
+    // The teacher's [latent] names the card as `teachers` does (relative
+    // paths from the working directory, as every path of a config), so the
+    // teacher's reuse key is the same on every machine for the same
+    // `--teachers` (the eval configs name `runs/teachers/teacher-<hash>`).
     if reused {
         observer.on_message(&format!(
             "reusing the finished autoencoder in {}",

@@ -164,3 +164,22 @@ fn eval_configs_name_the_current_teachers() {
         }
     }
 }
+
+#[test]
+fn the_lcm_eval_config_names_the_current_teacher() {
+    // `cargo xtask train-lcm` keeps its stages under runs/teachers; the
+    // teacher's key covers its [latent] card, the autoencoder's folder.
+    let config: cm_distill::LcmRunConfig =
+        cm_core::load_toml(configs().join("lcm/fmnist.toml")).unwrap();
+    let teachers = std::path::Path::new("runs/teachers");
+    let ae = cm_distill::autoencoder_dir(teachers, &config.autoencoder);
+    let lcd = config.lcd_config(ae.join("model.toml"));
+    let dir = cm_train::teacher_dir(teachers, &lcd.teacher);
+    let text = std::fs::read_to_string(configs().join("eval/lcm-fmnist.toml")).unwrap();
+    let card = format!("{}/model.toml", dir.display());
+    assert!(
+        text.contains(&card),
+        "eval/lcm-fmnist.toml does not name {card}"
+    );
+    assert!(text.contains(&ae.display().to_string()), "{}", ae.display());
+}
