@@ -59,6 +59,14 @@ pub fn export(args: &ExportDiffusersArgs) -> Result<()> {
     crate::set_threads(args.threads)?;
     let device = crate::device(args.device)?;
     let (card, model) = load_card(&args.card, device)?;
+    if let Some(ae) = card.autoencoder() {
+        anyhow::bail!(
+            "{}: the model works in the latent space of the autoencoder {}; a diffusers \
+             UNet2DModel pipeline samples pixels (exporting latent models is not built)",
+            args.card.display(),
+            ae.display()
+        );
+    }
     let (config, tensors) = cm_nets::diffusers_export::to_diffusers(&model).with_context(|| {
         format!(
             "{}: the network has no UNet2DModel equivalent",

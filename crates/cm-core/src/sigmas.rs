@@ -224,7 +224,8 @@ impl KarrasGrid {
 
 /// LCM's sampling times (Luo et al. 2023; diffusers' `LCMScheduler.set_timesteps`):
 /// of an ascending training grid, the skipping-step grid from the top
-/// (`grid[N-1], grid[N-1-k], grid[N-1-2k], ...`, the times latent
+/// (`grid[N-1], grid[N-1-k], grid[N-1-2k], ...` down to index 1, never
+/// `grid[0] = sigma_min`; the times latent
 /// consistency distillation trains on), and of those `steps` evenly spaced
 /// ones, `floor(linspace(0, len, steps, endpoint = False))`, descending. The
 /// first is `grid[N-1]` (where sampling starts), the rest are the
@@ -240,7 +241,9 @@ pub fn lcm_times(grid: &[f64], skip: usize, steps: usize) -> Result<Vec<f64>> {
             format!("a skipping step in 1..{n} (the grid has {n} points)"),
         ));
     }
-    let skipping: Vec<f64> = (0..n).rev().step_by(skip).map(|i| grid[i]).collect();
+    // Index 0 is sigma_min, where f is the identity: not a time to
+    // re-noise to (diffusers' grid likewise ends at k - 1).
+    let skipping: Vec<f64> = (1..n).rev().step_by(skip).map(|i| grid[i]).collect();
     let len = skipping.len();
     if steps == 0 || steps > len {
         return Err(CoreError::invalid(

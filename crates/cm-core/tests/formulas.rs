@@ -289,6 +289,12 @@ fn lcm_times_match_diffusers_lcm_scheduler() {
         cm_core::lcm_times(&grid, 20, 3).unwrap(),
         vec![999.0, 999.0 - 16.0 * 20.0, 999.0 - 33.0 * 20.0]
     );
+    // sigma_min (index 0) is never a time: with N = 29 and k = 4 the
+    // skipping grid is 28, 24, ..., 4, so 8 steps end at index 4.
+    let grid: Vec<f64> = (0..29).map(f64::from).collect();
+    let eight = cm_core::lcm_times(&grid, 4, 7).unwrap();
+    assert_eq!(eight, vec![28.0, 24.0, 20.0, 16.0, 12.0, 8.0, 4.0]);
+    assert!(cm_core::lcm_times(&grid, 4, 8).is_err());
     // Bounds are refused by name.
     assert!(cm_core::lcm_times(&grid, 0, 2)
         .unwrap_err()

@@ -70,6 +70,20 @@ impl LcdConfig {
     /// Checks the ranges; `prefix` is the dotted path of the section.
     pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
         self.recipe.validate_at(&format!("{prefix}recipe."))?;
+        if !matches!(self.recipe.schedule, cm_core::ScheduleConfig::Fixed(_)) {
+            return Err(CoreError::invalid(
+                format!("{prefix}recipe.schedule.kind"),
+                "a growing schedule",
+                "\"fixed\": the card's sampling times come from the one N-point grid LCD trains on",
+            ));
+        }
+        if self.recipe.noise != cm_core::IndexSamplerConfig::default() {
+            return Err(CoreError::invalid(
+                format!("{prefix}recipe.noise"),
+                format!("{:?}", self.recipe.noise),
+                "the default (LCD draws n uniformly in 0..N-k)",
+            ));
+        }
         let n = self.recipe.schedule.at(0).n;
         if self.skip == 0 || self.skip >= n {
             return Err(CoreError::invalid(

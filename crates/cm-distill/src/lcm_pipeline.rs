@@ -51,12 +51,26 @@ impl Validate for LcdRunConfig {
         self.teacher.validate_at("teacher.")?;
         self.train.validate_at("train.")?;
         self.lcd.validate_at("lcd.")?;
-        if self.teacher.net.num_classes() == 0 || self.teacher.edm.label_dropout <= 0.0 {
+        if self.teacher.net.num_classes() == 0 {
+            return Err(CoreError::invalid(
+                "teacher.net.num_classes",
+                0,
+                "a class-conditional teacher (num_classes > 0): LCD distills classifier-free \
+                 guidance",
+            ));
+        }
+        if self.teacher.edm.label_dropout <= 0.0 {
             return Err(CoreError::invalid(
                 "teacher.edm.label_dropout",
                 self.teacher.edm.label_dropout,
-                "a class-conditional teacher (net.num_classes > 0) trained with label dropout \
-                 > 0, so it has the unconditional model guidance needs",
+                "a label dropout > 0, so the teacher has the unconditional model guidance needs",
+            ));
+        }
+        if self.teacher.loader != LoaderOptions::default() {
+            return Err(CoreError::invalid(
+                "teacher.loader",
+                format!("{:?}", self.teacher.loader),
+                "no flips or padding: the teacher learns latents",
             ));
         }
         if !matches!(self.teacher.net, NetConfig::Unet(_)) {
@@ -426,9 +440,13 @@ pub fn run_lcm(
     let ae_dir = autoencoder_dir(teachers, &config.autoencoder);
     let card = ae_dir.join(cm_sample::CARD_FILE);
     // A card with a scaling factor is written only when the run finished.
-    let reused = cm_sample::AutoencoderCard::load(&card).is_ok()
+    let found = cm_sample::AutoencoderCard::load(&card).is_ok()
         && std::fs::read_to_string(ae_dir.join("config.toml")).ok()
             == toml::to_string(&config.autoencoder).ok();
+    // Rank 0 decides for every data-parallel rank (the others may not see
+    // its files), as for the teacher.
+    let comm = cm_dist::world();
+    let reused = cm_dist::tensors::broadcast_u64(&*comm, found as u64) == 1;
     // The teacher's [latent] names the card as `teachers` does (relative
     // paths from the working directory, as every path of a config), so the
     // teacher's reuse key is the same on every machine for the same

@@ -73,6 +73,11 @@ impl RunConfig for PdRunConfig {
     /// A stage's length also decides where the next stage starts from, so
     /// a resumed run keeps the step count it started with.
     fn take_steps_of(&mut self, _new: &Self) {}
+
+    /// The teacher's latent space, if it has one.
+    fn latent(&self) -> Option<&cm_train::LatentConfig> {
+        self.teacher.latent.as_ref()
+    }
 }
 
 /// The folder of the stage whose student takes `steps` steps.

@@ -66,6 +66,10 @@ fn configs_that_cannot_work_are_refused_by_field() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("lcd.w_min"), "{err}");
     let mut c = preset("smoke");
+    c.lcd.recipe.schedule = toml::from_str("kind = \"ct_adaptive\"").unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("lcd.recipe.schedule.kind"), "{err}");
+    let mut c = preset("smoke");
     c.teacher.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.net"), "{err}");
@@ -130,6 +134,10 @@ fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
     assert!(f64::try_from((&a - &b).abs().max()).unwrap() > 1e-4);
     let (one, done) = sample(1.0, 1);
     assert_eq!((one.size(), done.nfe), (vec![6, 1, 28, 28], 1));
+    // The student never saw the null class: sampling without classes is
+    // refused rather than answered with untrained outputs.
+    let err = pipe.generate(2, 1, 0).unwrap_err().to_string();
+    assert!(err.contains("classes"), "{err}");
 
     // A second run reuses the autoencoder and the teacher.
     let again = run("lcm-again");

@@ -213,7 +213,12 @@ pub fn run(
             seed: options.seed,
             steps: taus.len() + 1,
             taus: Some(taus.to_vec()),
-            classes: ClassChoice::None,
+            // An LCM was never trained on the null class: a balanced set.
+            classes: if card.embedded_guidance().is_some() {
+                ClassChoice::Cycle
+            } else {
+                ClassChoice::None
+            },
             guidance: None,
         };
         let mut feats = Vec::new();

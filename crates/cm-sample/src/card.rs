@@ -295,6 +295,7 @@ impl ModelCard {
         let on_disk: ModelCard = cm_core::load_toml(path)?;
         let mut card = self.clone();
         card.set_weights(on_disk.weights().to_path_buf());
+        card.set_autoencoder(on_disk.autoencoder().map(Path::to_path_buf));
         card.save(path)
     }
 

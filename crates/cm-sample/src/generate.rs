@@ -238,6 +238,30 @@ pub fn generate<E: From<crate::SampleError>>(
     let embedded = card
         .embedded_guidance()
         .map(|default| config.guidance.unwrap_or(default));
+    if embedded.is_some() {
+        if !model.config().embeds_guidance() {
+            return Err(E::from(
+                CoreError::invalid(
+                    "guidance",
+                    "in the card",
+                    "a network that embeds w (guidance_embedding = true); this card's network \
+                     does not: remove `guidance` from the card",
+                )
+                .into(),
+            ));
+        }
+        if matches!(config.classes, ClassChoice::None) && num_classes_of(model) > 0 {
+            return Err(E::from(
+                CoreError::invalid(
+                    "classes",
+                    "none",
+                    "a class or a balanced set: a latent consistency model is distilled from \
+                     the guided teacher's class-conditional model and never saw the null class",
+                )
+                .into(),
+            ));
+        }
+    }
     if let Some(w) = embedded {
         if !(w.is_finite() && (0.0..=crate::card::MAX_GUIDANCE).contains(&w)) {
             return Err(E::from(
@@ -328,4 +352,8 @@ pub fn generate<E: From<crate::SampleError>>(
         nfe,
         seconds,
     })
+}
+
+fn num_classes_of(model: &Model) -> usize {
+    model.config().num_classes()
 }

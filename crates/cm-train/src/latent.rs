@@ -43,7 +43,7 @@ impl LatentConfig {
 /// The cache file of `images` encoded by `codec` (whose weights are the
 /// file `weights`): `<root>/latents/<name>-<16 hex digits>.safetensors`,
 /// the hash over the cache version, the weights' bytes, the scaling factor
-/// and the data set's name, shape and split sizes.
+/// and the data set's name, shape, split sizes, pixels and labels.
 pub fn latent_cache_file(
     root: &Path,
     images: &ImageDataset,
@@ -52,14 +52,25 @@ pub fn latent_cache_file(
 ) -> Result<PathBuf> {
     let bytes =
         std::fs::read(weights).map_err(TrainError::io("cannot read the autoencoder", weights))?;
+    // The images themselves, not just the data set's name: two folders of
+    // the same name, or coloured Fashion-MNIST under another seed, differ.
+    let content = |split: &ImageSplit| {
+        let labels: Vec<u8> = split
+            .labels()
+            .map(|l| l.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .unwrap_or_default();
+        (cm_core::fnv1a64(split.pixels()), cm_core::fnv1a64(&labels))
+    };
     let key = format!(
-        "v{CACHE_VERSION}|{:016x}|{:016x}|{}|{:?}|{}|{}",
+        "v{CACHE_VERSION}|{:016x}|{:016x}|{}|{:?}|{}|{}|{:?}|{:?}",
         cm_core::fnv1a64(&bytes),
         scaling_factor.to_bits(),
         images.name,
         images.shape(),
         images.train.len(),
-        images.test.len()
+        images.test.len(),
+        content(&images.train),
+        content(&images.test)
     );
     let slug: String = images
         .name
@@ -128,7 +139,7 @@ pub fn latent_dataset(
 ) -> Result<Dataset> {
     let Dataset::Images(images) = data else {
         return Err(cm_core::CoreError::invalid(
-            "latent.autoencoder",
+            "teacher.latent.autoencoder",
             weights.display(),
             "a run on image data (an autoencoder encodes images)",
         )
@@ -138,7 +149,7 @@ pub fn latent_dataset(
     let got: Vec<i64> = images.shape().iter().map(|&d| d as i64).collect();
     if got != want {
         return Err(cm_core::CoreError::invalid(
-            "latent.autoencoder",
+            "teacher.latent.autoencoder",
             weights.display(),
             format!("an autoencoder for images {got:?} (this one takes {want:?})"),
         )

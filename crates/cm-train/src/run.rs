@@ -360,36 +360,42 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     }
     // Only rank 0 writes the report and the card; the others wait for them
     // (a later stage of the pipeline reads the card).
-    let rows = if writer {
-        let mut measured = method.finish(eval_model(&out.online, &out.emas), &data, observer)?;
-        if let (Some(codec), Some(latent)) = (&codec, method.config().latent()) {
-            measured.insert(
-                0,
-                format!(
+    // A failure here must not leave the other ranks waiting at the
+    // barrier: they wait first, then the error is returned.
+    let written = if writer {
+        (|| -> Result<Vec<SamplerRow>> {
+            let mut measured =
+                method.finish(eval_model(&out.online, &out.emas), &data, observer)?;
+            if let (Some(codec), Some(latent)) = (&codec, method.config().latent()) {
+                measured.insert(
+                    0,
+                    format!(
                     "latent space of the autoencoder `{}`: latents {:?}, scaling_factor {:.5}; \
                      grids decoded to images",
                     latent.autoencoder.display(),
                     codec.latent_shape(),
                     codec.scaling_factor()
                 ),
-            );
-        }
-        let rows = write_report_grids(method, &objective, &out, codec.as_ref(), run_dir)?;
-        write_report(
-            method,
-            &out,
-            &rows,
-            &measured,
-            run_dir,
-            seconds,
-            comm.size(),
-        )?;
-        card_of(method, final_weights(&train_config)).save(&card)?;
-        rows
+                );
+            }
+            let rows = write_report_grids(method, &objective, &out, codec.as_ref(), run_dir)?;
+            write_report(
+                method,
+                &out,
+                &rows,
+                &measured,
+                run_dir,
+                seconds,
+                comm.size(),
+            )?;
+            card_of(method, final_weights(&train_config)).save(&card)?;
+            Ok(rows)
+        })()
     } else {
-        Vec::new()
+        Ok(Vec::new())
     };
     comm.barrier();
+    let rows = written?;
     Ok(RunOutcome {
         train: out,
         objective,
