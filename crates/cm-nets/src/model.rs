@@ -36,7 +36,7 @@ pub const DIFFUSERS_CONFIG: &str = "config.json";
 #[derive(Debug)]
 enum Net {
     Denoiser(Box<dyn Network>),
-    Autoencoder(Autoencoder),
+    Autoencoder(Box<Autoencoder>),
 }
 
 /// A network with its weights, config and bookkeeping. Teacher, student and
@@ -68,7 +68,9 @@ impl Model {
             NetConfig::DiffusersUnet2d(c) => {
                 Net::Denoiser(Box::new(DiffusersUNet::new(&root, c, &mut macs)))
             }
-            NetConfig::Autoencoder(c) => Net::Autoencoder(Autoencoder::new(&root, c, &mut macs)),
+            NetConfig::Autoencoder(c) => {
+                Net::Autoencoder(Box::new(Autoencoder::new(&root, c, &mut macs)))
+            }
         };
         let model = Model {
             vs,
