@@ -64,7 +64,7 @@ pub use schedule::{
 };
 pub use seed::{fnv1a64, mix_seed, splitmix64, SplitMix64};
 pub use sigmas::{
-    adjacent_pairs, check_sigma, grid_tensor, lcm_times, KarrasGrid, NoiseRange, MAX_GRID_POINTS,
-    MAX_SIGMA,
+    adjacent_pairs, check_sigma, grid_tensor, lcm_times, skipping_pairs, KarrasGrid, NoiseRange,
+    MAX_GRID_POINTS, MAX_SIGMA,
 };
 pub use weighting::{BoundWeighting, LossWeighting, Weighting};

@@ -263,8 +263,15 @@ pub fn grid_tensor(sigmas: &[f64], kind: Kind, device: Device) -> Tensor {
 /// For 0-based pair indices `n` (shape `[B]`, int64) into an ascending grid,
 /// returns `(t_n, t_{n+1})`, each of shape `[B]`.
 pub fn adjacent_pairs(grid: &Tensor, index: &Tensor) -> (Tensor, Tensor) {
+    skipping_pairs(grid, index, 1)
+}
+
+/// LCM's skipping-step pairs (Luo et al. 2023, Algorithm 1): for 0-based
+/// indices `n` in `0..N-k` (shape `[B]`, int64) into an ascending grid,
+/// `(t_n, t_{n+k})`, each of shape `[B]`; `k = 1` is CD's adjacent pairs.
+pub fn skipping_pairs(grid: &Tensor, index: &Tensor, k: i64) -> (Tensor, Tensor) {
     (
         grid.index_select(0, index),
-        grid.index_select(0, &(index + 1)),
+        grid.index_select(0, &(index + k)),
     )
 }

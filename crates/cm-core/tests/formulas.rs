@@ -305,3 +305,26 @@ fn lcm_times_match_diffusers_lcm_scheduler() {
         .to_string()
         .contains("steps"));
 }
+
+#[test]
+fn skipping_pairs_are_k_grid_points_apart() {
+    // On the CM training grid with N = 12, pairs k = 3 apart are
+    // (t_n, t_{n+3}) for n in 0..9, computed here from the grid formula.
+    let grid = cm_core::ConsistencyConfig::default()
+        .grid()
+        .training_sigmas(12)
+        .unwrap();
+    let t = cm_core::grid_tensor(&grid, tch::Kind::Double, tch::Device::Cpu);
+    let index = tch::Tensor::from_slice(&[0i64, 4, 8, 5]);
+    let (a, b) = cm_core::skipping_pairs(&t, &index, 3);
+    let a = Vec::<f64>::try_from(a).unwrap();
+    let b = Vec::<f64>::try_from(b).unwrap();
+    for (i, &n) in [0usize, 4, 8, 5].iter().enumerate() {
+        assert_eq!((a[i], b[i]), (grid[n], grid[n + 3]));
+        assert!(b[i] > a[i]);
+    }
+    // k = 1 is CD's adjacent pairs.
+    let (c, d) = cm_core::adjacent_pairs(&t, &index);
+    let (e, f) = cm_core::skipping_pairs(&t, &index, 1);
+    assert!(c.equal(&e) && d.equal(&f));
+}

@@ -201,10 +201,7 @@ impl LcdObjective {
         }
         let grid = &self.grids[&n];
         let index = Tensor::randint(n as i64 - k, [b], (Kind::Int64, device));
-        Ok((
-            grid.index_select(0, &index),
-            grid.index_select(0, &(index + k)),
-        ))
+        Ok(cm_core::skipping_pairs(grid, &index, k))
     }
 
     /// Class labels cycling through the classes and the default `w`, for

@@ -202,3 +202,46 @@ fn configs_that_cannot_train_an_autoencoder_are_refused_by_field() {
     let err = AutoencoderCard::load(&path).unwrap_err().to_string();
     assert!(err.contains("scaling_factor"), "{err}");
 }
+
+#[test]
+fn the_latent_cache_key_changes_with_the_weights_the_scale_and_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w1, w2) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    std::fs::write(&w1, b"weights one").unwrap();
+    std::fs::write(&w2, b"weights two").unwrap();
+    let split = |pixels: Vec<u8>, labels: Vec<i64>| {
+        std::sync::Arc::new(cm_data::ImageSplit::new(pixels, Some(labels), [1, 2, 2]).unwrap())
+    };
+    let images = |train: Vec<u8>, labels: Vec<i64>| cm_data::ImageDataset {
+        name: "tiny".into(),
+        train: split(train, labels),
+        test: split(vec![9; 4], vec![1]),
+        num_classes: 2,
+        class_names: vec!["a".into(), "b".into()],
+        skipped_rows: 0,
+    };
+    let root = dir.path();
+    let key = |d: &cm_data::ImageDataset, w: &Path, s: f64| {
+        cm_train::latent::latent_cache_file(root, d, w, s).unwrap()
+    };
+    let base = images(vec![1, 2, 3, 4, 5, 6, 7, 8], vec![0, 1]);
+    let same = images(vec![1, 2, 3, 4, 5, 6, 7, 8], vec![0, 1]);
+    assert_eq!(key(&base, &w1, 0.5), key(&same, &w1, 0.5));
+    assert!(key(&base, &w1, 0.5).starts_with(root.join("latents")));
+    // Other weights, another scale, other pixels (same name and size),
+    // other labels: each gets its own latents.
+    assert_ne!(key(&base, &w1, 0.5), key(&base, &w2, 0.5));
+    assert_ne!(key(&base, &w1, 0.5), key(&base, &w1, 0.25));
+    let repainted = images(vec![1, 2, 3, 4, 5, 6, 7, 0], vec![0, 1]);
+    assert_ne!(key(&base, &w1, 0.5), key(&repainted, &w1, 0.5));
+    let relabelled = images(vec![1, 2, 3, 4, 5, 6, 7, 8], vec![1, 1]);
+    assert_ne!(key(&base, &w1, 0.5), key(&relabelled, &w1, 0.5));
+    // Unreadable weights are an error naming the file, not a panic.
+    let err = cm_train::latent::latent_cache_file(root, &base, &root.join("none"), 0.5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("none"), "{err}");
+}
