@@ -269,6 +269,9 @@ pub struct EvalRow {
     pub training_seconds: Option<f64>,
     /// Whether the samples' features came from the cache.
     pub cached: bool,
+    /// Top-1 accuracy of the feature classifier against the requested
+    /// class (class-conditional samples; the data row: against the labels).
+    pub class_accuracy: Option<f64>,
 }
 
 /// What [`evaluate`] returns.
@@ -449,6 +452,7 @@ pub fn evaluate_cached(
             needs_teacher: None,
             training_seconds: None,
             cached: false,
+            class_accuracy: subset.labels_tensor().map(|labels| top1(&l, &labels)),
         });
         grids.push(images.narrow(0, 0, GRID_IMAGES.min(n as i64)));
     }
@@ -569,6 +573,7 @@ pub fn evaluate_cached(
                 needs_teacher: entry.teacher,
                 training_seconds,
                 cached,
+                class_accuracy: row.class_accuracy,
             });
             grids.push(row.grid);
         }
@@ -737,6 +742,7 @@ fn sample_row(
     let mut grid: Option<Tensor> = None;
     let mut sampling_seconds = 0.0;
     let mut nfe = 0;
+    let mut correct = 0.0;
     progress.start(name, n as u64);
     let mut done = 0usize;
     while done < n {
@@ -773,6 +779,9 @@ fn sample_row(
         sampling_seconds += started.elapsed().as_secs_f64();
         nfe = sampled.nfe * evaluations;
         let (f, l) = net.features(&x)?;
+        if let Some(class) = &class {
+            correct += top1(&l, &class.to_device(Device::Cpu)) * b as f64;
+        }
         feats.push(f);
         logits.push(l);
         let have = grid.as_ref().map_or(0, |g| g.size()[0]);
@@ -793,7 +802,16 @@ fn sample_row(
         grid: grid.unwrap_or_else(|| Tensor::zeros([0], (Kind::Float, Device::Cpu))),
         nfe,
         sampling_seconds,
+        class_accuracy: (num_classes > 0).then(|| correct / n as f64),
     })
+}
+
+/// The share of `logits` `[N, K]` whose top class is `labels` `[N]`.
+fn top1(logits: &Tensor, labels: &Tensor) -> f64 {
+    let hits = logits
+        .argmax(1, false)
+        .eq_tensor(&labels.to_kind(Kind::Int64));
+    f64::try_from(hits.to_kind(Kind::Double).mean(Kind::Double)).unwrap_or(f64::NAN)
 }
 
 /// Training wall time of run folders in seconds: for each `metrics.csv` in
@@ -913,6 +931,17 @@ pub fn results_table(out: &EvalOutput) -> String {
         ));
     }
     s.push('\n');
+    for r in &out.rows {
+        if let Some(a) = r.class_accuracy {
+            s.push_str(&format!(
+                "- class accuracy (the feature classifier's top-1 against the {}): {} / {}: {:.1}%\n",
+                if r.nfe == 0 { "labels" } else { "requested class" },
+                r.model,
+                r.sampler,
+                100.0 * a
+            ));
+        }
+    }
     for note in &out.notes {
         s.push_str(&format!("- {note}\n"));
     }

@@ -26,6 +26,9 @@ pub(crate) struct SampledRow {
     pub(crate) grid: Tensor,
     pub(crate) nfe: usize,
     pub(crate) sampling_seconds: f64,
+    /// Top-1 accuracy of the feature classifier against the requested class,
+    /// for class-conditional samples.
+    pub(crate) class_accuracy: Option<f64>,
 }
 
 /// The card's text and its weights' bytes, for cache keys: a retrained or
@@ -60,7 +63,7 @@ pub(crate) fn model_identity(card_path: &Path, card: &ModelCard) -> Result<Strin
 /// concatenation.
 pub(crate) fn row_key(parts: &[&[u8]]) -> u64 {
     // The crate version: a new release may sample or measure differently.
-    let mut bytes = format!("cm-eval row cache v1 {}", env!("CARGO_PKG_VERSION")).into_bytes();
+    let mut bytes = format!("cm-eval row cache v2 {}", env!("CARGO_PKG_VERSION")).into_bytes();
     for part in parts {
         bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
         bytes.extend_from_slice(part);
@@ -106,14 +109,14 @@ pub(crate) fn read_cached_row(
                 && grid.size()[1..] == *shape.image);
         if features.size() != [n as i64, shape.features]
             || logits.size() != [n as i64, shape.classes]
-            || meta.size() != [2]
+            || meta.size() != [3]
             || !grid_ok
             || [&features, &logits, &grid, &meta]
                 .iter()
                 .any(|t| t.kind() != Kind::Float && t.kind() != Kind::Double)
         {
             return Err(format!(
-                "shapes {:?} / {:?} / {:?} / {:?} are not {n} samples' features [{n}, {}], logits [{n}, {}], a grid of {:?} images and [NFE, seconds]",
+                "shapes {:?} / {:?} / {:?} / {:?} are not {n} samples' features [{n}, {}], logits [{n}, {}], a grid of {:?} images and [NFE, seconds, class accuracy]",
                 features.size(),
                 logits.size(),
                 grid.size(),
@@ -123,9 +126,17 @@ pub(crate) fn read_cached_row(
                 shape.image
             ));
         }
-        let (nfe, seconds) = (meta.double_value(&[0]), meta.double_value(&[1]));
-        if !(nfe >= 1.0 && nfe.fract() == 0.0 && seconds.is_finite() && seconds >= 0.0) {
-            return Err(format!("meta [{nfe}, {seconds}] is not [NFE, seconds]"));
+        let (nfe, seconds, accuracy) = (
+            meta.double_value(&[0]),
+            meta.double_value(&[1]),
+            meta.double_value(&[2]),
+        );
+        if !(nfe >= 1.0 && nfe.fract() == 0.0 && seconds.is_finite() && seconds >= 0.0)
+            || !(accuracy.is_nan() || (0.0..=1.0).contains(&accuracy))
+        {
+            return Err(format!(
+                "meta [{nfe}, {seconds}, {accuracy}] is not [NFE, seconds, class accuracy]"
+            ));
         }
         Ok(SampledRow {
             features,
@@ -133,6 +144,7 @@ pub(crate) fn read_cached_row(
             grid,
             nfe: nfe as usize,
             sampling_seconds: seconds,
+            class_accuracy: (!accuracy.is_nan()).then_some(accuracy),
         })
     })();
     match parsed {
@@ -156,7 +168,11 @@ pub(crate) fn write_cached_row(path: &Path, row: &SampledRow) -> Result<()> {
             message: e.to_string(),
         })?;
     }
-    let meta = Tensor::from_slice(&[row.nfe as f64, row.sampling_seconds]);
+    let meta = Tensor::from_slice(&[
+        row.nfe as f64,
+        row.sampling_seconds,
+        row.class_accuracy.unwrap_or(f64::NAN),
+    ]);
     let named = vec![
         ("features".to_string(), row.features.shallow_clone()),
         ("logits".to_string(), row.logits.shallow_clone()),
@@ -190,6 +206,7 @@ mod tests {
             grid: Tensor::rand([2, 1, 4, 4], (Kind::Float, Device::Cpu)),
             nfe: 35,
             sampling_seconds: 1.25,
+            class_accuracy: Some(0.75),
         }
     }
 

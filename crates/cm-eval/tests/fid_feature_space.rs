@@ -176,6 +176,11 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     // An untrained network's samples are far from the data; the data row is not.
     assert!(out.rows[1].fid > 5.0 * out.rows[0].fid, "{:?}", out.rows);
     assert!(out.rows[0].precision > 0.5 && out.rows[0].recall > 0.5);
+    // Real images are classified as labelled (the classifier's accuracy);
+    // an unconditional model's samples have no requested class.
+    let data_accuracy = out.rows[0].class_accuracy.unwrap();
+    assert!(data_accuracy > 0.8, "{data_accuracy}");
+    assert!(out.rows[1].class_accuracy.is_none());
     assert_eq!(out.skipped.len(), 1);
     assert!(out
         .notes
@@ -188,6 +193,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         "{md}"
     );
     assert!(md.contains("skipped `absent`"));
+    assert!(md.contains("class accuracy"), "{md}");
     assert_eq!(results_csv(&out).lines().count(), 4);
     // The same missing card without `optional` is an error naming it.
     config.models[1].optional = false;
