@@ -197,10 +197,8 @@ impl Method for LcdMethod<'_> {
         let n = cm_core::DiscretizationSchedule::at(&l.recipe.schedule, 0).n;
         let mut lines = vec![
             format!(
-                "teacher: `{}` ({}; {:.1} min), guided by classifier-free guidance D_c + w (D_c - D_u)",
-                t.dir.display(),
-                if t.reused { "reused" } else { "trained in this run" },
-                t.seconds / 60.0
+                "{}, guided by classifier-free guidance D_c + w (D_c - D_u)",
+                t.describe()
             ),
             format!(
                 "objective: latent consistency distillation (LCM Alg. 1), skipping step k = {} on \

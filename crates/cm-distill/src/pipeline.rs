@@ -142,12 +142,7 @@ impl Method for CdMethod<'_> {
     fn describe(&self) -> Vec<String> {
         let t = &self.teacher;
         let mut lines = vec![
-            format!(
-                "teacher: `{}` ({}; {:.1} min)",
-                t.dir.display(),
-                if t.reused { "reused" } else { "trained in this run" },
-                t.seconds / 60.0
-            ),
+            t.describe(),
             format!(
                 "objective: consistency distillation (CM Alg. 2), one teacher {} step t_(n+1) -> t_n",
                 match self.config.cd.solver {

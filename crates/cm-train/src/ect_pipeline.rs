@@ -136,16 +136,7 @@ impl Method for EctMethod<'_> {
     fn describe(&self) -> Vec<String> {
         let t = &self.teacher;
         let mut lines = vec![
-            format!(
-                "teacher: `{}` ({}; {:.1} min); the student starts from its weights",
-                t.dir.display(),
-                if t.reused {
-                    "reused"
-                } else {
-                    "trained in this run"
-                },
-                t.seconds / 60.0
-            ),
+            format!("{}; the student starts from its weights", t.describe()),
             "objective: easy consistency tuning (Geng et al. 2024)".into(),
         ];
         lines.extend(self.config.ect.describe());

@@ -273,6 +273,23 @@ pub struct ReadyTeacher {
     pub seconds: f64,
 }
 
+impl ReadyTeacher {
+    /// The report line of a method that learns from it: "teacher: `DIR`
+    /// (reused; 0.0 min)" or "(trained in this run; 18.5 min)".
+    pub fn describe(&self) -> String {
+        format!(
+            "teacher: `{}` ({}; {:.1} min)",
+            self.dir.display(),
+            if self.reused {
+                "reused"
+            } else {
+                "trained in this run"
+            },
+            self.seconds / 60.0
+        )
+    }
+}
+
 /// What [`prepare_teacher`] ends with.
 #[derive(Debug)]
 pub enum TeacherStage {
