@@ -131,7 +131,6 @@ pub struct LcdObjective {
     teacher: Model,
     teacher_edm: EdmConfig,
     null_class: i64,
-    num_classes: i64,
     core: ConsistencyCore,
     grids: HashMap<usize, Tensor>,
 }
@@ -170,7 +169,6 @@ impl LcdObjective {
         let core = ConsistencyCore::new(config.recipe, student, "lcd.recipe.", metric)?;
         Ok(LcdObjective {
             config,
-            num_classes: null_class,
             teacher,
             teacher_edm,
             null_class,
@@ -204,10 +202,10 @@ impl LcdObjective {
         Ok(cm_core::skipping_pairs(grid, &index, k))
     }
 
-    /// Class labels cycling through the classes and the default `w`, for
-    /// the grids.
+    /// Class labels cycling through the classes (`0..null_class`) and the
+    /// default `w`, for the grids.
     fn grid_conditioning(&self, b: i64, device: Device) -> (Tensor, Tensor) {
-        let classes = Tensor::arange(b, (Kind::Int64, device)).remainder(self.num_classes);
+        let classes = Tensor::arange(b, (Kind::Int64, device)).remainder(self.null_class);
         let w = Tensor::full([b], self.config.guidance, (Kind::Float, device));
         (classes, w)
     }

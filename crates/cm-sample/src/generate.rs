@@ -250,7 +250,7 @@ pub fn generate<E: From<crate::SampleError>>(
                 .into(),
             ));
         }
-        if matches!(config.classes, ClassChoice::None) && num_classes_of(model) > 0 {
+        if matches!(config.classes, ClassChoice::None) && num_classes > 0 {
             return Err(E::from(
                 CoreError::invalid(
                     "classes",
@@ -352,8 +352,4 @@ pub fn generate<E: From<crate::SampleError>>(
         nfe,
         seconds,
     })
-}
-
-fn num_classes_of(model: &Model) -> usize {
-    model.config().num_classes()
 }
