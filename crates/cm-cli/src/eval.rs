@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 
 use cm_eval::pipeline::{results_csv, results_markdown, results_table, write_text};
 use cm_eval::{evaluate_cached, EvalConfig};
-use cm_report::{write_image_grid, write_line_plot, LinePlot, LineSeries, SERIES_COLORS};
+use cm_report::{
+    write_image_grid, write_image_grid_with_columns, write_line_plot, LinePlot, LineSeries,
+    SERIES_COLORS,
+};
 
 /// Arguments of `cm eval`.
 #[derive(Debug, clap::Args)]
@@ -68,7 +71,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     for (row, grid) in out.rows.iter().zip(&out.grids) {
         if grid.dim() == 4 {
             let path = args.out.join(&row.grid);
-            write_image_grid(grid, &path).with_context(|| format!("writing {}", path.display()))?;
+            // Class-conditional rows sample classes cycling (image i gets
+            // class i mod K): K columns make it a grid per class.
+            let k = out.classifier.num_classes;
+            let n = grid.size()[0];
+            let written = if row.nfe > 0 && row.class_accuracy.is_some() && n >= k {
+                write_image_grid_with_columns(&grid.narrow(0, 0, n / k * k), k, &path)
+            } else {
+                write_image_grid(grid, &path)
+            };
+            written.with_context(|| format!("writing {}", path.display()))?;
         }
     }
     // FID against NFE, one curve per model (data rows have no NFE).

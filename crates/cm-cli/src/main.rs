@@ -54,9 +54,10 @@ pub(crate) enum DeviceArg {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// TOML config (configs/teacher/*.toml, configs/cd/*.toml,
-    /// configs/pd/*.toml, configs/ct/*.toml or configs/autoencoder/*.toml;
+    /// configs/pd/*.toml, configs/ct/*.toml, configs/ect/*.toml,
+    /// configs/lcm/*.toml, configs/lcd/*.toml or configs/autoencoder/*.toml;
     /// the fields are documented in docs/teacher.md, docs/distill.md,
-    /// docs/pd.md, docs/ct.md and docs/lcm.md).
+    /// docs/pd.md, docs/ct.md, docs/ect.md and docs/lcm.md).
     #[arg(long, short)]
     pub config: PathBuf,
     /// Run folder: resolved config, checkpoints, metrics.csv, loss.png, sample grids.
@@ -198,6 +199,16 @@ enum Command {
     /// report.md and a card that `cm sample --guidance W --class C --steps
     /// N` reads. Ctrl-C saves a checkpoint; --resume continues.
     TrainLcm(DistillArgs),
+    /// Guided consistency distillation alone (LCM's LCD, Algorithm 1, in
+    /// the space the teacher learns: latents when its config has
+    /// [teacher.latent], else data, e.g. 2-D toy points): train or reuse the
+    /// class-conditional teacher of [teacher] (label dropout for
+    /// classifier-free guidance), then distill it with [lcd] into a student
+    /// that embeds w; 1-, 2- and 4-step samples beside the guided teacher's,
+    /// a report.md and a card for `cm sample --guidance W --class C`.
+    /// configs/lcd/toy.toml is the 2-D example. Ctrl-C saves a checkpoint;
+    /// --resume continues.
+    TrainLcd(DistillArgs),
     /// Consistency training from data alone (CT, Song et al. 2023,
     /// Algorithm 3, or the improved recipe iCT, Song & Dhariwal 2023; the
     /// config's [ct.recipe] decides): train, then write 1-step and 2-step
@@ -390,6 +401,15 @@ fn train_lcm(args: &DistillArgs) -> Result<()> {
     )
 }
 
+fn train_lcd(args: &DistillArgs) -> Result<()> {
+    from_teacher::<cm_distill::LcdRunConfig>(
+        args,
+        "guided consistency distillation (LCD)",
+        "lcd",
+        cm_distill::run_lcd,
+    )
+}
+
 fn train_pd(args: &DistillArgs) -> Result<()> {
     let run = &args.run;
     let DistillSetup {
@@ -502,7 +522,7 @@ fn main() -> ExitCode {
 
 /// The commands that train data-parallel when started by mpirun.
 const DATA_PARALLEL_COMMANDS: &str =
-    "train-teacher, train-autoencoder, distill, train-pd, train-ect, train-lcm and train-ct";
+    "train-teacher, train-autoencoder, distill, train-pd, train-ect, train-lcm, train-lcd and train-ct";
 
 fn run_command(cli: &Cli) -> ExitCode {
     let data_parallel = matches!(
@@ -510,6 +530,7 @@ fn run_command(cli: &Cli) -> ExitCode {
         Command::TrainTeacher(_)
             | Command::TrainAutoencoder(_)
             | Command::TrainLcm(_)
+            | Command::TrainLcd(_)
             | Command::Distill(_)
             | Command::TrainPd(_)
             | Command::TrainEct(_)
@@ -538,6 +559,7 @@ fn run_command(cli: &Cli) -> ExitCode {
         Command::TrainTeacher(args) => train_teacher(args),
         Command::TrainAutoencoder(args) => train_autoencoder(args),
         Command::TrainLcm(args) => train_lcm(args),
+        Command::TrainLcd(args) => train_lcd(args),
         Command::Distill(args) => distill(args),
         Command::TrainPd(args) => train_pd(args),
         Command::TrainEct(args) => train_ect(args),

@@ -460,8 +460,8 @@ fn commands_that_do_not_train_refuse_several_ranks() {
     assert!(!out.status.success());
     assert!(
         err.contains(
-            "only train-teacher, train-autoencoder, distill, train-pd, train-ect, train-lcm and \
-             train-ct train data-parallel"
+            "only train-teacher, train-autoencoder, distill, train-pd, train-ect, train-lcm, \
+             train-lcd and train-ct train data-parallel"
         ),
         "{err}"
     );

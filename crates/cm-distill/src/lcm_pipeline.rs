@@ -73,13 +73,7 @@ impl Validate for LcdRunConfig {
                 "no flips or padding: the teacher learns latents",
             ));
         }
-        if !matches!(self.teacher.net, NetConfig::Unet(_)) {
-            return Err(CoreError::invalid(
-                "teacher.net.arch",
-                self.teacher.net.arch(),
-                "\"unet\" (the student adds the U-Net's guidance embedding)",
-            ));
-        }
+        student_config(&self.teacher.net)?;
         for steps in CARD_STEPS {
             self.lcd.times(steps).map_err(|e| {
                 CoreError::invalid(
@@ -132,17 +126,22 @@ impl<'a> LcdMethod<'a> {
     }
 }
 
-/// The student's network: the teacher's with the w-embedding.
+/// The student's network: the teacher's with the w-embedding (U-Net, or the
+/// residual MLP of 2-D toy data).
 pub fn student_config(teacher: &NetConfig) -> cm_core::Result<NetConfig> {
     match teacher {
         NetConfig::Unet(c) => Ok(NetConfig::Unet(cm_nets::UNetConfig {
             guidance_embedding: true,
             ..c.clone()
         })),
+        NetConfig::Mlp(c) => Ok(NetConfig::Mlp(cm_nets::MlpConfig {
+            guidance_embedding: true,
+            ..c.clone()
+        })),
         other => Err(CoreError::invalid(
             "teacher.net.arch",
             other.arch(),
-            "\"unet\" (the student adds the U-Net's guidance embedding)",
+            "\"unet\" or \"mlp\" (the student adds the network's guidance embedding)",
         )),
     }
 }

@@ -162,6 +162,10 @@ pub struct MlpConfig {
     pub dropout: f64,
     /// Number of classes; 0 for an unconditional network.
     pub num_classes: usize,
+    /// Embed a guidance scale `w` (LCM's w-conditioning, as
+    /// [`UNetConfig::guidance_embedding`]); written only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub guidance_embedding: bool,
 }
 
 impl Default for MlpConfig {
@@ -176,6 +180,7 @@ impl Default for MlpConfig {
             fourier_scale: 16.0,
             dropout: 0.0,
             num_classes: 0,
+            guidance_embedding: false,
         }
     }
 }
@@ -453,7 +458,11 @@ impl NetConfig {
 
     /// Whether the network embeds a guidance scale `w` (LCM).
     pub fn embeds_guidance(&self) -> bool {
-        matches!(self, NetConfig::Unet(c) if c.guidance_embedding)
+        match self {
+            NetConfig::Unet(c) => c.guidance_embedding,
+            NetConfig::Mlp(c) => c.guidance_embedding,
+            _ => false,
+        }
     }
 
     /// Whether this is an autoencoder (not a denoiser `F(x, c_noise)`).

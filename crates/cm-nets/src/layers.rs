@@ -60,6 +60,48 @@ impl NoiseEmbed {
     }
 }
 
+/// LCM's w-embedding: a sinusoidal embedding of `1000 w` (like a timestep)
+/// through a zero-initialised projection, added to a network's noise
+/// embedding, so a student built from a teacher starts equal to it (LCM
+/// Sec. 4.2). Its variables live at `map_guidance` (the frequencies) and
+/// `map_guidance_proj` under the network's path.
+#[derive(Debug)]
+pub struct GuidanceEmbed {
+    embed: NoiseEmbed,
+    proj: nn::Linear,
+}
+
+impl GuidanceEmbed {
+    /// `channels` sinusoidal features (even) projected to `emb` channels.
+    pub fn new(p: &nn::Path, channels: i64, emb: i64, macs: &mut MacCounter) -> Self {
+        macs.linear(channels, emb, 1);
+        GuidanceEmbed {
+            embed: NoiseEmbed::new(
+                &(p / "map_guidance"),
+                channels,
+                NoiseEmbedding::Positional,
+                1.0,
+            ),
+            proj: zero_linear(p / "map_guidance_proj", channels, emb),
+        }
+    }
+
+    /// `[batch, emb]` for per-example or shared scales `w`; no `w` means
+    /// `w = 0` (the plain conditional model).
+    pub fn forward(&self, guidance: Option<&Tensor>, batch: i64, device: Device) -> Tensor {
+        let w = match guidance {
+            Some(w) => w.to_kind(Kind::Float).expand([batch], false) * 1000.0,
+            None => Tensor::zeros([batch], (Kind::Float, device)),
+        };
+        self.proj.forward(&self.embed.forward(&w))
+    }
+
+    /// The trainable weights (for version-counter caches).
+    pub fn weights(&self) -> impl Iterator<Item = &Tensor> {
+        std::iter::once(&self.proj.ws).chain(self.proj.bs.iter())
+    }
+}
+
 /// EDM's GroupNorm rule: `min(32, channels / 4)` groups, lowered until it
 /// divides `channels`; eps = 1e-5.
 pub fn group_norm(p: nn::Path, channels: i64) -> nn::GroupNorm {

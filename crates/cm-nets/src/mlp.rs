@@ -7,7 +7,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::MlpConfig;
-use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
+use crate::layers::{self, ClassEmbed, GuidanceEmbed, MacCounter, NoiseEmbed};
 use crate::network::Network;
 use cm_core::Conditioning;
 
@@ -25,6 +25,8 @@ pub struct ResidualMlp {
     map_noise: NoiseEmbed,
     map_layer: nn::Linear,
     map_label: Option<ClassEmbed>,
+    /// LCM's w-embedding, added to the noise embedding.
+    map_guidance: Option<GuidanceEmbed>,
     input: nn::Linear,
     blocks: Vec<ResBlock>,
     out_norm: nn::LayerNorm,
@@ -63,6 +65,9 @@ impl ResidualMlp {
             map_layer: nn::linear(p / "map_layer", emb, emb, Default::default()),
             map_label: (cfg.num_classes > 0)
                 .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb)),
+            map_guidance: cfg
+                .guidance_embedding
+                .then(|| GuidanceEmbed::new(p, emb, emb, macs)),
             input: nn::linear(p / "input", dim, hidden, Default::default()),
             blocks,
             out_norm: nn::layer_norm(p / "out_norm", vec![hidden], Default::default()),
@@ -83,6 +88,9 @@ impl Network for ResidualMlp {
         let mut emb = self.map_layer.forward(&self.map_noise.forward(c_noise));
         if let Some(labels) = &self.map_label {
             emb += labels.forward(cond.class, x.size()[0]);
+        }
+        if let Some(guidance) = &self.map_guidance {
+            emb += guidance.forward(cond.guidance, x.size()[0], x.device());
         }
         let emb = emb.silu();
         let mut h = self.input.forward(x);

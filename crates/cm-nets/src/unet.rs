@@ -15,7 +15,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::{Resample, UNetConfig};
-use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
+use crate::layers::{self, ClassEmbed, GuidanceEmbed, MacCounter, NoiseEmbed};
 use crate::network::Network;
 use cm_core::Conditioning;
 
@@ -280,9 +280,8 @@ pub struct UNet {
     map_layer0: nn::Linear,
     map_layer1: nn::Linear,
     map_label: Option<ClassEmbed>,
-    /// LCM's w-embedding: a sinusoidal embedding of `1000 w` through a
-    /// zero-initialised projection, added to the noise embedding.
-    map_guidance: Option<(NoiseEmbed, nn::Linear)>,
+    /// LCM's w-embedding, added to the noise embedding.
+    map_guidance: Option<GuidanceEmbed>,
     conv_in: nn::Conv2D,
     enc: Vec<UNetBlock>,
     dec: Vec<UNetBlock>,
@@ -310,18 +309,9 @@ impl UNet {
         let map_layer1 = nn::linear(p / "map_layer1", emb, emb, Default::default());
         let map_label = (cfg.num_classes > 0)
             .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb));
-        let map_guidance = cfg.guidance_embedding.then(|| {
-            macs.linear(mc, emb, 1);
-            (
-                NoiseEmbed::new(
-                    &(p / "map_guidance"),
-                    mc,
-                    crate::layers::NoiseEmbedding::Positional,
-                    1.0,
-                ),
-                layers::zero_linear(p / "map_guidance_proj", mc, emb),
-            )
-        });
+        let map_guidance = cfg
+            .guidance_embedding
+            .then(|| GuidanceEmbed::new(p, mc, emb, macs));
 
         let res0 = cfg.resolution as i64;
         let attn_at = |res: i64| cfg.attn_resolutions.contains(&(res as usize));
@@ -456,14 +446,8 @@ impl UNet {
         if let Some(labels) = &self.map_label {
             emb += labels.forward(cond.class, batch);
         }
-        if let Some((embed, proj)) = &self.map_guidance {
-            // LCM embeds 1000 w like a timestep; no w means w = 0 (the
-            // plain conditional model).
-            let w = match cond.guidance {
-                Some(w) => w.to_kind(tch::Kind::Float).expand([batch], false) * 1000.0,
-                None => Tensor::zeros([batch], (tch::Kind::Float, c_noise.device())),
-            };
-            emb += proj.forward(&embed.forward(&w));
+        if let Some(guidance) = &self.map_guidance {
+            emb += guidance.forward(cond.guidance, batch, c_noise.device());
         }
         let emb = emb.silu();
         self.blocks().map(|b| b.emb_params(&emb)).collect()
@@ -477,9 +461,8 @@ impl UNet {
         if let Some(label) = &self.map_label {
             tensors.push(label.weight());
         }
-        if let Some((_, proj)) = &self.map_guidance {
-            tensors.push(&proj.ws);
-            tensors.extend(proj.bs.iter());
+        if let Some(guidance) = &self.map_guidance {
+            tensors.extend(guidance.weights());
         }
         for b in self.blocks() {
             tensors.extend(b.emb_variables());

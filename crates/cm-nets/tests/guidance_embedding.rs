@@ -1,11 +1,12 @@
-//! LCM's w-embedding in the U-Net (`guidance_embedding = true`): a student
+//! LCM's w-embedding in the U-Net and the toy MLP (`guidance_embedding =
+//! true`, the shared `GuidanceEmbed` layer): a student
 //! built from its teacher with `copy_matching_from` starts equal to it for
 //! every `w` (the projection is zero-initialised); once trained, `w`
 //! changes the output, also through the inference embedding cache; inputs
 //! are checked.
 
 use cm_core::Conditioning;
-use cm_nets::{Model, NetConfig, UNetConfig};
+use cm_nets::{MlpConfig, Model, NetConfig, UNetConfig};
 use tch::{Device, Kind, Tensor};
 
 fn teacher_config() -> UNetConfig {
@@ -22,25 +23,45 @@ fn teacher_config() -> UNetConfig {
     }
 }
 
+fn mlp_config() -> MlpConfig {
+    MlpConfig {
+        hidden: 32,
+        depth: 2,
+        emb_channels: 16,
+        num_classes: 3,
+        ..MlpConfig::default()
+    }
+}
+
 #[test]
 fn a_student_starts_equal_to_its_teacher_and_w_then_matters() {
+    let unet = |g| {
+        NetConfig::Unet(UNetConfig {
+            guidance_embedding: g,
+            ..teacher_config()
+        })
+    };
+    let mlp = |g| {
+        NetConfig::Mlp(MlpConfig {
+            guidance_embedding: g,
+            ..mlp_config()
+        })
+    };
+    student_starts_equal(unet(false), unet(true), &[3, 4, 8, 8]);
+    student_starts_equal(mlp(false), mlp(true), &[3, 2]);
+}
+
+fn student_starts_equal(teacher: NetConfig, student: NetConfig, shape: &[i64]) {
     let _rng = cm_runtime::lock_global_rng();
     tch::manual_seed(11);
-    let teacher = Model::new(NetConfig::Unet(teacher_config()), Device::Cpu).unwrap();
+    let teacher = Model::new(teacher, Device::Cpu).unwrap();
     // Non-trivial teacher weights (fresh output layers are zero).
     tch::no_grad(|| {
         for (_, mut v) in teacher.var_store().variables() {
             let _ = v.g_add_(&(v.randn_like() * 0.05));
         }
     });
-    let mut student = Model::new(
-        NetConfig::Unet(UNetConfig {
-            guidance_embedding: true,
-            ..teacher_config()
-        }),
-        Device::Cpu,
-    )
-    .unwrap();
+    let mut student = Model::new(student, Device::Cpu).unwrap();
     let missing = student.copy_matching_from(&teacher).unwrap();
     assert_eq!(
         missing,
@@ -50,7 +71,7 @@ fn a_student_starts_equal_to_its_teacher_and_w_then_matters() {
             "map_guidance_proj.weight".into()
         ]
     );
-    let x = Tensor::randn([3, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn(shape, (Kind::Float, Device::Cpu));
     let c = Tensor::from_slice(&[0.1f32, -0.5, 1.2]);
     let labels = Tensor::from_slice(&[0i64, 2, 3]);
     let _guard = tch::no_grad_guard();
