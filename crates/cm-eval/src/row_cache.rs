@@ -62,8 +62,9 @@ pub(crate) fn model_identity(card_path: &Path, card: &ModelCard) -> Result<Strin
 /// FNV-1a over `parts`, separated so that no two part lists collide by
 /// concatenation.
 pub(crate) fn row_key(parts: &[&[u8]]) -> u64 {
-    // The crate version: a new release may sample or measure differently.
-    let mut bytes = format!("cm-eval row cache v2 {}", env!("CARGO_PKG_VERSION")).into_bytes();
+    // The crate version: a new release may sample or measure differently
+    // (v3: class-conditional rows cycle through the classes).
+    let mut bytes = format!("cm-eval row cache v3 {}", env!("CARGO_PKG_VERSION")).into_bytes();
     for part in parts {
         bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
         bytes.extend_from_slice(part);
