@@ -47,8 +47,10 @@ pub struct LcdConfig {
 }
 
 impl Default for LcdConfig {
-    /// CD's recipe on a 40-point grid with `k = 4` (10 skipping-step times,
-    /// as LCM's 50 of 1,000 DDIM steps in proportion), a Heun teacher step,
+    /// CD's recipe on a 40-point grid with `k = 2` (20 skipping-step times:
+    /// each guided teacher step spans about what a CD step on CD's 18-point
+    /// grid does; LCM's `k = 20` of 1,000 DDIM steps leaves 50. `k = 4`
+    /// followed large `w` badly on the 2-D toy, docs/lcm.md), a Heun teacher step,
     /// `w ~ U[0, 3]` and `w = 1.5` for sampling (LCM's scales `[2, 14]`
     /// suit Stable Diffusion's text guidance, not a 10-class model).
     fn default() -> Self {
@@ -57,7 +59,7 @@ impl Default for LcdConfig {
             cm_core::ScheduleConfig::Fixed(cm_core::FixedSchedule { n: 40, mu: 0.95 });
         LcdConfig {
             recipe,
-            skip: 4,
+            skip: 2,
             solver: Solver::Heun,
             w_min: 0.0,
             w_max: 3.0,
