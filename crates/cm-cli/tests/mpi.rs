@@ -1,6 +1,7 @@
 //! Data-parallel training over MPI, end to end through `mpirun` (built with
 //! `--features mpi`; `cargo xtask test` does when Open MPI is installed):
-//! two ranks give the parameters one rank gives on the same data and noise,
+//! two ranks give the parameters one rank gives on the same data and noise
+//! (teacher, CD, ECT, iCT, and every stage of the LCM pipeline),
 //! a killed two-rank run resumes to the same bits, and a dead rank ends the
 //! job instead of hanging it.
 #![cfg(feature = "mpi")]
@@ -269,6 +270,92 @@ fn two_ranks_of_32_give_the_parameters_of_one_rank_of_64_for_teacher_cd_ect_and_
         diff > 1e-4,
         "one shard and two shards agree to {diff:e}: the noise is not keyed by shard"
     );
+}
+
+/// The one entry of `dir` whose name starts with `prefix`.
+fn entry_starting(dir: &Path, prefix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{prefix}* in {}: {found:?}", dir.display());
+    found[0].clone()
+}
+
+/// Asserts that every weights file of the final checkpoints of two runs
+/// agrees within 1e-5.
+fn assert_checkpoints_close(what: &str, a: &Path, b: &Path, step: u64) {
+    let ckpt = final_checkpoint(a, step);
+    let files: Vec<String> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    assert!(files.len() >= 3, "{what}: {files:?} in {}", ckpt.display());
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    assert_close(what, a, b, step, &files);
+}
+
+#[test]
+fn two_ranks_of_16_give_the_lcm_pipeline_of_one_rank_of_32_and_reuse_its_stages() {
+    // The smoke LCM pipeline (autoencoder, guided latent teacher, LCD on
+    // real Fashion-MNIST latents), every stage cut to 20 steps of a global
+    // batch of 32 in two shards.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let stage = |section: &str| {
+        format!("[{section}]\nsteps = 20\nshards = 2\ncheckpoint_every = 20\nsample_every = 0\n")
+    };
+    let config = format!(
+        "include = \"{}\"\n\n{}\n{}\n{}",
+        root().join("configs/lcm/smoke.toml").display(),
+        stage("autoencoder.train"),
+        stage("teacher.train"),
+        stage("train"),
+    );
+    write(dir.path(), "lcm.toml", &config);
+    let run = |ranks: usize, name: &str, teachers: &str| {
+        cm_on(
+            ranks,
+            &[
+                "train-lcm",
+                "--config",
+                &p("lcm.toml"),
+                "--run-dir",
+                &p(name),
+                "--teachers",
+                &p(teachers),
+                "--device",
+                "cpu",
+            ],
+        )
+    };
+    run(1, "lcm-one", "teachers-one");
+    let log = run(2, "lcm-two", "teachers-two");
+    assert!(log.contains("global batch 32 = 2 ranks x 16"), "{log}");
+    let d = |name: &str| dir.path().join(name);
+    for prefix in ["autoencoder-", "teacher-"] {
+        assert_checkpoints_close(
+            prefix,
+            &entry_starting(&d("teachers-one"), prefix),
+            &entry_starting(&d("teachers-two"), prefix),
+            20,
+        );
+    }
+    assert_checkpoints_close("LCD", &d("lcm-one"), &d("lcm-two"), 20);
+    for run_dir in ["lcm-one", "lcm-two"] {
+        assert!(d(run_dir).join("model.toml").is_file(), "{run_dir}");
+    }
+    // A second two-rank run reuses both finished stages on every rank.
+    let log = run(2, "lcm-again", "teachers-two");
+    assert!(log.contains("reusing the finished autoencoder"), "{log}");
+    assert!(log.contains("reusing the finished teacher"), "{log}");
+    assert!(d("lcm-again").join("model.toml").is_file());
 }
 
 /// Every process whose environment says it is MPI rank `rank` and whose
