@@ -857,17 +857,18 @@ pub fn training_seconds(dirs: &[PathBuf]) -> Option<f64> {
     total
 }
 
-/// The results as CSV (one header line, one line per row; `teacher` is
-/// `yes`, `no` or empty, `training_s` empty when unknown).
+/// The results as CSV (RFC 4180: one header line, one line per row, text
+/// fields quoted; `teacher` is `yes`, `no` or empty, `training_s` and
+/// `class_accuracy` (in [0, 1]) empty when unknown).
 pub fn results_csv(out: &EvalOutput) -> String {
     let mut s = String::from(
-        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples,teacher,training_s\n",
+        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples,teacher,training_s,class_accuracy\n",
     );
     for r in &out.rows {
         s.push_str(&format!(
-            "{},\"{}\",{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{},{},{}\n",
-            r.model,
-            r.sampler.replace('"', "'"),
+            "{},{},{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{},{},{},{}\n",
+            csv_text(&r.model),
+            csv_text(&r.sampler),
             r.steps,
             r.nfe,
             r.fid,
@@ -886,10 +887,19 @@ pub fn results_csv(out: &EvalOutput) -> String {
             },
             r.training_seconds
                 .map(|t| format!("{t:.1}"))
+                .unwrap_or_default(),
+            r.class_accuracy
+                .map(|a| format!("{a:.4}"))
                 .unwrap_or_default()
         ));
     }
     s
+}
+
+/// A CSV text field, quoted with inner quotes doubled (model names such as
+/// "teacher, w = 1" hold commas).
+fn csv_text(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
 }
 
 /// Minutes (or seconds under one minute) for the table.
@@ -1014,6 +1024,35 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Splits one CSV line (RFC 4180 quoting) into its fields.
+    fn csv_fields(line: &str) -> Vec<String> {
+        let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(std::mem::take(&mut field)),
+                (c, _) => field.push(c),
+            }
+        }
+        fields.push(field);
+        fields
+    }
+
+    #[test]
+    fn csv_text_fields_keep_commas_and_quotes() {
+        let name = "teacher, w = 1.5 \"guided\"";
+        let line = format!("{},{},3", csv_text(name), csv_text("EDM Heun, 18 steps"));
+        assert_eq!(
+            csv_fields(&line),
+            vec![name.to_string(), "EDM Heun, 18 steps".into(), "3".into()]
+        );
+    }
 
     #[test]
     fn training_time_sums_sessions_and_stage_folders() {
