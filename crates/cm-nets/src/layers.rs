@@ -62,9 +62,10 @@ impl NoiseEmbed {
 
 /// LCM's w-embedding: a sinusoidal embedding of `1000 w` (like a timestep)
 /// through a zero-initialised projection, added to a network's noise
-/// embedding, so a student built from a teacher starts equal to it (LCM
-/// Sec. 4.2). Its variables live at `map_guidance` (the frequencies) and
-/// `map_guidance_proj` under the network's path.
+/// embedding, so a student built from a teacher starts equal to it (LCM,
+/// Luo et al. 2023: the w-condition of guided distillation). Its variables
+/// live at `map_guidance` (the frequencies) and `map_guidance_proj` under
+/// the network's path.
 #[derive(Debug)]
 pub struct GuidanceEmbed {
     embed: NoiseEmbed,
