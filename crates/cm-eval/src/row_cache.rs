@@ -31,8 +31,10 @@ pub(crate) struct SampledRow {
     pub(crate) class_accuracy: Option<f64>,
 }
 
-/// The card's text and its weights' bytes, for cache keys: a retrained or
-/// edited model never reuses old features.
+/// The card's text and its weights' bytes (and, for a model in an
+/// autoencoder's latent space, the autoencoder card's text and weights),
+/// for cache keys: a retrained or edited model, or an autoencoder retrained
+/// in place, never reuses old features.
 pub(crate) fn model_identity(card_path: &Path, card: &ModelCard) -> Result<String> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| EvalError::Io {
@@ -50,13 +52,24 @@ pub(crate) fn model_identity(card_path: &Path, card: &ModelCard) -> Result<Strin
     } else {
         Vec::new()
     };
-    Ok(format!(
+    let mut identity = format!(
         "{:016x}|{:016x}|{}|{:016x}",
         cm_core::fnv1a64(&text),
         cm_core::fnv1a64(&weights),
         weights.len(),
         cm_core::fnv1a64(&sidecar)
-    ))
+    );
+    if let Some(path) = card.autoencoder() {
+        let ae = cm_sample::AutoencoderCard::load(path)?;
+        let (text, weights) = (read(path)?, read(&ae.weights)?);
+        identity.push_str(&format!(
+            "|autoencoder {:016x}|{:016x}|{}",
+            cm_core::fnv1a64(&text),
+            cm_core::fnv1a64(&weights),
+            weights.len()
+        ));
+    }
+    Ok(identity)
 }
 
 /// FNV-1a over `parts`, separated so that no two part lists collide by
@@ -209,6 +222,56 @@ mod tests {
             sampling_seconds: 1.25,
             class_accuracy: Some(0.75),
         }
+    }
+
+    #[test]
+    fn the_identity_of_a_latent_model_covers_its_autoencoder_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        write("ae.safetensors", b"autoencoder weights");
+        let ae_card = write(
+            "ae.toml",
+            b"kind = \"autoencoder\"\nweights = \"ae.safetensors\"\nscaling_factor = 0.9\n",
+        );
+        write("model.safetensors", b"model weights");
+        let card_text = |autoencoder: bool| {
+            let mut text = String::from("kind = \"edm\"\nweights = \"model.safetensors\"\n");
+            if autoencoder {
+                text.push_str(&format!(
+                    "autoencoder = {:?}\n",
+                    ae_card.display().to_string()
+                ));
+            }
+            text.push_str(
+                "[edm]\nsigma_data = 1.0\nsigma_min = 0.002\nsigma_max = 80.0\nrho = 7.0\n\
+                 p_mean = -1.2\np_std = 1.2\n",
+            );
+            text
+        };
+        let identity = |autoencoder: bool| {
+            let path = write("model.toml", card_text(autoencoder).as_bytes());
+            let card = ModelCard::load(&path).unwrap();
+            model_identity(&path, &card).unwrap()
+        };
+        let plain = identity(false);
+        let latent = identity(true);
+        assert!(!plain.contains("autoencoder") && latent.contains("autoencoder"));
+        // The autoencoder retrained in place: same paths, other weights.
+        write("ae.safetensors", b"retrained autoencoder weights");
+        assert_ne!(identity(true), latent);
+        // Its card edited (another scaling factor).
+        write(
+            "ae.toml",
+            b"kind = \"autoencoder\"\nweights = \"ae.safetensors\"\nscaling_factor = 0.8\n",
+        );
+        let rescaled = identity(true);
+        write("ae.safetensors", b"retrained autoencoder weights");
+        assert_eq!(identity(true), rescaled);
+        assert_ne!(rescaled, latent);
     }
 
     #[test]
