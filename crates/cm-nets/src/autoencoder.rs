@@ -87,7 +87,7 @@ impl Middle {
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut h = self.block1.forward(x);
         if let Some(attn) = &self.attn {
-            h = attn.forward(&h) + h;
+            h = attn.forward(&h, false) + h;
         }
         self.block2.forward(&h)
     }

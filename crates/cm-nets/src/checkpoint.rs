@@ -228,6 +228,45 @@ pub fn write_safetensors_with_metadata(
 /// from its header alone (at most [`MAX_HEADER_BYTES`]); empty when the file
 /// has none.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let header = read_header(path)?;
+    let Some(meta) = header.get("__metadata__") else {
+        return Ok(BTreeMap::new());
+    };
+    serde_json::from_value(meta.clone()).map_err(|e| {
+        NetError::InvalidInput(format!(
+            "{}: __metadata__ is not a table of strings ({e})",
+            path.display()
+        ))
+    })
+}
+
+/// The tensor names and shapes a safetensors file declares, read from its
+/// header alone (the header's size is bounded as for [`read_metadata`]).
+pub fn read_shapes(path: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
+    let header = read_header(path)?;
+    let bad = |what: String| NetError::InvalidInput(format!("{}: {what}", path.display()));
+    let serde_json::Value::Object(entries) = header else {
+        return Err(bad(
+            "not a safetensors file: header is not a JSON object".into()
+        ));
+    };
+    let mut shapes = BTreeMap::new();
+    for (name, entry) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = entry
+            .get("shape")
+            .and_then(|s| serde_json::from_value::<Vec<i64>>(s.clone()).ok())
+            .ok_or_else(|| bad(format!("tensor `{name}` has no valid shape")))?;
+        shapes.insert(name, shape);
+    }
+    Ok(shapes)
+}
+
+/// A safetensors file's JSON header, its length checked against the file
+/// and [`MAX_HEADER_BYTES`] before it is read.
+fn read_header(path: &Path) -> Result<serde_json::Value> {
     let io = |source: std::io::Error| NetError::Io {
         action: "cannot read checkpoint header",
         path: path.to_path_buf(),
@@ -246,13 +285,8 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(io)?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("not a safetensors file: header is not JSON ({e})")))?;
-    let Some(meta) = header.get("__metadata__") else {
-        return Ok(BTreeMap::new());
-    };
-    serde_json::from_value(meta.clone())
-        .map_err(|e| bad(format!("__metadata__ is not a table of strings ({e})")))
+    serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors file: header is not JSON ({e})")))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::DiTConfig;
 use crate::layers::{self, ClassEmbed, MacCounter, NoiseEmbed};
+use crate::lora::{adapted, AdaptedLinear};
 use crate::network::Network;
 use cm_core::Conditioning;
 
@@ -50,12 +51,12 @@ fn layer_norm(p: nn::Path, dim: i64) -> nn::LayerNorm {
 #[derive(Debug)]
 struct DiTBlock {
     norm1: nn::LayerNorm,
-    qkv: nn::Linear,
-    proj: nn::Linear,
+    qkv: AdaptedLinear,
+    proj: AdaptedLinear,
     norm2: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-    ada_ln: nn::Linear,
+    fc1: AdaptedLinear,
+    fc2: AdaptedLinear,
+    ada_ln: AdaptedLinear,
     heads: i64,
     dropout: f64,
 }
@@ -72,36 +73,52 @@ impl DiTBlock {
         macs.linear(d, 6 * d, 1);
         DiTBlock {
             norm1: layer_norm(&p / "norm1", d),
-            qkv: nn::linear(&p / "attn" / "qkv", d, 3 * d, Default::default()),
-            proj: nn::linear(&p / "attn" / "proj", d, d, Default::default()),
+            qkv: adapted(&p / "attn" / "qkv", |q| {
+                nn::linear(q, d, 3 * d, Default::default())
+            }),
+            proj: adapted(&p / "attn" / "proj", |q| {
+                nn::linear(q, d, d, Default::default())
+            }),
             norm2: layer_norm(&p / "norm2", d),
-            fc1: nn::linear(&p / "mlp" / "fc1", d, hidden, Default::default()),
-            fc2: nn::linear(&p / "mlp" / "fc2", hidden, d, Default::default()),
-            ada_ln: layers::zero_linear(&p / "adaLN_modulation", d, 6 * d),
+            fc1: adapted(&p / "mlp" / "fc1", |q| {
+                nn::linear(q, d, hidden, Default::default())
+            }),
+            fc2: adapted(&p / "mlp" / "fc2", |q| {
+                nn::linear(q, hidden, d, Default::default())
+            }),
+            ada_ln: adapted(&p / "adaLN_modulation", |q| {
+                layers::zero_linear(q, d, 6 * d)
+            }),
             heads: cfg.num_heads as i64,
             dropout: cfg.dropout,
         }
     }
 
-    fn attention(&self, x: &Tensor) -> Tensor {
+    fn attention(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, t, d) = x.size3().expect("tokens are 3-D");
         let qkv = self
             .qkv
-            .forward(x)
+            .forward_t(x, train)
             .reshape([b, t, 3, self.heads, d / self.heads])
             .permute([2, 0, 3, 1, 4]);
         let out = layers::attention(&qkv.get(0), &qkv.get(1), &qkv.get(2));
-        self.proj.forward(&out.transpose(1, 2).reshape([b, t, d]))
+        self.proj
+            .forward_t(&out.transpose(1, 2).reshape([b, t, d]), train)
     }
 
     fn forward(&self, x: &Tensor, c: &Tensor, train: bool) -> Tensor {
-        let m = self.ada_ln.forward(&c.silu()).chunk(6, 1);
+        let m = self.ada_ln.forward_t(&c.silu(), train).chunk(6, 1);
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let h = self.attention(&modulate(&self.norm1.forward(x), shift_msa, scale_msa));
+        let h = self.attention(
+            &modulate(&self.norm1.forward(x), shift_msa, scale_msa),
+            train,
+        );
         let x = x + gate_msa.unsqueeze(1) * crate::layers::dropout(&h, self.dropout, train);
         let h = modulate(&self.norm2.forward(&x), shift_mlp, scale_mlp);
-        let h = self.fc2.forward(&self.fc1.forward(&h).gelu("tanh"));
+        let h = self
+            .fc2
+            .forward_t(&self.fc1.forward_t(&h, train).gelu("tanh"), train);
         &x + gate_mlp.unsqueeze(1) * crate::layers::dropout(&h, self.dropout, train)
     }
 }

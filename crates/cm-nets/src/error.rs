@@ -15,6 +15,15 @@ pub enum NetError {
         /// One line per problem, naming the tensor.
         problems: Vec<String>,
     },
+    /// A LoRA adapter that does not fit the model (rank, alpha, targets or
+    /// base weights), or an adapter operation that does not apply.
+    #[error("adapter {adapter}: {reason}")]
+    Adapter {
+        /// The adapter's file or name.
+        adapter: String,
+        /// What does not fit, with what was expected.
+        reason: String,
+    },
     /// Samples or class labels that break the network's shape contract.
     #[error("invalid network input: {0}")]
     InvalidInput(String),

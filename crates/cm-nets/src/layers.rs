@@ -122,31 +122,38 @@ pub fn group_count(channels: i64) -> i64 {
 /// A convolution whose weights and bias start at zero (ADM's `zero_module`),
 /// so a fresh residual branch or output layer contributes nothing.
 pub fn zero_conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
+    nn::conv2d(p, cin, cout, k, zero_conv_config(k))
+}
+
+/// The config of [`zero_conv`]: "same" padding, zero weights and bias.
+pub fn zero_conv_config(k: i64) -> nn::ConvConfig {
+    nn::ConvConfig {
         padding: k / 2,
         ws_init: nn::Init::Const(0.0),
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
-    };
-    nn::conv2d(p, cin, cout, k, cfg)
+    }
 }
 
 /// A `k x k` convolution with "same" padding and default (Kaiming) init.
 pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64) -> nn::Conv2D {
-    nn::conv2d(
-        p,
-        cin,
-        cout,
-        k,
-        nn::ConvConfig {
-            padding: k / 2,
-            ..Default::default()
-        },
-    )
+    nn::conv2d(p, cin, cout, k, conv_config(k))
+}
+
+/// The config of [`conv`]: "same" padding, default init.
+pub fn conv_config(k: i64) -> nn::ConvConfig {
+    nn::ConvConfig {
+        padding: k / 2,
+        ..Default::default()
+    }
 }
 
 /// A linear layer whose weights and bias start at zero.
-pub fn zero_linear(p: nn::Path, din: i64, dout: i64) -> nn::Linear {
+pub fn zero_linear<'a>(
+    p: impl std::borrow::Borrow<nn::Path<'a>>,
+    din: i64,
+    dout: i64,
+) -> nn::Linear {
     let cfg = nn::LinearConfig {
         ws_init: nn::Init::Const(0.0),
         bs_init: Some(nn::Init::Const(0.0)),

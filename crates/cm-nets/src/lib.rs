@@ -29,6 +29,7 @@ pub mod dit;
 pub mod error;
 pub mod layers;
 pub mod limits;
+pub mod lora;
 pub mod mlp;
 pub mod model;
 pub mod network;
@@ -48,6 +49,7 @@ pub use diffusers::{DiffusersUNet, DiffusersUNetConfig, SampleSize, UNET_2D_CLAS
 pub use dit::DiT;
 pub use error::{NetError, Result};
 pub use layers::NoiseEmbedding;
+pub use lora::{AdapterInfo, LoraConfig};
 pub use mlp::ResidualMlp;
 pub use model::Model;
 pub use model::{DIFFUSERS_CONFIG, META_NET, META_VERSION};

@@ -8,29 +8,30 @@ use tch::Tensor;
 
 use crate::config::MlpConfig;
 use crate::layers::{self, ClassEmbed, GuidanceEmbed, MacCounter, NoiseEmbed};
+use crate::lora::{adapted_linear, AdaptedLinear};
 use crate::network::Network;
 use cm_core::Conditioning;
 
 #[derive(Debug)]
 struct ResBlock {
     norm: nn::LayerNorm,
-    fc1: nn::Linear,
-    emb: nn::Linear,
-    fc2: nn::Linear,
+    fc1: AdaptedLinear,
+    emb: AdaptedLinear,
+    fc2: AdaptedLinear,
 }
 
 /// The residual MLP; see the module docs.
 #[derive(Debug)]
 pub struct ResidualMlp {
     map_noise: NoiseEmbed,
-    map_layer: nn::Linear,
+    map_layer: AdaptedLinear,
     map_label: Option<ClassEmbed>,
     /// LCM's w-embedding, added to the noise embedding.
     map_guidance: Option<GuidanceEmbed>,
-    input: nn::Linear,
+    input: AdaptedLinear,
     blocks: Vec<ResBlock>,
     out_norm: nn::LayerNorm,
-    output: nn::Linear,
+    output: AdaptedLinear,
     dropout: f64,
 }
 
@@ -48,9 +49,18 @@ impl ResidualMlp {
                 macs.linear(emb, hidden, 1);
                 ResBlock {
                     norm: nn::layer_norm(&b / "norm", vec![hidden], Default::default()),
-                    fc1: nn::linear(&b / "fc1", hidden, hidden, Default::default()),
-                    emb: nn::linear(&b / "emb", emb, hidden, Default::default()),
-                    fc2: layers::zero_linear(&b / "fc2", hidden, hidden),
+                    fc1: adapted_linear(
+                        &(&b / "fc1"),
+                        nn::linear(&b / "fc1", hidden, hidden, Default::default()),
+                    ),
+                    emb: adapted_linear(
+                        &(&b / "emb"),
+                        nn::linear(&b / "emb", emb, hidden, Default::default()),
+                    ),
+                    fc2: adapted_linear(
+                        &(&b / "fc2"),
+                        layers::zero_linear(&b / "fc2", hidden, hidden),
+                    ),
                 }
             })
             .collect();
@@ -62,16 +72,25 @@ impl ResidualMlp {
                 cfg.noise_embedding,
                 cfg.fourier_scale,
             ),
-            map_layer: nn::linear(p / "map_layer", emb, emb, Default::default()),
+            map_layer: adapted_linear(
+                &(p / "map_layer"),
+                nn::linear(p / "map_layer", emb, emb, Default::default()),
+            ),
             map_label: (cfg.num_classes > 0)
                 .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb)),
             map_guidance: cfg
                 .guidance_embedding
                 .then(|| GuidanceEmbed::new(p, emb, emb, macs)),
-            input: nn::linear(p / "input", dim, hidden, Default::default()),
+            input: adapted_linear(
+                &(p / "input"),
+                nn::linear(p / "input", dim, hidden, Default::default()),
+            ),
             blocks,
             out_norm: nn::layer_norm(p / "out_norm", vec![hidden], Default::default()),
-            output: layers::zero_linear(p / "output", hidden, dim),
+            output: adapted_linear(
+                &(p / "output"),
+                layers::zero_linear(p / "output", hidden, dim),
+            ),
             dropout: cfg.dropout,
         }
     }
@@ -85,7 +104,9 @@ impl Network for ResidualMlp {
         cond: Conditioning<'_>,
         train: bool,
     ) -> Tensor {
-        let mut emb = self.map_layer.forward(&self.map_noise.forward(c_noise));
+        let mut emb = self
+            .map_layer
+            .forward_t(&self.map_noise.forward(c_noise), train);
         if let Some(labels) = &self.map_label {
             emb += labels.forward(cond.class, x.size()[0]);
         }
@@ -93,13 +114,17 @@ impl Network for ResidualMlp {
             emb += guidance.forward(cond.guidance, x.size()[0], x.device());
         }
         let emb = emb.silu();
-        let mut h = self.input.forward(x);
+        let mut h = self.input.forward_t(x, train);
         for b in &self.blocks {
-            let inner = b.fc1.forward(&b.norm.forward(&h).silu()) + b.emb.forward(&emb);
+            let inner =
+                b.fc1.forward_t(&b.norm.forward(&h).silu(), train) + b.emb.forward_t(&emb, train);
             h = &h
-                + b.fc2
-                    .forward(&crate::layers::dropout(&inner.silu(), self.dropout, train));
+                + b.fc2.forward_t(
+                    &crate::layers::dropout(&inner.silu(), self.dropout, train),
+                    train,
+                );
         }
-        self.output.forward(&self.out_norm.forward(&h).silu())
+        self.output
+            .forward_t(&self.out_norm.forward(&h).silu(), train)
     }
 }

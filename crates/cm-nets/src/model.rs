@@ -43,13 +43,19 @@ enum Net {
 /// target networks are each a `Model` (one `VarStore` per role).
 #[derive(Debug)]
 pub struct Model {
-    vs: nn::VarStore,
+    pub(crate) vs: nn::VarStore,
     net: Net,
-    config: NetConfig,
+    pub(crate) config: NetConfig,
     macs: u64,
     /// Extra checkpoint metadata (e.g. the parameterization), written by
     /// every save beside the standard keys.
-    metadata: BTreeMap<String, String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    /// The layers that can carry LoRA adapters and the adapters attached
+    /// ([`crate::lora`]).
+    pub(crate) adapters: crate::lora::Adapters,
+    /// When true, checkpoints ([`Model::save`], [`Model::load_weights`])
+    /// hold only the adapters: the base is frozen and comes from elsewhere.
+    pub(crate) adapters_only: bool,
 }
 
 impl Model {
@@ -61,6 +67,7 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let mut macs = MacCounter::default();
         let root = vs.root();
+        let registry = crate::lora::RegistryScope::begin();
         let net = match &config {
             NetConfig::Unet(c) => Net::Denoiser(Box::new(UNet::new(&root, c, &mut macs))),
             NetConfig::Dit(c) => Net::Denoiser(Box::new(DiT::new(&root, c, &mut macs))),
@@ -72,22 +79,33 @@ impl Model {
                 Net::Autoencoder(Box::new(Autoencoder::new(&root, c, &mut macs)))
             }
         };
+        let layers = registry.finish();
         let model = Model {
             vs,
             net,
             config,
             macs: macs.macs,
             metadata: BTreeMap::new(),
+            adapters: crate::lora::Adapters {
+                layers,
+                attached: BTreeMap::new(),
+            },
+            adapters_only: false,
         };
-        if matches!(
-            model.config,
-            NetConfig::Unet(_) | NetConfig::DiffusersUnet2d(_) | NetConfig::Autoencoder(_)
-        ) {
+        if model.channels_last() {
             // Measured faster on CPU (docs/benchmarks.md): the U-Net's
             // convolutions run in NHWC when their weights are channels-last.
             model.to_channels_last();
         }
         Ok(model)
+    }
+
+    /// Whether the model keeps its 4-D weights channels-last.
+    pub(crate) fn channels_last(&self) -> bool {
+        matches!(
+            self.config,
+            NetConfig::Unet(_) | NetConfig::DiffusersUnet2d(_) | NetConfig::Autoencoder(_)
+        )
     }
 
     /// Stores every 4-D weight with NHWC strides (channels-last); libtorch
@@ -334,8 +352,16 @@ impl Model {
     /// Writes the weights to `path` (safetensors) and the config to the
     /// sidecar `path` with extension `.toml`, each atomically (temporary file,
     /// then rename), so an interrupted save never leaves a torn file.
+    ///
+    /// A model in adapter-only mode ([`Model::set_adapters_only`]) writes
+    /// only its adapters' variables, without a sidecar.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
+        if self.adapters_only {
+            return self
+                .save_subset(path, crate::lora::is_adapter_variable)
+                .map(|_| ());
+        }
         let sidecar = sidecar_path(path);
         let config = toml::to_string(&self.config).expect("network configs serialize to TOML");
         write_atomic(&sidecar, |tmp| {
@@ -497,7 +523,12 @@ impl Model {
     /// tensor must match by name, shape and dtype: missing, unexpected and
     /// mis-shaped tensors are all reported, each by name, and nothing is
     /// loaded unless all match.
+    ///
+    /// A model in adapter-only mode loads only its adapters' variables.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        if self.adapters_only {
+            return self.load_subset(path, crate::lora::is_adapter_variable);
+        }
         self.load_subset(path, |_| true)
     }
 

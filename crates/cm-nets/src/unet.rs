@@ -16,6 +16,7 @@ use tch::Tensor;
 
 use crate::config::{Resample, UNetConfig};
 use crate::layers::{self, ClassEmbed, GuidanceEmbed, MacCounter, NoiseEmbed};
+use crate::lora::{adapted_conv, adapted_linear, AdaptedConv2d, AdaptedLinear};
 use crate::network::Network;
 use cm_core::Conditioning;
 
@@ -23,8 +24,8 @@ use cm_core::Conditioning;
 #[derive(Debug)]
 pub(crate) struct SelfAttention {
     norm: nn::GroupNorm,
-    qkv: nn::Conv2D,
-    proj: nn::Conv2D,
+    qkv: AdaptedConv2d,
+    proj: AdaptedConv2d,
     heads: i64,
 }
 
@@ -41,23 +42,35 @@ impl SelfAttention {
         macs.conv(channels, channels, 1, res, res);
         SelfAttention {
             norm: layers::group_norm(&p / "norm", channels),
-            qkv: layers::conv(&p / "qkv", channels, 3 * channels, 1),
-            proj: layers::zero_conv(&p / "proj", channels, channels, 1),
+            qkv: adapted_conv(
+                &(&p / "qkv"),
+                channels,
+                3 * channels,
+                1,
+                layers::conv_config(1),
+            ),
+            proj: adapted_conv(
+                &(&p / "proj"),
+                channels,
+                channels,
+                1,
+                layers::zero_conv_config(1),
+            ),
             heads,
         }
     }
 
     /// Returns the attention branch (to be added to `x`).
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, c, h, w) = x.size4().expect("feature map is 4-D");
-        let qkv = self.qkv.forward(&self.norm.forward(x));
+        let qkv = self.qkv.forward_t(&self.norm.forward(x), train);
         // [B, 3C, H, W] -> 3 x [B, heads, HW, C/heads]
         let qkv = qkv
             .reshape([b, 3, self.heads, c / self.heads, h * w])
             .permute([1, 0, 2, 4, 3]);
         let out = layers::attention(&qkv.get(0), &qkv.get(1), &qkv.get(2));
         let out = out.permute([0, 1, 3, 2]).reshape([b, c, h, w]);
-        self.proj.forward(&out)
+        self.proj.forward_t(&out, train)
     }
 }
 
@@ -76,10 +89,10 @@ enum Scale {
 struct UNetBlock {
     norm0: nn::GroupNorm,
     conv0: Conv0,
-    affine: nn::Linear,
+    affine: AdaptedLinear,
     norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
-    skip: Option<nn::Conv2D>,
+    conv1: AdaptedConv2d,
+    skip: Option<AdaptedConv2d>,
     attn: Option<SelfAttention>,
     scale: Scale,
     in_channels: i64,
@@ -92,9 +105,9 @@ struct UNetBlock {
 #[derive(Debug)]
 enum Conv0 {
     /// Plain 3x3, or box-filter resampling then 3x3.
-    Filtered(nn::Conv2D),
+    Filtered(AdaptedConv2d),
     /// Learned strided down-sampling.
-    StridedDown(nn::Conv2D),
+    StridedDown(AdaptedConv2d),
     /// Learned transposed up-sampling.
     TransposedUp(nn::ConvTranspose2D),
 }
@@ -140,7 +153,7 @@ impl UNetBlock {
                     padding: 1,
                     ..Default::default()
                 };
-                Conv0::StridedDown(nn::conv2d(&p / "conv0", cin, cout, 3, c))
+                Conv0::StridedDown(adapted_conv(&(&p / "conv0"), cin, cout, 3, c))
             }
             (Resample::Learned, Scale::Up) => {
                 let c = nn::ConvTransposeConfig {
@@ -150,7 +163,13 @@ impl UNetBlock {
                 };
                 Conv0::TransposedUp(nn::conv_transpose2d(&p / "conv0", cin, cout, 4, c))
             }
-            _ => Conv0::Filtered(layers::conv(&p / "conv0", cin, cout, 3)),
+            _ => Conv0::Filtered(adapted_conv(
+                &(&p / "conv0"),
+                cin,
+                cout,
+                3,
+                layers::conv_config(3),
+            )),
         };
         let kernel = if matches!(conv0, Conv0::TransposedUp(_)) {
             4
@@ -165,16 +184,19 @@ impl UNetBlock {
         macs.conv(cout, cout, 3, res, res);
         let skip = (cin != cout).then(|| {
             macs.conv(cin, cout, 1, res, res);
-            layers::conv(&p / "skip", cin, cout, 1)
+            adapted_conv(&(&p / "skip"), cin, cout, 1, layers::conv_config(1))
         });
         let heads = (cout / cfg.channels_per_head as i64).max(1);
         let attn = attention.then(|| SelfAttention::new(&p / "attn", cout, heads, res, macs));
         UNetBlock {
             norm0: layers::group_norm(&p / "norm0", cin),
             conv0,
-            affine: nn::linear(&p / "affine", emb, affine_out, Default::default()),
+            affine: adapted_linear(
+                &(&p / "affine"),
+                nn::linear(&p / "affine", emb, affine_out, Default::default()),
+            ),
             norm1: layers::group_norm(&p / "norm1", cout),
-            conv1: layers::zero_conv(&p / "conv1", cout, cout, 3),
+            conv1: adapted_conv(&(&p / "conv1"), cout, cout, 3, layers::zero_conv_config(3)),
             skip,
             attn,
             scale,
@@ -187,8 +209,12 @@ impl UNetBlock {
 
     /// What the block takes from the embedding: `(1 + scale, shift)` with
     /// scale-shift, else the bias to add; `[B, C, 1, 1]` each.
-    fn emb_params(&self, emb: &Tensor) -> EmbParams {
-        let params = self.affine.forward(emb).unsqueeze(-1).unsqueeze(-1);
+    fn emb_params(&self, emb: &Tensor, train: bool) -> EmbParams {
+        let params = self
+            .affine
+            .forward_t(emb, train)
+            .unsqueeze(-1)
+            .unsqueeze(-1);
         if self.scale_shift {
             let chunks = params.chunk(2, 1);
             EmbParams::ScaleShift {
@@ -200,19 +226,17 @@ impl UNetBlock {
         }
     }
 
-    /// The variables [`Self::emb_params`] reads (for the embedding cache).
-    fn emb_variables(&self) -> [&Tensor; 2] {
-        [
-            &self.affine.ws,
-            self.affine.bs.as_ref().expect("affine has a bias"),
-        ]
+    /// Version counters of what [`Self::emb_params`] reads (for the
+    /// embedding cache).
+    fn emb_versions(&self, out: &mut Vec<i64>) {
+        self.affine.all_versions(out);
     }
 
     fn forward(&self, x: &Tensor, emb: &EmbParams, train: bool) -> Tensor {
         let h = self.norm0.forward(x).silu();
         let h = match &self.conv0 {
-            Conv0::Filtered(conv) => conv.forward(&resample_filter(&h, self.scale)),
-            Conv0::StridedDown(conv) => conv.forward(&h),
+            Conv0::Filtered(conv) => conv.forward_t(&resample_filter(&h, self.scale), train),
+            Conv0::StridedDown(conv) => conv.forward_t(&h, train),
             Conv0::TransposedUp(conv) => conv.forward(&h),
         };
         let h = match emb {
@@ -223,15 +247,15 @@ impl UNetBlock {
         };
         let h = self
             .conv1
-            .forward(&crate::layers::dropout(&h, self.dropout, train));
+            .forward_t(&crate::layers::dropout(&h, self.dropout, train), train);
         let skip = resample_filter(x, self.scale);
         let skip = match &self.skip {
-            Some(conv) => conv.forward(&skip),
+            Some(conv) => conv.forward_t(&skip, train),
             None => skip,
         };
         let mut out = (h + skip) * self.skip_scale;
         if let Some(attn) = &self.attn {
-            out = (attn.forward(&out) + out) * self.skip_scale;
+            out = (attn.forward(&out, train) + out) * self.skip_scale;
         }
         out
     }
@@ -277,16 +301,16 @@ struct EmbCache {
 #[derive(Debug)]
 pub struct UNet {
     map_noise: NoiseEmbed,
-    map_layer0: nn::Linear,
-    map_layer1: nn::Linear,
+    map_layer0: AdaptedLinear,
+    map_layer1: AdaptedLinear,
     map_label: Option<ClassEmbed>,
     /// LCM's w-embedding, added to the noise embedding.
     map_guidance: Option<GuidanceEmbed>,
-    conv_in: nn::Conv2D,
+    conv_in: AdaptedConv2d,
     enc: Vec<UNetBlock>,
     dec: Vec<UNetBlock>,
     out_norm: nn::GroupNorm,
-    out_conv: nn::Conv2D,
+    out_conv: AdaptedConv2d,
     emb_cache: std::sync::Mutex<Option<EmbCache>>,
 }
 
@@ -305,8 +329,14 @@ impl UNet {
         );
         macs.linear(mc, emb, 1);
         macs.linear(emb, emb, 1);
-        let map_layer0 = nn::linear(p / "map_layer0", mc, emb, Default::default());
-        let map_layer1 = nn::linear(p / "map_layer1", emb, emb, Default::default());
+        let map_layer0 = adapted_linear(
+            &(p / "map_layer0"),
+            nn::linear(p / "map_layer0", mc, emb, Default::default()),
+        );
+        let map_layer1 = adapted_linear(
+            &(p / "map_layer1"),
+            nn::linear(p / "map_layer1", emb, emb, Default::default()),
+        );
         let map_label = (cfg.num_classes > 0)
             .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb));
         let map_guidance = cfg
@@ -332,7 +362,7 @@ impl UNet {
                 )
             };
         let enc_p = p / "enc";
-        let conv_in = layers::conv(&enc_p / "conv_in", img_c, mc, 3);
+        let conv_in = adapted_conv(&(&enc_p / "conv_in"), img_c, mc, 3, layers::conv_config(3));
         let mut enc = Vec::new();
         let mut skips = vec![mc];
         let mut cout = mc;
@@ -421,7 +451,13 @@ impl UNet {
             enc,
             dec,
             out_norm: layers::group_norm(&dec_p / "out_norm", cout),
-            out_conv: layers::zero_conv(&dec_p / "out_conv", cout, img_c, 3),
+            out_conv: adapted_conv(
+                &(&dec_p / "out_conv"),
+                cout,
+                img_c,
+                3,
+                layers::zero_conv_config(3),
+            ),
             emb_cache: std::sync::Mutex::new(None),
         }
     }
@@ -436,12 +472,14 @@ impl UNet {
         c_noise: &Tensor,
         cond: Conditioning<'_>,
         batch: i64,
+        train: bool,
     ) -> Vec<EmbParams> {
-        let mut emb = self.map_layer1.forward(
+        let mut emb = self.map_layer1.forward_t(
             &self
                 .map_layer0
-                .forward(&self.map_noise.forward(c_noise))
+                .forward_t(&self.map_noise.forward(c_noise), train)
                 .silu(),
+            train,
         );
         if let Some(labels) = &self.map_label {
             emb += labels.forward(cond.class, batch);
@@ -450,24 +488,24 @@ impl UNet {
             emb += guidance.forward(cond.guidance, batch, c_noise.device());
         }
         let emb = emb.silu();
-        self.blocks().map(|b| b.emb_params(&emb)).collect()
+        self.blocks().map(|b| b.emb_params(&emb, train)).collect()
     }
 
     /// Version counters of the weights the embedding parameters read.
     fn emb_versions(&self) -> Vec<i64> {
-        let mut tensors: Vec<&Tensor> = vec![&self.map_layer0.ws, &self.map_layer1.ws];
-        tensors.extend(self.map_layer0.bs.iter());
-        tensors.extend(self.map_layer1.bs.iter());
+        let mut versions = Vec::new();
+        self.map_layer0.all_versions(&mut versions);
+        self.map_layer1.all_versions(&mut versions);
         if let Some(label) = &self.map_label {
-            tensors.push(label.weight());
+            versions.push(label.weight().internal_version());
         }
         if let Some(guidance) = &self.map_guidance {
-            tensors.extend(guidance.weights());
+            versions.extend(guidance.weights().map(Tensor::internal_version));
         }
         for b in self.blocks() {
-            tensors.extend(b.emb_variables());
+            b.emb_versions(&mut versions);
         }
-        tensors.iter().map(|t| t.internal_version()).collect()
+        versions
     }
 
     /// The embedding parameters of an inference call, from the cache when
@@ -492,7 +530,7 @@ impl UNet {
         );
         let versions = self.emb_versions();
         let Ok(mut cache) = self.emb_cache.lock() else {
-            return self.compute_emb_params(c_noise, cond, batch);
+            return self.compute_emb_params(c_noise, cond, batch, false);
         };
         if let Some(hit) = cache
             .as_ref()
@@ -500,7 +538,7 @@ impl UNet {
         {
             return hit.params.iter().map(EmbParams::shallow_clone).collect();
         }
-        let params = self.compute_emb_params(c_noise, cond, batch);
+        let params = self.compute_emb_params(c_noise, cond, batch, false);
         *cache = Some(EmbCache {
             key,
             versions,
@@ -532,10 +570,10 @@ impl Network for UNet {
         let params = if !train && c_noise.device() == tch::Device::Cpu && !grad_mode_enabled() {
             self.cached_emb_params(c_noise, cond, batch)
         } else {
-            self.compute_emb_params(c_noise, cond, batch)
+            self.compute_emb_params(c_noise, cond, batch, train)
         };
         let mut params = params.iter();
-        let mut h = self.conv_in.forward(x);
+        let mut h = self.conv_in.forward_t(x, train);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.enc {
             let p = params.next().expect("one embedding per block");
@@ -550,6 +588,7 @@ impl Network for UNet {
             let p = params.next().expect("one embedding per block");
             h = block.forward(&h, p, train);
         }
-        self.out_conv.forward(&self.out_norm.forward(&h).silu())
+        self.out_conv
+            .forward_t(&self.out_norm.forward(&h).silu(), train)
     }
 }

@@ -52,7 +52,7 @@ impl ConsistencyCore {
         metric: Box<dyn DistanceMetric + Send>,
     ) -> Result<Self> {
         recipe.validate_at(prefix)?;
-        let mut target = Model::new(student.config().clone(), student.device())?;
+        let mut target = student.new_like()?;
         target.copy_from(student)?;
         target.var_store_mut().freeze();
         Ok(ConsistencyCore {

@@ -99,7 +99,7 @@ pub fn train(
         .ema_rates
         .iter()
         .map(|&rate| {
-            let mut model = Model::new(online.config().clone(), device)?;
+            let mut model = online.new_like()?;
             model.copy_from(&online)?;
             // The EMA is the model the card describes: same metadata.
             model.copy_metadata_from(&online);
