@@ -176,6 +176,7 @@ impl Rows {
             scheduler: None,
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         };
         let pipeline = Pipeline::new(card, copy(&base)?);
 

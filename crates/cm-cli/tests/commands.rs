@@ -41,6 +41,7 @@ fn card(dir: &Path) -> PathBuf {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let path = dir.join("model.toml");
     card.save(&path).unwrap();
@@ -68,6 +69,7 @@ fn conditional_card(dir: &Path) -> PathBuf {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let path = dir.join("conditional.toml");
     card.save(&path).unwrap();
@@ -314,6 +316,7 @@ fn sample_edit_and_export() {
         edm: cm_core::EdmConfig::default(),
         sampler: cm_sample::EdmSampler::default(),
         autoencoder: None,
+        lora: Vec::new(),
     };
     edm.save(dir.path().join("edm.toml")).unwrap();
     let (ok, err) = cm(&[
@@ -338,6 +341,7 @@ fn sample_edit_and_export() {
             ..Default::default()
         },
         autoencoder: None,
+        lora: Vec::new(),
     };
     churn.save(dir.path().join("churn.toml")).unwrap();
     for (name, batch) in [("churn1", "1"), ("churn3", "3")] {
@@ -584,6 +588,7 @@ fn export_a_model_as_a_diffusers_folder() {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let card_path = dir.path().join("model.toml");
     card.save(&card_path).unwrap();

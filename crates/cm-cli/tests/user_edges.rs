@@ -58,6 +58,7 @@ fn card_for(dir: &Path, net: NetConfig, name: &str) -> PathBuf {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let path = dir.join(format!("card-{name}.toml"));
     card.save(&path).unwrap();

@@ -44,6 +44,23 @@ pub struct LcdConfig {
     pub w_max: f64,
     /// The default scale of sampling (grids, the model card).
     pub guidance: f64,
+    /// What the student is pulled towards: an EMA of it (LCM), or itself
+    /// without gradient (LCM-LoRA).
+    pub target: LcdTarget,
+}
+
+/// The consistency target of LCD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LcdTarget {
+    /// `theta-` follows the student by EMA at the recipe's `mu` (LCM,
+    /// CM Algorithm 2).
+    #[default]
+    Ema,
+    /// `theta- = stopgrad(theta)`: the student itself at the same step
+    /// (LCM-LoRA's training script: the target is the adapted network under
+    /// no-grad).
+    Online,
 }
 
 impl Default for LcdConfig {
@@ -64,6 +81,7 @@ impl Default for LcdConfig {
             w_min: 0.0,
             w_max: 3.0,
             guidance: 1.5,
+            target: LcdTarget::Ema,
         }
     }
 }
@@ -126,7 +144,10 @@ impl LcdConfig {
     }
 }
 
-/// The LCD objective with its frozen guided teacher and its target.
+/// The LCD objective with its frozen guided teacher and its target. The
+/// student may embed `w` (LCM: the teacher's network plus the
+/// w-embedding) or not (LCM-LoRA: the teacher's network plus adapters,
+/// one fixed `w`).
 #[derive(Debug)]
 pub struct LcdObjective {
     config: LcdConfig,
@@ -135,6 +156,9 @@ pub struct LcdObjective {
     null_class: i64,
     core: ConsistencyCore,
     grids: HashMap<usize, Tensor>,
+    /// Whether the student embeds `w` (LCM); without (LCM-LoRA) it learns
+    /// the one fixed scale.
+    embedded: bool,
 }
 
 impl LcdObjective {
@@ -159,16 +183,23 @@ impl LcdObjective {
             )
             .into());
         };
-        if !student.config().embeds_guidance() {
+        let embedded = student.config().embeds_guidance();
+        if !embedded && (config.w_min != config.w_max || config.guidance != config.w_min) {
             return Err(CoreError::invalid(
-                "student net.guidance_embedding",
-                false,
-                "true (the LCM student embeds the guidance scale w)",
+                "lcd.w_max",
+                config.w_max,
+                format!(
+                    "w_min = w_max = guidance (a student without a w-embedding, as LCM-LoRA's,                      learns one fixed scale; found w in [{}, {}], guidance {})",
+                    config.w_min, config.w_max, config.guidance
+                ),
             )
             .into());
         }
         teacher.var_store_mut().freeze();
-        let core = ConsistencyCore::new(config.recipe, student, "lcd.recipe.", metric)?;
+        let mut core = ConsistencyCore::new(config.recipe, student, "lcd.recipe.", metric)?;
+        if config.target == LcdTarget::Online {
+            core = core.with_online_target();
+        }
         Ok(LcdObjective {
             config,
             teacher,
@@ -176,6 +207,7 @@ impl LcdObjective {
             null_class,
             core,
             grids: HashMap::new(),
+            embedded,
         })
     }
 
@@ -219,7 +251,11 @@ impl LcdObjective {
         let times = self.config.times(steps)?;
         let f = Preconditioned::eval(model, c.parameterization());
         let (classes, w) = self.grid_conditioning(latents.size()[0], latents.device());
-        let cond = Conditioning::class(&classes).with_guidance(&w);
+        let cond = if self.embedded {
+            Conditioning::class(&classes).with_guidance(&w)
+        } else {
+            Conditioning::class(&classes)
+        };
         Ok(consistency_sample(&f, latents, c.range(), &times[1..], cond)?.x)
     }
 }
@@ -257,7 +293,11 @@ impl Objective for LcdObjective {
                 Conditioning::class(labels),
             ))
         })?;
-        let cond = Conditioning::class(labels).with_guidance(&w);
+        let cond = if self.embedded {
+            Conditioning::class(labels).with_guidance(&w)
+        } else {
+            Conditioning::class(labels)
+        };
         Ok(self
             .core
             .loss(online, (&x_next, &t_next), (&x_hat, &t_n), cond))

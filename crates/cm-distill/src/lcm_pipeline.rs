@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, Validate};
 use cm_data::DataSource;
-use cm_nets::{Model, NetConfig, Preconditioned};
+use cm_nets::{LoraConfig, Model, NetConfig, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler, ModelCard};
 use cm_train::{
     check_student_noise, run_from_teacher, LatentConfig, LoaderOptions, Method, Observer,
@@ -44,6 +44,11 @@ pub struct LcdRunConfig {
     /// The LCD objective.
     #[serde(default)]
     pub lcd: LcdConfig,
+    /// LCM-LoRA: when present, the student is the frozen teacher plus
+    /// these adapters (no w-embedding; one fixed `w`), and only the
+    /// adapters train.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Validate for LcdRunConfig {
@@ -73,7 +78,25 @@ impl Validate for LcdRunConfig {
                 "no flips or padding: the teacher learns latents",
             ));
         }
-        student_config(&self.teacher.net)?;
+        match &self.lora {
+            None => {
+                student_config(&self.teacher.net)?;
+            }
+            Some(lora) => {
+                lora.validate_at("lora.")?;
+                let l = &self.lcd;
+                if l.w_min != l.w_max || l.guidance != l.w_min {
+                    return Err(CoreError::invalid(
+                        "lcd.w_max",
+                        l.w_max,
+                        format!(
+                            "w_min = w_max = guidance: LCM-LoRA learns one fixed guidance scale                              (found w in [{}, {}], guidance {})",
+                            l.w_min, l.w_max, l.guidance
+                        ),
+                    ));
+                }
+            }
+        }
         for steps in CARD_STEPS {
             self.lcd.times(steps).map_err(|e| {
                 CoreError::invalid(
@@ -117,12 +140,57 @@ pub type LcdOutcome = cm_train::FromTeacherOutcome;
 pub struct LcdMethod<'a> {
     config: &'a LcdRunConfig,
     teacher: ReadyTeacher,
+    run_dir: PathBuf,
 }
 
+/// The adapter's name inside an LCM-LoRA student.
+pub const LCM_LORA_ADAPTER: &str = "lcm";
+/// The adapter file an LCM-LoRA run writes in its folder (PEFT keys).
+pub const LCM_LORA_FILE: &str = "lcm_lora.safetensors";
+
 impl<'a> LcdMethod<'a> {
-    /// The method for `config`, distilling `teacher`.
-    pub fn new(config: &'a LcdRunConfig, teacher: ReadyTeacher) -> Self {
-        LcdMethod { config, teacher }
+    /// The method for `config`, distilling `teacher` into `run_dir`.
+    pub fn new(config: &'a LcdRunConfig, teacher: ReadyTeacher, run_dir: &Path) -> Self {
+        LcdMethod {
+            config,
+            teacher,
+            run_dir: run_dir.to_path_buf(),
+        }
+    }
+
+    /// The student: the teacher's network plus the w-embedding (LCM), or
+    /// the frozen teacher plus fresh adapters (LCM-LoRA).
+    fn student(&self, teacher: &Model, observer: &mut dyn Observer) -> cm_train::Result<Model> {
+        let device = teacher.device();
+        match &self.config.lora {
+            None => {
+                let mut student = Model::new(student_config(teacher.config())?, device)?;
+                let fresh = student.copy_matching_from(teacher)?;
+                observer.on_message(&format!(
+                    "student = teacher + w-embedding ({} new variables, zero-initialised projection)",
+                    fresh.len()
+                ));
+                Ok(student)
+            }
+            Some(lora) => {
+                let mut student = Model::from_checkpoint(&self.teacher.weights, device)?;
+                let base = student.num_params();
+                let layers = student.add_adapter(LCM_LORA_ADAPTER, lora, 1.0)?;
+                student.set_adapters_only(true)?;
+                let trained: i64 = student
+                    .trainable_variables()
+                    .iter()
+                    .map(|(_, t)| t.numel() as i64)
+                    .sum();
+                observer.on_message(&format!(
+                    "student = frozen teacher + LoRA (rank {}, alpha {}) on {layers} layers: {trained}                      trainable parameters, {:.1}% of the base's {base}",
+                    lora.rank,
+                    lora.alpha,
+                    100.0 * trained as f64 / base as f64
+                ));
+                Ok(student)
+            }
+        }
     }
 }
 
@@ -152,7 +220,11 @@ impl Method for LcdMethod<'_> {
     type Card = ModelCard;
 
     fn title(&self) -> &str {
-        "Latent consistency distillation run"
+        if self.config.lora.is_some() {
+            "LCM-LoRA run"
+        } else {
+            "Latent consistency distillation run"
+        }
     }
 
     fn config(&self) -> &LcdRunConfig {
@@ -165,12 +237,7 @@ impl Method for LcdMethod<'_> {
         observer: &mut dyn Observer,
     ) -> cm_train::Result<(Model, LcdObjective)> {
         let teacher = Model::from_checkpoint(&self.teacher.weights, device)?;
-        let mut student = Model::new(student_config(teacher.config())?, device)?;
-        let fresh = student.copy_matching_from(&teacher)?;
-        observer.on_message(&format!(
-            "student = teacher + w-embedding ({} new variables, zero-initialised projection)",
-            fresh.len()
-        ));
+        let student = self.student(&teacher, observer)?;
         let metric = cm_train::build_metric(
             &self.config.lcd.recipe.metric,
             "lcd.recipe.metric.",
@@ -199,12 +266,20 @@ impl Method for LcdMethod<'_> {
                 "{}, guided by classifier-free guidance D_c + w (D_c - D_u)",
                 t.describe()
             ),
-            format!(
-                "objective: latent consistency distillation (LCM Alg. 1), skipping step k = {} on \
-                 the N = {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, w ~ U[{}, {}] per \
-                 example, embedded by the student",
-                l.skip, l.solver, l.w_min, l.w_max
-            ),
+            match &self.config.lora {
+                None => format!(
+                    "objective: latent consistency distillation (LCM Alg. 1), skipping step k = {} on \
+                     the N = {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, w ~ U[{}, {}] per \
+                     example, embedded by the student",
+                    l.skip, l.solver, l.w_min, l.w_max
+                ),
+                Some(lora) => format!(
+                    "objective: LCM-LoRA (LCD of LCM Alg. 1 with the student = frozen teacher + LoRA \
+                     rank {} alpha {} on {:?}), skipping step k = {} on the N = {n} grid, one guided \
+                     teacher {:?} step t_(n+k) -> t_n, fixed w = {}, target {:?}",
+                    lora.rank, lora.alpha, lora.targets, l.skip, l.solver, l.w_min, l.target
+                ),
+            },
         ];
         lines.extend(l.recipe.describe());
         lines.push(format!(
@@ -265,14 +340,56 @@ impl Method for LcdMethod<'_> {
             .iter()
             .filter_map(|&k| Some((k.to_string(), l.times(k).ok()?[1..].to_vec())))
             .collect();
-        ModelCard::Consistency {
-            weights,
-            consistency: l.recipe.consistency,
-            timesteps,
-            scheduler: None,
-            autoencoder: None,
-            guidance: Some(l.guidance),
+        match &self.config.lora {
+            None => ModelCard::Consistency {
+                weights,
+                consistency: l.recipe.consistency,
+                timesteps,
+                scheduler: None,
+                autoencoder: None,
+                guidance: Some(l.guidance),
+                lora: Vec::new(),
+            },
+            // The teacher's weights with the adapter file `finish` wrote:
+            // the guidance scale is baked into the adapter.
+            Some(_) => ModelCard::Consistency {
+                weights: std::fs::canonicalize(&self.teacher.weights)
+                    .unwrap_or_else(|_| self.teacher.weights.clone()),
+                consistency: l.recipe.consistency,
+                timesteps,
+                scheduler: None,
+                autoencoder: None,
+                guidance: None,
+                lora: vec![cm_sample::LoraRef {
+                    file: LCM_LORA_FILE.into(),
+                    weight: 1.0,
+                }],
+            },
         }
+    }
+
+    /// LCM-LoRA: writes the evaluation EMA's adapter as a PEFT-keyed
+    /// adapter file in the run folder.
+    fn finish(
+        &mut self,
+        eval: &Model,
+        _data: &cm_data::Dataset,
+        observer: &mut dyn Observer,
+    ) -> cm_train::Result<Vec<String>> {
+        if self.config.lora.is_none() {
+            return Ok(Vec::new());
+        }
+        let path = self.run_dir.join(LCM_LORA_FILE);
+        let tensors = eval.save_adapter(LCM_LORA_ADAPTER, &path)?;
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        observer.on_message(&format!("wrote the adapter {}", path.display()));
+        let info = &eval.adapters()[LCM_LORA_ADAPTER];
+        Ok(vec![format!(
+            "adapter: `{LCM_LORA_FILE}`, {tensors} tensors on {} layers, {:.1} KiB, base {}",
+            info.modules.len(),
+            bytes as f64 / 1024.0,
+            info.base_hash
+        )])
     }
 }
 
@@ -299,7 +416,7 @@ pub fn run_lcd(
             observer,
         },
         teachers,
-        |teacher| LcdMethod::new(config, teacher),
+        |teacher| LcdMethod::new(config, teacher, run_dir),
     )
 }
 
@@ -322,6 +439,10 @@ pub struct LcmRunConfig {
     /// The LCD objective.
     #[serde(default)]
     pub lcd: LcdConfig,
+    /// LCM-LoRA: adapters on the frozen teacher instead of a w-embedding
+    /// student (see [`LcdRunConfig::lora`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Validate for LcmRunConfig {
@@ -393,6 +514,7 @@ impl LcmRunConfig {
             teacher,
             train: self.train.clone(),
             lcd: self.lcd,
+            lora: self.lora.clone(),
         }
     }
 }

@@ -250,6 +250,7 @@ impl Method for PdStageMethod<'_> {
             edm: self.config.teacher.edm.edm,
             sampler: pd_sampler(self.steps),
             autoencoder: None,
+            lora: Vec::new(),
         }
     }
 }

@@ -188,6 +188,7 @@ impl Method for CdMethod<'_> {
             scheduler: None,
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         }
     }
 }

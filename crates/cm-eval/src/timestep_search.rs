@@ -342,6 +342,7 @@ mod tests {
                 scheduler: None,
                 autoencoder: None,
                 guidance: None,
+                lora: Vec::new(),
             },
         };
         assert_eq!(

@@ -132,6 +132,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let card_path = dir.path().join("model.toml");
     card.save(&card_path).unwrap();

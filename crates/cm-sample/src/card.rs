@@ -105,6 +105,10 @@ pub enum ModelCard {
         /// evaluation); `None` for networks that do not.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guidance: Option<f64>,
+        /// LoRA adapters applied on the fly on top of `weights` (LCM-LoRA:
+        /// the base is the teacher, the adapter the acceleration vector).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lora: Vec<LoraRef>,
     },
     /// An EDM diffusion model `D(x; sigma)` (the teacher).
     Edm {
@@ -120,11 +124,79 @@ pub enum ModelCard {
         /// Relative to this card's folder, or absolute.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         autoencoder: Option<PathBuf>,
+        /// LoRA adapters applied on the fly on top of `weights` (a style
+        /// fine-tune).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lora: Vec<LoraRef>,
     },
+}
+
+/// An adapter file applied with weight `lambda` (`W + lambda (alpha/r) B
+/// A`), as a card lists it and `--lora FILE:WEIGHT` names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraRef {
+    /// The adapter file (`.safetensors`), relative to the card's folder or
+    /// absolute.
+    pub file: PathBuf,
+    /// `lambda`.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The most adapters a card or a command line may stack.
+pub const MAX_ADAPTERS: usize = 16;
+
+impl LoraRef {
+    /// Parses `FILE[:WEIGHT]` (weight 1 when absent); `what` names the
+    /// argument in errors.
+    pub fn parse(text: &str, what: &str) -> std::result::Result<LoraRef, String> {
+        let (file, weight) = match text.rsplit_once(':') {
+            Some((f, w)) if !f.is_empty() => {
+                let weight: f64 = w.parse().map_err(|_| {
+                    format!("{what} {text:?}: expected FILE:WEIGHT with a number after ':', found {w:?}")
+                })?;
+                (f, weight)
+            }
+            _ => (text, 1.0),
+        };
+        if file.is_empty() {
+            return Err(format!("{what} {text:?}: expected FILE[:WEIGHT]"));
+        }
+        if !(weight.is_finite() && weight.abs() <= 100.0) {
+            return Err(format!(
+                "{what} {text:?}: the weight must be a finite number in [-100, 100], found {weight}"
+            ));
+        }
+        Ok(LoraRef {
+            file: file.into(),
+            weight,
+        })
+    }
 }
 
 impl Validate for ModelCard {
     fn validate(&self) -> cm_core::Result<()> {
+        if self.lora().len() > MAX_ADAPTERS {
+            return Err(CoreError::invalid(
+                "lora",
+                format!("{} adapters", self.lora().len()),
+                format!("at most {MAX_ADAPTERS} adapters"),
+            ));
+        }
+        for (i, adapter) in self.lora().iter().enumerate() {
+            if !(adapter.weight.is_finite() && adapter.weight.abs() <= 100.0) {
+                return Err(CoreError::invalid(
+                    format!("lora[{i}].weight"),
+                    adapter.weight,
+                    "a finite adapter weight in [-100, 100]",
+                ));
+            }
+        }
         match self {
             ModelCard::Consistency {
                 consistency,
@@ -238,6 +310,11 @@ impl ModelCard {
                 *ae = dir.join(&*ae);
             }
         }
+        for adapter in card.lora_mut() {
+            if adapter.file.is_relative() {
+                adapter.file = dir.join(&adapter.file);
+            }
+        }
         Ok(card)
     }
 
@@ -274,9 +351,15 @@ impl ModelCard {
                 serde_json::Value::String(weights.to_string_lossy().into_owned()),
             );
         }
-        let card: ModelCard = serde_json::from_value(value)
+        let mut card: ModelCard = serde_json::from_value(value)
             .map_err(|e| bad(format!("metadata `{META_CARD}` is not a model card ({e})")))?;
         card.validate()?;
+        let dir = weights.parent().unwrap_or(Path::new("."));
+        for adapter in card.lora_mut() {
+            if adapter.file.is_relative() {
+                adapter.file = dir.join(&adapter.file);
+            }
+        }
         Ok(card)
     }
 
@@ -361,9 +444,44 @@ impl ModelCard {
     }
 
     /// Loads the network (architecture from the weights' sidecar, else from
-    /// the weights' metadata).
+    /// the weights' metadata) with the card's adapters applied on the fly
+    /// (named `lora0`, `lora1`, ... in card order).
     pub fn load_model(&self, device: Device) -> Result<Model> {
-        Ok(Model::from_checkpoint(self.weights(), device)?)
+        let mut model = Model::from_checkpoint(self.weights(), device)?;
+        for (i, adapter) in self.lora().iter().enumerate() {
+            model.load_adapter(&adapter.file, &format!("lora{i}"), adapter.weight)?;
+        }
+        Ok(model)
+    }
+
+    /// The adapters applied on top of the weights.
+    pub fn lora(&self) -> &[LoraRef] {
+        match self {
+            ModelCard::Consistency { lora, .. } | ModelCard::Edm { lora, .. } => lora,
+        }
+    }
+
+    fn lora_mut(&mut self) -> &mut Vec<LoraRef> {
+        match self {
+            ModelCard::Consistency { lora, .. } | ModelCard::Edm { lora, .. } => lora,
+        }
+    }
+
+    /// Appends adapters (`--lora FILE:WEIGHT`); at most [`MAX_ADAPTERS`] in
+    /// all.
+    pub fn push_lora(&mut self, adapters: &[LoraRef]) -> Result<()> {
+        let lora = self.lora_mut();
+        if lora.len() + adapters.len() > MAX_ADAPTERS {
+            return Err(SampleError::Card {
+                path: PathBuf::from("--lora"),
+                message: format!(
+                    "{} adapters in all; at most {MAX_ADAPTERS} may be stacked",
+                    lora.len() + adapters.len()
+                ),
+            });
+        }
+        lora.extend(adapters.iter().cloned());
+        Ok(())
     }
 
     /// The noise range `[sigma_min, sigma_max]` the model is defined on.
@@ -589,6 +707,7 @@ impl DiffusersFolder {
             scheduler: Some(scheduler),
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         };
         card.validate()?;
         Ok(card)
@@ -643,6 +762,7 @@ mod tests {
             scheduler: None,
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         }
     }
 
@@ -691,6 +811,7 @@ mod tests {
             edm: Default::default(),
             sampler: Default::default(),
             autoencoder: None,
+            lora: Vec::new(),
         };
         assert!(edm.taus_or_karras(2).is_err());
         assert!(edm.karras_taus(2, None).is_err());

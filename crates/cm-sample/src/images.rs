@@ -24,7 +24,10 @@
 //!     consistency: Default::default(),
 //!     timesteps: Default::default(),
 //!     scheduler: None,
-//! autoencoder: None, guidance: None, };
+//!     autoencoder: None,
+//!     guidance: None,
+//!     lora: Vec::new(),
+//! };
 //! card.save(dir.path().join("model.toml"))?;
 //!
 //! let pipe = Pipeline::load(dir.path().join("model.toml"), tch::Device::Cpu)?;

@@ -50,7 +50,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod search;
 
-pub use card::{ModelCard, TauSource, CARD_FILE, MAX_GUIDANCE, META_CARD};
+pub use card::{LoraRef, ModelCard, TauSource, CARD_FILE, MAX_ADAPTERS, MAX_GUIDANCE, META_CARD};
 pub use consistency::{
     check_taus, consistency_chain, consistency_sample, consistency_sample_with, denoise_at,
 };

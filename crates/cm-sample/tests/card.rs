@@ -18,6 +18,7 @@ fn consistency_card(timesteps: &[(&str, Vec<f64>)]) -> ModelCard {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     }
 }
 
@@ -92,6 +93,7 @@ fn sampling_through_a_card_matches_the_samplers() {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     card.save(dir.path().join("cm.toml")).unwrap();
     let card = ModelCard::load(dir.path().join("cm.toml")).unwrap();
@@ -128,6 +130,7 @@ fn sampling_through_a_card_matches_the_samplers() {
             ..Default::default()
         },
         autoencoder: None,
+        lora: Vec::new(),
     };
     let d = Preconditioned::eval(&model, edm.preconditioning());
     let via = card
@@ -170,6 +173,7 @@ fn a_weights_file_alone_is_enough_to_sample() {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let json = card.metadata_json();
     assert!(!json.contains("ignored"), "{json}");
@@ -233,6 +237,7 @@ fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     };
     let taus = card.karras_taus(3, None).unwrap();
     let f = card.denoiser(&model);
@@ -277,6 +282,7 @@ fn pipeline_matches_the_sampler_with_karras_times_and_guidance() {
             scheduler: None,
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         },
         model,
     );

@@ -119,6 +119,7 @@ fn a_crate_outside_the_workspace_builds_and_runs_with_no_environment() {
         scheduler: None,
         autoencoder: None,
         guidance: None,
+        lora: Vec::new(),
     }
     .save(models.join("model.toml"))
     .unwrap();

@@ -26,6 +26,9 @@ use crate::error::Result;
 pub struct ConsistencyCore {
     recipe: ConsistencyRecipe,
     target: Model,
+    /// The target is the online network itself without gradient (LCM-LoRA's
+    /// choice) instead of `target`.
+    online_target: bool,
     metric: Box<dyn DistanceMetric + Send>,
     weighting: BoundWeighting,
     grids: HashMap<usize, (Vec<f64>, Tensor)>,
@@ -60,8 +63,22 @@ impl ConsistencyCore {
             weighting: recipe.weighting.bind(recipe.consistency.sigma_data)?,
             recipe,
             target,
+            online_target: false,
             grids: HashMap::new(),
         })
+    }
+
+    /// Makes the target the online network itself, evaluated without
+    /// gradient (`theta- = stopgrad(theta)` of the same step, as LCM-LoRA
+    /// trains): no EMA, no target checkpoint.
+    pub fn with_online_target(mut self) -> Self {
+        self.online_target = true;
+        self
+    }
+
+    /// Whether the target is the online network itself.
+    pub fn online_target(&self) -> bool {
+        self.online_target
     }
 
     /// The recipe.
@@ -112,9 +129,14 @@ impl ConsistencyCore {
         tch::manual_seed(dropout_seed);
         // With mu = 0 (iCT) the target is the student's copy from the last
         // step, i.e. theta- = stopgrad(theta).
+        let target_model = if self.online_target {
+            online
+        } else {
+            &self.target
+        };
         let target = tch::no_grad(|| {
             Preconditioned {
-                model: &self.target,
+                model: target_model,
                 param,
                 train: true,
             }
@@ -126,16 +148,25 @@ impl ConsistencyCore {
 
     /// `theta- <- mu(k) theta- + (1 - mu(k)) theta` after step `k`.
     pub fn update_target(&self, online: &Model, step: u64) {
+        if self.online_target {
+            return;
+        }
         ema_update(&self.target, online, self.recipe.schedule.at(step).mu);
     }
 
     /// The target, for checkpoints.
     pub fn extra_models(&self) -> Vec<(&'static str, &Model)> {
+        if self.online_target {
+            return Vec::new();
+        }
         vec![("target", &self.target)]
     }
 
     /// The target, for resuming.
     pub fn extra_models_mut(&mut self) -> Vec<(&'static str, &mut Model)> {
+        if self.online_target {
+            return Vec::new();
+        }
         vec![("target", &mut self.target)]
     }
 

@@ -234,6 +234,7 @@ impl Method for CtMethod<'_> {
             scheduler: None,
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         }
     }
 }

@@ -179,6 +179,7 @@ impl Method for EctMethod<'_> {
             scheduler: None,
             autoencoder: None,
             guidance: None,
+            lora: Vec::new(),
         }
     }
 }

@@ -211,6 +211,7 @@ impl Method for TeacherMethod<'_> {
             edm: self.config.edm.edm,
             sampler: self.config.edm.sampler,
             autoencoder: None,
+            lora: Vec::new(),
         }
     }
 }
