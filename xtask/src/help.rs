@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::presets;
 
-/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ect}`, `{lcm}`, `{ct}`, `{recipes}` and `{eval}`
+/// The usage text; `{teacher}`, `{cd}`, `{pd}`, `{ect}`, `{lcm}`, `{lcm-lora}`, `{ct}`, `{recipes}` and `{eval}`
 /// stand for the preset lists.
 const TEMPLATE: &str = "\
 cargo xtask: the cm-rs task runner
@@ -73,6 +73,12 @@ COMMANDS:
              under runs/teachers), then latent consistency distillation with
              classifier-free guidance; decoded 1-, 2- and 4-step grids,
              report and model card in runs/lcm-<preset> (docs/lcm.md).
+    train-lcm-lora [--preset {lcm-lora}] [--config FILE] [--run-dir DIR] [--resume]
+             LCM-LoRA (Luo et al. 2023): the same autoencoder and teacher
+             (reused), then LCD into LoRA adapters on the frozen teacher at
+             one guidance scale; the adapter file lcm_lora.safetensors,
+             grids, report and a card (teacher + adapter) in
+             runs/lcm-lora-<preset> (docs/lcm-lora.md).
     train-teacher [--preset {teacher}] [--config FILE] [--run-dir DIR] [--resume]
              Train the EDM teacher alone (runs/teacher-<preset>).
     train-ct [--preset {ct}] [--recipe {recipes}] [--config FILE] [--run-dir DIR] [--resume]
@@ -163,6 +169,7 @@ pub fn text(root: Option<&Path>) -> String {
         .replace("{pd}", &group("pd"))
         .replace("{ect}", &group("ect"))
         .replace("{lcm}", &group("lcm"))
+        .replace("{lcm-lora}", &group("lcm-lora"))
         .replace("{eval}", &group("eval"))
         .replace("{ct}", &alternatives(ct_presets))
         .replace("{recipes}", &alternatives(recipes))
@@ -177,7 +184,7 @@ mod tests {
     fn help_lists_every_preset_file_and_command() {
         let root = workspace::root().unwrap();
         let help = text(Some(&root));
-        for group in ["teacher", "cd", "pd", "ect", "lcm", "eval"] {
+        for group in ["teacher", "cd", "pd", "ect", "lcm", "lcm-lora", "eval"] {
             let names = presets::available(&root, group);
             assert!(!names.is_empty(), "no presets in configs/{group}");
             assert!(help.contains(&names.join("|")), "{group}: {help}");
@@ -192,6 +199,7 @@ mod tests {
             "{pd}",
             "{ect}",
             "{lcm}",
+            "{lcm-lora}",
             "{ct}",
             "{recipes}",
             "{eval}",

@@ -42,6 +42,7 @@ const COMMANDS: &[&str] = &[
     "train-pd",
     "train-ect",
     "train-lcm",
+    "train-lcm-lora",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -75,12 +76,13 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             "train-ct",
             "train-ect",
             "train-lcm",
+            "train-lcm-lora",
             "compare",
         ]
         .contains(&command)
     {
         return Err(format!(
-            "--procs: `{command}` does not train data-parallel (train-cd, train-pd, train-teacher, train-ct, train-ect, train-lcm and compare do)"
+            "--procs: `{command}` does not train data-parallel (train-cd, train-pd, train-teacher, train-ct, train-ect, train-lcm, train-lcm-lora and compare do)"
         ));
     }
     if args.procs.is_some() && args.cuda {

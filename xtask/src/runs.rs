@@ -19,6 +19,7 @@ pub const COMMANDS: &[&str] = &[
     "train-pd",
     "train-ect",
     "train-lcm",
+    "train-lcm-lora",
     "train-teacher",
     "train-ct",
     "ct-ablation",
@@ -34,6 +35,7 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
         "train-pd" => cm_run_args(args, &root, "train-pd", "pd", "pd")?,
         "train-ect" => cm_run_args(args, &root, "train-ect", "ect", "ect")?,
         "train-lcm" => cm_run_args(args, &root, "train-lcm", "lcm", "lcm")?,
+        "train-lcm-lora" => cm_run_args(args, &root, "train-lcm", "lcm-lora", "lcm-lora")?,
         "train-ct" => ct_args(args, &root)?,
         "ct-ablation" => {
             let mut cm_args = vec!["ct-ablation".to_string()];

@@ -17,6 +17,7 @@ mod edit;
 mod eval;
 mod images;
 mod interop;
+mod lora;
 mod plot;
 mod progress;
 mod sample;
@@ -248,6 +249,10 @@ enum Command {
     /// and weights; a ConsistencyModelPipeline folder for consistency
     /// models with ADM noise conditioning), where the architecture maps.
     ExportDiffusers(interop::ExportDiffusersArgs),
+    /// LoRA adapter files: merge adapters into a model (a new model card),
+    /// or show an adapter file's config and layers.
+    #[command(subcommand)]
+    Lora(lora::LoraCommand),
     /// Redraw a plot (PNG plus SVG) from a CSV: a run's loss curve from its
     /// metrics.csv, or curves such as FID against NFE from a results table.
     #[command(subcommand)]
@@ -572,6 +577,7 @@ fn run_command(cli: &Cli) -> ExitCode {
         Command::ExportImages(args) => images::export(args),
         Command::ExportDiffusers(args) => interop::export(args),
         Command::Plot(cmd) => plot::plot(cmd),
+        Command::Lora(cmd) => lora::lora(cmd),
         Command::Bench(args) => bench::bench(args),
     };
     match result {

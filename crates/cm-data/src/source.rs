@@ -19,6 +19,7 @@ use crate::toy::{ToyConfig, ToyDataset};
 /// ```toml
 /// kind = "fashion-mnist"                  # or "mnist"
 /// # kind = "colored-fashion-mnist", seed = 0, hue_jitter = 20.0
+/// # kind = "styled-fashion-mnist", style = "invert"   # or "flip-vertical"
 /// # kind = "idx", dir = "/data/mnist"
 /// # kind = "cifar10", dir = "/data/cifar-10-batches-bin"
 /// # kind = "image-folder", dir = "/data/faces", resolution = 64, color = "rgb"
@@ -41,6 +42,13 @@ pub enum DataSource {
         /// Per-image hue jitter in degrees either way (default 20).
         #[serde(default = "default_hue_jitter")]
         hue_jitter: f64,
+    },
+    /// Fashion-MNIST in a visually distinct style ([`crate::Style`]: the
+    /// negative, or upside down), same labels and splits; the style data of
+    /// LCM-LoRA's style adapters.
+    StyledFashionMnist {
+        /// The style.
+        style: crate::Style,
     },
     /// A folder of IDX files (`train-images-idx3-ubyte[.gz]`, ...).
     Idx {
@@ -103,6 +111,9 @@ impl DataSource {
                     *seed,
                     *hue_jitter,
                 )?)
+            }
+            DataSource::StyledFashionMnist { style } => {
+                Dataset::Images(style.apply(&NpmDataset::FashionMnist.load(data_dir)?)?)
             }
             DataSource::Idx { dir } => Dataset::Images(load_idx_dir(dir)?),
             DataSource::Cifar10 { dir } => Dataset::Images(load_cifar10_dir(dir)?),

@@ -189,7 +189,8 @@ impl LcdObjective {
                 "lcd.w_max",
                 config.w_max,
                 format!(
-                    "w_min = w_max = guidance (a student without a w-embedding, as LCM-LoRA's,                      learns one fixed scale; found w in [{}, {}], guidance {})",
+                    "w_min = w_max = guidance (a student without a w-embedding, as LCM-LoRA's, \
+                     learns one fixed scale; found w in [{}, {}], guidance {})",
                     config.w_min, config.w_max, config.guidance
                 ),
             )

@@ -90,7 +90,8 @@ impl Validate for LcdRunConfig {
                         "lcd.w_max",
                         l.w_max,
                         format!(
-                            "w_min = w_max = guidance: LCM-LoRA learns one fixed guidance scale                              (found w in [{}, {}], guidance {})",
+                            "w_min = w_max = guidance: LCM-LoRA learns one fixed guidance scale \
+                             (found w in [{}, {}], guidance {})",
                             l.w_min, l.w_max, l.guidance
                         ),
                     ));
@@ -183,7 +184,8 @@ impl<'a> LcdMethod<'a> {
                     .map(|(_, t)| t.numel() as i64)
                     .sum();
                 observer.on_message(&format!(
-                    "student = frozen teacher + LoRA (rank {}, alpha {}) on {layers} layers: {trained}                      trainable parameters, {:.1}% of the base's {base}",
+                    "student = frozen teacher + LoRA (rank {}, alpha {}) on {layers} layers: {trained} \
+                     trainable parameters, {:.1}% of the base's {base}",
                     lora.rank,
                     lora.alpha,
                     100.0 * trained as f64 / base as f64

@@ -38,6 +38,7 @@ pub mod pipeline;
 pub mod precision_recall;
 pub mod progress;
 pub mod row_cache;
+pub mod style;
 pub mod timestep_search;
 pub mod toy;
 pub mod weights;
@@ -54,5 +55,6 @@ pub use pipeline::{
 };
 pub use precision_recall::{precision_recall, PrecisionRecall};
 pub use progress::{Log, Progress, Silent};
+pub use style::StyleProbe;
 pub use timestep_search::{SearchOptions, SearchOutcome};
 pub use toy::{energy_distance, mode_coverage, sliced_wasserstein};

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use cm_core::{Conditioning, CoreError, Solver, Validate};
-use cm_data::{DataSource, Dataset, ImageDataset};
+use cm_data::{DataSource, Dataset, ImageDataset, ImageSplit};
 use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, SamplingGrid, TauSource};
 
 use crate::classifier::{
@@ -54,6 +54,7 @@ use crate::progress::Progress;
 use crate::row_cache::{
     model_identity, read_cached_row, row_key, write_cached_row, RowShape, SampledRow,
 };
+use crate::style::StyleProbe;
 
 pub use crate::row_cache::GRID_IMAGES;
 
@@ -97,6 +98,11 @@ pub struct ModelEntry {
     /// stages), and over resumed sessions.
     #[serde(default)]
     pub training: Vec<PathBuf>,
+    /// LoRA adapters stacked on those the card lists, each `{ file, weight
+    /// }` (a style adapter on an LCM-LoRA card); one naming an adapter the
+    /// card lists sets its weight (LCM-LoRA's `lambda` grid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<cm_sample::LoraRef>,
 }
 
 impl ModelEntry {
@@ -137,6 +143,12 @@ pub struct EvalConfig {
     /// KID subsets.
     #[serde(default)]
     pub kid: KidConfig,
+    /// The unstyled data set when `data` is a style of it (LCM-LoRA's style
+    /// check): each row gets a style score, the share of its samples a
+    /// linear discriminant on the features ([`crate::StyleProbe`], fitted on
+    /// the two training splits) assigns to `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_base: Option<DataSource>,
     /// The models.
     pub models: Vec<ModelEntry>,
 }
@@ -272,6 +284,8 @@ pub struct EvalRow {
     /// Top-1 accuracy of the feature classifier against the requested
     /// class (class-conditional samples; the data row: against the labels).
     pub class_accuracy: Option<f64>,
+    /// The share of samples in `data`'s style (with `style_base`).
+    pub style_score: Option<f64>,
 }
 
 /// What [`evaluate`] returns.
@@ -293,6 +307,8 @@ pub struct EvalOutput {
     pub samples: usize,
     /// Notes on the samplers (default times).
     pub notes: Vec<String>,
+    /// The style probe's held-out balanced accuracy (with `style_base`).
+    pub style_accuracy: Option<f64>,
     /// Device the run used.
     pub device: String,
 }
@@ -419,6 +435,20 @@ pub fn evaluate_cached(
         toml::to_string(&space.card).unwrap_or_default()
     );
     let shape: Vec<i64> = data.shape().iter().map(|&s| s as i64).collect();
+    let probe = match &config.style_base {
+        Some(base) => {
+            let (probe, accuracy) = fit_style_probe(&data, base, &space.net)?;
+            progress.message(&format!(
+                "style probe ({} vs {}): held-out balanced accuracy {:.2}%",
+                data.name,
+                base_name(base),
+                100.0 * accuracy
+            ));
+            Some((probe, accuracy))
+        }
+        None => None,
+    };
+    let style_score = |features: &Tensor| probe.as_ref().map(|(p, _)| p.score(features));
     let mut rows = Vec::new();
     let mut grids = Vec::new();
     let mut skipped = Vec::new();
@@ -453,6 +483,7 @@ pub fn evaluate_cached(
             training_seconds: None,
             cached: false,
             class_accuracy: subset.labels_tensor().map(|labels| top1(&l, &labels)),
+            style_score: style_score(&f),
         });
         grids.push(images.narrow(0, 0, GRID_IMAGES.min(n as i64)));
     }
@@ -470,7 +501,8 @@ pub fn evaluate_cached(
                 entry.name
             )));
         }
-        let card = ModelCard::load(&entry.card)?;
+        let mut card = ModelCard::load(&entry.card)?;
+        card.push_lora(&entry.lora)?;
         let model = card.load_model(device)?;
         // A latent model's samples are decoded by its autoencoder.
         let codec = card.load_codec(device)?;
@@ -574,6 +606,7 @@ pub fn evaluate_cached(
                 training_seconds,
                 cached,
                 class_accuracy: row.class_accuracy,
+                style_score: style_score(&row.features),
             });
             grids.push(row.grid);
         }
@@ -587,8 +620,57 @@ pub fn evaluate_cached(
         reference_images: space.reference.stats.n,
         samples: n,
         notes,
+        style_accuracy: probe.map(|(_, a)| a),
         device: format!("{device:?}"),
     })
+}
+
+/// The most training images per side the style probe is fitted on.
+const STYLE_FIT_IMAGES: usize = 10_000;
+
+fn base_name(base: &DataSource) -> String {
+    toml::to_string(base)
+        .unwrap_or_default()
+        .lines()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fits the style probe on the feature network's features of `data`'s and
+/// `base`'s training images (the first [`STYLE_FIT_IMAGES`] of each) and
+/// measures it on their test splits.
+fn fit_style_probe(
+    data: &ImageDataset,
+    base: &DataSource,
+    net: &FeatureNet,
+) -> Result<(StyleProbe, f64)> {
+    let cm_data::Dataset::Images(base) = base.load(None)? else {
+        return Err(EvalError::InvalidInput(
+            "style_base: expected an image data set".into(),
+        ));
+    };
+    if base.shape() != data.shape() {
+        return Err(EvalError::InvalidInput(format!(
+            "style_base: its images are {:?}, {}'s are {:?}",
+            base.shape(),
+            data.name,
+            data.shape()
+        )));
+    }
+    let features = |split: &ImageSplit, limit: usize| -> Result<Tensor> {
+        let idx: Vec<usize> = (0..split.len().min(limit)).collect();
+        let images = images_to_float(&split.select(&idx)?.to_tensor());
+        Ok(net.features(&images)?.0)
+    };
+    let probe = StyleProbe::fit(
+        &features(&data.train, STYLE_FIT_IMAGES)?,
+        &features(&base.train, STYLE_FIT_IMAGES)?,
+    )?;
+    let accuracy = probe.accuracy(
+        &features(&data.test, usize::MAX)?,
+        &features(&base.test, usize::MAX)?,
+    );
+    Ok((probe, accuracy))
 }
 
 /// How one row samples.
@@ -859,14 +941,14 @@ pub fn training_seconds(dirs: &[PathBuf]) -> Option<f64> {
 
 /// The results as CSV (RFC 4180: one header line, one line per row, text
 /// fields quoted; `teacher` is `yes`, `no` or empty, `training_s` and
-/// `class_accuracy` (in [0, 1]) empty when unknown).
+/// `class_accuracy` and `style_score` (in [0, 1]) empty when unknown).
 pub fn results_csv(out: &EvalOutput) -> String {
     let mut s = String::from(
-        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples,teacher,training_s,class_accuracy\n",
+        "model,sampler,steps,nfe,fid,kid,kid_std,precision,recall,is,is_std,seconds_per_sample,samples,teacher,training_s,class_accuracy,style_score\n",
     );
     for r in &out.rows {
         s.push_str(&format!(
-            "{},{},{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{},{},{},{}\n",
+            "{},{},{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{:.4},{:.6},{},{},{},{},{}\n",
             csv_text(&r.model),
             csv_text(&r.sampler),
             r.steps,
@@ -890,7 +972,8 @@ pub fn results_csv(out: &EvalOutput) -> String {
                 .unwrap_or_default(),
             r.class_accuracy
                 .map(|a| format!("{a:.4}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            r.style_score.map(|a| format!("{a:.4}")).unwrap_or_default()
         ));
     }
     s
@@ -955,6 +1038,23 @@ pub fn results_table(out: &EvalOutput) -> String {
                 r.sampler,
                 100.0 * a
             ));
+        }
+    }
+    if let Some(a) = out.style_accuracy {
+        s.push_str(&format!(
+            "- style score: the share of samples a linear discriminant on the features calls \
+             the data's style (its held-out balanced accuracy, style vs base test images: {:.2}%)\n",
+            100.0 * a
+        ));
+        for r in &out.rows {
+            if let Some(v) = r.style_score {
+                s.push_str(&format!(
+                    "- style score: {} / {}: {:.1}%\n",
+                    r.model,
+                    r.sampler,
+                    100.0 * v
+                ));
+            }
         }
     }
     for note in &out.notes {

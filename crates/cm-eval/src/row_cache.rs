@@ -59,6 +59,17 @@ pub(crate) fn model_identity(card_path: &Path, card: &ModelCard) -> Result<Strin
         weights.len(),
         cm_core::fnv1a64(&sidecar)
     );
+    // Adapters applied on the fly change the model: their files and
+    // weights are part of it (a card without adapters keeps its key).
+    for adapter in card.lora() {
+        let bytes = read(&adapter.file)?;
+        identity.push_str(&format!(
+            "|lora {:016x}|{}|{}",
+            cm_core::fnv1a64(&bytes),
+            bytes.len(),
+            adapter.weight
+        ));
+    }
     if let Some(path) = card.autoencoder() {
         let ae = cm_sample::AutoencoderCard::load(path)?;
         let (text, weights) = (read(path)?, read(&ae.weights)?);

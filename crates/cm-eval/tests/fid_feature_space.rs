@@ -153,6 +153,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             guidance: None,
             training: Vec::new(),
             optional: false,
+            lora: Vec::new(),
         },
         ModelEntry {
             name: "absent".into(),
@@ -165,6 +166,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             guidance: None,
             training: Vec::new(),
             optional: true,
+            lora: Vec::new(),
         },
     ];
     let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();

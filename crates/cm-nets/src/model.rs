@@ -354,13 +354,25 @@ impl Model {
     /// then rename), so an interrupted save never leaves a torn file.
     ///
     /// A model in adapter-only mode ([`Model::set_adapters_only`]) writes
-    /// only its adapters' variables, without a sidecar.
+    /// only its adapters' variables, without a sidecar. Otherwise the
+    /// adapters' variables are left out (merged ones live in the weights);
+    /// an adapter still applied on the fly is an error, not a silent loss.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         if self.adapters_only {
             return self
                 .save_subset(path, crate::lora::is_adapter_variable)
                 .map(|_| ());
+        }
+        if let Some((name, _)) = self.adapters.attached.iter().find(|(_, a)| !a.merged) {
+            return Err(NetError::Adapter {
+                adapter: name.clone(),
+                reason: format!(
+                    "applied on the fly: write it with save_adapter, or merge it, before saving \
+                     the base weights to {}",
+                    path.display()
+                ),
+            });
         }
         let sidecar = sidecar_path(path);
         let config = toml::to_string(&self.config).expect("network configs serialize to TOML");
@@ -371,11 +383,14 @@ impl Model {
                 source,
             })
         })?;
-        // safetensors stores contiguous (NCHW) data whatever the memory layout.
+        // safetensors stores contiguous (NCHW) data whatever the memory
+        // layout. Merged adapters live in the base weights: their own
+        // variables are not part of the model file.
         let mut named: Vec<(String, Tensor)> = self
             .vs
             .variables()
             .into_iter()
+            .filter(|(n, _)| !crate::lora::is_adapter_variable(n))
             .map(|(n, t)| (n, t.contiguous()))
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -529,7 +544,7 @@ impl Model {
         if self.adapters_only {
             return self.load_subset(path, crate::lora::is_adapter_variable);
         }
-        self.load_subset(path, |_| true)
+        self.load_subset(path, |n| !crate::lora::is_adapter_variable(n))
     }
 
     /// Loads the variables `keep` accepts from a file that holds exactly

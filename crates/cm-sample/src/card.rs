@@ -467,20 +467,39 @@ impl ModelCard {
         }
     }
 
-    /// Appends adapters (`--lora FILE:WEIGHT`); at most [`MAX_ADAPTERS`] in
-    /// all.
+    /// Drops the adapters (a merged card holds them in its weights).
+    pub fn clear_lora(&mut self) {
+        self.lora_mut().clear();
+    }
+
+    /// Stacks adapters (`--lora FILE:WEIGHT`) on those the card lists; one
+    /// naming a file the card already lists sets that adapter's weight
+    /// instead (LCM-LoRA's `lambda` of the acceleration vector). At most
+    /// [`MAX_ADAPTERS`] in all.
     pub fn push_lora(&mut self, adapters: &[LoraRef]) -> Result<()> {
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || matches!(
+                    (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        };
         let lora = self.lora_mut();
-        if lora.len() + adapters.len() > MAX_ADAPTERS {
+        for adapter in adapters {
+            match lora.iter_mut().find(|l| same(&l.file, &adapter.file)) {
+                Some(listed) => listed.weight = adapter.weight,
+                None => lora.push(adapter.clone()),
+            }
+        }
+        if lora.len() > MAX_ADAPTERS {
             return Err(SampleError::Card {
                 path: PathBuf::from("--lora"),
                 message: format!(
                     "{} adapters in all; at most {MAX_ADAPTERS} may be stacked",
-                    lora.len() + adapters.len()
+                    lora.len()
                 ),
             });
         }
-        lora.extend(adapters.iter().cloned());
         Ok(())
     }
 

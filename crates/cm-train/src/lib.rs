@@ -91,7 +91,7 @@ pub use run::{
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
 pub use teacher::{
     check_student_noise, prepare_teacher, run_from_teacher, run_teacher, teacher_dir,
-    teacher_report_samplers, FromTeacherOutcome, ReadyTeacher, TeacherConfig, TeacherMethod,
-    TeacherOutcome, TeacherStage,
+    teacher_report_samplers, FromTeacherOutcome, LoraFineTune, ReadyTeacher, TeacherConfig,
+    TeacherMethod, TeacherOutcome, TeacherStage, FINE_TUNE_ADAPTER, FINE_TUNE_FILE,
 };
 pub use trainer::{eval_model, fixed_latents, mix_seed, train, TrainOutcome};

@@ -18,7 +18,7 @@ use tch::Device;
 
 use cm_core::{Conditioning, CoreError, Solver, Validate};
 use cm_data::DataSource;
-use cm_nets::{Model, NetConfig, Preconditioned};
+use cm_nets::{LoraConfig, Model, NetConfig, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler, ModelCard};
 
 use crate::checkpoint::{evaluation_weights_file, latest_checkpoint};
@@ -54,7 +54,29 @@ pub struct TeacherConfig {
     /// `[net]` then takes the latent shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latent: Option<crate::latent::LatentConfig>,
+    /// Fine-tune a finished model with LoRA adapters instead of training
+    /// from scratch (a style adapter, LCM-LoRA's "style LoRA"): its weights
+    /// stay frozen, only the adapters train, with the same EDM loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<LoraFineTune>,
 }
+
+/// `[fine_tune]` of a teacher config: the base model and the adapters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraFineTune {
+    /// The base model's card (an EDM model card without adapters; `[net]`
+    /// must equal its network).
+    pub base: PathBuf,
+    /// The adapters.
+    #[serde(default)]
+    pub lora: LoraConfig,
+}
+
+/// The adapter's name inside a fine-tuned model.
+pub const FINE_TUNE_ADAPTER: &str = "style";
+/// The adapter file a LoRA fine-tune writes in its run folder (PEFT keys).
+pub const FINE_TUNE_FILE: &str = "lora.safetensors";
 
 impl TeacherConfig {
     /// Validates with a dotted-path prefix (`"teacher."` inside a CD config).
@@ -63,6 +85,9 @@ impl TeacherConfig {
         self.net.check_trainable()?;
         self.train.validate_at(&format!("{prefix}train."))?;
         self.edm.validate_at(&format!("{prefix}edm."))?;
+        if let Some(ft) = &self.fine_tune {
+            ft.lora.validate_at(&format!("{prefix}fine_tune.lora."))?;
+        }
         if self.loader.pad > 0 && self.net.sample_shape().len() != 3 {
             return Err(CoreError::invalid(
                 format!("{prefix}loader.pad"),
@@ -105,12 +130,68 @@ pub type TeacherOutcome = RunOutcome<EdmObjective>;
 #[derive(Debug)]
 pub struct TeacherMethod<'a> {
     config: &'a TeacherConfig,
+    run_dir: PathBuf,
+    /// The base's weights, for a LoRA fine-tune (set by `build`).
+    base_weights: Option<PathBuf>,
 }
 
 impl<'a> TeacherMethod<'a> {
-    /// The method for `config`.
-    pub fn new(config: &'a TeacherConfig) -> Self {
-        TeacherMethod { config }
+    /// The method for `config`, writing into `run_dir`.
+    pub fn new(config: &'a TeacherConfig, run_dir: &Path) -> Self {
+        TeacherMethod {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            base_weights: None,
+        }
+    }
+
+    /// A LoRA fine-tune's network: the base, frozen, plus fresh adapters.
+    fn fine_tune_model(
+        &mut self,
+        ft: &LoraFineTune,
+        device: Device,
+        observer: &mut dyn Observer,
+    ) -> Result<Model> {
+        let card = ModelCard::load(&ft.base)?;
+        if !matches!(card, ModelCard::Edm { .. }) || !card.lora().is_empty() {
+            return Err(CoreError::invalid(
+                "fine_tune.base",
+                ft.base.display(),
+                "the card of an EDM model without adapters (a finished teacher run's model.toml)",
+            )
+            .into());
+        }
+        let mut model = card.load_model(device)?;
+        if model.config() != &self.config.net {
+            return Err(CoreError::invalid(
+                "net",
+                format!("{:?}", self.config.net),
+                format!(
+                    "the base model's network ({}): a fine-tune keeps the architecture",
+                    ft.base.display()
+                ),
+            )
+            .into());
+        }
+        let base = model.num_params();
+        let layers = model.add_adapter(FINE_TUNE_ADAPTER, &ft.lora, 1.0)?;
+        model.set_adapters_only(true)?;
+        let trained: i64 = model
+            .trainable_variables()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        observer.on_message(&format!(
+            "LoRA fine-tune of {}: rank {}, alpha {} on {layers} layers, {trained} trainable \
+             parameters ({:.1}% of {base})",
+            ft.base.display(),
+            ft.lora.rank,
+            ft.lora.alpha,
+            100.0 * trained as f64 / base as f64
+        ));
+        self.base_weights =
+            Some(std::fs::canonicalize(card.weights()).unwrap_or_else(|_| card.weights().into()));
+        Ok(model)
     }
 }
 
@@ -163,15 +244,26 @@ impl Method for TeacherMethod<'_> {
     type Card = ModelCard;
 
     fn title(&self) -> &str {
-        "EDM teacher run"
+        if self.config.fine_tune.is_some() {
+            "EDM LoRA fine-tune run"
+        } else {
+            "EDM teacher run"
+        }
     }
 
     fn config(&self) -> &TeacherConfig {
         self.config
     }
 
-    fn build(&mut self, device: Device, _: &mut dyn Observer) -> Result<(Model, EdmObjective)> {
-        let model = Model::new(self.config.net.clone(), device)?;
+    fn build(
+        &mut self,
+        device: Device,
+        observer: &mut dyn Observer,
+    ) -> Result<(Model, EdmObjective)> {
+        let model = match &self.config.fine_tune {
+            None => Model::new(self.config.net.clone(), device)?,
+            Some(ft) => self.fine_tune_model(&ft.clone(), device, observer)?,
+        };
         Ok((
             model,
             EdmObjective {
@@ -183,6 +275,15 @@ impl Method for TeacherMethod<'_> {
     fn describe(&self) -> Vec<String> {
         let e = &self.config.edm;
         let mut lines = vec![format!("objective: {}", e.edm.describe())];
+        if let Some(ft) = &self.config.fine_tune {
+            lines.push(format!(
+                "LoRA fine-tune of `{}` (frozen): rank {}, alpha {}, targets {:?}, adapter `{FINE_TUNE_FILE}`",
+                ft.base.display(),
+                ft.lora.rank,
+                ft.lora.alpha,
+                ft.lora.targets
+            ));
+        }
         if self.config.net.num_classes() > 0 {
             lines.push(format!(
                 "class-conditional ({} classes), label dropout {} for classifier-free guidance",
@@ -206,13 +307,47 @@ impl Method for TeacherMethod<'_> {
     }
 
     fn card(&self, weights: PathBuf) -> ModelCard {
-        ModelCard::Edm {
-            weights,
-            edm: self.config.edm.edm,
-            sampler: self.config.edm.sampler,
-            autoencoder: None,
-            lora: Vec::new(),
+        match &self.base_weights {
+            None => ModelCard::Edm {
+                weights,
+                edm: self.config.edm.edm,
+                sampler: self.config.edm.sampler,
+                autoencoder: None,
+                lora: Vec::new(),
+            },
+            // The base's weights with the adapter file `finish` wrote.
+            Some(base) => ModelCard::Edm {
+                weights: base.clone(),
+                edm: self.config.edm.edm,
+                sampler: self.config.edm.sampler,
+                autoencoder: None,
+                lora: vec![cm_sample::LoraRef {
+                    file: FINE_TUNE_FILE.into(),
+                    weight: 1.0,
+                }],
+            },
         }
+    }
+
+    /// A LoRA fine-tune writes the evaluation EMA's adapter file.
+    fn finish(
+        &mut self,
+        eval: &Model,
+        _data: &cm_data::Dataset,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<String>> {
+        if self.config.fine_tune.is_none() {
+            return Ok(Vec::new());
+        }
+        let path = self.run_dir.join(FINE_TUNE_FILE);
+        let tensors = eval.save_adapter(FINE_TUNE_ADAPTER, &path)?;
+        observer.on_message(&format!("wrote the adapter {}", path.display()));
+        let info = &eval.adapters()[FINE_TUNE_ADAPTER];
+        Ok(vec![format!(
+            "adapter: `{FINE_TUNE_FILE}`, {tensors} tensors on {} layers, base {}",
+            info.modules.len(),
+            info.base_hash
+        )])
     }
 }
 
@@ -229,7 +364,7 @@ pub fn run_teacher(
     observer: &mut dyn Observer,
 ) -> Result<TeacherOutcome> {
     run(
-        &mut TeacherMethod::new(config),
+        &mut TeacherMethod::new(config, run_dir),
         RunContext {
             run_dir,
             resume,
