@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
-use cm_nets::lora::{META_LINEAGE, META_LORA, META_LORA_BASE};
+use cm_nets::lora::{META_LORA, META_LORA_BASE};
 use cm_sample::{LoraRef, ModelCard, CARD_FILE};
 
 /// `cm lora` subcommands.
@@ -73,10 +73,9 @@ fn merge(args: &MergeArgs) -> Result<()> {
     let mut model = card
         .load_model(Device::Cpu)
         .with_context(|| format!("loading the base {} with its adapters", args.base.display()))?;
-    // Adapters applied on the fly leave the base weights as they are.
+    // Adapters applied on the fly leave the base weights as they are;
+    // merging records this hash in the model's lineage.
     let base_hash = model.base_hash();
-    let mut lineage = model.lineage();
-    lineage.insert(0, base_hash.clone());
     let names: Vec<String> = model.adapters().keys().cloned().collect();
     for name in &names {
         model.merge_adapter(name)?;
@@ -95,7 +94,6 @@ fn merge(args: &MergeArgs) -> Result<()> {
         // Absolute: the new card lives elsewhere.
         card.set_autoencoder(Some(std::fs::canonicalize(&ae).unwrap_or(ae)));
     }
-    model.set_metadata(META_LINEAGE, lineage.join(","));
     model.set_metadata("cm_rs.merged", merged.join(","));
     // The weights file carries the new card (the base's would be stale).
     model.set_metadata(cm_sample::META_CARD, card.metadata_json());

@@ -163,8 +163,10 @@ impl DistillArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train an EDM diffusion teacher (Karras et al. 2022). Ctrl-C saves a
-    /// checkpoint and exits; a second Ctrl-C exits at once.
+    /// Train an EDM diffusion teacher (Karras et al. 2022), or with
+    /// [fine_tune] fine-tune a finished one with LoRA adapters (its weights
+    /// frozen; a style adapter, written as RUN/lora.safetensors). Ctrl-C
+    /// saves a checkpoint and exits; a second Ctrl-C exits at once.
     TrainTeacher(RunArgs),
     /// Train the KL autoencoder of latent consistency models (the
     /// latent-diffusion VAE's design): reconstruction + KL (+ optional
@@ -198,7 +200,10 @@ enum Command {
     /// w ~ U[w_min, w_max], skipping step k, a student that embeds w);
     /// decoded 1-, 2- and 4-step grids beside the guided teacher's, a
     /// report.md and a card that `cm sample --guidance W --class C --steps
-    /// N` reads. Ctrl-C saves a checkpoint; --resume continues.
+    /// N` reads. With [lora] (LCM-LoRA) the student is the frozen teacher
+    /// plus LoRA adapters at one fixed w, written as
+    /// RUN/lcm_lora.safetensors. Ctrl-C saves a checkpoint; --resume
+    /// continues.
     TrainLcm(DistillArgs),
     /// Guided consistency distillation alone (LCM's LCD, Algorithm 1, in
     /// the space the teacher learns: latents when its config has
@@ -458,10 +463,17 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
-    say!(
-        "training the EDM teacher on {device:?} into {}",
-        args.run_dir.display()
-    );
+    match &config.fine_tune {
+        None => say!(
+            "training the EDM teacher on {device:?} into {}",
+            args.run_dir.display()
+        ),
+        Some(ft) => say!(
+            "LoRA fine-tune (EDM loss) of {} on {device:?} into {}",
+            ft.base.display(),
+            args.run_dir.display()
+        ),
+    }
     let out = observe(args, "teacher", |observer| {
         run_teacher(&config, &args.run_dir, args.resume, device, &stop, observer)
             .with_context(|| format!("teacher run in {}", args.run_dir.display()))

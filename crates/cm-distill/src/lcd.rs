@@ -9,10 +9,12 @@
 //! `D_w = D_c + w (D_c - D_u)` (LCM Eq. 9) from `t_{n+k}` down to `t_n`
 //! (Euler, LCM's DDIM step in EDM form, or Heun), and the consistency loss
 //! `lambda d(f_theta(x_{n+k}, t_{n+k}, c, w), f_theta-(x^_n, t_n, c, w))`
-//! against the EMA target, with the boundary scalings of the recipe's
-//! parameterization. The student's network embeds `w` through a
-//! zero-initialised projection (cm-nets `guidance_embedding`), so it starts
-//! as the teacher.
+//! against the EMA target (or, LCM-LoRA's choice, the student itself
+//! without gradient), with the boundary scalings of the recipe's
+//! parameterization. An LCM student embeds `w` through a zero-initialised
+//! projection (cm-nets `guidance_embedding`), so it starts as the teacher;
+//! an LCM-LoRA student is the frozen teacher plus zero-initialised LoRA
+//! adapters and learns one fixed `w`.
 
 use std::collections::HashMap;
 

@@ -1,8 +1,9 @@
 //! The LCM pipeline (`cm train-lcm`): the presets parse, validate and
 //! build; the smoke preset runs autoencoder -> guided latent teacher -> LCD
-//! end to end, its card samples decoded images in 1-4 steps at any `w`,
-//! a second run reuses both earlier stages; configs that cannot work are
-//! refused by field.
+//! end to end, its card samples decoded images in 1-4 steps at any `w`;
+//! the LCM-LoRA smoke preset reuses both earlier stages and distills
+//! adapters, and a style LoRA fine-tuned on the same teacher stacks on its
+//! card; configs that cannot work are refused by field.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -46,6 +47,41 @@ fn presets_parse_validate_and_build() {
 }
 
 #[test]
+fn lcm_lora_presets_validate_and_fit_the_teacher() {
+    let _rng = cm_runtime::lock_global_rng();
+    for name in ["smoke", "fmnist"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../configs/lcm-lora/{name}.toml"));
+        let c: LcmRunConfig = cm_core::load_toml(path).unwrap();
+        c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lora = c.lora.clone().expect("an LCM-LoRA preset has [lora]");
+        // The same stage configs as the LCM preset: the stages are shared.
+        let lcm = preset(name);
+        assert_eq!(c.autoencoder, lcm.autoencoder, "{name}");
+        assert_eq!(c.teacher, lcm.teacher, "{name}");
+        // Adapters hold at most 10% of the teacher's parameters.
+        let mut teacher = Model::new(c.teacher.net.clone(), Device::Cpu).unwrap();
+        let base = teacher.num_params();
+        teacher.add_adapter("lcm", &lora, 1.0).unwrap();
+        teacher.set_adapters_only(true).unwrap();
+        let adapters: i64 = teacher
+            .trainable_variables()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        assert!(
+            (adapters as f64) <= 0.10 * base as f64,
+            "{name}: {adapters} adapter parameters vs {base}"
+        );
+        // LCM-LoRA learns one scale.
+        let mut bad = c.clone();
+        bad.lcd.w_max = bad.lcd.w_min + 1.0;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("lcd.w_max") && err.contains("fixed"), "{err}");
+    }
+}
+
+#[test]
 fn configs_that_cannot_work_are_refused_by_field() {
     let mut c = preset("smoke");
     c.teacher.edm.label_dropout = 0.0;
@@ -73,6 +109,15 @@ fn configs_that_cannot_work_are_refused_by_field() {
     c.teacher.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.net"), "{err}");
+    // A method's teacher cannot be a LoRA fine-tune (its checkpoints hold
+    // adapters only).
+    let mut c = preset("smoke");
+    c.teacher.fine_tune = Some(cm_train::LoraFineTune {
+        base: "runs/teachers/x/model.toml".into(),
+        lora: Default::default(),
+    });
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("teacher.fine_tune"), "{err}");
 }
 
 #[test]
@@ -139,10 +184,89 @@ fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
     let err = pipe.generate(2, 1, 0).unwrap_err().to_string();
     assert!(err.contains("classes"), "{err}");
 
-    // A second run reuses the autoencoder and the teacher.
-    let again = run("lcm-again");
+    // The LCM-LoRA smoke preset reuses the autoencoder and the teacher
+    // (same stage configs) and distills adapters on the frozen teacher.
+    let lora_config: LcmRunConfig = cm_core::load_toml(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/lcm-lora/smoke.toml"),
+    )
+    .unwrap();
+    let again = run_lcm(
+        &lora_config,
+        &dir.path().join("lcm-lora"),
+        &teachers,
+        false,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
     assert!(again.autoencoder_reused && again.lcd.teacher_reused);
     assert_eq!(again.autoencoder_dir, out.autoencoder_dir);
+    assert_eq!(again.lcd.teacher_dir, out.lcd.teacher_dir);
+    let lora_card_path = again.lcd.card.clone().unwrap();
+    let lora_card = ModelCard::load(&lora_card_path).unwrap();
+    assert_eq!(lora_card.embedded_guidance(), None);
+    assert_eq!(lora_card.lora().len(), 1);
+    let report = std::fs::read_to_string(again.lcd.report.as_ref().unwrap()).unwrap();
+    assert!(
+        report.contains("LCM-LoRA") && report.contains("lcm_lora.safetensors"),
+        "{report}"
+    );
+    let lcm_lora = Pipeline::load(&lora_card_path, Device::Cpu).unwrap();
+    let mut g = GenerateConfig::new(6, 3);
+    g.steps = 4;
+    g.classes = ClassChoice::Cycle;
+    let (fast, done) = lcm_lora.generate_with(&g).unwrap();
+    assert_eq!((fast.size(), done.nfe), (vec![6, 1, 28, 28], 4));
+
+    // A style LoRA: an EDM-loss fine-tune of the same teacher on the data
+    // upside down, then stacked on the LCM-LoRA card.
+    let mut style: cm_train::TeacherConfig = cm_core::load_toml(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/lcm/teacher/smoke.toml"),
+    )
+    .unwrap();
+    style.data = cm_data::DataSource::StyledFashionMnist {
+        style: cm_data::Style::FlipVertical,
+    };
+    style.latent = Some(cm_train::LatentConfig {
+        autoencoder: out.autoencoder_dir.join("model.toml"),
+    });
+    style.fine_tune = Some(cm_train::LoraFineTune {
+        base: out.lcd.teacher_dir.join("model.toml"),
+        lora: cm_nets::LoraConfig {
+            rank: 2,
+            alpha: 2.0,
+            ..Default::default()
+        },
+    });
+    style.train.steps = 20;
+    style.train.checkpoint_every = 20;
+    let styled = cm_train::run_teacher(
+        &style,
+        &dir.path().join("style"),
+        false,
+        Device::Cpu,
+        &AtomicBool::new(false),
+        &mut Quiet,
+    )
+    .unwrap();
+    let style_card = ModelCard::load(styled.card.as_ref().unwrap()).unwrap();
+    assert_eq!(style_card.lora().len(), 1);
+    let adapter = style_card.lora()[0].file.clone();
+    assert!(adapter.is_file());
+    let mut stacked = lora_card.clone();
+    stacked
+        .push_lora(&[cm_sample::LoraRef {
+            file: adapter,
+            weight: 1.0,
+        }])
+        .unwrap();
+    let model = stacked.load_model(Device::Cpu).unwrap();
+    assert_eq!(model.adapters().len(), 2);
+    let both = Pipeline::new(stacked, model);
+    let (styled_fast, done) = both.generate_with(&g).unwrap();
+    assert_eq!(done.nfe, 4);
+    assert!(f64::try_from((&styled_fast - &fast).abs().max()).unwrap() > 1e-4);
 
     // The latent cache of the smoke autoencoder is not left behind.
     let ae = cm_sample::AutoencoderCard::load(out.autoencoder_dir.join("model.toml")).unwrap();

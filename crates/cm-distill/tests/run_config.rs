@@ -175,11 +175,31 @@ fn the_lcm_eval_config_names_the_current_teacher() {
     let ae = cm_distill::autoencoder_dir(teachers, &config.autoencoder);
     let lcd = config.lcd_config(ae.join("model.toml"));
     let dir = cm_train::teacher_dir(teachers, &lcd.teacher);
-    let text = std::fs::read_to_string(configs().join("eval/lcm-fmnist.toml")).unwrap();
     let card = format!("{}/model.toml", dir.display());
-    assert!(
-        text.contains(&card),
-        "eval/lcm-fmnist.toml does not name {card}"
+    // The LCM and LCM-LoRA evaluations and the style LoRA (its base and
+    // autoencoder) name the same folders.
+    for file in [
+        "eval/lcm-fmnist.toml",
+        "eval/lcm-lora-fmnist.toml",
+        "eval/lcm-lora-style.toml",
+        "lcm-lora/style/fmnist.toml",
+    ] {
+        let text = std::fs::read_to_string(configs().join(file)).unwrap();
+        assert!(text.contains(&card), "{file} does not name {card}");
+        assert!(
+            text.contains(&ae.display().to_string()),
+            "{file}: {}",
+            ae.display()
+        );
+    }
+    let style: cm_train::TeacherConfig =
+        cm_core::load_toml(configs().join("lcm-lora/style/fmnist.toml")).unwrap();
+    assert_eq!(
+        style.net, config.teacher.net,
+        "the style LoRA keeps the teacher's network"
     );
-    assert!(text.contains(&ae.display().to_string()), "{}", ae.display());
+    assert_eq!(
+        style.fine_tune.unwrap().base,
+        std::path::PathBuf::from(&card)
+    );
 }

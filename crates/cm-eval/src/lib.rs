@@ -55,6 +55,6 @@ pub use pipeline::{
 };
 pub use precision_recall::{precision_recall, PrecisionRecall};
 pub use progress::{Log, Progress, Silent};
-pub use style::StyleProbe;
+pub use style::style_dataset;
 pub use timestep_search::{SearchOptions, SearchOutcome};
 pub use toy::{energy_distance, mode_coverage, sliced_wasserstein};

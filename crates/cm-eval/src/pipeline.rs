@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use cm_core::{Conditioning, CoreError, Solver, Validate};
-use cm_data::{DataSource, Dataset, ImageDataset, ImageSplit};
+use cm_data::{DataSource, Dataset, ImageDataset};
 use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, SamplingGrid, TauSource};
 
 use crate::classifier::{
@@ -54,7 +54,7 @@ use crate::progress::Progress;
 use crate::row_cache::{
     model_identity, read_cached_row, row_key, write_cached_row, RowShape, SampledRow,
 };
-use crate::style::StyleProbe;
+use crate::style::style_dataset;
 
 pub use crate::row_cache::GRID_IMAGES;
 
@@ -144,9 +144,9 @@ pub struct EvalConfig {
     #[serde(default)]
     pub kid: KidConfig,
     /// The unstyled data set when `data` is a style of it (LCM-LoRA's style
-    /// check): each row gets a style score, the share of its samples a
-    /// linear discriminant on the features ([`crate::StyleProbe`], fitted on
-    /// the two training splits) assigns to `data`.
+    /// check): each row gets a style score, the share of its samples a small
+    /// classifier (the feature CNN trained to tell `data` from this,
+    /// [`crate::style_dataset`]; cached) assigns to `data`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style_base: Option<DataSource>,
     /// The models.
@@ -307,7 +307,8 @@ pub struct EvalOutput {
     pub samples: usize,
     /// Notes on the samplers (default times).
     pub notes: Vec<String>,
-    /// The style probe's held-out balanced accuracy (with `style_base`).
+    /// The style classifier's held-out accuracy on both test splits (with
+    /// `style_base`).
     pub style_accuracy: Option<f64>,
     /// Device the run used.
     pub device: String,
@@ -435,20 +436,37 @@ pub fn evaluate_cached(
         toml::to_string(&space.card).unwrap_or_default()
     );
     let shape: Vec<i64> = data.shape().iter().map(|&s| s as i64).collect();
-    let probe = match &config.style_base {
+    let style = match &config.style_base {
         Some(base) => {
-            let (probe, accuracy) = fit_style_probe(&data, base, &space.net)?;
+            let Dataset::Images(base) = base.load(None)? else {
+                return Err(EvalError::InvalidInput(
+                    "style_base: expected an image data set".into(),
+                ));
+            };
+            let two = style_dataset(&data, &base)?;
+            let space = feature_space(&two, &config.classifier, None, device, progress)?;
             progress.message(&format!(
-                "style probe ({} vs {}): held-out balanced accuracy {:.2}%",
-                data.name,
-                base_name(base),
-                100.0 * accuracy
+                "style classifier ({}): held-out accuracy {:.2}%",
+                two.name,
+                100.0 * space.card.test_accuracy
             ));
-            Some((probe, accuracy))
+            Some(space)
         }
         None => None,
     };
-    let style_score = |features: &Tensor| probe.as_ref().map(|(p, _)| p.score(features));
+    // Part of every row's cache key when on: rows without a style score
+    // are not reused for one.
+    let style_id = style
+        .as_ref()
+        .map(|s| {
+            format!(
+                "style {}|{}",
+                s.dir.display(),
+                toml::to_string(&s.card).unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let style_net = style.as_ref().map(|s| &s.net);
     let mut rows = Vec::new();
     let mut grids = Vec::new();
     let mut skipped = Vec::new();
@@ -483,7 +501,7 @@ pub fn evaluate_cached(
             training_seconds: None,
             cached: false,
             class_accuracy: subset.labels_tensor().map(|labels| top1(&l, &labels)),
-            style_score: style_score(&f),
+            style_score: style_net.map(|net| style_share(net, &images)).transpose()?,
         });
         grids.push(images.narrow(0, 0, GRID_IMAGES.min(n as i64)));
     }
@@ -531,15 +549,19 @@ pub fn evaluate_cached(
                 sampler.push_str(&format!(", guidance w = {w}"));
             }
             let key = identity.as_ref().map(|id| {
-                row_key(&[
+                let sampler_id = format!(
+                    "{plan:?}|{steps}|{n}|{}|{}|{device:?}|{:?}",
+                    config.seed, config.batch_size, entry.guidance
+                );
+                let mut parts: Vec<&[u8]> = vec![
                     id.as_bytes(),
-                    format!(
-                        "{plan:?}|{steps}|{n}|{}|{}|{device:?}|{:?}",
-                        config.seed, config.batch_size, entry.guidance
-                    )
-                    .as_bytes(),
+                    sampler_id.as_bytes(),
                     classifier_id.as_bytes(),
-                ])
+                ];
+                if !style_id.is_empty() {
+                    parts.push(style_id.as_bytes());
+                }
+                row_key(&parts)
             });
             let cache_file = cache
                 .zip(key)
@@ -576,6 +598,7 @@ pub fn evaluate_cached(
                             guidance: entry.guidance,
                         },
                         &space.net,
+                        style_net,
                         progress,
                     )?;
                     if let Some(path) = &cache_file {
@@ -606,7 +629,7 @@ pub fn evaluate_cached(
                 training_seconds,
                 cached,
                 class_accuracy: row.class_accuracy,
-                style_score: style_score(&row.features),
+                style_score: row.style_score,
             });
             grids.push(row.grid);
         }
@@ -620,57 +643,9 @@ pub fn evaluate_cached(
         reference_images: space.reference.stats.n,
         samples: n,
         notes,
-        style_accuracy: probe.map(|(_, a)| a),
+        style_accuracy: style.as_ref().map(|s| s.card.test_accuracy),
         device: format!("{device:?}"),
     })
-}
-
-/// The most training images per side the style probe is fitted on.
-const STYLE_FIT_IMAGES: usize = 10_000;
-
-fn base_name(base: &DataSource) -> String {
-    toml::to_string(base)
-        .unwrap_or_default()
-        .lines()
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Fits the style probe on the feature network's features of `data`'s and
-/// `base`'s training images (the first [`STYLE_FIT_IMAGES`] of each) and
-/// measures it on their test splits.
-fn fit_style_probe(
-    data: &ImageDataset,
-    base: &DataSource,
-    net: &FeatureNet,
-) -> Result<(StyleProbe, f64)> {
-    let cm_data::Dataset::Images(base) = base.load(None)? else {
-        return Err(EvalError::InvalidInput(
-            "style_base: expected an image data set".into(),
-        ));
-    };
-    if base.shape() != data.shape() {
-        return Err(EvalError::InvalidInput(format!(
-            "style_base: its images are {:?}, {}'s are {:?}",
-            base.shape(),
-            data.name,
-            data.shape()
-        )));
-    }
-    let features = |split: &ImageSplit, limit: usize| -> Result<Tensor> {
-        let idx: Vec<usize> = (0..split.len().min(limit)).collect();
-        let images = images_to_float(&split.select(&idx)?.to_tensor());
-        Ok(net.features(&images)?.0)
-    };
-    let probe = StyleProbe::fit(
-        &features(&data.train, STYLE_FIT_IMAGES)?,
-        &features(&base.train, STYLE_FIT_IMAGES)?,
-    )?;
-    let accuracy = probe.accuracy(
-        &features(&data.test, usize::MAX)?,
-        &features(&base.test, usize::MAX)?,
-    );
-    Ok((probe, accuracy))
 }
 
 /// How one row samples.
@@ -779,6 +754,7 @@ fn sample_row(
     plan: &Plan,
     setup: SampleSetup<'_>,
     net: &FeatureNet,
+    style_net: Option<&FeatureNet>,
     progress: &mut dyn Progress,
 ) -> Result<SampledRow> {
     let SampleSetup {
@@ -825,6 +801,7 @@ fn sample_row(
     let mut sampling_seconds = 0.0;
     let mut nfe = 0;
     let mut correct = 0.0;
+    let mut styled = 0.0;
     progress.start(name, n as u64);
     let mut done = 0usize;
     while done < n {
@@ -866,6 +843,9 @@ fn sample_row(
         sampling_seconds += started.elapsed().as_secs_f64();
         nfe = sampled.nfe * evaluations;
         let (f, l) = net.features(&x)?;
+        if let Some(style_net) = style_net {
+            styled += style_share(style_net, &x)? * b as f64;
+        }
         if let Some(class) = &class {
             correct += top1(&l, &class.to_device(Device::Cpu)) * b as f64;
         }
@@ -890,7 +870,15 @@ fn sample_row(
         nfe,
         sampling_seconds,
         class_accuracy: (num_classes > 0).then(|| correct / n as f64),
+        style_score: style_net.map(|_| styled / n as f64),
     })
+}
+
+/// The share of `images` the style classifier calls the style (class 1).
+fn style_share(net: &FeatureNet, images: &Tensor) -> Result<f64> {
+    let (_, logits) = net.features(images)?;
+    let ones = Tensor::ones([images.size()[0]], (Kind::Int64, Device::Cpu));
+    Ok(top1(&logits, &ones))
 }
 
 /// The share of `logits` `[N, K]` whose top class is `labels` `[N]`.
@@ -1042,8 +1030,8 @@ pub fn results_table(out: &EvalOutput) -> String {
     }
     if let Some(a) = out.style_accuracy {
         s.push_str(&format!(
-            "- style score: the share of samples a linear discriminant on the features calls \
-             the data's style (its held-out balanced accuracy, style vs base test images: {:.2}%)\n",
+            "- style score: the share of samples a small CNN classifier (style vs base data) \
+             calls the data's style (its accuracy on both test splits: {:.2}%)\n",
             100.0 * a
         ));
         for r in &out.rows {

@@ -29,6 +29,9 @@ pub(crate) struct SampledRow {
     /// Top-1 accuracy of the feature classifier against the requested class,
     /// for class-conditional samples.
     pub(crate) class_accuracy: Option<f64>,
+    /// The share of samples the style classifier calls the style (an eval
+    /// with `style_base`; stored as an optional `style` tensor).
+    pub(crate) style_score: Option<f64>,
 }
 
 /// The card's text and its weights' bytes (and, for a model in an
@@ -163,6 +166,13 @@ pub(crate) fn read_cached_row(
                 "meta [{nfe}, {seconds}, {accuracy}] is not [NFE, seconds, class accuracy]"
             ));
         }
+        let style_score = match tensors.iter().find(|(n, _)| n == "style") {
+            None => None,
+            Some((_, t)) if t.size() == [1] && (0.0..=1.0).contains(&t.double_value(&[0])) => {
+                Some(t.double_value(&[0]))
+            }
+            Some((_, t)) => return Err(format!("style {t:?} is not [share in 0..=1]")),
+        };
         Ok(SampledRow {
             features,
             logits,
@@ -170,6 +180,7 @@ pub(crate) fn read_cached_row(
             nfe: nfe as usize,
             sampling_seconds: seconds,
             class_accuracy: (!accuracy.is_nan()).then_some(accuracy),
+            style_score,
         })
     })();
     match parsed {
@@ -198,12 +209,15 @@ pub(crate) fn write_cached_row(path: &Path, row: &SampledRow) -> Result<()> {
         row.sampling_seconds,
         row.class_accuracy.unwrap_or(f64::NAN),
     ]);
-    let named = vec![
+    let mut named = vec![
         ("features".to_string(), row.features.shallow_clone()),
         ("logits".to_string(), row.logits.shallow_clone()),
         ("grid".to_string(), row.grid.shallow_clone()),
         ("meta".to_string(), meta),
     ];
+    if let Some(share) = row.style_score {
+        named.push(("style".to_string(), Tensor::from_slice(&[share])));
+    }
     cm_nets::write_atomic(path, |tmp| {
         cm_nets::write_safetensors_with_metadata(&named, &Default::default(), tmp)
     })?;
@@ -232,6 +246,7 @@ mod tests {
             nfe: 35,
             sampling_seconds: 1.25,
             class_accuracy: Some(0.75),
+            style_score: Some(0.5),
         }
     }
 

@@ -2,169 +2,84 @@
 //! a row's samples a small classifier assigns to a style (a data set in a
 //! visually distinct style, [`cm_data::Style`]) rather than to the base data.
 //!
-//! The classifier is Fisher's linear discriminant on the feature network's
-//! features (the ones FID uses): with class means `mu_s` (style) and `mu_b`
-//! (base) and the pooled within-class covariance `S` (ridge `eps tr(S)/D I`
-//! added), `w = S^-1 (mu_s - mu_b)` and a sample is "style" when `w . (f -
-//! (mu_s + mu_b) / 2) > 0` (equal priors). Closed form, deterministic, and
-//! fitted on training images, measured on held-out ones: a linear probe of
-//! the same features, so a row's score comes from its cached features
-//! without sampling again.
+//! The classifier is the project's feature CNN ([`crate::FeatureNet`], the
+//! same architecture and training as the FID feature network) trained on a
+//! two-class data set built here: the style's images labelled 1, the base's
+//! labelled 0, both training splits; its accuracy is measured on both test
+//! splits (equal sizes: a balanced accuracy). It is cached like the feature
+//! network. A row's style score is the share of its samples the classifier
+//! calls the style.
 
-use tch::{Kind, Tensor};
+use cm_data::{ImageDataset, ImageSplit};
 
 use crate::error::{EvalError, Result};
 
-/// Relative ridge added to the pooled covariance.
-const RIDGE: f64 = 1e-4;
-
-/// A fitted linear discriminant between style and base features.
-#[derive(Debug)]
-pub struct StyleProbe {
-    /// `[D]` discriminant direction.
-    w: Tensor,
-    /// `[D]` midpoint of the class means.
-    mid: Tensor,
-}
-
-fn check(f: &Tensor, what: &str) -> Result<()> {
-    if f.dim() != 2 || f.size()[0] < 2 {
+/// The two-class data set of `style` (label 1) and `base` (label 0): each
+/// split the base's images then the style's, named
+/// `style-STYLE-vs-BASE`.
+pub fn style_dataset(style: &ImageDataset, base: &ImageDataset) -> Result<ImageDataset> {
+    if style.shape() != base.shape() {
         return Err(EvalError::InvalidInput(format!(
-            "style probe: {what} features must be [N >= 2, D], found {:?}",
-            f.size()
+            "style_base: its images are {:?}, {}'s are {:?}",
+            base.shape(),
+            style.name,
+            style.shape()
         )));
     }
-    Ok(())
-}
-
-impl StyleProbe {
-    /// Fits the discriminant on `style` `[N_s, D]` and `base` `[N_b, D]`
-    /// features.
-    pub fn fit(style: &Tensor, base: &Tensor) -> Result<Self> {
-        check(style, "style")?;
-        check(base, "base")?;
-        if style.size()[1] != base.size()[1] {
-            return Err(EvalError::InvalidInput(format!(
-                "style probe: feature widths differ ({:?} vs {:?})",
-                style.size(),
-                base.size()
-            )));
-        }
-        let (s, b) = (style.to_kind(Kind::Double), base.to_kind(Kind::Double));
-        let (mu_s, mu_b) = (
-            s.mean_dim(0, false, Kind::Double),
-            b.mean_dim(0, false, Kind::Double),
-        );
-        let (cs, cb) = (&s - &mu_s, &b - &mu_b);
-        let n = (style.size()[0] + base.size()[0] - 2) as f64;
-        let d = style.size()[1];
-        let pooled = (cs.transpose(0, 1).matmul(&cs) + cb.transpose(0, 1).matmul(&cb)) / n;
-        let scale = f64::try_from(pooled.trace()).unwrap_or(1.0) / d as f64;
-        let eye = Tensor::eye(d, (Kind::Double, pooled.device()));
-        let reg = pooled + eye * (RIDGE * scale.max(1e-12));
-        let diff = (&mu_s - &mu_b).unsqueeze(1);
-        let w = Tensor::linalg_solve(&reg, &diff, true).squeeze_dim(1);
-        Ok(StyleProbe {
-            w,
-            mid: (mu_s + mu_b) / 2.0,
-        })
-    }
-
-    /// `[N]` booleans: whether each of `features` `[N, D]` is classified as
-    /// the style.
-    pub fn is_style(&self, features: &Tensor) -> Tensor {
-        (features.to_kind(Kind::Double) - &self.mid)
-            .matmul(&self.w)
-            .gt(0.0)
-    }
-
-    /// The share of `features` classified as the style: a row's style score.
-    pub fn score(&self, features: &Tensor) -> f64 {
-        f64::try_from(
-            self.is_style(features)
-                .to_kind(Kind::Double)
-                .mean(Kind::Double),
-        )
-        .unwrap_or(f64::NAN)
-    }
-
-    /// Balanced accuracy on held-out `style` and `base` features: the mean
-    /// of the share of style called style and of base called base.
-    pub fn accuracy(&self, style: &Tensor, base: &Tensor) -> f64 {
-        0.5 * (self.score(style) + 1.0 - self.score(base))
-    }
+    let join = |b: &ImageSplit, s: &ImageSplit| -> Result<ImageSplit> {
+        let mut pixels = Vec::with_capacity(b.pixels().len() + s.pixels().len());
+        pixels.extend_from_slice(b.pixels());
+        pixels.extend_from_slice(s.pixels());
+        let labels: Vec<i64> = std::iter::repeat_n(0, b.len())
+            .chain(std::iter::repeat_n(1, s.len()))
+            .collect();
+        Ok(ImageSplit::new(pixels, Some(labels), b.shape())?)
+    };
+    Ok(ImageDataset {
+        name: format!("style-{}-vs-{}", style.name, base.name),
+        train: join(&base.train, &style.train)?.into(),
+        test: join(&base.test, &style.test)?.into(),
+        num_classes: 2,
+        class_names: vec![base.name.clone(), style.name.clone()],
+        skipped_rows: 0,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The standard normal CDF by erf's series-free Abramowitz-Stegun 7.1.26
-    /// (|error| < 1.5e-7), an independent route to Phi.
-    fn phi(x: f64) -> f64 {
-        let z = x / std::f64::consts::SQRT_2;
-        let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
-        let poly = t
-            * (0.254_829_592
-                + t * (-0.284_496_736
-                    + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-        let erf = 1.0 - poly * (-z * z).exp();
-        0.5 * (1.0 + erf.copysign(z))
-    }
-
-    /// Two Gaussian clouds with a shared, correlated covariance: LDA's
-    /// held-out accuracy is the Bayes rate `Phi(delta / 2)`, delta the
-    /// Mahalanobis distance of the means.
-    #[test]
-    fn lda_reaches_the_bayes_rate_of_two_gaussians() {
-        tch::manual_seed(3);
-        let d = 8;
-        let n = 20_000;
-        let mix = Tensor::randn([d, d], (Kind::Double, tch::Device::Cpu)) * 0.15
-            + Tensor::eye(d, (Kind::Double, tch::Device::Cpu));
-        let cov = mix.matmul(&mix.transpose(0, 1));
-        let mahalanobis = |v: &Tensor| {
-            let m = Tensor::linalg_solve(&cov, &v.unsqueeze(1), true).squeeze_dim(1);
-            f64::try_from(v.dot(&m)).unwrap().sqrt()
-        };
-        // A direction scaled to Mahalanobis distance 2: Bayes rate Phi(1).
-        let raw = Tensor::from_slice(&[1.0f64, -0.5, 0.25, 0.0, 0.0, 0.3, 0.0, 0.2]);
-        let shift = &raw * (2.0 / mahalanobis(&raw));
-        let draw = |mean: &Tensor| {
-            Tensor::randn([n, d], (Kind::Double, tch::Device::Cpu)).matmul(&mix.transpose(0, 1))
-                + mean
-        };
-        let zero = Tensor::zeros([d], (Kind::Double, tch::Device::Cpu));
-        let (s_fit, b_fit) = (draw(&shift), draw(&zero));
-        let (s_test, b_test) = (draw(&shift), draw(&zero));
-        let probe = StyleProbe::fit(&s_fit, &b_fit).unwrap();
-        let delta = mahalanobis(&shift);
-        let bayes = phi(delta / 2.0);
-        let got = probe.accuracy(&s_test, &b_test);
-        assert!(
-            (got - bayes).abs() < 0.01,
-            "accuracy {got} vs Bayes {bayes} (delta {delta})"
-        );
-        assert!(
-            (0.6..0.95).contains(&bayes),
-            "a test that can fail: Bayes {bayes}"
-        );
-        // The score is the share called style.
-        assert!((probe.score(&s_test) - got).abs() < 0.02);
+    fn data(name: &str, value: u8, train: usize, test: usize) -> ImageDataset {
+        let split =
+            |n: usize| ImageSplit::new(vec![value; n * 4], Some(vec![3; n]), [1, 2, 2]).unwrap();
+        ImageDataset {
+            name: name.into(),
+            train: split(train).into(),
+            test: split(test).into(),
+            num_classes: 10,
+            class_names: Vec::new(),
+            skipped_rows: 0,
+        }
     }
 
     #[test]
-    fn bad_shapes_are_errors() {
-        let a = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
-        let b = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
-        assert!(StyleProbe::fit(&a, &b)
+    fn the_two_class_set_labels_style_one_and_base_zero() {
+        let d = style_dataset(&data("s", 200, 3, 2), &data("b", 10, 2, 1)).unwrap();
+        assert_eq!(d.name, "style-s-vs-b");
+        assert_eq!((d.train.len(), d.test.len(), d.num_classes), (5, 3, 2));
+        assert_eq!(d.train.labels().unwrap(), &[0, 0, 1, 1, 1]);
+        assert_eq!(d.train.image(0).unwrap(), &[10; 4]);
+        assert_eq!(d.train.image(4).unwrap(), &[200; 4]);
+        assert_eq!(d.test.labels().unwrap(), &[0, 1, 1]);
+        let other = ImageDataset {
+            train: ImageSplit::new(vec![0; 9], Some(vec![0]), [1, 3, 3])
+                .unwrap()
+                .into(),
+            ..data("x", 0, 1, 1)
+        };
+        let err = style_dataset(&other, &data("b", 10, 2, 1))
             .unwrap_err()
-            .to_string()
-            .contains("widths"));
-        let c = Tensor::zeros([1, 3], (Kind::Float, tch::Device::Cpu));
-        assert!(StyleProbe::fit(&c, &a)
-            .unwrap_err()
-            .to_string()
-            .contains("N >= 2"));
+            .to_string();
+        assert!(err.contains("style_base"), "{err}");
     }
 }

@@ -201,16 +201,20 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     assert_eq!(csv.lines().count(), 4);
     assert!(
         csv.starts_with("model,sampler,")
-            && csv.lines().next().unwrap().ends_with(",class_accuracy")
+            && csv
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with(",class_accuracy,style_score")
     );
     // The data row has a class accuracy, the unconditional model row none.
     let data_line = csv.lines().nth(1).unwrap();
     assert!(data_line.starts_with("\"data\","), "{data_line}");
     assert!(
-        data_line.ends_with(&format!(",{data_accuracy:.4}")),
+        data_line.ends_with(&format!(",{data_accuracy:.4},")),
         "{data_line}"
     );
-    assert!(csv.lines().nth(2).unwrap().ends_with(','), "{csv}");
+    assert!(csv.lines().nth(2).unwrap().ends_with(",,"), "{csv}");
     // The same missing card without `optional` is an error naming it.
     config.models[1].optional = false;
     let e = evaluate(&config, Device::Cpu, &mut Silent)

@@ -52,6 +52,6 @@ pub use layers::NoiseEmbedding;
 pub use lora::{AdapterInfo, LoraConfig};
 pub use mlp::ResidualMlp;
 pub use model::Model;
-pub use model::{DIFFUSERS_CONFIG, META_NET, META_VERSION};
+pub use model::{DIFFUSERS_CONFIG, META_ADAPTERS_ONLY, META_NET, META_VERSION};
 pub use network::Network;
 pub use unet::UNet;

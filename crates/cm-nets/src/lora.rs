@@ -65,18 +65,17 @@ pub const LORA_B: &str = "lora_B";
 /// `conv1`, `conv2`, `conv_shortcut`, `downsamplers.0.conv`,
 /// `upsamplers.0.conv`, `time_emb_proj`, the transformer projections), in
 /// this project's names: the U-Net's attention `qkv` / `proj`, each block's
-/// `conv0` (which resamples in down and up blocks), `conv1`, `skip` and
-/// embedding projection `affine`; the DiT's attention and MLP; the toy MLP's
-/// `fc1`, `fc2` and `emb`.
-pub const LCM_LORA_TARGETS: [&str; 11] = [
+/// `conv0` (which resamples in down and up blocks; a learned transposed
+/// up-sampling convolution takes no adapter), `conv1`, `skip` and embedding
+/// projection `affine`; the DiT's attention and MLP (`mlp.fc1`, `mlp.fc2`);
+/// the toy MLP's `fc1`, `fc2` and `emb`.
+pub const LCM_LORA_TARGETS: [&str; 9] = [
     "*.attn.qkv",
     "*.attn.proj",
     "*.conv0",
     "*.conv1",
     "*.skip",
     "*.affine",
-    "*.mlp0",
-    "*.mlp1",
     "*.fc1",
     "*.fc2",
     "*.emb",
@@ -290,23 +289,32 @@ thread_local! {
 }
 
 /// Collects the adaptable layers built on this thread until
-/// [`RegistryScope::finish`].
-pub(crate) struct RegistryScope(());
+/// [`RegistryScope::finish`]; an enclosing scope's collection (a model
+/// built while another is) is put back when this one ends.
+pub(crate) struct RegistryScope {
+    /// The enclosing scope's collection, until this scope ends.
+    outer: Option<Option<BTreeMap<String, LayerHandle>>>,
+}
 
 impl RegistryScope {
     pub(crate) fn begin() -> RegistryScope {
-        REGISTRY.with(|r| *r.borrow_mut() = Some(BTreeMap::new()));
-        RegistryScope(())
+        let outer = REGISTRY.with(|r| r.borrow_mut().replace(BTreeMap::new()));
+        RegistryScope { outer: Some(outer) }
     }
 
-    pub(crate) fn finish(self) -> BTreeMap<String, LayerHandle> {
-        REGISTRY.with(|r| r.borrow_mut().take().unwrap_or_default())
+    /// This scope's layers; the enclosing collection is back in place.
+    pub(crate) fn finish(mut self) -> BTreeMap<String, LayerHandle> {
+        let outer = self.outer.take().flatten();
+        REGISTRY.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer).unwrap_or_default())
     }
 }
 
 impl Drop for RegistryScope {
     fn drop(&mut self) {
-        REGISTRY.with(|r| *r.borrow_mut() = None);
+        // Still set only when building panicked before `finish`.
+        if let Some(outer) = self.outer.take() {
+            REGISTRY.with(|r| *r.borrow_mut() = outer);
+        }
     }
 }
 
@@ -359,6 +367,10 @@ pub fn adapted_conv(
     config: nn::ConvConfig,
 ) -> AdaptedConv2d {
     assert_eq!(config.groups, 1, "LoRA adapts ungrouped convolutions");
+    assert!(
+        matches!(config.padding_mode, nn::PaddingMode::Zeros),
+        "LoRA's A convolution pads with zeros like the layer"
+    );
     let geometry = Geometry::Conv {
         stride: [config.stride; 2],
         padding: [config.padding; 2],
@@ -378,9 +390,8 @@ impl<L: Module> Adapted<L> {
     /// the adapters' dropout on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let out = self.base.forward(x);
-        let Ok(slot) = self.slot.lock() else {
-            return out;
-        };
+        // A panic while the lock was held leaves valid data behind.
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         slot.adapters.iter().fold(out, |acc, ad| {
             let h = crate::layers::dropout(x, ad.dropout, train);
             let delta = match self.geometry {
@@ -405,11 +416,10 @@ impl<L: Module> Adapted<L> {
     pub fn versions(&self, base: &[&Tensor], out: &mut Vec<i64>) {
         out.extend(base.iter().map(|t| t.internal_version()));
         out.push(GENERATION.load(Ordering::Relaxed));
-        if let Ok(slot) = self.slot.lock() {
-            for ad in &slot.adapters {
-                out.push(ad.a.internal_version());
-                out.push(ad.b.internal_version());
-            }
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        for ad in &slot.adapters {
+            out.push(ad.a.internal_version());
+            out.push(ad.b.internal_version());
         }
     }
 }
@@ -508,9 +518,7 @@ impl LayerHandle {
     /// Attaches (or with `scale = None`, detaches) adapter `name` on the
     /// fly.
     pub(crate) fn set_active(&self, name: &str, ab: Option<(&Tensor, &Tensor, f64, f64)>) {
-        let Ok(mut slot) = self.slot.lock() else {
-            return;
-        };
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         slot.adapters.retain(|a| a.name != name);
         if let Some((a, b, scale, dropout)) = ab {
             slot.adapters.push(Active {
@@ -645,6 +653,14 @@ impl Model {
                 "an adapter of this name is already attached",
             ));
         }
+        let marker = format!(".{LORA_A}.{name}.");
+        if self.vs.variables().keys().any(|k| k.contains(&marker)) {
+            // Left by a load that failed: variables cannot be removed.
+            return Err(adapter_err(
+                name,
+                "this name was used by an adapter that failed to load; choose another",
+            ));
+        }
         let modules = self.adapter_targets(config)?;
         let rank = config.rank as i64;
         let channels_last = self.channels_last();
@@ -746,7 +762,9 @@ impl Model {
     }
 
     /// Folds adapter `name` into the base weights, `W <- W + lambda (alpha
-    /// / r) B A`, and stops applying it on the fly.
+    /// / r) B A`, and stops applying it on the fly. The base's hash joins
+    /// the model's lineage ([`META_LINEAGE`]), so adapters trained on it
+    /// still load.
     pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
         self.fold(name, true)
     }
@@ -768,6 +786,17 @@ impl Model {
             };
             return Err(adapter_err(name, state));
         }
+        if merge {
+            // The model now derives from its current base: adapters of that
+            // base must still load ([`Model::check_adapter_file`]).
+            let hash = self.base_hash();
+            let mut lineage = self.lineage();
+            if !lineage.contains(&hash) {
+                lineage.insert(0, hash);
+                self.metadata
+                    .insert(META_LINEAGE.to_string(), lineage.join(","));
+            }
+        }
         let scale = info.weight * info.config.scale();
         for module in &info.modules {
             let (a, b) = self.adapter_tensors(name, module)?;
@@ -788,7 +817,9 @@ impl Model {
 
     /// Switches checkpoints to adapters only ([`Model::save`] and
     /// [`Model::load_weights`] then read and write the adapters' variables
-    /// alone) and freezes everything else: adapter training.
+    /// alone) and freezes everything else: adapter training. Switching it
+    /// off changes only the checkpoints (use [`Model::set_trainable`] to
+    /// train the base again).
     pub fn set_adapters_only(&mut self, on: bool) -> Result<()> {
         if on && self.adapters.attached.is_empty() {
             return Err(adapter_err(
@@ -972,7 +1003,19 @@ impl Model {
             vars.push((ka, a));
             vars.push((kb, b));
         }
-        crate::checkpoint::load_strict_tensors(path, vars, &[])?;
+        // fp16 / bf16 adapter files (PEFT's usual) are converted.
+        if let Err(e) = crate::checkpoint::load_strict_tensors_cast(path, vars, &[]) {
+            // Nothing stays attached (its zero-initialised variables remain
+            // unused in the store).
+            for module in &info.modules {
+                self.adapters
+                    .layer(module)
+                    .expect("adapted module")
+                    .set_active(name, None);
+            }
+            self.adapters.attached.remove(name);
+            return Err(e);
+        }
         Ok(count)
     }
 }

@@ -27,6 +27,10 @@ pub const META_VERSION: &str = "cm_rs.version";
 /// sidecar holds), so a file can be rebuilt without its sidecar.
 pub const META_NET: &str = "cm_rs.net";
 
+/// Checkpoint metadata key of an adapter-only checkpoint
+/// ([`Model::set_adapters_only`]): the file holds adapters, not a model.
+pub const META_ADAPTERS_ONLY: &str = "cm_rs.adapters_only";
+
 /// The file name of a diffusers model's config, beside its weights.
 pub const DIFFUSERS_CONFIG: &str = "config.json";
 
@@ -346,6 +350,11 @@ impl Model {
             META_NET.into(),
             serde_json::to_string(&self.config).expect("network configs serialize to JSON"),
         );
+        if self.adapters_only {
+            // The file is not a model on its own: say so, and name the base.
+            meta.insert(META_ADAPTERS_ONLY.into(), "true".into());
+            meta.insert(crate::lora::META_LORA_BASE.into(), self.base_hash());
+        }
         meta
     }
 
@@ -411,6 +420,13 @@ impl Model {
         let path = path.as_ref();
         let sidecar = sidecar_path(path);
         let meta = read_metadata(path)?;
+        if meta.contains_key(META_ADAPTERS_ONLY) {
+            return Err(NetError::InvalidInput(format!(
+                "{} holds LoRA adapters only (a checkpoint of an adapter run), not a model: load \
+                 the run's model.toml, which names the base and the adapter file",
+                path.display()
+            )));
+        }
         let diffusers_config = path.with_file_name(DIFFUSERS_CONFIG);
         if !sidecar.exists() && !meta.contains_key(META_NET) && diffusers_config.is_file() {
             return Self::from_diffusers(path, device);
@@ -542,6 +558,20 @@ impl Model {
     /// A model in adapter-only mode loads only its adapters' variables.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
         if self.adapters_only {
+            let path = path.as_ref();
+            let meta = read_metadata(path)?;
+            if let Some(base) = meta.get(crate::lora::META_LORA_BASE) {
+                let own = self.base_hash();
+                if *base != own && !self.lineage().contains(base) {
+                    return Err(NetError::Adapter {
+                        adapter: path.display().to_string(),
+                        reason: format!(
+                            "adapters trained on base weights {base:?}, but this model's are \
+                             {own:?}: the base changed since the checkpoint was written"
+                        ),
+                    });
+                }
+            }
             return self.load_subset(path, crate::lora::is_adapter_variable);
         }
         self.load_subset(path, |n| !crate::lora::is_adapter_variable(n))

@@ -319,6 +319,15 @@ fn mismatched_adapter_files_are_clear_errors() {
     derived.set_metadata(META_LINEAGE, model.base_hash());
     derived.load_adapter(&path, "a", 1.0).unwrap();
 
+    // So does the base with another adapter merged into its weights.
+    let mut merged = build(&net, 14);
+    randomize(&merged, 15);
+    merged.add_adapter("style", &config(2, 2.0), 1.0).unwrap();
+    randomize_adapter(&merged, "style", 20);
+    merged.merge_adapter("style").unwrap();
+    assert_ne!(merged.base_hash(), model.base_hash());
+    merged.load_adapter(&path, "a", 1.0).unwrap();
+
     // Rank in the metadata that does not match the tensors.
     let twin = || {
         let m = build(&net, 14);
@@ -351,7 +360,7 @@ fn mismatched_adapter_files_are_clear_errors() {
 
     // A file without adapter metadata (a plain checkpoint).
     let plain = dir.path().join("plain.safetensors");
-    model.save(&plain).unwrap();
+    twin().save(&plain).unwrap();
     let err = twin()
         .load_adapter(&plain, "a", 1.0)
         .unwrap_err()
@@ -455,4 +464,69 @@ fn adapter_only_checkpoints_hold_and_restore_only_adapters_and_only_adapters_tra
     });
     copy.load_weights(&path).unwrap();
     assert_eq!(max_diff(&output(&model, &net), &output(&copy, &net)), 0.0);
+
+    // The file is not a model on its own, and does not resume onto
+    // another base.
+    let err = Model::from_checkpoint(&path, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adapters only") && err.contains("model.toml"),
+        "{err}"
+    );
+    let mut other = build(&net, 99);
+    other.add_adapter("lcm", &config(4, 4.0), 1.0).unwrap();
+    other.set_adapters_only(true).unwrap();
+    let err = other.load_weights(&path).unwrap_err().to_string();
+    assert!(err.contains("base changed"), "{err}");
+}
+
+/// A failed load attaches nothing; a half-precision adapter file (PEFT's
+/// usual) loads.
+#[test]
+fn a_failed_load_attaches_nothing_and_half_precision_files_load() {
+    let _rng = cm_runtime::lock_global_rng();
+    let net = mlp();
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = build(&net, 21);
+    randomize(&model, 22);
+    model.add_adapter("a", &config(4, 4.0), 1.0).unwrap();
+    randomize_adapter(&model, "a", 23);
+    let path = dir.path().join("a.safetensors");
+    model.save_adapter("a", &path).unwrap();
+    let twin = || {
+        let m = build(&net, 21);
+        randomize(&m, 22);
+        m
+    };
+    // Half precision, same keys and metadata.
+    let meta = cm_nets::read_metadata(&path).unwrap();
+    let half: Vec<(String, Tensor)> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(Kind::Half)))
+        .collect();
+    let half_path = dir.path().join("half.safetensors");
+    cm_nets::write_safetensors_with_metadata(&half, &meta, &half_path).unwrap();
+    let mut m = twin();
+    m.load_adapter(&half_path, "a", 1.0).unwrap();
+    assert!(max_diff(&output(&m, &net), &output(&model, &net)) < 1e-2);
+
+    // A file whose tensors are not numbers of a float kind fails after the
+    // checks: nothing stays attached.
+    let ints: Vec<(String, Tensor)> = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(Kind::Int64)))
+        .collect();
+    let int_path = dir.path().join("int.safetensors");
+    cm_nets::write_safetensors_with_metadata(&ints, &meta, &int_path).unwrap();
+    let mut m = twin();
+    let before = output(&m, &net);
+    assert!(m.load_adapter(&int_path, "a", 1.0).is_err());
+    assert!(m.adapters().is_empty());
+    assert_eq!(max_diff(&before, &output(&m, &net)), 0.0);
+    let err = m.load_adapter(&path, "a", 1.0).unwrap_err().to_string();
+    assert!(err.contains("choose another"), "{err}");
+    m.load_adapter(&path, "b", 1.0).unwrap();
 }

@@ -371,7 +371,7 @@ impl ModelCard {
     }
 
     /// Writes the card over the file it was loaded from, `path`, keeping
-    /// the weights path as that file has it ([`ModelCard::load`] makes a
+    /// the weights, autoencoder and adapter paths as that file has them ([`ModelCard::load`] makes a
     /// relative one card-relative-joined; this keeps the run folder movable).
     pub fn save_over(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
@@ -379,6 +379,8 @@ impl ModelCard {
         let mut card = self.clone();
         card.set_weights(on_disk.weights().to_path_buf());
         card.set_autoencoder(on_disk.autoencoder().map(Path::to_path_buf));
+        // Adapter files as the file names them (relative to its folder).
+        *card.lora_mut() = on_disk.lora().to_vec();
         card.save(path)
     }
 

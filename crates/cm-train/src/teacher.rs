@@ -86,6 +86,17 @@ impl TeacherConfig {
         self.train.validate_at(&format!("{prefix}train."))?;
         self.edm.validate_at(&format!("{prefix}edm."))?;
         if let Some(ft) = &self.fine_tune {
+            if !prefix.is_empty() {
+                // A method's teacher must be a model on its own: a
+                // fine-tune's checkpoints hold adapters only.
+                return Err(CoreError::invalid(
+                    format!("{prefix}fine_tune"),
+                    ft.base.display(),
+                    "no [fine_tune] in a method's teacher: run the fine-tune on its own \
+                     (`cm train-teacher`), merge it (`cm lora merge`) if a method should learn \
+                     from it",
+                ));
+            }
             ft.lora.validate_at(&format!("{prefix}fine_tune.lora."))?;
         }
         if self.loader.pad > 0 && self.net.sample_shape().len() != 3 {
@@ -158,6 +169,52 @@ impl<'a> TeacherMethod<'a> {
                 "fine_tune.base",
                 ft.base.display(),
                 "the card of an EDM model without adapters (a finished teacher run's model.toml)",
+            )
+            .into());
+        }
+        let ModelCard::Edm {
+            edm, autoencoder, ..
+        } = &card
+        else {
+            unreachable!("checked above")
+        };
+        if *edm != self.config.edm.edm {
+            return Err(CoreError::invalid(
+                "edm.edm",
+                format!("{:?}", self.config.edm.edm),
+                format!(
+                    "the base model's preconditioning {edm:?} ({}): a fine-tune keeps it",
+                    ft.base.display()
+                ),
+            )
+            .into());
+        }
+        let same_path = |a: &Path, b: &Path| {
+            a == b
+                || matches!(
+                    (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        };
+        let latent = self.config.latent.as_ref().map(|l| l.autoencoder.as_path());
+        let same_space = match (autoencoder.as_deref(), latent) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same_path(a, b),
+            _ => false,
+        };
+        if !same_space {
+            return Err(CoreError::invalid(
+                "latent.autoencoder",
+                latent
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none".into()),
+                format!(
+                    "the base model's autoencoder ({}): a fine-tune learns in its space",
+                    autoencoder
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "none, data space".into())
+                ),
             )
             .into());
         }
