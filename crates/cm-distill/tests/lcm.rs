@@ -261,9 +261,8 @@ fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
             weight: 1.0,
         }])
         .unwrap();
-    let model = stacked.load_model(Device::Cpu).unwrap();
-    assert_eq!(model.adapters().len(), 2);
-    let both = Pipeline::new(stacked, model);
+    let both = Pipeline::from_card(stacked, Device::Cpu).unwrap();
+    assert_eq!(both.model().adapters().len(), 2);
     let (styled_fast, done) = both.generate_with(&g).unwrap();
     assert_eq!(done.nfe, 4);
     assert!(f64::try_from((&styled_fast - &fast).abs().max()).unwrap() > 1e-4);

@@ -42,7 +42,13 @@ impl Pipeline {
     /// Loads the model card at `card` (a `model.toml`; a run folder is
     /// refused with the card path to use) and its network on `device`.
     pub fn load(card: impl AsRef<Path>, device: Device) -> Result<Self> {
-        let card = ModelCard::load(card)?;
+        Self::from_card(ModelCard::load(card)?, device)
+    }
+
+    /// The network a card in memory describes (with the adapters it lists,
+    /// e.g. after [`ModelCard::push_lora`]) and its autoencoder, on
+    /// `device`.
+    pub fn from_card(card: ModelCard, device: Device) -> Result<Self> {
         let model = card.load_model(device)?;
         let codec = card.load_codec(device)?;
         Ok(Pipeline { card, model, codec })
