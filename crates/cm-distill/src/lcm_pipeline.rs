@@ -175,21 +175,9 @@ impl<'a> LcdMethod<'a> {
             }
             Some(lora) => {
                 let mut student = Model::from_checkpoint(&self.teacher.weights, device)?;
-                let base = student.num_params();
-                let layers = student.add_adapter(LCM_LORA_ADAPTER, lora, 1.0)?;
-                student.set_adapters_only(true)?;
-                let trained: i64 = student
-                    .trainable_variables()
-                    .iter()
-                    .map(|(_, t)| t.numel() as i64)
-                    .sum();
-                observer.on_message(&format!(
-                    "student = frozen teacher + LoRA (rank {}, alpha {}) on {layers} layers: {trained} \
-                     trainable parameters, {:.1}% of the base's {base}",
-                    lora.rank,
-                    lora.alpha,
-                    100.0 * trained as f64 / base as f64
-                ));
+                let line =
+                    cm_train::attach_trainable_adapter(&mut student, LCM_LORA_ADAPTER, lora)?;
+                observer.on_message(&format!("student = frozen teacher + {line}"));
                 Ok(student)
             }
         }
@@ -381,17 +369,13 @@ impl Method for LcdMethod<'_> {
         if self.config.lora.is_none() {
             return Ok(Vec::new());
         }
-        let path = self.run_dir.join(LCM_LORA_FILE);
-        let tensors = eval.save_adapter(LCM_LORA_ADAPTER, &path)?;
-        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        observer.on_message(&format!("wrote the adapter {}", path.display()));
-        let info = &eval.adapters()[LCM_LORA_ADAPTER];
-        Ok(vec![format!(
-            "adapter: `{LCM_LORA_FILE}`, {tensors} tensors on {} layers, {:.1} KiB, base {}",
-            info.modules.len(),
-            bytes as f64 / 1024.0,
-            info.base_hash
-        )])
+        cm_train::write_adapter_file(
+            eval,
+            LCM_LORA_ADAPTER,
+            &self.run_dir,
+            LCM_LORA_FILE,
+            observer,
+        )
     }
 }
 

@@ -194,7 +194,11 @@ fn the_lcm_eval_config_names_the_current_teacher() {
         assert!(text.contains(&named), "{file} does not name {named}");
         for (at, _) in text.match_indices("runs/teachers/teacher-") {
             let folder = dir.display().to_string();
-            assert_eq!(&text[at..at + folder.len()], folder, "{file}: a stale teacher folder");
+            assert_eq!(
+                &text[at..at + folder.len()],
+                folder,
+                "{file}: a stale teacher folder"
+            );
         }
         assert!(
             text.contains(&ae.display().to_string()),

@@ -34,6 +34,7 @@
 //!   rung for several seeds, measured by a caller-supplied 2-D metric.
 
 pub mod ablation;
+pub mod adapters;
 pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;
@@ -60,6 +61,7 @@ pub mod trainer;
 pub use ablation::{
     run_ablation, AblationObserver, AblationOptions, AblationOutcome, PointScores, RunScores,
 };
+pub use adapters::{attach_trainable_adapter, write_adapter_file};
 pub use autoencoder::{
     run_autoencoder, AutoencoderMethod, AutoencoderObjective, AutoencoderObjectiveConfig,
     AutoencoderOutcome, AutoencoderRunConfig, Reconstruction,

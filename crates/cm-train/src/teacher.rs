@@ -230,22 +230,9 @@ impl<'a> TeacherMethod<'a> {
             )
             .into());
         }
-        let base = model.num_params();
-        let layers = model.add_adapter(FINE_TUNE_ADAPTER, &ft.lora, 1.0)?;
-        model.set_adapters_only(true)?;
-        let trained: i64 = model
-            .trainable_variables()
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
-            .sum();
-        observer.on_message(&format!(
-            "LoRA fine-tune of {}: rank {}, alpha {} on {layers} layers, {trained} trainable \
-             parameters ({:.1}% of {base})",
-            ft.base.display(),
-            ft.lora.rank,
-            ft.lora.alpha,
-            100.0 * trained as f64 / base as f64
-        ));
+        let line =
+            crate::adapters::attach_trainable_adapter(&mut model, FINE_TUNE_ADAPTER, &ft.lora)?;
+        observer.on_message(&format!("LoRA fine-tune of {}: {line}", ft.base.display()));
         self.base_weights =
             Some(std::fs::canonicalize(card.weights()).unwrap_or_else(|_| card.weights().into()));
         Ok(model)
@@ -396,15 +383,13 @@ impl Method for TeacherMethod<'_> {
         if self.config.fine_tune.is_none() {
             return Ok(Vec::new());
         }
-        let path = self.run_dir.join(FINE_TUNE_FILE);
-        let tensors = eval.save_adapter(FINE_TUNE_ADAPTER, &path)?;
-        observer.on_message(&format!("wrote the adapter {}", path.display()));
-        let info = &eval.adapters()[FINE_TUNE_ADAPTER];
-        Ok(vec![format!(
-            "adapter: `{FINE_TUNE_FILE}`, {tensors} tensors on {} layers, base {}",
-            info.modules.len(),
-            info.base_hash
-        )])
+        crate::adapters::write_adapter_file(
+            eval,
+            FINE_TUNE_ADAPTER,
+            &self.run_dir,
+            FINE_TUNE_FILE,
+            observer,
+        )
     }
 }
 
