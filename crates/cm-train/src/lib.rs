@@ -85,7 +85,7 @@ pub use metric::build_metric;
 pub use metrics::read_losses;
 pub use objective::{Batch, BatchSource, Objective};
 pub use observer::{Observer, Quiet, StepInfo};
-pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerKind};
 pub use run::{
     check_run_folder, run, write_run_config, Method, ReportSampler, RunCard, RunConfig, RunContext,
     RunOutcome, SamplerRow,

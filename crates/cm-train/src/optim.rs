@@ -1,8 +1,10 @@
 //! Adam (Kingma & Ba 2015) and RAdam (Liu et al. 2020, the reference
 //! consistency code's optimizer) written on tensors, so that their moment
 //! estimates can be checkpointed and a resumed run continues exactly (tch's
-//! built-in optimizers do not expose their state). Also global-norm gradient
-//! clipping and linear learning-rate warm-up.
+//! built-in optimizers do not expose their state). Also decoupled weight
+//! decay (AdamW, Loshchilov & Hutter 2019), global-norm gradient clipping,
+//! linear learning-rate warm-up and a cosine decay (Loshchilov & Hutter
+//! 2017, SGDR without restarts).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,18 @@ pub enum OptimizerKind {
     Radam,
 }
 
+/// The learning rate after warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Flat at `lr`.
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` at the end of warm-up down to
+    /// `min_lr_ratio * lr` at the run's last step.
+    Cosine,
+}
+
 /// Optimizer hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,10 +55,19 @@ pub struct OptimizerConfig {
     pub warmup_steps: u64,
     /// Clip the global gradient norm to this value (`None`: no clipping).
     pub grad_clip: Option<f64>,
+    /// Decoupled weight decay (AdamW): every step multiplies the weights by
+    /// `1 - lr * weight_decay` before the update, as PyTorch's `AdamW` and
+    /// `RAdam(decoupled_weight_decay=True)`. In [0, 1]; 0: none.
+    pub weight_decay: f64,
+    /// The learning rate after warm-up: `constant` or `cosine`.
+    pub schedule: LrSchedule,
+    /// The cosine schedule's last rate as a fraction of `lr`, in [0, 1].
+    pub min_lr_ratio: f64,
 }
 
 impl Default for OptimizerConfig {
-    /// Adam, lr 2e-4, betas (0.9, 0.999), eps 1e-8, no warm-up, no clipping.
+    /// Adam, lr 2e-4, betas (0.9, 0.999), eps 1e-8, no warm-up, no clipping,
+    /// no weight decay, constant rate.
     fn default() -> Self {
         OptimizerConfig {
             kind: OptimizerKind::Adam,
@@ -54,6 +77,9 @@ impl Default for OptimizerConfig {
             eps: 1e-8,
             warmup_steps: 0,
             grad_clip: None,
+            weight_decay: 0.0,
+            schedule: LrSchedule::Constant,
+            min_lr_ratio: 0.0,
         }
     }
 }
@@ -82,6 +108,21 @@ impl OptimizerConfig {
                 return Err(CoreError::invalid(f("grad_clip"), c, "a finite number > 0"));
             }
         }
+        // `lr * weight_decay` above 1 would flip the weights' sign each step.
+        if !(0.0..=1.0).contains(&self.weight_decay) {
+            return Err(CoreError::invalid(
+                f("weight_decay"),
+                self.weight_decay,
+                "a value in [0, 1]",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(CoreError::invalid(
+                f("min_lr_ratio"),
+                self.min_lr_ratio,
+                "a fraction of lr in [0, 1]",
+            ));
+        }
         Ok(())
     }
 
@@ -98,18 +139,38 @@ impl OptimizerConfig {
         if self.warmup_steps > 0 {
             text += &format!(", linear warm-up over {} steps", self.warmup_steps);
         }
+        if self.schedule == LrSchedule::Cosine {
+            text += &format!(", cosine decay to {} x lr", self.min_lr_ratio);
+        }
+        if self.weight_decay > 0.0 {
+            text += &format!(", decoupled weight decay {}", self.weight_decay);
+        }
         if let Some(c) = self.grad_clip {
             text += &format!(", gradient norm clipped at {c}");
         }
         text
     }
 
-    /// The learning rate at step `k` (0-based): linear warm-up, then flat.
-    pub fn lr_at(&self, step: u64) -> f64 {
-        if self.warmup_steps == 0 {
-            self.lr
-        } else {
-            self.lr * ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
+    /// The learning rate at step `step` (0-based) of a run of `total`
+    /// steps: linear warm-up over `warmup_steps`, then flat or half a
+    /// cosine, `lr_min + (lr - lr_min) (1 + cos(pi p)) / 2` with `p` going
+    /// from 0 after warm-up to 1 at the last step (`total - 1`).
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let span = total.saturating_sub(1).saturating_sub(self.warmup_steps);
+                let p = if span == 0 {
+                    1.0
+                } else {
+                    ((step - self.warmup_steps) as f64 / span as f64).min(1.0)
+                };
+                let lr_min = self.min_lr_ratio * self.lr;
+                lr_min + (self.lr - lr_min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
         }
     }
 }
@@ -210,6 +271,7 @@ impl Optimizer {
         };
         self.steps += 1;
         let c = &self.config;
+        let decay = 1.0 - lr * c.weight_decay;
         let t = self.steps as f64;
         let (b1, b2) = (c.beta1, c.beta2);
         let bias1 = 1.0 - b1.powf(t);
@@ -224,6 +286,9 @@ impl Optimizer {
             }
             if clip < 1.0 {
                 let _ = g.g_mul_scalar_(clip);
+            }
+            if decay != 1.0 {
+                let _ = p.g_mul_scalar_(decay);
             }
             let m = self
                 .exp_avg

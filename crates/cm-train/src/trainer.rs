@@ -278,7 +278,7 @@ pub fn train(
             cm_dist::tensors::all_reduce_sum(&*comm, &grads, cm_dist::tensors::BUCKET_ELEMENTS)?;
             comm_seconds += t.elapsed().as_secs_f64();
         }
-        let lr = config.optimizer.lr_at(step);
+        let lr = config.optimizer.lr_at(step, config.steps);
         let grad_norm = s.roles.optimizer.grad_norm();
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFiniteGradient {

@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 
 use cm_nets::{MlpConfig, Model, NetConfig};
 use cm_train::loader_for;
-use cm_train::{train, EdmObjective, LoaderOptions, OptimizerConfig, Quiet, TrainConfig};
+use cm_train::{
+    train, EdmObjective, LoaderOptions, LrSchedule, OptimizerConfig, Quiet, TrainConfig,
+};
 use common::{temp_dir, StopAt};
 use tch::Device;
 
@@ -21,6 +23,10 @@ fn config() -> TrainConfig {
             lr: 1e-3,
             warmup_steps: 10,
             grad_clip: Some(1.0),
+            // The schedule and decay are state a resume must reproduce.
+            schedule: LrSchedule::Cosine,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.01,
             ..Default::default()
         },
         ema_rates: vec![0.9, 0.99],
