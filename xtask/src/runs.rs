@@ -92,7 +92,13 @@ fn cm_run_args(
         Some(_) => String::new(),
         None => presets::config_path(root, group, preset)?,
     };
-    cm_args_with(args, subcommand, config, format!("runs/{prefix}-{preset}"))
+    cm_args_with(
+        args,
+        root,
+        subcommand,
+        config,
+        format!("runs/{prefix}-{preset}"),
+    )
 }
 
 /// `cm train-ct` for `--preset P --recipe R`: `configs/ct/P-R.toml` into
@@ -106,7 +112,13 @@ pub fn ct_args(args: &Args, root: &Path) -> Result<Vec<String>, String> {
         Some(_) => String::new(),
         None => presets::ct_config_path(root, preset, recipe)?,
     };
-    cm_args_with(args, "train-ct", config, format!("runs/{recipe}-{preset}"))
+    cm_args_with(
+        args,
+        root,
+        "train-ct",
+        config,
+        format!("runs/{recipe}-{preset}"),
+    )
 }
 
 /// `cm eval --config <config or configs/eval/<preset>.toml> --out <out or
@@ -136,23 +148,29 @@ pub fn cm_eval_args(args: &Args, root: &Path) -> Result<Vec<String>, String> {
 /// or default_run_dir> [--resume] [--device cuda] <extra>`.
 fn cm_args_with(
     args: &Args,
+    root: &Path,
     subcommand: &str,
     default_config: String,
     default_run_dir: String,
 ) -> Result<Vec<String>, String> {
     // `cm` runs in the workspace root, xtask in the user's directory: make
-    // the user's relative paths absolute first.
+    // the user's relative paths absolute first, then relative to the root
+    // where they lie inside it. A run folder spelled either way then names
+    // its stages alike: a latent teacher's reuse key holds the autoencoder
+    // card's path as the run folder spells it (runs/teachers/...).
     let from_cwd = |p: &str| {
         let path = PathBuf::from(p);
-        if path.is_absolute() {
-            p.to_string()
+        let absolute = if path.is_absolute() {
+            path
         } else {
-            env::current_dir()
-                .map(|d| d.join(&path))
-                .unwrap_or(path)
-                .to_string_lossy()
-                .into_owned()
-        }
+            env::current_dir().map(|d| d.join(&path)).unwrap_or(path)
+        };
+        absolute
+            .strip_prefix(root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| absolute.clone())
+            .to_string_lossy()
+            .into_owned()
     };
     let config = args
         .config
@@ -219,6 +237,21 @@ mod tests {
             err.contains("imagenet") && err.contains("cfmnist, cifar10, fmnist, toy"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn paths_inside_the_workspace_reach_cm_relative_to_it() {
+        let root = workspace::root().unwrap();
+        let inside = root.join("runs/lcm-lora-x").display().to_string();
+        let outside = std::env::temp_dir().join("cm-run").display().to_string();
+        for (given, expected) in [
+            (inside.as_str(), "runs/lcm-lora-x"),
+            (outside.as_str(), outside.as_str()),
+        ] {
+            let a = parse(strings(&["train-lcm-lora", "--run-dir", given])).unwrap();
+            let cm = cm_run_args(&a, &root, "train-lcm", "lcm-lora", "lcm-lora").unwrap();
+            assert_eq!(cm[4], expected, "{cm:?}");
+        }
     }
 
     #[test]
