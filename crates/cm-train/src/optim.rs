@@ -55,14 +55,28 @@ pub struct OptimizerConfig {
     pub warmup_steps: u64,
     /// Clip the global gradient norm to this value (`None`: no clipping).
     pub grad_clip: Option<f64>,
+    // The three below are left out of the written config at their defaults:
+    // stage folders are keyed by the config's TOML text (teacher_dir), and
+    // configs written before they existed must keep their keys.
     /// Decoupled weight decay (AdamW): every step multiplies the weights by
     /// `1 - lr * weight_decay` before the update, as PyTorch's `AdamW` and
     /// `RAdam(decoupled_weight_decay=True)`. In [0, 1]; 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
     pub weight_decay: f64,
     /// The learning rate after warm-up: `constant` or `cosine`.
+    #[serde(skip_serializing_if = "is_constant")]
     pub schedule: LrSchedule,
     /// The cosine schedule's last rate as a fraction of `lr`, in [0, 1].
+    #[serde(skip_serializing_if = "is_zero")]
     pub min_lr_ratio: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_constant(s: &LrSchedule) -> bool {
+    *s == LrSchedule::Constant
 }
 
 impl Default for OptimizerConfig {

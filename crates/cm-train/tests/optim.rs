@@ -222,3 +222,22 @@ fn out_of_range_decay_and_floor_are_refused_by_name() {
     assert_eq!(parsed.schedule, LrSchedule::Cosine);
     assert!(toml::from_str::<OptimizerConfig>("schedule = \"linear\"").is_err());
 }
+
+#[test]
+fn defaults_write_the_same_toml_as_before_the_schedule_existed() {
+    // Stage folders (teachers, autoencoders) are keyed by their config's
+    // TOML text: new fields at their defaults must not change it.
+    let text = toml::to_string(&OptimizerConfig::default()).unwrap();
+    assert_eq!(
+        text,
+        "kind = \"adam\"\nlr = 0.0002\nbeta1 = 0.9\nbeta2 = 0.999\neps = 0.00000001\nwarmup_steps = 0\n"
+    );
+    let cosine = OptimizerConfig {
+        schedule: LrSchedule::Cosine,
+        min_lr_ratio: 0.1,
+        weight_decay: 0.01,
+        ..OptimizerConfig::default()
+    };
+    let back: OptimizerConfig = toml::from_str(&toml::to_string(&cosine).unwrap()).unwrap();
+    assert_eq!(back, cosine);
+}
