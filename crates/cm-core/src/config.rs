@@ -59,6 +59,16 @@ fn parse_toml_in<T: DeserializeOwned + Validate>(
     deserialize(toml::Value::Table(table), origin)
 }
 
+/// Whether two paths name the same file: equal as written, or equal once
+/// links and `..` are resolved (both must exist for the second).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// Reads, parses and validates a TOML config file.
 ///
 /// Any table may name another file with `include = "path.toml"` (relative

@@ -45,7 +45,7 @@ pub mod weighting;
 
 pub use cond::Conditioning;
 pub use config::{
-    load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, ConsistencyConfig,
+    load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, same_file, ConsistencyConfig,
     ConsistencyRecipe, EdmConfig, IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES,
 };
 pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE};

@@ -204,3 +204,26 @@ fn edm_config_validates_its_fields() {
     let err = parse_toml::<EdmConfig>("sigma_max = 0.001\n", "edm.toml").unwrap_err();
     assert!(err.to_string().contains("`sigma_max` = 0.001"), "{err}");
 }
+
+#[test]
+fn same_file_sees_through_dot_dot_and_links_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    std::fs::write(&a, b"x").unwrap();
+    std::fs::write(&b, b"x").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let via_parent = dir.path().join("sub/../a.safetensors");
+    assert!(cm_core::same_file(&a, &via_parent));
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("link.safetensors");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        assert!(cm_core::same_file(&link, &a));
+    }
+    // Same contents, other file; and a missing file equals only itself.
+    assert!(!cm_core::same_file(&a, &b));
+    let missing = dir.path().join("missing");
+    assert!(cm_core::same_file(&missing, &missing));
+    assert!(!cm_core::same_file(&missing, &a));
+}

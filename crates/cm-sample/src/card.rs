@@ -479,16 +479,12 @@ impl ModelCard {
     /// instead (LCM-LoRA's `lambda` of the acceleration vector). At most
     /// [`MAX_ADAPTERS`] in all.
     pub fn push_lora(&mut self, adapters: &[LoraRef]) -> Result<()> {
-        let same = |a: &Path, b: &Path| {
-            a == b
-                || matches!(
-                    (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-                    (Ok(x), Ok(y)) if x == y
-                )
-        };
         let lora = self.lora_mut();
         for adapter in adapters {
-            match lora.iter_mut().find(|l| same(&l.file, &adapter.file)) {
+            match lora
+                .iter_mut()
+                .find(|l| cm_core::same_file(&l.file, &adapter.file))
+            {
                 Some(listed) => listed.weight = adapter.weight,
                 None => lora.push(adapter.clone()),
             }

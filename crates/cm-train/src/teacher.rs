@@ -189,17 +189,10 @@ impl<'a> TeacherMethod<'a> {
             )
             .into());
         }
-        let same_path = |a: &Path, b: &Path| {
-            a == b
-                || matches!(
-                    (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-                    (Ok(x), Ok(y)) if x == y
-                )
-        };
         let latent = self.config.latent.as_ref().map(|l| l.autoencoder.as_path());
         let same_space = match (autoencoder.as_deref(), latent) {
             (None, None) => true,
-            (Some(a), Some(b)) => same_path(a, b),
+            (Some(a), Some(b)) => cm_core::same_file(a, b),
             _ => false,
         };
         if !same_space {
