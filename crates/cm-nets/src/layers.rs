@@ -172,7 +172,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 /// `num_classes`), which classifier-free guidance uses for "no label".
 #[derive(Debug)]
 pub struct ClassEmbed {
-    table: nn::Embedding,
+    table: crate::lora::AdaptedEmbedding,
     num_classes: i64,
 }
 
@@ -186,20 +186,26 @@ impl ClassEmbed {
             },
             ..Default::default()
         };
+        let table = nn::embedding(&p, num_classes + 1, channels, cfg);
         ClassEmbed {
-            table: nn::embedding(p, num_classes + 1, channels, cfg),
+            table: crate::lora::adapted_embedding(&p, table),
             num_classes,
         }
     }
 
     /// The embedding table, `[num_classes + 1, channels]`.
     pub fn weight(&self) -> &Tensor {
-        &self.table.ws
+        &self.table.base.ws
+    }
+
+    /// Version counters of the table and its adapters, for caches.
+    pub fn all_versions(&self, out: &mut Vec<i64>) {
+        self.table.all_versions(out);
     }
 
     /// `[B]` int64 labels, or `None` for the null class for all `batch`.
     pub fn forward(&self, class: Option<&Tensor>, batch: i64) -> Tensor {
-        let device = self.table.ws.device();
+        let device = self.table.base.ws.device();
         match class {
             Some(labels) => self.table.forward(&labels.to_device(device)),
             None => self.table.forward(&Tensor::full(

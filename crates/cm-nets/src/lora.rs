@@ -224,6 +224,11 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Geometry {
     Linear,
+    /// An embedding table `[N, D]`, adapted as the linear map from one-hot
+    /// `N` to `D` it is (PEFT's `lora_embedding_A` `[r, N]` and
+    /// `lora_embedding_B` `[D, r]`): the registered weight is the table's
+    /// transposed view `[D, N]`, so `B A` adds to it in place.
+    Embedding,
     Conv {
         stride: [i64; 2],
         padding: [i64; 2],
@@ -338,6 +343,8 @@ fn register(path: &nn::Path, weight: &Tensor, geometry: Geometry) -> Arc<Mutex<S
 
 /// A linear layer that can carry adapters.
 pub type AdaptedLinear = Adapted<nn::Linear>;
+/// An embedding table (class labels) that can carry adapters.
+pub type AdaptedEmbedding = Adapted<nn::Embedding>;
 /// A 2-D convolution that can carry adapters.
 pub type AdaptedConv2d = Adapted<nn::Conv2D>;
 
@@ -348,6 +355,17 @@ pub fn adapted_linear(p: &nn::Path, base: nn::Linear) -> AdaptedLinear {
         base,
         slot,
         geometry: Geometry::Linear,
+    }
+}
+
+/// Wraps an embedding table built at `p`: its adapters take the labels'
+/// one-hot rows, `E[y] + lambda (alpha/r) B A[:, y]`, and no dropout.
+pub fn adapted_embedding(p: &nn::Path, base: nn::Embedding) -> AdaptedEmbedding {
+    let slot = register(p, &base.ws.tr(), Geometry::Embedding);
+    Adapted {
+        base,
+        slot,
+        geometry: Geometry::Embedding,
     }
 }
 
@@ -393,16 +411,22 @@ impl<L: Module> Adapted<L> {
         // A panic while the lock was held leaves valid data behind.
         let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         slot.adapters.iter().fold(out, |acc, ad| {
-            let h = crate::layers::dropout(x, ad.dropout, train);
             let delta = match self.geometry {
-                Geometry::Linear => h
+                Geometry::Linear => crate::layers::dropout(x, ad.dropout, train)
                     .linear::<Tensor>(&ad.a, None)
                     .linear::<Tensor>(&ad.b, None),
+                // x holds labels: the one-hot product is a column lookup.
+                Geometry::Embedding => {
+                    ad.a.tr()
+                        .index_select(0, &x.reshape([-1]))
+                        .linear::<Tensor>(&ad.b, None)
+                        .reshape(out_shape(x, &ad.b))
+                }
                 Geometry::Conv {
                     stride,
                     padding,
                     dilation,
-                } => h
+                } => crate::layers::dropout(x, ad.dropout, train)
                     .conv2d::<Tensor>(&ad.a, None, stride, padding, dilation, 1)
                     .conv2d::<Tensor>(&ad.b, None, [1, 1], [0, 0], [1, 1], 1),
             };
@@ -421,6 +445,20 @@ impl<L: Module> Adapted<L> {
             out.push(ad.a.internal_version());
             out.push(ad.b.internal_version());
         }
+    }
+}
+
+/// The shape of an embedding lookup of labels `x`: `x`'s shape plus `D`.
+fn out_shape(x: &Tensor, b: &Tensor) -> Vec<i64> {
+    let mut shape = x.size();
+    shape.push(b.size()[0]);
+    shape
+}
+
+impl Adapted<nn::Embedding> {
+    /// Version counters of the table and adapters.
+    pub fn all_versions(&self, out: &mut Vec<i64>) {
+        self.versions(&[&self.base.ws], out);
     }
 }
 

@@ -497,7 +497,7 @@ impl UNet {
         self.map_layer0.all_versions(&mut versions);
         self.map_layer1.all_versions(&mut versions);
         if let Some(label) = &self.map_label {
-            versions.push(label.weight().internal_version());
+            label.all_versions(&mut versions);
         }
         if let Some(guidance) = &self.map_guidance {
             versions.extend(guidance.weights().map(Tensor::internal_version));

@@ -530,3 +530,66 @@ fn a_failed_load_attaches_nothing_and_half_precision_files_load() {
     assert!(err.contains("choose another"), "{err}");
     m.load_adapter(&path, "b", 1.0).unwrap();
 }
+
+/// A class-embedding adapter (the conditioning path, as LCM-LoRA adapts
+/// SD's cross-attention keys and values): each label's row moves by
+/// `lambda (alpha/r) (B A)[:, y]`, against a copy whose table is edited by
+/// hand; merged and on the fly agree, unmerge restores it, the file
+/// round-trips, and re-weighting reaches the U-Net's embedding cache.
+#[test]
+fn a_class_embedding_adapter_moves_each_label_row_by_its_column_of_b_a() {
+    let _rng = cm_runtime::lock_global_rng();
+    let net = unet();
+    let mut model = build(&net, 11);
+    randomize(&model, 12);
+    let base_out = output(&model, &net);
+    let labels_only = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["map_label".into()],
+        dropout: 0.0,
+    };
+    assert_eq!(model.add_adapter("cls", &labels_only, 0.5).unwrap(), 1);
+    randomize_adapter(&model, "cls", 13);
+    let vars = model.var_store().variables();
+    let (a, b) = (
+        &vars["map_label.lora_A.cls.weight"],
+        &vars["map_label.lora_B.cls.weight"],
+    );
+    // PEFT's embedding shapes: A [r, classes + 1], B [channels, r].
+    assert_eq!((a.size(), b.size()), (vec![2, 4], vec![64, 2]));
+    let with = output(&model, &net);
+    assert!(
+        max_diff(&with, &base_out) > 1e-3,
+        "the adapter changed nothing"
+    );
+
+    let by_hand = build(&net, 11);
+    randomize(&by_hand, 12);
+    tch::no_grad(|| {
+        let mut table = by_hand.var_store().variables()["map_label.weight"].shallow_clone();
+        let _ = table.g_add_(&(b.matmul(a).tr() * (0.5 * 4.0 / 2.0)));
+    });
+    let expected = output(&by_hand, &net);
+    assert!(
+        max_diff(&with, &expected) < 1e-5,
+        "{}",
+        max_diff(&with, &expected)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cls.safetensors");
+    assert_eq!(model.save_adapter("cls", &file).unwrap(), 2);
+    let mut fresh = build(&net, 11);
+    randomize(&fresh, 12);
+    fresh.load_adapter(&file, "cls", 0.5).unwrap();
+    assert!(max_diff(&output(&fresh, &net), &with) < 1e-6);
+
+    model.merge_adapter("cls").unwrap();
+    assert!(max_diff(&output(&model, &net), &with) < 1e-5);
+    model.unmerge_adapter("cls").unwrap();
+    model.set_adapter_weight("cls", 0.0).unwrap();
+    assert!(max_diff(&output(&model, &net), &base_out) < 1e-5);
+    model.set_adapter_weight("cls", 0.5).unwrap();
+    assert!(max_diff(&output(&model, &net), &with) < 1e-5);
+}
