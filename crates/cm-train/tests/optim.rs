@@ -26,8 +26,8 @@ impl Reference {
         let (b1, b2) = (c.beta1, c.beta2);
         let rho_inf = 2.0 / (1.0 - b2) - 1.0;
         let rho_t = rho_inf - 2.0 * t as f64 * b2.powi(t) / (1.0 - b2.powi(t));
-        for i in 0..self.p.len() {
-            let g = grads[i] * scale;
+        for (i, grad) in grads.iter().enumerate() {
+            let g = grad * scale;
             self.p[i] *= 1.0 - lr * c.weight_decay;
             self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
             self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
