@@ -226,8 +226,9 @@ pub(crate) enum Geometry {
     Linear,
     /// An embedding table `[N, D]`, adapted as the linear map from one-hot
     /// `N` to `D` it is (PEFT's `lora_embedding_A` `[r, N]` and
-    /// `lora_embedding_B` `[D, r]`): the registered weight is the table's
-    /// transposed view `[D, N]`, so `B A` adds to it in place.
+    /// `lora_embedding_B` `[D, r]`): the registered weight is the whole
+    /// table (`[N, D]`) and [`LayerHandle::weight`] gives its transposed
+    /// view `[D, N]` when asked, so `B A` adds to it in place.
     Embedding,
     Conv {
         stride: [i64; 2],
@@ -272,7 +273,8 @@ pub struct Adapted<L> {
 pub(crate) struct LayerHandle {
     slot: Arc<Mutex<SlotState>>,
     geometry: Geometry,
-    /// The base weight (`[out, in]` or `[out, in, k, k]`).
+    /// The base variable (`[out, in]`, `[out, in, k, k]`, or an embedding
+    /// table `[N, D]`).
     weight: Tensor,
 }
 
@@ -361,7 +363,7 @@ pub fn adapted_linear(p: &nn::Path, base: nn::Linear) -> AdaptedLinear {
 /// Wraps an embedding table built at `p`: its adapters take the labels'
 /// one-hot rows, `E[y] + lambda (alpha/r) B A[:, y]`, and no dropout.
 pub fn adapted_embedding(p: &nn::Path, base: nn::Embedding) -> AdaptedEmbedding {
-    let slot = register(p, &base.ws.tr(), Geometry::Embedding);
+    let slot = register(p, &base.ws, Geometry::Embedding);
     Adapted {
         base,
         slot,
@@ -549,8 +551,15 @@ pub(crate) fn delta_weight(a: &Tensor, b: &Tensor, weight_shape: &[i64]) -> Tens
 }
 
 impl LayerHandle {
-    pub(crate) fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight as its adapters see it, sharing the variable's storage:
+    /// `[out, in]` or `[out, in, k, k]`; an embedding table transposed to
+    /// `[D, N]`. Taken from the variable each time, so a `set_data` on it
+    /// (a device or dtype change) is followed.
+    pub(crate) fn weight(&self) -> Tensor {
+        match self.geometry {
+            Geometry::Embedding => self.weight.tr(),
+            _ => self.weight.shallow_clone(),
+        }
     }
 
     /// Attaches (or with `scale = None`, detaches) adapter `name` on the
@@ -598,9 +607,15 @@ impl Model {
         let modules: Vec<String> = self
             .adapters
             .layers
-            .keys()
-            .filter(|m| config.targets_module(m))
-            .cloned()
+            .iter()
+            .filter(|(m, layer)| match layer.geometry {
+                // A class table is chosen only by its exact path: patterns
+                // written before tables were adaptable ("*", "map_*") keep
+                // meaning the layers they meant, so old files still load.
+                Geometry::Embedding => config.targets.iter().any(|t| t == *m),
+                _ => config.targets_module(m),
+            })
+            .map(|(m, _)| m.clone())
             .collect();
         if modules.is_empty() {
             let known = self.adaptable_modules();
@@ -839,7 +854,7 @@ impl Model {
         for module in &info.modules {
             let (a, b) = self.adapter_tensors(name, module)?;
             let layer = self.adapters.layer(module).expect("adapted module");
-            let mut w = layer.weight().shallow_clone();
+            let mut w = layer.weight();
             tch::no_grad(|| {
                 let delta = delta_weight(&a, &b, &w.size()) * if merge { scale } else { -scale };
                 let _ = w.g_add_(&delta);

@@ -549,6 +549,15 @@ fn a_class_embedding_adapter_moves_each_label_row_by_its_column_of_b_a() {
         targets: vec!["map_label".into()],
         dropout: 0.0,
     };
+    // Only its exact path picks a class table: a wildcard means layers.
+    let everything = LoraConfig {
+        targets: vec!["*".into()],
+        ..labels_only.clone()
+    };
+    assert!(!model
+        .adapter_targets(&everything)
+        .unwrap()
+        .contains(&"map_label".to_string()));
     assert_eq!(model.add_adapter("cls", &labels_only, 0.5).unwrap(), 1);
     randomize_adapter(&model, "cls", 13);
     let vars = model.var_store().variables();

@@ -123,11 +123,14 @@ impl OptimizerConfig {
             }
         }
         // `lr * weight_decay` above 1 would flip the weights' sign each step.
-        if !(0.0..=1.0).contains(&self.weight_decay) {
+        if !(0.0..=1.0).contains(&self.weight_decay) || self.lr * self.weight_decay > 1.0 {
             return Err(CoreError::invalid(
                 f("weight_decay"),
                 self.weight_decay,
-                "a value in [0, 1]",
+                format!(
+                    "a value in [0, 1] with lr * weight_decay <= 1 (lr {})",
+                    self.lr
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {

@@ -217,6 +217,19 @@ fn out_of_range_decay_and_floor_are_refused_by_name() {
         let err = c.validate_at("train.optimizer.").unwrap_err().to_string();
         assert!(err.contains(&format!("train.optimizer.{field}")), "{err}");
     }
+    let flips = OptimizerConfig {
+        lr: 2.0,
+        weight_decay: 0.9,
+        ..OptimizerConfig::default()
+    };
+    let err = flips
+        .validate_at("train.optimizer.")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train.optimizer.weight_decay") && err.contains("lr * weight_decay"),
+        "{err}"
+    );
     let toml = "lr = 1e-3\nschedule = \"cosine\"\nmin_lr_ratio = 0.05\nweight_decay = 0.01\n";
     let parsed: OptimizerConfig = toml::from_str(toml).unwrap();
     assert_eq!(parsed.schedule, LrSchedule::Cosine);
