@@ -1,8 +1,8 @@
 //! `cargo xtask compare`: the papers' comparison on one data set. Trains
 //! (or, with `--resume`, reuses) every run the comparison needs, each the
 //! preset's own pipeline command: `distill` (the teacher and CD), `train-pd`,
-//! `train-ct` with the iCT and CT recipes; a preset without a config for one
-//! of them skips it. Then `cm eval` with `configs/eval/compare-<preset>.toml`
+//! `train-ct` with the iCT and CT recipes, `train-ect`; a preset without a
+//! config for one of them skips it. Then `cm eval` with `configs/eval/compare-<preset>.toml`
 //! into `runs/compare-<preset>` (sample features cached there, so a second
 //! call only samples what changed), and pastes the table and the
 //! FID-against-NFE plot into `docs/results.md` where that file has a
@@ -47,6 +47,11 @@ pub fn pipelines(root: &Path, preset: &str) -> Vec<(&'static str, String, String
             "train-ct",
             format!("configs/ct/{preset}-ct.toml"),
             format!("runs/ct-{preset}"),
+        ),
+        (
+            "train-ect",
+            format!("configs/ect/{preset}.toml"),
+            format!("runs/ect-{preset}"),
         ),
     ]
     .into_iter()
@@ -180,11 +185,12 @@ mod tests {
                 "distill runs/cd-fmnist",
                 "train-pd runs/pd-fmnist",
                 "train-ct runs/ict-fmnist",
-                "train-ct runs/ct-fmnist"
+                "train-ct runs/ct-fmnist",
+                "train-ect runs/ect-fmnist"
             ]
         );
         let smoke: Vec<_> = pipelines(&root, "smoke").into_iter().map(|p| p.2).collect();
-        assert_eq!(smoke, ["runs/cd-smoke", "runs/pd-smoke"]);
+        assert_eq!(smoke, ["runs/cd-smoke", "runs/pd-smoke", "runs/ect-smoke"]);
         assert!(pipelines(&root, "nothing").is_empty());
     }
 

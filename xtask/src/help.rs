@@ -97,7 +97,7 @@ COMMANDS:
              fid_vs_nfe.png. Trains the feature network on first use.
     compare [--preset fmnist|smoke] [--out DIR] [--resume]
              The papers' comparison table: trains or reuses every run of the
-             preset (teacher + CD, PD, iCT, CT), then `cm eval` with
+             preset (teacher + CD, PD, iCT, CT, ECT), then `cm eval` with
              configs/eval/compare-<preset>.toml into runs/compare-<preset>
              (FID, KID, precision/recall, teacher, training time, time per
              sample; sample features cached, so a second call only samples

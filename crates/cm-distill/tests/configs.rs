@@ -23,6 +23,31 @@ fn cd_presets_parse_and_embed_the_teacher_presets() {
     }
 }
 
+/// The metric ablation's presets (`cd/fmnist-{l2,l1,feature}.toml`) are the
+/// default CD preset with only `[cd.recipe.metric]` changed, so their rows
+/// in docs/results-cd.md differ by the metric alone.
+#[test]
+fn cd_metric_ablation_presets_change_only_the_metric() {
+    use cm_core::MetricConfig;
+    let base: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist.toml")).unwrap();
+    assert!(matches!(
+        base.cd.recipe.metric,
+        MetricConfig::PseudoHuber { .. }
+    ));
+    for (name, metric) in [
+        ("l2", MetricConfig::L2),
+        ("l1", MetricConfig::L1),
+        ("feature", MetricConfig::Feature),
+    ] {
+        let variant: CdRunConfig =
+            cm_core::load_toml(configs().join(format!("cd/fmnist-{name}.toml"))).unwrap();
+        assert_eq!(variant.cd.recipe.metric, metric, "cd/fmnist-{name}.toml");
+        let mut same = variant.clone();
+        same.cd.recipe.metric = base.cd.recipe.metric;
+        assert_eq!(same, base, "cd/fmnist-{name}.toml differs beyond the metric");
+    }
+}
+
 /// `text` as `cd/smoke.toml` beside a copy of the smoke teacher preset it
 /// includes, loaded.
 fn load_smoke_variant(text: &str) -> cm_core::Result<CdRunConfig> {
