@@ -44,7 +44,10 @@ fn cd_metric_ablation_presets_change_only_the_metric() {
         assert_eq!(variant.cd.recipe.metric, metric, "cd/fmnist-{name}.toml");
         let mut same = variant.clone();
         same.cd.recipe.metric = base.cd.recipe.metric;
-        assert_eq!(same, base, "cd/fmnist-{name}.toml differs beyond the metric");
+        assert_eq!(
+            same, base,
+            "cd/fmnist-{name}.toml differs beyond the metric"
+        );
     }
 }
 

@@ -492,6 +492,9 @@ fn seeds(target: &str, dir: &Path) -> Result<Vec<Seed>> {
             Seed::Text(include_str!("../../../configs/ct/toy-ict.toml").into()),
             Seed::Text(include_str!("../../../configs/ct/toy-ct.toml").into()),
             Seed::Text(include_str!("../../../configs/cd/toy.toml").into()),
+            Seed::Text(include_str!("../../../configs/ect/toy.toml").into()),
+            Seed::Text(include_str!("../../../configs/pd/toy.toml").into()),
+            Seed::Text(include_str!("../../../configs/lcd/toy.toml").into()),
         ],
         "diffusers-config" => vec![
             Seed::Text(
@@ -623,7 +626,15 @@ fn run_case(target: &str, input: &[u8], dir: &Path) -> Result<()> {
             std::fs::create_dir_all(dir.join("cd"))?;
             std::fs::write(&path, input)?;
             let text = String::from_utf8_lossy(input);
-            if text.contains("[cd") || text.contains("[teacher") {
+            // Every method's config has a [teacher]: the method's own
+            // section decides first.
+            if text.contains("[ect") {
+                cm_core::load_toml::<cm_train::EctRunConfig>(&path)?;
+            } else if text.contains("[pd") {
+                cm_core::load_toml::<cm_distill::PdRunConfig>(&path)?;
+            } else if text.contains("[lcd") {
+                cm_core::load_toml::<cm_distill::LcdRunConfig>(&path)?;
+            } else if text.contains("[cd") || text.contains("[teacher") {
                 cm_core::load_toml::<cm_distill::CdRunConfig>(&path)?;
             } else if text.contains("[ct") {
                 cm_core::load_toml::<cm_train::CtRunConfig>(&path)?;

@@ -535,18 +535,40 @@ fn a_failed_load_attaches_nothing_and_half_precision_files_load() {
 /// SD's cross-attention keys and values): each label's row moves by
 /// `lambda (alpha/r) (B A)[:, y]`, against a copy whose table is edited by
 /// hand; merged and on the fly agree, unmerge restores it, the file
-/// round-trips, and re-weighting reaches the U-Net's embedding cache.
+/// round-trips, and re-weighting reaches the U-Net's embedding cache. The
+/// same for every network with a class table: the U-Net's and the toy MLP's
+/// `map_label`, the DiT's `y_embedder`.
 #[test]
 fn a_class_embedding_adapter_moves_each_label_row_by_its_column_of_b_a() {
     let _rng = cm_runtime::lock_global_rng();
-    let net = unet();
+    let dit = NetConfig::Dit(DiTConfig {
+        depth: 2,
+        hidden_size: 64,
+        num_classes: 3,
+        ..DiTConfig::default()
+    });
+    let mlp = NetConfig::Mlp(MlpConfig {
+        num_classes: 3,
+        ..MlpConfig::default()
+    });
+    for (net, table) in [
+        (unet(), "map_label"),
+        (dit, "y_embedder"),
+        (mlp, "map_label"),
+    ] {
+        class_embedding_adapter_case(&net, table);
+    }
+}
+
+fn class_embedding_adapter_case(net: &NetConfig, table: &str) {
+    let net = net.clone();
     let mut model = build(&net, 11);
     randomize(&model, 12);
     let base_out = output(&model, &net);
     let labels_only = LoraConfig {
         rank: 2,
         alpha: 4.0,
-        targets: vec!["map_label".into()],
+        targets: vec![table.into()],
         dropout: 0.0,
     };
     // Only its exact path picks a class table: a wildcard means layers.
@@ -557,32 +579,38 @@ fn a_class_embedding_adapter_moves_each_label_row_by_its_column_of_b_a() {
     assert!(!model
         .adapter_targets(&everything)
         .unwrap()
-        .contains(&"map_label".to_string()));
+        .contains(&table.to_string()));
     assert_eq!(model.add_adapter("cls", &labels_only, 0.5).unwrap(), 1);
     randomize_adapter(&model, "cls", 13);
     let vars = model.var_store().variables();
     let (a, b) = (
-        &vars["map_label.lora_A.cls.weight"],
-        &vars["map_label.lora_B.cls.weight"],
+        &vars[&format!("{table}.lora_A.cls.weight")],
+        &vars[&format!("{table}.lora_B.cls.weight")],
     );
     // PEFT's embedding shapes: A [r, classes + 1], B [channels, r].
-    assert_eq!((a.size(), b.size()), (vec![2, 4], vec![64, 2]));
+    let channels = vars[&format!("{table}.weight")].size()[1];
+    assert_eq!(
+        (a.size(), b.size()),
+        (vec![2, 4], vec![channels, 2]),
+        "{table}"
+    );
     let with = output(&model, &net);
     assert!(
         max_diff(&with, &base_out) > 1e-3,
-        "the adapter changed nothing"
+        "{table}: the adapter changed nothing"
     );
 
     let by_hand = build(&net, 11);
     randomize(&by_hand, 12);
     tch::no_grad(|| {
-        let mut table = by_hand.var_store().variables()["map_label.weight"].shallow_clone();
-        let _ = table.g_add_(&(b.matmul(a).tr() * (0.5 * 4.0 / 2.0)));
+        let mut weights =
+            by_hand.var_store().variables()[&format!("{table}.weight")].shallow_clone();
+        let _ = weights.g_add_(&(b.matmul(a).tr() * (0.5 * 4.0 / 2.0)));
     });
     let expected = output(&by_hand, &net);
     assert!(
         max_diff(&with, &expected) < 1e-5,
-        "{}",
+        "{table}: {}",
         max_diff(&with, &expected)
     );
 
@@ -594,11 +622,22 @@ fn a_class_embedding_adapter_moves_each_label_row_by_its_column_of_b_a() {
     fresh.load_adapter(&file, "cls", 0.5).unwrap();
     assert!(max_diff(&output(&fresh, &net), &with) < 1e-6);
 
+    // Merging adds B A to the float32 table and unmerging subtracts it, so
+    // the table comes back within its rounding, which the network scales
+    // with its outputs: the bound is relative to them.
+    let tol = 1e-5 * (1.0 + base_out.abs().max().double_value(&[]));
+    assert!(
+        max_diff(&with, &base_out) > 100.0 * tol,
+        "{table}: the adapter's effect is within the bound"
+    );
     model.merge_adapter("cls").unwrap();
-    assert!(max_diff(&output(&model, &net), &with) < 1e-5);
+    let d = max_diff(&output(&model, &net), &with);
+    assert!(d < tol, "{table}: merged {d} (bound {tol})");
     model.unmerge_adapter("cls").unwrap();
     model.set_adapter_weight("cls", 0.0).unwrap();
-    assert!(max_diff(&output(&model, &net), &base_out) < 1e-5);
+    let d = max_diff(&output(&model, &net), &base_out);
+    assert!(d < tol, "{table}: unmerged at weight 0: {d} (bound {tol})");
     model.set_adapter_weight("cls", 0.5).unwrap();
-    assert!(max_diff(&output(&model, &net), &with) < 1e-5);
+    let d = max_diff(&output(&model, &net), &with);
+    assert!(d < tol, "{table}: re-weighted {d} (bound {tol})");
 }
