@@ -40,7 +40,9 @@ use tch::{Device, Kind, Tensor};
 
 use cm_core::{Conditioning, CoreError, Solver, Validate};
 use cm_data::{DataSource, Dataset, ImageDataset};
-use cm_sample::{consistency_sample, edm_sample, EdmSampler, ModelCard, SamplingGrid, TauSource};
+use cm_sample::{
+    check_taus, consistency_sample, edm_sample, EdmSampler, ModelCard, SamplingGrid, TauSource,
+};
 
 use crate::classifier::{
     feature_space, images_to_float, ClassifierCard, ClassifierConfig, FeatureNet,
@@ -103,6 +105,13 @@ pub struct ModelEntry {
     /// card lists sets its weight (LCM-LoRA's `lambda` grid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lora: Vec<cm_sample::LoraRef>,
+    /// Consistency cards only: the intermediate times of the row with
+    /// `taus.len() + 1` steps, in place of the card's stored ones (e.g.
+    /// `[2.4]` for 2 steps), so that one config puts a card's stored times
+    /// beside searched or published ones. Decreasing, inside
+    /// `(sigma_min, sigma_max)`; that step count must be in `steps`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taus: Vec<f64>,
 }
 
 impl ModelEntry {
@@ -241,6 +250,27 @@ impl Validate for EvalConfig {
                     format!("{:?}", m.steps),
                     "a non-empty list of step counts >= 1",
                 ));
+            }
+            if !m.taus.is_empty() {
+                if m.taus.len() >= cm_sample::MAX_SAMPLER_STEPS {
+                    return Err(CoreError::invalid(
+                        format!("models[{i}].taus"),
+                        format!("{} times", m.taus.len()),
+                        format!("fewer than {} times", cm_sample::MAX_SAMPLER_STEPS),
+                    ));
+                }
+                if !m.steps.contains(&(m.taus.len() + 1)) {
+                    return Err(CoreError::invalid(
+                        format!("models[{i}].taus"),
+                        format!("{:?}", m.taus),
+                        format!(
+                            "the times of one of the rows' step counts {:?} ({} times are for {} steps)",
+                            m.steps,
+                            m.taus.len(),
+                            m.taus.len() + 1
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -684,7 +714,19 @@ fn plan_row(
                     .into());
                 }
             }
+            let given = !entry.taus.is_empty() && steps == entry.taus.len() + 1;
             let (taus, how) = match card.taus_or_karras(steps)? {
+                _ if given => {
+                    let range = card.range();
+                    check_taus(&entry.taus, range.sigma_min, range.sigma_max).map_err(|e| {
+                        CoreError::invalid(
+                            format!("models[{index}].taus"),
+                            format!("{:?}", entry.taus),
+                            format!("times the card's model can sample at ({e})"),
+                        )
+                    })?;
+                    (entry.taus.clone(), "given times")
+                }
                 (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
                 (taus, TauSource::Karras) => {
                     notes.push(format!(

@@ -61,6 +61,15 @@ fn invalid_values_name_the_field() {
     let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.0\n")
         .unwrap_err();
     assert!(e.contains("models[0].guidance"), "{e}");
+    // Times for 3 steps on an entry without a 3-step row.
+    let e =
+        parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1, 2]\ntaus = [2.0, 0.5]\n")
+            .unwrap_err();
+    assert!(e.contains("models[0].taus") && e.contains("3 steps"), "{e}");
+    assert!(parse(
+        "[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1, 3]\ntaus = [2.0, 0.5]\n"
+    )
+    .is_ok());
     let e = parse("samples = 10\n").unwrap_err();
     assert!(e.contains("models"), "{e}");
     let e = parse(&format!("sample = 10\n{MODELS}")).unwrap_err();

@@ -144,7 +144,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     config.models = vec![
         ModelEntry {
             name: "tiny".into(),
-            card: card_path,
+            card: card_path.clone(),
             steps: vec![1, 2],
             solver: None,
             ancestral: None,
@@ -154,6 +154,21 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             training: Vec::new(),
             optional: false,
             lora: Vec::new(),
+            taus: Vec::new(),
+        },
+        ModelEntry {
+            name: "tiny at given times".into(),
+            card: card_path.clone(),
+            steps: vec![2],
+            solver: None,
+            ancestral: None,
+            samples: None,
+            teacher: None,
+            guidance: None,
+            training: Vec::new(),
+            optional: false,
+            lora: Vec::new(),
+            taus: vec![1.5],
         },
         ModelEntry {
             name: "absent".into(),
@@ -167,14 +182,23 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             training: Vec::new(),
             optional: true,
             lora: Vec::new(),
+            taus: Vec::new(),
         },
     ];
     let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();
-    assert_eq!(out.rows.len(), 3);
+    assert_eq!(out.rows.len(), 4);
     assert_eq!(
         out.rows.iter().map(|r| r.nfe).collect::<Vec<_>>(),
-        [0, 1, 2]
+        [0, 1, 2, 2]
     );
+    // Given times replace the default ones: another re-noising level, other
+    // samples from the same latents.
+    assert!(
+        out.rows[3].sampler.contains("given times: 1.500"),
+        "{}",
+        out.rows[3].sampler
+    );
+    assert!(out.rows[3].fid != out.rows[2].fid, "{:?}", out.rows);
     assert_eq!(out.grids[1].size(), [60, 1, 28, 28]);
     // An untrained network's samples are far from the data; the data row is not.
     assert!(out.rows[1].fid > 5.0 * out.rows[0].fid, "{:?}", out.rows);
@@ -198,7 +222,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     assert!(md.contains("skipped `absent`"));
     assert!(md.contains("class accuracy"), "{md}");
     let csv = results_csv(&out);
-    assert_eq!(csv.lines().count(), 4);
+    assert_eq!(csv.lines().count(), 5);
     assert!(
         csv.starts_with("model,sampler,")
             && csv
@@ -215,6 +239,13 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         "{data_line}"
     );
     assert!(csv.lines().nth(2).unwrap().ends_with(",,"), "{csv}");
+    // Times the model cannot sample at are an error naming the entry.
+    config.models[1].taus = vec![500.0];
+    let e = evaluate(&config, Device::Cpu, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("models[1].taus"), "{e}");
+    config.models.remove(1);
     // The same missing card without `optional` is an error naming it.
     config.models[1].optional = false;
     let e = evaluate(&config, Device::Cpu, &mut Silent)
