@@ -181,11 +181,18 @@ fn the_smoke_preset_runs_the_whole_pipeline_and_its_card_samples() {
 #[test]
 fn presets_validate_and_a_student_off_its_teachers_noise_is_refused() {
     let _rng = cm_runtime::lock_global_rng();
-    for name in ["toy", "smoke", "fmnist"] {
+    for name in ["toy", "smoke", "fmnist", "fmnist-feature"] {
         preset(name)
             .validate()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+    // The metric ablation's ECT row differs from the default preset by the
+    // distance alone.
+    let mut feature = preset("fmnist-feature");
+    assert_eq!(feature.ect.metric, cm_core::MetricConfig::Feature);
+    let base = preset("fmnist");
+    feature.ect.metric = base.ect.metric;
+    assert_eq!(feature, base);
     let mut c = preset("toy");
     c.ect.consistency.sigma_max = 40.0;
     let err = c.validate().unwrap_err().to_string();
