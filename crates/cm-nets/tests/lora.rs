@@ -605,7 +605,9 @@ fn class_embedding_adapter_case(net: &NetConfig, table: &str) {
     tch::no_grad(|| {
         let mut weights =
             by_hand.var_store().variables()[&format!("{table}.weight")].shallow_clone();
-        let _ = weights.g_add_(&(b.matmul(a).tr() * (0.5 * 4.0 / 2.0)));
+        // lambda (alpha / r): weight 0.5, alpha 4, rank 2.
+        let (lambda, alpha, rank) = (0.5, labels_only.alpha, labels_only.rank as f64);
+        let _ = weights.g_add_(&(b.matmul(a).tr() * (lambda * alpha / rank)));
     });
     let expected = output(&by_hand, &net);
     assert!(
