@@ -141,48 +141,29 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         "inline",
     )
     .unwrap();
+    let entry = |name: &str, card: std::path::PathBuf, steps: Vec<usize>| ModelEntry {
+        name: name.into(),
+        card,
+        steps,
+        solver: None,
+        ancestral: None,
+        samples: None,
+        teacher: None,
+        guidance: None,
+        training: Vec::new(),
+        optional: false,
+        lora: Vec::new(),
+        taus: Vec::new(),
+    };
     config.models = vec![
+        entry("tiny", card_path.clone(), vec![1, 2]),
         ModelEntry {
-            name: "tiny".into(),
-            card: card_path.clone(),
-            steps: vec![1, 2],
-            solver: None,
-            ancestral: None,
-            samples: None,
-            teacher: None,
-            guidance: None,
-            training: Vec::new(),
-            optional: false,
-            lora: Vec::new(),
-            taus: Vec::new(),
-        },
-        ModelEntry {
-            name: "tiny at given times".into(),
-            card: card_path.clone(),
-            steps: vec![2],
-            solver: None,
-            ancestral: None,
-            samples: None,
-            teacher: None,
-            guidance: None,
-            training: Vec::new(),
-            optional: false,
-            lora: Vec::new(),
             taus: vec![1.5],
+            ..entry("tiny at given times", card_path.clone(), vec![2])
         },
         ModelEntry {
-            name: "absent".into(),
-            card: dir.path().join("none/model.toml"),
-            steps: vec![1],
-            solver: None,
-            ancestral: None,
-            samples: None,
-            teacher: None,
-            guidance: None,
-            training: Vec::new(),
             optional: true,
-            lora: Vec::new(),
-            taus: Vec::new(),
+            ..entry("absent", dir.path().join("none/model.toml"), vec![1])
         },
     ];
     let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();
