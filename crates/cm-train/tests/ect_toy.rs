@@ -181,18 +181,23 @@ fn the_smoke_preset_runs_the_whole_pipeline_and_its_card_samples() {
 #[test]
 fn presets_validate_and_a_student_off_its_teachers_noise_is_refused() {
     let _rng = cm_runtime::lock_global_rng();
-    for name in ["toy", "smoke", "fmnist", "fmnist-feature"] {
+    for name in ["toy", "smoke", "fmnist", "fmnist-2k", "fmnist-feature"] {
         preset(name)
             .validate()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    // The metric ablation's ECT row differs from the default preset by the
-    // distance alone.
+    // The metric ablation's ECT row differs from the 2,000-step preset by
+    // the distance alone, and that one from the default by its length.
     let mut feature = preset("fmnist-feature");
     assert_eq!(feature.ect.metric, cm_core::MetricConfig::Feature);
-    let base = preset("fmnist");
-    feature.ect.metric = base.ect.metric;
-    assert_eq!(feature, base);
+    let short = preset("fmnist-2k");
+    feature.ect.metric = short.ect.metric;
+    assert_eq!(feature, short);
+    let mut long = preset("fmnist");
+    assert_eq!((long.train.steps, long.ect.stages.stage_steps), (4000, 500));
+    long.train.steps = 2000;
+    long.ect.stages.stage_steps = 250;
+    assert_eq!(long, short);
     let mut c = preset("toy");
     c.ect.consistency.sigma_max = 40.0;
     let err = c.validate().unwrap_err().to_string();
