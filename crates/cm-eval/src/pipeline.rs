@@ -715,29 +715,30 @@ fn plan_row(
                 }
             }
             let given = !entry.taus.is_empty() && steps == entry.taus.len() + 1;
-            let (taus, how) = match card.taus_or_karras(steps)? {
-                _ if given => {
-                    let range = card.range();
-                    check_taus(&entry.taus, range.sigma_min, range.sigma_max).map_err(|e| {
-                        CoreError::invalid(
-                            format!("models[{index}].taus"),
-                            format!("{:?}", entry.taus),
-                            format!("times the card's model can sample at ({e})"),
-                        )
-                    })?;
-                    (entry.taus.clone(), "given times")
-                }
-                (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
-                (taus, TauSource::Karras) => {
-                    notes.push(format!(
+            let (taus, how) = if given {
+                let range = card.range();
+                check_taus(&entry.taus, range.sigma_min, range.sigma_max).map_err(|e| {
+                    CoreError::invalid(
+                        format!("models[{index}].taus"),
+                        format!("{:?}", entry.taus),
+                        format!("times the card's model can sample at ({e})"),
+                    )
+                })?;
+                (entry.taus.clone(), "given times")
+            } else {
+                match card.taus_or_karras(steps)? {
+                    (t, TauSource::Stored) => (t, if steps == 1 { "" } else { "stored times" }),
+                    (taus, TauSource::Karras) => {
+                        notes.push(format!(
                         "`{}` {steps}-step: the card stores no times; used the interior points of the {}-level EDM sampling grid, {:?}",
                         entry.name,
                         steps + 1,
                         taus.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
                     ));
-                    (taus, "Karras times")
+                        (taus, "Karras times")
+                    }
+                    (taus, TauSource::Scheduler) => (taus, "scheduler times"),
                 }
-                (taus, TauSource::Scheduler) => (taus, "scheduler times"),
             };
             let desc = if steps == 1 {
                 "consistency, 1 step".to_string()

@@ -556,12 +556,11 @@ fn a_class_embedding_adapter_moves_each_label_row_by_its_column_of_b_a() {
         (dit, "y_embedder"),
         (mlp, "map_label"),
     ] {
-        class_embedding_adapter_case(&net, table);
+        class_embedding_adapter_case(net, table);
     }
 }
 
-fn class_embedding_adapter_case(net: &NetConfig, table: &str) {
-    let net = net.clone();
+fn class_embedding_adapter_case(net: NetConfig, table: &str) {
     let mut model = build(&net, 11);
     randomize(&model, 12);
     let base_out = output(&model, &net);
