@@ -14,8 +14,10 @@ USAGE:
     cargo xtask <COMMAND> [--cuda] [--procs N [--hostfile FILE]] [-- <extra arguments>]
 
     Extra arguments after `--` go to cargo for `test` and `bench`
-    (`cargo xtask test -- -p cm-core`) and to `cm` for the training and eval
-    commands (`cargo xtask train-cd -- --threads 1 --tensorboard`).
+    (`cargo xtask test -- -p cm-core`; a target selection such as `--test NAME`
+    skips the doc tests) and to `cm` for the training and eval commands
+    (`cargo xtask train-cd -- --threads 1 --tensorboard`). `setup`, `env`,
+    `bench --vs-pytorch`, `bench-scale` and `bench-report` refuse them.
 
 COMMANDS:
     setup [--mpi]

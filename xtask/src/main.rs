@@ -91,6 +91,32 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 .into(),
         );
     }
+    // Every option must be one the command uses: a flag it ignored would
+    // look like it had done something (`ct-ablation --run-dir` ran into
+    // `cm`'s own default folder).
+    if let Some(flag) = given_flags(&args)
+        .into_iter()
+        .find(|f| !accepted_flags(command, args.vs_pytorch).contains(f))
+    {
+        return Err(format!(
+            "`{flag}` is not an option of `{command}` (see `cargo xtask help`; options of `cm` go after `--`)"
+        ));
+    }
+    // Arguments after `--` go to cargo or `cm`; these commands run neither
+    // with them, so they would be silently dropped.
+    let takes_no_passthrough = matches!(command, "setup" | "env" | "bench-scale" | "bench-report")
+        || (command == "bench" && args.vs_pytorch);
+    if takes_no_passthrough && !args.passthrough.is_empty() {
+        let name = if command == "bench" {
+            "bench --vs-pytorch"
+        } else {
+            command
+        };
+        return Err(format!(
+            "`{name}` takes no arguments after `--` (got `{}`): see `cargo xtask help`",
+            args.passthrough.join(" ")
+        ));
+    }
     if command == "help" {
         print!("{}", help::text(workspace::root().ok().as_deref()));
         Ok(ExitCode::SUCCESS)
@@ -112,9 +138,147 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     }
 }
 
+/// The xtask options given on the command line (`--cuda` aside: every
+/// command takes it, and it also comes from `CM_RS_CUDA`).
+fn given_flags(args: &args::Args) -> Vec<&'static str> {
+    [
+        ("--resume", args.resume),
+        ("--preset", args.preset.is_some()),
+        ("--recipe", args.recipe.is_some()),
+        ("--config", args.config.is_some()),
+        ("--run-dir", args.run_dir.is_some()),
+        ("--out", args.out.is_some()),
+        ("--cargo-config", args.cargo_config),
+        ("--mpi", args.mpi),
+        ("--procs", args.procs.is_some()),
+        ("--hostfile", args.hostfile.is_some()),
+        ("--vs-pytorch", args.vs_pytorch),
+        ("--quick", args.quick),
+        ("--python", args.python.is_some()),
+        ("--threads", args.threads.is_some()),
+        ("--rounds", args.rounds.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
+}
+
+/// The xtask options `command` uses (`--cuda` aside).
+fn accepted_flags(command: &str, vs_pytorch: bool) -> &'static [&'static str] {
+    const TRAIN: &[&str] = &[
+        "--preset",
+        "--config",
+        "--run-dir",
+        "--resume",
+        "--procs",
+        "--hostfile",
+    ];
+    match command {
+        "setup" => &["--mpi"],
+        "env" => &["--cargo-config"],
+        "bench" if vs_pytorch => &[
+            "--vs-pytorch",
+            "--quick",
+            "--python",
+            "--threads",
+            "--rounds",
+        ],
+        "bench" => &["--quick"],
+        "bench-scale" => &["--preset", "--out"],
+        "bench-report" => &["--out"],
+        "train-ct" => &[
+            "--preset",
+            "--recipe",
+            "--config",
+            "--run-dir",
+            "--resume",
+            "--procs",
+            "--hostfile",
+        ],
+        "train-cd" | "train-pd" | "train-ect" | "train-lcm" | "train-lcm-lora"
+        | "train-teacher" => TRAIN,
+        "eval" => &["--preset", "--config", "--out"],
+        "compare" => &["--preset", "--resume", "--procs", "--hostfile"],
+        "edit-grids" => &["--run-dir", "--out"],
+        // test, ct-ablation (its options go to `cm` after `--`), help.
+        _ => &[],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_a_command_would_ignore_are_refused() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (cmd, flag) in [
+            (&["ct-ablation", "--run-dir", "x"][..], "--run-dir"),
+            (&["ct-ablation", "--preset", "fmnist"], "--preset"),
+            (&["train-cd", "--recipe", "ict"], "--recipe"),
+            (&["test", "--resume"], "--resume"),
+            (&["setup", "--quick"], "--quick"),
+            (&["bench", "--rounds", "3"], "--rounds"),
+            (&["eval", "--resume"], "--resume"),
+            (&["bench-report", "--preset", "x"], "--preset"),
+        ] {
+            let err = run(strings(cmd)).unwrap_err();
+            assert!(
+                err.contains(&format!("`{flag}` is not an option of `{}`", cmd[0])),
+                "{cmd:?}: {err}"
+            );
+        }
+        // Every command's own options pass this check (they may fail later
+        // for other reasons, never for this one).
+        for &command in COMMANDS {
+            for vs in [false, true] {
+                if vs && command != "bench" {
+                    continue;
+                }
+                for flag in accepted_flags(command, vs) {
+                    assert!(
+                        [
+                            "--resume",
+                            "--preset",
+                            "--recipe",
+                            "--config",
+                            "--run-dir",
+                            "--out",
+                            "--cargo-config",
+                            "--mpi",
+                            "--procs",
+                            "--hostfile",
+                            "--vs-pytorch",
+                            "--quick",
+                            "--python",
+                            "--threads",
+                            "--rounds"
+                        ]
+                        .contains(flag),
+                        "{command}: unknown flag {flag}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn commands_that_run_neither_cargo_nor_cm_refuse_extra_arguments() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for cmd in [
+            &["setup", "--", "-p", "cm-core"][..],
+            &["env", "--", "--release"],
+            &["bench-scale", "--", "x"],
+            &["bench-report", "--", "x"],
+            &["bench", "--vs-pytorch", "--", "--quick"],
+        ] {
+            let err = run(strings(cmd)).unwrap_err();
+            assert!(
+                err.contains("takes no arguments after `--`"),
+                "{cmd:?}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn every_command_has_exactly_one_group() {

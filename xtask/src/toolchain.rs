@@ -11,6 +11,32 @@ use crate::mpi;
 use crate::process::{cargo, cargo_with_env, cuda_target_dir, exit, picks_package, shell_quote};
 use crate::workspace;
 
+/// The first cargo argument (before any `--` of the test binaries) that
+/// selects test targets, which `cargo test --doc` cannot combine with.
+fn selects_targets(passthrough: &[String]) -> Option<&str> {
+    const FLAGS: &[&str] = &[
+        "--lib",
+        "--bin",
+        "--bins",
+        "--test",
+        "--tests",
+        "--bench",
+        "--benches",
+        "--example",
+        "--examples",
+        "--all-targets",
+    ];
+    passthrough
+        .iter()
+        .take_while(|a| *a != "--")
+        .map(String::as_str)
+        .find(|a| {
+            FLAGS
+                .iter()
+                .any(|f| a == f || a.strip_prefix(f).is_some_and(|r| r.starts_with('=')))
+        })
+}
+
 /// The commands of this group.
 pub const COMMANDS: &[&str] = &["setup", "env", "test", "bench"];
 
@@ -87,6 +113,13 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             }
             let mut code = cargo_with_env(&root, &torch, &test_args, &args.passthrough, &defaults)?;
             if code.success() {
+                if let Some(flag) = selects_targets(&args.passthrough) {
+                    // `cargo test --doc` refuses target selections.
+                    eprintln!(
+                        "xtask: doc tests skipped: `{flag}` selects test targets (run `cargo xtask test` without it for the doc tests)"
+                    );
+                    return Ok(exit(code));
+                }
                 code = cargo_with_env(
                     &root,
                     &torch,
@@ -122,5 +155,27 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             Ok(exit(code))
         }
         other => Err(format!("`{other}` is not a toolchain command")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects_targets;
+
+    #[test]
+    fn target_selections_are_found_before_the_test_binary_arguments() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            selects_targets(&v(&["--test", "downstream"])),
+            Some("--test")
+        );
+        assert_eq!(
+            selects_targets(&v(&["-p", "cm-core", "--lib"])),
+            Some("--lib")
+        );
+        assert_eq!(selects_targets(&v(&["--test=fuzz"])), Some("--test=fuzz"));
+        assert_eq!(selects_targets(&v(&["-p", "cm-core"])), None);
+        assert_eq!(selects_targets(&v(&["--", "--test-threads", "1"])), None);
+        assert_eq!(selects_targets(&v(&["--testing"])), None);
     }
 }

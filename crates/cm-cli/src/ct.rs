@@ -22,8 +22,9 @@ pub fn train_ct(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
+    let device_name = crate::device_name(device);
     say!(
-        "consistency training on {device:?} into {}",
+        "consistency training on {device_name} into {}",
         args.run_dir.display()
     );
     let out = observe(args, "ct", |observer| {

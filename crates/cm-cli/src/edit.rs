@@ -49,8 +49,7 @@ pub struct CommonArgs {
     /// Consistency model card (model.toml).
     #[arg(long)]
     pub card: PathBuf,
-    /// Output grid PNG. Editing tasks: one row per input (reference, model
-    /// input, results); interpolate: one row per pair of end points.
+    /// Output grid PNG: one row per input (reference, model input, results).
     #[arg(long)]
     pub out: PathBuf,
     /// Also write every result as a PNG into this folder.
@@ -189,6 +188,10 @@ pub struct DenoiseArgs {
 
 /// Arguments of `cm edit interpolate`.
 #[derive(Debug, clap::Args)]
+// Interpolation takes no inputs: its grid's rows are its own.
+#[command(mut_arg("out", |a| a.help(
+    "Output grid PNG: one row per pair of end points, one column per frame"
+)))]
 pub struct InterpolateArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -349,11 +352,10 @@ fn write_results(
         }
     }
     eprintln!(
-        "{} rows x {} columns (reference, model input, {} result{}) -> {}",
-        n,
-        columns,
-        results.len(),
-        if results.len() == 1 { "" } else { "s" },
+        "{} x {} (reference, model input, {}) -> {}",
+        crate::progress::count(n as u64, "row", "rows"),
+        crate::progress::count(columns as u64, "column", "columns"),
+        crate::progress::count(results.len() as u64, "result", "results"),
         common.out.display()
     );
     Ok(())
@@ -494,10 +496,10 @@ fn run_task(
         }
     };
     eprintln!(
-        "{}: {} images x {} samples, {} evaluations each (taus {:?}), {:.2} s",
+        "{}: {} x {}, {} evaluations each (taus {:?}), {:.2} s",
         task.name(),
-        n,
-        results.len(),
+        crate::progress::count(n as u64, "image", "images"),
+        crate::progress::count(results.len() as u64, "sample", "samples"),
         1 + taus.len(),
         taus.iter()
             .map(|t| (t * 1e3).round() / 1e3)
@@ -588,9 +590,9 @@ fn run_interpolate(a: &InterpolateArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "{} rows of {} frames (slerp between two noises, one evaluation per frame) -> {}",
-        a.pairs,
-        a.frames,
+        "{} of {} (slerp between two noises, one evaluation per frame) -> {}",
+        crate::progress::count(a.pairs as u64, "row", "rows"),
+        crate::progress::count(a.frames as u64, "frame", "frames"),
         a.common.out.display()
     );
     Ok(())

@@ -51,10 +51,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         cm_core::Validate::validate(&config).context("--samples")?;
     }
     let device = crate::device(args.device)?;
+    let device_name = crate::device_name(device);
     eprintln!(
-        "evaluating {} model(s), {} samples per row, on {device:?} into {}",
-        config.models.len(),
-        config.samples,
+        "evaluating {}, {} per row, on {device_name} into {}",
+        crate::progress::count(config.models.len() as u64, "model", "models"),
+        crate::progress::count(config.samples as u64, "sample", "samples"),
         args.out.display()
     );
     let mut bars = crate::progress::Bars::new();

@@ -277,6 +277,15 @@ pub(crate) fn device(arg: DeviceArg) -> Result<Device> {
     })
 }
 
+/// A device as `--device` spells it ("cpu", "cuda:0"), for messages.
+pub(crate) fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// The first Ctrl-C raises the flag (the loop saves and returns); a second
 /// one exits at once.
 pub(crate) fn install_stop_handler() -> Result<Arc<AtomicBool>> {
@@ -358,7 +367,8 @@ fn from_teacher<C: serde::de::DeserializeOwned + cm_core::Validate>(
         teachers,
         stop,
     } = args.setup::<C>()?;
-    say!("{what} on {device:?} into {}", run.run_dir.display());
+    let device_name = crate::device_name(device);
+    say!("{what} on {device_name} into {}", run.run_dir.display());
     let out = observe(run, label, |observer| {
         pipeline(
             &config,
@@ -428,8 +438,9 @@ fn train_pd(args: &DistillArgs) -> Result<()> {
         teachers,
         stop,
     } = args.setup::<PdRunConfig>()?;
+    let device_name = crate::device_name(device);
     say!(
-        "progressive distillation {:?} on {device:?} into {}",
+        "progressive distillation {:?} on {device_name} into {}",
         config.pd.stages(),
         run.run_dir.display()
     );
@@ -463,13 +474,14 @@ fn train_teacher(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
+    let device_name = crate::device_name(device);
     match &config.fine_tune {
         None => say!(
-            "training the EDM teacher on {device:?} into {}",
+            "training the EDM teacher on {device_name} into {}",
             args.run_dir.display()
         ),
         Some(ft) => say!(
-            "LoRA fine-tune (EDM loss) of {} on {device:?} into {}",
+            "LoRA fine-tune (EDM loss) of {} on {device_name} into {}",
             ft.base.display(),
             args.run_dir.display()
         ),
@@ -498,8 +510,9 @@ fn train_autoencoder(args: &RunArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     let device = device(args.device)?;
     let stop = install_stop_handler()?;
+    let device_name = crate::device_name(device);
     say!(
-        "training the autoencoder on {device:?} into {}",
+        "training the autoencoder on {device_name} into {}",
         args.run_dir.display()
     );
     let out = observe(args, "autoencoder", |observer| {

@@ -92,7 +92,7 @@ struct Table {
 
 impl Table {
     fn read(path: &Path) -> Result<Table> {
-        let text = std::fs::read_to_string(path)
+        let text = cm_core::read_bounded_text(path, cm_train::MAX_METRICS_BYTES, "a CSV table")
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut records =
             parse_csv(&text).with_context(|| format!("parsing {}", path.display()))?;

@@ -87,6 +87,12 @@ pub fn format_rate(per_s: f64) -> String {
     }
 }
 
+/// `n` and its noun, singular for one: `count(1, "image", "images")` is
+/// "1 image", `count(3, ...)` "3 images".
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Counted work outside training (evaluation rows, sampling, the timestep
 /// search): a bar with rate and ETA on a terminal, a log line per quarter
 /// otherwise.
@@ -166,7 +172,14 @@ impl Progress for Bars {
 
 #[cfg(test)]
 mod tests {
-    use super::format_rate;
+    use super::{count, format_rate};
+
+    #[test]
+    fn counts_take_the_singular_for_one() {
+        assert_eq!(count(1, "image", "images"), "1 image");
+        assert_eq!(count(0, "image", "images"), "0 images");
+        assert_eq!(count(3, "row", "rows"), "3 rows");
+    }
 
     #[test]
     fn rates_have_three_significant_figures() {

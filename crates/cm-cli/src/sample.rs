@@ -383,8 +383,8 @@ pub fn sample(args: &SampleArgs) -> Result<()> {
         ("points", "point")
     };
     eprintln!(
-        "{} {noun}, {} NFE each, {:.2} s sampling ({:.1} ms per {one}) -> {} ({})",
-        done.count,
+        "{}, {} NFE each, {:.2} s sampling ({:.1} ms per {one}) -> {} ({})",
+        crate::progress::count(done.count as u64, one, noun),
         done.nfe,
         done.seconds,
         1e3 * done.seconds / done.count as f64,

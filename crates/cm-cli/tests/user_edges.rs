@@ -117,6 +117,38 @@ fn sample_writes_a_scatter_plot_and_csv_for_a_toy_card() {
     // --no-png is harmless for points.
     let (code, err) = sample(&card, &out, &["--count", "10", "--no-png"]);
     assert_eq!(code, Some(0), "{err}");
+    // One sample is "1 point", not "1 points".
+    let (code, err) = sample(&card, &out, &["--count", "1", "--no-png"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1 point, 1 NFE each"), "{err}");
+}
+
+/// Each editing task's `--out` help describes its own grid: interpolation
+/// has no inputs, so its help does not mention them.
+#[test]
+fn edit_help_describes_each_grid() {
+    let help = |task: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cm"))
+            .args(["edit", task, "--help"])
+            .output()
+            .expect("run cm");
+        assert!(out.status.success());
+        // Whitespace collapsed: clap wraps long help lines.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let interpolate = help("interpolate");
+    assert!(
+        interpolate.contains("one row per pair of end points"),
+        "{interpolate}"
+    );
+    assert!(!interpolate.contains("model input"), "{interpolate}");
+    let inpaint = help("inpaint");
+    assert!(
+        inpaint.contains("one row per input (reference, model input, results)"),
+        "{inpaint}"
+    );
+    assert!(!inpaint.contains("pair of end points"), "{inpaint}");
 }
 
 #[test]

@@ -160,36 +160,57 @@ pub fn load_diffusers_json<T: DeserializeOwned + Validate>(
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 fn read_text(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let io = |source: std::io::Error| CoreError::Io {
+    let bytes =
+        read_bounded(path, MAX_CONFIG_BYTES, "a config file").map_err(|source| CoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    String::from_utf8(bytes).map_err(|_| CoreError::Io {
         path: path.to_path_buf(),
-        source,
-    };
-    let refuse = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
-    let meta = std::fs::metadata(path).map_err(io)?;
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })
+}
+
+/// Reads a whole file that must be a regular file (not a folder, device or
+/// pipe: `/dev/zero` or a FIFO would read forever or hang) of at most
+/// `max_bytes`; `what` names the expected file in the refusal. A file that
+/// grows past the limit while being read is refused too. Refusals are
+/// `InvalidInput` errors.
+pub fn read_bounded(path: &Path, max_bytes: u64, what: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
-        return Err(refuse(
-            "not a regular file (a folder, device or pipe); expected a config file".into(),
-        ));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
         return Err(refuse(format!(
-            "{} bytes, above the {MAX_CONFIG_BYTES}-byte limit for config files",
+            "not a regular file (a folder, device or pipe); expected {what}"
+        )));
+    }
+    if meta.len() > max_bytes {
+        return Err(refuse(format!(
+            "{} bytes, above the {max_bytes}-byte limit for {what}",
             meta.len()
         )));
     }
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
         return Err(refuse(format!(
-            "grew past the {MAX_CONFIG_BYTES}-byte limit while being read"
+            "grew past the {max_bytes}-byte limit for {what} while being read"
         )));
     }
-    Ok(text)
+    Ok(bytes)
+}
+
+/// [`read_bounded`] for UTF-8 text.
+pub fn read_bounded_text(path: &Path, max_bytes: u64, what: &str) -> std::io::Result<String> {
+    String::from_utf8(read_bounded(path, max_bytes, what)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text; expected {what}"),
+        )
+    })
 }
 
 /// A parse error without the quoted source lines (those of toml's message

@@ -45,8 +45,9 @@ pub mod weighting;
 
 pub use cond::Conditioning;
 pub use config::{
-    load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, same_file, ConsistencyConfig,
-    ConsistencyRecipe, EdmConfig, IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES,
+    load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, read_bounded,
+    read_bounded_text, same_file, ConsistencyConfig, ConsistencyRecipe, EdmConfig,
+    IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES,
 };
 pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE};
 pub use error::{CoreError, Result};
@@ -65,6 +66,6 @@ pub use schedule::{
 pub use seed::{fnv1a64, mix_seed, splitmix64, SplitMix64};
 pub use sigmas::{
     adjacent_pairs, check_sigma, grid_tensor, lcm_times, skipping_pairs, KarrasGrid, NoiseRange,
-    MAX_GRID_POINTS, MAX_SIGMA,
+    MAX_GRID_POINTS, MAX_SIGMA, MIN_SIGMA,
 };
 pub use weighting::{BoundWeighting, LossWeighting, Weighting};

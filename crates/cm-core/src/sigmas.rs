@@ -13,19 +13,31 @@ use crate::error::{CoreError, Result};
 /// and accurate in the f32 the networks run in (`f32::MAX` is 3.4e38).
 pub const MAX_SIGMA: f64 = 1e5;
 
+/// The smallest noise level (and `sigma_data`) a config may set: far below
+/// any published schedule (EDM and CM end at 0.002), and large enough that
+/// it survives the f32 the networks run in. Data in `[-1, 1]` has an f32
+/// spacing of up to 1.2e-7, so `x + sigma z` with a smaller `sigma` adds
+/// (nearly) nothing, and `sigma^2` of 1e-20 or less loses digits in the
+/// preconditioning; 1e-300 even becomes 0 and `ln(sigma)` -inf.
+pub const MIN_SIGMA: f64 = 1e-6;
+
 /// The most points a sampling or training grid may have: more than any
 /// schedule uses (iCT ends at 1281, EDM samples with 18-256 steps); every
 /// point is an f64 and a network evaluation, so this bounds both memory
 /// and time.
 pub const MAX_GRID_POINTS: usize = 100_000;
 
-/// Checks that `value` is a noise level in `(0, MAX_SIGMA]`, named `field`.
+/// Checks that `value` is a noise level in `[MIN_SIGMA, MAX_SIGMA]`, named
+/// `field`.
 pub fn check_sigma(field: &str, value: f64, what: &str) -> Result<()> {
-    if !(value.is_finite() && value > 0.0 && value <= MAX_SIGMA) {
+    if !(value.is_finite() && (MIN_SIGMA..=MAX_SIGMA).contains(&value)) {
         return Err(CoreError::invalid(
             field,
             value,
-            format!("{what} in (0, {MAX_SIGMA:e}] (larger values overflow f32 arithmetic)"),
+            format!(
+                "{what} in [{MIN_SIGMA:e}, {MAX_SIGMA:e}] (smaller values vanish and larger \
+                 ones overflow in f32 arithmetic)"
+            ),
         ));
     }
     Ok(())
@@ -53,6 +65,7 @@ impl NoiseRange {
                 "a finite time > 0",
             ));
         }
+        check_sigma("sigma_min", sigma_min, "a time")?;
         if !(sigma_max > sigma_min && sigma_max.is_finite()) {
             return Err(CoreError::invalid(
                 "sigma_max",
@@ -113,6 +126,7 @@ impl KarrasGrid {
                 "a finite number > 0",
             ));
         }
+        check_sigma(&f("sigma_min"), self.sigma_min, "a noise level")?;
         if !(self.sigma_max.is_finite() && self.sigma_max > self.sigma_min) {
             return Err(CoreError::invalid(
                 f("sigma_max"),

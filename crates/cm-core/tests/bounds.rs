@@ -4,7 +4,8 @@
 //! grids of 2^32 steps (a 34 GB allocation) are refused with the field named.
 
 use cm_core::{
-    ConsistencyConfig, EdmConfig, FixedSchedule, KarrasGrid, NoiseRange, MAX_GRID_POINTS, MAX_SIGMA,
+    ConsistencyConfig, EdmConfig, FixedSchedule, KarrasGrid, NoiseRange, MAX_GRID_POINTS,
+    MAX_SIGMA, MIN_SIGMA,
 };
 
 #[test]
@@ -33,6 +34,24 @@ fn noise_levels_must_fit_f32_arithmetic() {
     // The limit itself is accepted, and its square stays finite in f32.
     assert!(NoiseRange::new(0.002, MAX_SIGMA).is_ok());
     assert!((MAX_SIGMA as f32).powi(2).is_finite());
+    // The lower end: 1e-300 is 0 in f32 (ln(sigma) -inf); the smallest
+    // level allowed keeps its square a normal f32 and shows in data near 1.
+    let cm = ConsistencyConfig {
+        sigma_min: 1e-300,
+        ..ConsistencyConfig::default()
+    };
+    let err = cm.validate_at("c.").unwrap_err().to_string();
+    assert!(err.contains("c.sigma_min"), "{err}");
+    let edm = EdmConfig {
+        sigma_data: 1e-300,
+        ..EdmConfig::default()
+    };
+    let err = edm.validate_at("edm.").unwrap_err().to_string();
+    assert!(err.contains("edm.sigma_data"), "{err}");
+    assert!(NoiseRange::new(1e-300, 80.0).is_err());
+    assert!(NoiseRange::new(MIN_SIGMA, 80.0).is_ok());
+    assert!((MIN_SIGMA as f32).powi(2) >= f32::MIN_POSITIVE);
+    assert!(1.0f32 - (MIN_SIGMA as f32) < 1.0);
 }
 
 #[test]

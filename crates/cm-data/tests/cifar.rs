@@ -82,3 +82,26 @@ fn truncated_batch_is_corrupt() {
         .to_string()
         .contains("label 10"));
 }
+
+/// Only regular files are read: a pipe named like a batch file is refused
+/// at once, and one named `batches.meta.txt` (which would hang a plain read)
+/// falls back to the standard class names.
+#[test]
+fn pipes_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dist(dir.path());
+    let mkfifo = |p: &Path| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    };
+    mkfifo(&dir.path().join("batches.meta.txt"));
+    let ds = load_cifar10_dir(dir.path()).unwrap();
+    assert_eq!(ds.class_names[0], "airplane");
+    let pipe = dir.path().join("pipe.bin");
+    mkfifo(&pipe);
+    let err = read_cifar10_batch(&pipe).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}

@@ -90,3 +90,45 @@ fn load_a_toy_source() {
     assert_eq!(ds.train().len(), 500);
     assert_eq!(ds.test().len(), 50);
 }
+
+/// Error messages show a source as the user writes it: a TOML inline table,
+/// `kind` first, that parses back to the same source (no Rust type names).
+#[test]
+fn sources_display_as_toml_inline_tables() {
+    #[derive(serde::Deserialize)]
+    struct Holder {
+        data: DataSource,
+    }
+    let sources = [
+        DataSource::FashionMnist,
+        DataSource::ColoredFashionMnist {
+            seed: 3,
+            hue_jitter: 12.5,
+        },
+        DataSource::ImageFolder {
+            dir: PathBuf::from("/data/faces"),
+            resolution: 64,
+            color: ColorMode::Rgb,
+            split: SplitRule::NoTest,
+        },
+        DataSource::Toy(ToyConfig::new(ToyKind::TwoMoons, 7)),
+    ];
+    for source in sources {
+        let shown = source.to_string();
+        assert!(shown.starts_with("{ kind = \""), "{shown}");
+        assert!(
+            !shown.contains("Mnist") && !shown.contains("Toy("),
+            "{shown}"
+        );
+        let back: Holder = parse(&format!("data = {shown}")).unwrap();
+        assert_eq!(back.data, source, "{shown}");
+    }
+    assert_eq!(
+        DataSource::ColoredFashionMnist {
+            seed: 0,
+            hue_jitter: 20.0
+        }
+        .to_string(),
+        "{ kind = \"colored-fashion-mnist\", hue_jitter = 20.0, seed = 0 }"
+    );
+}

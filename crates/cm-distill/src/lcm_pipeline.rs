@@ -447,9 +447,9 @@ impl Validate for LcmRunConfig {
         if self.teacher.data != self.autoencoder.data {
             return Err(CoreError::invalid(
                 "teacher.data",
-                format!("{:?}", self.teacher.data),
+                self.teacher.data.to_string(),
                 format!(
-                    "the autoencoder's data ({:?}): the teacher learns its latents",
+                    "the autoencoder's data ({}): the teacher learns its latents",
                     self.autoencoder.data
                 ),
             ));

@@ -449,6 +449,13 @@ pub fn evaluate_cached(
             )));
         }
     }
+    if data.skipped_rows > 0 {
+        progress.message(&format!(
+            "data: {} entries skipped on import: {}",
+            data.skipped_rows,
+            config.data.skipped_entries()
+        ));
+    }
     let space = feature_space(&data, &config.classifier, None, device, progress)?;
     let n = config.samples;
     let mut rng = SplitMix64(config.seed ^ 0x7265_6665_7265_6e63);
@@ -951,7 +958,8 @@ pub fn training_seconds(dirs: &[PathBuf]) -> Option<f64> {
     }
     let mut total = None;
     for file in files.iter().filter(|f| f.is_file()) {
-        let Ok(text) = std::fs::read_to_string(file) else {
+        // A regular file of bounded size (cm-train's MAX_METRICS_BYTES).
+        let Ok(text) = cm_core::read_bounded_text(file, 1 << 30, "a metrics.csv") else {
             continue;
         };
         let mut sum = 0.0;

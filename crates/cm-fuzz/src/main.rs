@@ -7,7 +7,8 @@
 //! Runs `N` cases (default 10,000) of every target (or one), prints cases,
 //! errors, values, panics, the slowest case and the peak resident memory of
 //! the process, and writes every panicking input into `DIR` (default
-//! `fuzz-failures/`). Exits 1 if any case panicked.
+//! `fuzz-failures/`). Exits 1 if any case panicked or the peak resident
+//! memory reached `cm_fuzz::MAX_PEAK_RSS` (1 GiB).
 
 use std::process::ExitCode;
 
@@ -64,5 +65,16 @@ fn run() -> Result<bool> {
         clean &= report.panics == 0;
     }
     println!("peak resident memory: {}", cm_fuzz::peak_rss());
+    match cm_fuzz::peak_rss_bytes() {
+        Some(peak) if peak >= cm_fuzz::MAX_PEAK_RSS => {
+            println!(
+                "peak resident memory {peak} bytes is above the bound of {} bytes",
+                cm_fuzz::MAX_PEAK_RSS
+            );
+            clean = false;
+        }
+        Some(_) => {}
+        None => println!("peak resident memory unknown: the bound was not checked"),
+    }
     Ok(clean)
 }

@@ -23,7 +23,7 @@ fn every_parser_survives_the_committed_fuzz_run() {
     let peak = cm_fuzz::peak_rss_bytes().expect("/proc/self/status reports VmHWM on Linux");
     eprintln!("peak resident memory: {}", cm_fuzz::peak_rss());
     assert!(
-        peak < 1 << 30,
+        peak < cm_fuzz::MAX_PEAK_RSS,
         "peak resident memory {} above 1 GiB",
         cm_fuzz::peak_rss()
     );

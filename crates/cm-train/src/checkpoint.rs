@@ -208,7 +208,8 @@ impl Checkpointer<'_> {
     ) -> Result<(u64, usize)> {
         let state_path = dir.join("state.json");
         let text =
-            fs::read_to_string(&state_path).map_err(TrainError::io("cannot read", &state_path))?;
+            cm_core::read_bounded_text(&state_path, cm_core::MAX_CONFIG_BYTES, "a state.json")
+                .map_err(TrainError::io("cannot read", &state_path))?;
         let state: CheckpointState =
             serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
                 path: state_path.clone(),

@@ -82,7 +82,7 @@ pub use ema::{ema_update, Ema};
 pub use error::{Result, TrainError};
 pub use latent::{latent_dataset, Decoding, LatentConfig};
 pub use metric::build_metric;
-pub use metrics::read_losses;
+pub use metrics::{read_losses, read_metrics, MAX_METRICS_BYTES};
 pub use objective::{Batch, BatchSource, Objective};
 pub use observer::{Observer, Quiet, StepInfo};
 pub use optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerKind};

@@ -10,11 +10,23 @@ use crate::error::{Result, TrainError};
 /// The header of `metrics.csv`.
 pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,elapsed_s,steps_per_s";
 
+/// The largest `metrics.csv` read back (a row is about 60 bytes: some 17
+/// million logged steps).
+pub const MAX_METRICS_BYTES: u64 = 1 << 30;
+
+/// Reads a `metrics.csv`: a regular file of at most [`MAX_METRICS_BYTES`]
+/// (a pipe or device in its place would hang or never end).
+pub fn read_metrics(path: &Path) -> std::io::Result<String> {
+    cm_core::read_bounded_text(path, MAX_METRICS_BYTES, "a metrics.csv")
+}
+
 /// Rewrites `metrics.csv` keeping the rows of steps `<= step` (a resumed run
 /// continues after its checkpoint; rows written after it are redone).
 pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Ok(());
+    let text = match read_metrics(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainError::io("cannot read", path)(e)),
     };
     let kept: Vec<&str> = text
         .lines()
@@ -34,7 +46,7 @@ pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 
 /// Reads `(step, loss)` pairs back from `metrics.csv` (for the loss plot).
 pub fn read_losses(path: &Path) -> Vec<(u64, f64)> {
-    fs::read_to_string(path)
+    read_metrics(path)
         .unwrap_or_default()
         .lines()
         .skip(1)

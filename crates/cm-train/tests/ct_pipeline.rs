@@ -27,6 +27,16 @@ fn short_toy() -> CtRunConfig {
     c
 }
 
+/// An observer that keeps the run's messages.
+#[derive(Default)]
+struct Messages(Vec<String>);
+
+impl cm_train::Observer for Messages {
+    fn on_message(&mut self, message: &str) {
+        self.0.push(message.to_string());
+    }
+}
+
 #[test]
 fn finished_stopped_and_resumed_runs() {
     tch::set_num_threads(1);
@@ -97,15 +107,24 @@ fn finished_stopped_and_resumed_runs() {
         std::fs::read(&card_path).unwrap(),
         std::fs::read(full.join("report.md")).unwrap(),
     );
+    let mut messages = Messages::default();
     let again = run_ct(
         &config,
         &full,
         true,
         Device::Cpu,
         &AtomicBool::new(false),
-        &mut Quiet,
+        &mut messages,
     )
     .unwrap();
+    assert!(
+        messages
+            .0
+            .iter()
+            .any(|m| m.contains("already finished at step 60") && m.contains("left as they are")),
+        "a finished run resumed says so: {:?}",
+        messages.0
+    );
     assert_eq!(again.train.step, 60);
     assert!(again.card.is_some() && again.report.is_some());
     assert_eq!(std::fs::read(&card_path).unwrap(), card_text);

@@ -75,6 +75,11 @@ fn resume_checks_state_dtypes_and_finiteness() {
     std::fs::write(&state, text.replace("\"step\": 10", "\"step\": 7")).unwrap();
     let err = go(&config, &dir, true).unwrap_err().to_string();
     assert!(err.contains("state.json says step 7"), "{err}");
+    // The case: step 999999 written into the step-10 checkpoint
+    // (it used to report the run done).
+    std::fs::write(&state, text.replace("\"step\": 10", "\"step\": 999999")).unwrap();
+    let err = go(&config, &dir, true).unwrap_err().to_string();
+    assert!(err.contains("state.json says step 999999"), "{err}");
     // A checkpoint beyond the run's steps.
     std::fs::write(&state, text.replace("\"step\": 10", "\"step\": 999999")).unwrap();
     let far = dir.join("checkpoints/step_0999999");
@@ -116,6 +121,20 @@ fn resume_checks_state_dtypes_and_finiteness() {
     });
     let err = go(&config, &dir, true).unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A pipe in place of state.json: the checkpoint counts as incomplete
+    // (never opened, so the resume cannot hang) and the run starts over.
+    let (config, dir, ckpt) = partial("trust-fifo");
+    let state = ckpt.join("state.json");
+    std::fs::remove_file(&state).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_eq!(cm_train::latest_checkpoint(&dir), None);
+    assert_eq!(go(&config, &dir, true).unwrap(), 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
