@@ -91,7 +91,7 @@ COMMANDS:
     ct-ablation
              The CT -> iCT ablation on 2-D toy data (configs/ct/toy-{ct,ict}.toml):
              every rung, 3 seeds, exact distances; runs/ct-ablation/ablation.md.
-             Ctrl-C saves a checkpoint; --resume continues. Extra `cm` flags after `--`.
+             Its options (`cm ct-ablation --help`) go after `--`.
     eval [--preset {eval}] [--config FILE] [--out DIR]
              Sample quality of the configured model cards (FID, KID,
              precision/recall, IS-like in the project's feature space)

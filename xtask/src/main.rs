@@ -30,7 +30,6 @@ use std::process::ExitCode;
 use libtorch::Flavor;
 
 /// Every command, in the order of the help text's sections.
-#[cfg_attr(not(test), allow(dead_code))]
 const COMMANDS: &[&str] = &[
     "setup",
     "env",
@@ -94,9 +93,10 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     // Every option must be one the command uses: a flag it ignored would
     // look like it had done something (`ct-ablation --run-dir` ran into
     // `cm`'s own default folder).
+    let known = COMMANDS.contains(&command) && command != "help";
     if let Some(flag) = given_flags(&args)
         .into_iter()
-        .find(|f| !accepted_flags(command, args.vs_pytorch).contains(f))
+        .find(|f| known && !accepted_flags(command, args.vs_pytorch).contains(f))
     {
         return Err(format!(
             "`{flag}` is not an option of `{command}` (see `cargo xtask help`; options of `cm` go after `--`)"
@@ -138,29 +138,50 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     }
 }
 
-/// The xtask options given on the command line (`--cuda` aside: every
+/// The xtask options a command may or may not use (`--cuda` aside: every
 /// command takes it, and it also comes from `CM_RS_CUDA`).
+const FLAGS: [&str; 15] = [
+    "--resume",
+    "--preset",
+    "--recipe",
+    "--config",
+    "--run-dir",
+    "--out",
+    "--cargo-config",
+    "--mpi",
+    "--procs",
+    "--hostfile",
+    "--vs-pytorch",
+    "--quick",
+    "--python",
+    "--threads",
+    "--rounds",
+];
+
+/// The options of [`FLAGS`] given on the command line.
 fn given_flags(args: &args::Args) -> Vec<&'static str> {
-    [
-        ("--resume", args.resume),
-        ("--preset", args.preset.is_some()),
-        ("--recipe", args.recipe.is_some()),
-        ("--config", args.config.is_some()),
-        ("--run-dir", args.run_dir.is_some()),
-        ("--out", args.out.is_some()),
-        ("--cargo-config", args.cargo_config),
-        ("--mpi", args.mpi),
-        ("--procs", args.procs.is_some()),
-        ("--hostfile", args.hostfile.is_some()),
-        ("--vs-pytorch", args.vs_pytorch),
-        ("--quick", args.quick),
-        ("--python", args.python.is_some()),
-        ("--threads", args.threads.is_some()),
-        ("--rounds", args.rounds.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(flag, given)| given.then_some(flag))
-    .collect()
+    let given = [
+        args.resume,
+        args.preset.is_some(),
+        args.recipe.is_some(),
+        args.config.is_some(),
+        args.run_dir.is_some(),
+        args.out.is_some(),
+        args.cargo_config,
+        args.mpi,
+        args.procs.is_some(),
+        args.hostfile.is_some(),
+        args.vs_pytorch,
+        args.quick,
+        args.python.is_some(),
+        args.threads.is_some(),
+        args.rounds.is_some(),
+    ];
+    FLAGS
+        .into_iter()
+        .zip(given)
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
 }
 
 /// The xtask options `command` uses (`--cuda` aside).
@@ -198,7 +219,7 @@ fn accepted_flags(command: &str, vs_pytorch: bool) -> &'static [&'static str] {
         "train-cd" | "train-pd" | "train-ect" | "train-lcm" | "train-lcm-lora"
         | "train-teacher" => TRAIN,
         "eval" => &["--preset", "--config", "--out"],
-        "compare" => &["--preset", "--resume", "--procs", "--hostfile"],
+        "compare" => &["--preset", "--out", "--resume", "--procs", "--hostfile"],
         "edit-grids" => &["--run-dir", "--out"],
         // test, ct-ablation (its options go to `cm` after `--`), help.
         _ => &[],
@@ -228,38 +249,40 @@ mod tests {
                 "{cmd:?}: {err}"
             );
         }
-        // Every command's own options pass this check (they may fail later
-        // for other reasons, never for this one).
+        // Every listed option is one xtask parses, and each command's own
+        // options (those its module reads) are listed.
         for &command in COMMANDS {
             for vs in [false, true] {
-                if vs && command != "bench" {
-                    continue;
-                }
                 for flag in accepted_flags(command, vs) {
-                    assert!(
-                        [
-                            "--resume",
-                            "--preset",
-                            "--recipe",
-                            "--config",
-                            "--run-dir",
-                            "--out",
-                            "--cargo-config",
-                            "--mpi",
-                            "--procs",
-                            "--hostfile",
-                            "--vs-pytorch",
-                            "--quick",
-                            "--python",
-                            "--threads",
-                            "--rounds"
-                        ]
-                        .contains(flag),
-                        "{command}: unknown flag {flag}"
-                    );
+                    assert!(FLAGS.contains(flag), "{command}: unknown flag {flag}");
                 }
             }
         }
+        for (command, flags) in [
+            ("compare", &["--preset", "--out", "--resume", "--procs"][..]),
+            ("eval", &["--preset", "--config", "--out"]),
+            ("edit-grids", &["--run-dir", "--out"]),
+            ("bench-scale", &["--preset", "--out"]),
+            (
+                "train-ct",
+                &["--preset", "--recipe", "--config", "--run-dir", "--resume"],
+            ),
+            (
+                "train-cd",
+                &["--preset", "--config", "--run-dir", "--resume", "--procs"],
+            ),
+        ] {
+            for flag in flags {
+                assert!(
+                    accepted_flags(command, false).contains(flag),
+                    "{command} {flag}"
+                );
+            }
+        }
+        assert!(accepted_flags("bench", true).contains(&"--rounds"));
+        // Unknown commands and help are not judged by their options.
+        let err = run(strings(&["trian-cd", "--preset", "x"])).unwrap_err();
+        assert!(err.contains("unknown command"), "{err}");
     }
 
     #[test]

@@ -101,7 +101,12 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
                     .passthrough
                     .iter()
                     .any(|a| a == "cm-cli" || a == "--package=cm-cli");
-            let mut test_args = vec!["test", "--all-targets"];
+            // `--all-targets` would override a target selection after `--`.
+            let selection = selects_targets(&args.passthrough);
+            let mut test_args = vec!["test"];
+            if selection.is_none() {
+                test_args.push("--all-targets");
+            }
             if !picks_other {
                 match mpi::ensure() {
                     Ok(()) => test_args.extend(["--features", "cm-cli/mpi"]),
@@ -113,7 +118,7 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             }
             let mut code = cargo_with_env(&root, &torch, &test_args, &args.passthrough, &defaults)?;
             if code.success() {
-                if let Some(flag) = selects_targets(&args.passthrough) {
+                if let Some(flag) = selection {
                     // `cargo test --doc` refuses target selections.
                     eprintln!(
                         "xtask: doc tests skipped: `{flag}` selects test targets (run `cargo xtask test` without it for the doc tests)"

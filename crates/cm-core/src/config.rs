@@ -159,6 +159,10 @@ pub fn load_diffusers_json<T: DeserializeOwned + Validate>(
 /// The largest config, card or sidecar file read (real ones are a few KB).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
+/// The largest training log (`metrics.csv`) or CSV table read back: a row
+/// is about 60 bytes, so some 17 million logged steps.
+pub const MAX_METRICS_BYTES: u64 = 1 << 30;
+
 fn read_text(path: &Path) -> Result<String> {
     let bytes =
         read_bounded(path, MAX_CONFIG_BYTES, "a config file").map_err(|source| CoreError::Io {

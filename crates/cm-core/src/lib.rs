@@ -47,7 +47,7 @@ pub use cond::Conditioning;
 pub use config::{
     load_diffusers_json, load_toml, parse_diffusers_json, parse_toml, read_bounded,
     read_bounded_text, same_file, ConsistencyConfig, ConsistencyRecipe, EdmConfig,
-    IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES,
+    IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES, MAX_METRICS_BYTES,
 };
 pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE};
 pub use error::{CoreError, Result};

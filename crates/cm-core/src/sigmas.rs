@@ -56,7 +56,7 @@ pub struct NoiseRange {
 }
 
 impl NoiseRange {
-    /// Checks `0 < sigma_min < sigma_max`, both finite.
+    /// Checks `MIN_SIGMA <= sigma_min < sigma_max <= MAX_SIGMA`.
     pub fn new(sigma_min: f64, sigma_max: f64) -> Result<Self> {
         if !(sigma_min > 0.0 && sigma_min.is_finite()) {
             return Err(CoreError::invalid(
@@ -115,7 +115,7 @@ impl Default for KarrasGrid {
 }
 
 impl KarrasGrid {
-    /// Checks `0 < sigma_min < sigma_max` (finite) and `rho > 0`; `prefix` is
+    /// Checks `MIN_SIGMA <= sigma_min < sigma_max <= MAX_SIGMA` and `rho > 0`; `prefix` is
     /// the dotted path of the struct in its config, used in the error.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let f = |name: &str| format!("{prefix}{name}");

@@ -38,49 +38,21 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 /// real ones hold 10,000, 30.7 MB).
 pub const MAX_CIFAR_BATCH_BYTES: u64 = 1 << 30;
 
-/// Reads a regular file of at most `max` bytes (a device or pipe named like
-/// a batch file would never end or hang; a huge file is refused by size).
-fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path)?;
-    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    if !meta.is_file() {
-        return Err(refuse(
-            "not a regular file (a folder, device or pipe)".into(),
-        ));
-    }
-    if meta.len() > max {
-        return Err(refuse(format!(
-            "{} bytes, above the {max}-byte limit",
-            meta.len()
-        )));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(refuse(format!(
-            "grew past the {max}-byte limit while being read"
-        )));
-    }
-    Ok(bytes)
-}
-
 /// Reads one CIFAR-10 batch file: pixels `[N, 3, 32, 32]` and labels. Fails
 /// when the file size is not a whole number of records or a label is not in
 /// `0..10`.
 pub fn read_cifar10_batch(path: &Path) -> Result<(Vec<u8>, Vec<i64>)> {
-    let bytes = read_regular(path, MAX_CIFAR_BATCH_BYTES).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingFile {
-                path: path.into(),
-                expected: "a CIFAR-10 binary batch file".into(),
+    let bytes = cm_core::read_bounded(path, MAX_CIFAR_BATCH_BYTES, "a CIFAR-10 binary batch file")
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                DataError::MissingFile {
+                    path: path.into(),
+                    expected: "a CIFAR-10 binary batch file".into(),
+                }
+            } else {
+                DataError::io("cannot read", path, e)
             }
-        } else {
-            DataError::io("cannot read", path, e)
-        }
-    })?;
+        })?;
     if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD_BYTES) {
         return Err(DataError::corrupt(
             path,
@@ -145,9 +117,9 @@ pub fn load_cifar10_dir(dir: &Path) -> Result<ImageDataset> {
     let test = read_batches(std::slice::from_ref(&test_file))?;
     // The class names file is small (10 lines); anything else falls back
     // to the standard names.
-    let meta = read_regular(&root.join("batches.meta.txt"), 1 << 16)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok());
+    let meta =
+        cm_core::read_bounded_text(&root.join("batches.meta.txt"), 1 << 16, "batches.meta.txt")
+            .ok();
     let class_names = match meta {
         Some(text) => {
             let names: Vec<String> = text

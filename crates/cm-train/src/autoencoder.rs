@@ -246,6 +246,13 @@ impl Objective for AutoencoderObjective {
     fn sample(&self, model: &Model, latents: &Tensor, _: Conditioning<'_>) -> Result<Tensor> {
         self.reconstruction_grid(model, latents.size()[0])
     }
+
+    /// One call: the grid pairs each preview image with its reconstruction
+    /// (`latents` only sets the count), so chunks would repeat the first
+    /// images; the preview set bounds the memory.
+    fn grid_chunk(&self, _batch_size: usize) -> Option<usize> {
+        None
+    }
 }
 
 /// The autoencoder on the run skeleton.

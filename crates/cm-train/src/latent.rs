@@ -234,4 +234,8 @@ impl Objective for Decoding<'_> {
         let z = self.inner.sample(model, latents, cond)?;
         Ok(self.codec.decode(&z)?)
     }
+
+    fn grid_chunk(&self, batch_size: usize) -> Option<usize> {
+        self.inner.grid_chunk(batch_size)
+    }
 }

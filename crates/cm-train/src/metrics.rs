@@ -10,9 +10,7 @@ use crate::error::{Result, TrainError};
 /// The header of `metrics.csv`.
 pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,elapsed_s,steps_per_s";
 
-/// The largest `metrics.csv` read back (a row is about 60 bytes: some 17
-/// million logged steps).
-pub const MAX_METRICS_BYTES: u64 = 1 << 30;
+pub use cm_core::MAX_METRICS_BYTES;
 
 /// Reads a `metrics.csv`: a regular file of at most [`MAX_METRICS_BYTES`]
 /// (a pipe or device in its place would hang or never end).

@@ -58,4 +58,13 @@ pub trait Objective {
     /// Samples from `model` (an evaluation EMA) for the periodic grids,
     /// starting from standard-normal `latents`.
     fn sample(&self, model: &Model, latents: &Tensor, cond: Conditioning<'_>) -> Result<Tensor>;
+
+    /// How many rows of the grids' latents [`Objective::sample`] and the
+    /// report's samplers take at once (their activations are held
+    /// together), for a run of `batch_size`; `None`: all in one call. The
+    /// default is the batch size: a run that holds a training batch with
+    /// autograd holds that many samples without it.
+    fn grid_chunk(&self, batch_size: usize) -> Option<usize> {
+        Some(batch_size)
+    }
 }

@@ -253,11 +253,13 @@ pub fn run<M: Method>(method: &mut M, ctx: RunContext<'_>) -> Result<RunOutcome<
     };
     if let cm_data::Dataset::Images(images) = &data {
         if images.skipped_rows > 0 {
-            let what = method.config().data().0.skipped_entries();
-            observer.on_message(&format!(
-                "data: {} entries skipped on import: {what}",
-                images.skipped_rows
-            ));
+            observer.on_message(
+                &method
+                    .config()
+                    .data()
+                    .0
+                    .skipped_message(images.skipped_rows),
+            );
         }
     }
     // The latent route: the images become the autoencoder's scaled
@@ -433,7 +435,7 @@ fn write_report_grids<M: Method>(
         tch::manual_seed(mix_seed(config.seed, 77));
         let t = Instant::now();
         let mut nfe = 0;
-        let x = in_chunks(&latents, config.batch_size, |l| {
+        let x = in_chunks(&latents, objective.grid_chunk(config.batch_size), |l| {
             let sampled = (sampler.sample)(l)?;
             nfe = sampled.nfe;
             // A latent run's samples are decoded (the decoder's time counts).
