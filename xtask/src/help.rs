@@ -57,7 +57,7 @@ COMMANDS:
              The main job: consistency distillation on Fashion-MNIST (default).
              Trains the EDM teacher (or reuses a finished one with the same
              config from runs/teachers/), distills it, writes 1-step and
-             2-step grids and runs/cd-<preset>/report.md. ~40 min on 2 cores;
+             2-step grids and runs/cd-<preset>/report.md. ~50 min on 2 cores;
              `--preset smoke` under 2 minutes.
     train-pd [--preset {pd}] [--config FILE] [--run-dir DIR] [--resume]
              Progressive distillation (Salimans & Ho 2022), the papers'

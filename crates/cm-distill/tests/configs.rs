@@ -24,12 +24,12 @@ fn cd_presets_parse_and_embed_the_teacher_presets() {
 }
 
 /// The metric ablation's presets (`cd/fmnist-{l2,l1,feature}.toml`) are the
-/// default CD preset with only `[cd.recipe.metric]` changed, so their rows
-/// in docs/results-cd.md differ by the metric alone.
+/// CM paper's CD recipe (`cd/fmnist-1k.toml`) with only `[cd.recipe.metric]`
+/// changed, so their rows in docs/results-cd.md differ by the metric alone.
 #[test]
 fn cd_metric_ablation_presets_change_only_the_metric() {
     use cm_core::MetricConfig;
-    let base: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist.toml")).unwrap();
+    let base: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist-1k.toml")).unwrap();
     assert!(matches!(
         base.cd.recipe.metric,
         MetricConfig::PseudoHuber { .. }
@@ -49,6 +49,34 @@ fn cd_metric_ablation_presets_change_only_the_metric() {
             "cd/fmnist-{name}.toml differs beyond the metric"
         );
     }
+}
+
+/// The default CD preset is the CM paper's recipe (`cd/fmnist-1k.toml`) on
+/// iCT's schedule: the N curriculum with no target EMA, lognormal pairs and
+/// 1/(t_(n+1) - t_n) weights, 3,000 steps; nothing else differs (same
+/// teacher, metric, optimizer, EMA and 2-step time).
+#[test]
+fn cd_default_preset_is_the_paper_recipe_on_icts_schedule() {
+    use cm_core::{IndexSamplerConfig, ScheduleConfig, Weighting};
+    let paper: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist-1k.toml")).unwrap();
+    let default: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist.toml")).unwrap();
+    let ScheduleConfig::IctExponential(s) = default.cd.recipe.schedule else {
+        panic!("cd/fmnist.toml: expected the ict_exponential schedule");
+    };
+    assert_eq!((s.s0, s.s1, s.total_steps), (10, 320, default.train.steps));
+    assert_eq!(default.train.steps, 3000);
+    assert!(matches!(
+        default.cd.recipe.noise,
+        IndexSamplerConfig::Lognormal(_)
+    ));
+    assert_eq!(default.cd.recipe.weighting, Weighting::InverseStep);
+    let mut same = default.clone();
+    same.cd.recipe.schedule = paper.cd.recipe.schedule;
+    same.cd.recipe.noise = paper.cd.recipe.noise;
+    same.cd.recipe.weighting = paper.cd.recipe.weighting;
+    same.train.steps = paper.train.steps;
+    same.train.checkpoint_every = paper.train.checkpoint_every;
+    assert_eq!(same, paper, "cd/fmnist.toml differs beyond the schedule");
 }
 
 /// `text` as `cd/smoke.toml` beside a copy of the smoke teacher preset it
