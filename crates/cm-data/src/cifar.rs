@@ -44,14 +44,7 @@ pub const MAX_CIFAR_BATCH_BYTES: u64 = 1 << 30;
 pub fn read_cifar10_batch(path: &Path) -> Result<(Vec<u8>, Vec<i64>)> {
     let bytes = cm_core::read_bounded(path, MAX_CIFAR_BATCH_BYTES, "a CIFAR-10 binary batch file")
         .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                DataError::MissingFile {
-                    path: path.into(),
-                    expected: "a CIFAR-10 binary batch file".into(),
-                }
-            } else {
-                DataError::io("cannot read", path, e)
-            }
+            DataError::open_failed("cannot read", path, "a CIFAR-10 binary batch file", e)
         })?;
     if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD_BYTES) {
         return Err(DataError::corrupt(

@@ -139,6 +139,25 @@ impl DataError {
         }
     }
 
+    /// [`DataError::MissingFile`] when `source` says the file is not there
+    /// (`expected` names what it should have been), else
+    /// [`DataError::Io`] with `action`.
+    pub fn open_failed(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        expected: &str,
+        source: std::io::Error,
+    ) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::MissingFile {
+                path: path.into(),
+                expected: expected.into(),
+            }
+        } else {
+            DataError::io(action, path, source)
+        }
+    }
+
     /// Shorthand for [`DataError::Io`].
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {

@@ -28,16 +28,8 @@ pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
 /// Opens a file, transparently gunzipping it when it starts with the gzip
 /// magic bytes `1f 8b`.
 fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
-    let mut file = File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            DataError::MissingFile {
-                path: path.into(),
-                expected: "an IDX file (raw or .gz)".into(),
-            }
-        } else {
-            DataError::io("cannot open", path, e)
-        }
-    })?;
+    let mut file = File::open(path)
+        .map_err(|e| DataError::open_failed("cannot open", path, "an IDX file (raw or .gz)", e))?;
     let mut head = [0u8; 2];
     let n = read_up_to(&mut file, &mut head).map_err(|e| DataError::io("cannot read", path, e))?;
     let reader = std::io::Cursor::new(head[..n].to_vec()).chain(file);
