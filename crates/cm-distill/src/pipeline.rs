@@ -26,7 +26,7 @@ use cm_train::{
     TeacherConfig, TrainConfig,
 };
 
-use crate::cd::{CdConfig, CdObjective};
+use crate::cd::{CdConfig, CdObjective, CdPairs};
 
 pub use cm_train::teacher_dir;
 
@@ -151,7 +151,15 @@ impl Method for CdMethod<'_> {
                 }
             ),
         ];
-        lines.extend(self.config.cd.recipe.describe());
+        let recipe = self.config.cd.recipe.describe();
+        match &self.config.cd.pairs {
+            CdPairs::Grid => lines.extend(recipe),
+            // The recipe's first two lines are its grid and its pair index.
+            CdPairs::Ect(pairs) => {
+                lines.push(pairs.describe());
+                lines.extend(recipe.into_iter().skip(2));
+            }
+        }
         lines.push(format!(
             "2-step sampling re-noises to tau = {}",
             self.config.cd.two_step_tau

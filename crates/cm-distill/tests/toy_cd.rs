@@ -1,29 +1,57 @@
 //! Consistency distillation on 2-D toy data (configs/cd/toy.toml): the CD
 //! model's 1-step samples are much closer to held-out data than the teacher's
 //! own 1-step Euler sample, within 2x of the teacher's 35-NFE Heun distance,
-//! and its 2-step samples within 1.5x.
+//! and its 2-step samples within 1.5x; the same with ECT's continuous pairs
+//! (`[cd.pairs] kind = "ect"`) in place of the fixed 18-point grid.
 
-use cm_core::Conditioning;
+use cm_core::{Conditioning, Validate};
 use std::sync::atomic::AtomicBool;
 
 use cm_core::Solver;
 use cm_data::{DataSource, Dataset};
-use cm_distill::{run_cd, CdRunConfig};
+use cm_distill::{run_cd, CdPairs, CdRunConfig, EctPairs};
 use cm_eval::sliced_wasserstein;
 use cm_nets::{Model, Preconditioned};
 use cm_sample::{consistency_sample, edm_sample, EdmSampler};
 use cm_train::Quiet;
 use tch::{Device, Kind, Tensor};
 
+fn toy_config() -> CdRunConfig {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/cd/toy.toml");
+    cm_core::load_toml(path).unwrap()
+}
+
 #[test]
 fn toy_cd_one_step_approaches_the_teacher() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/cd/toy.toml");
-    let config: CdRunConfig = cm_core::load_toml(path).unwrap();
-    let dir = std::env::temp_dir().join(format!("cm-distill-toy-{}", std::process::id()));
+    distill_and_measure(&toy_config(), "grid");
+}
+
+#[test]
+fn toy_cd_with_ect_pairs_approaches_the_teacher() {
+    let mut config = toy_config();
+    // ECT's pairs replace the grid's N, mu and index sampler (which must
+    // then be left unset); weights 1 / (t - r) as ECT's.
+    let unset = cm_core::ConsistencyRecipe::cd();
+    config.cd.recipe.schedule = unset.schedule;
+    config.cd.recipe.noise = unset.noise;
+    config.cd.recipe.weighting = cm_core::Weighting::InverseStep;
+    config.cd.pairs = CdPairs::Ect(EctPairs {
+        stages: cm_core::EctStages {
+            stage_steps: 200,
+            max_stage: 7,
+        },
+        ..EctPairs::default()
+    });
+    config.validate().unwrap();
+    distill_and_measure(&config, "ect");
+}
+
+fn distill_and_measure(config: &CdRunConfig, tag: &str) {
+    let dir = std::env::temp_dir().join(format!("cm-distill-toy-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let started = std::time::Instant::now();
     let out = run_cd(
-        &config,
+        config,
         &dir.join("cd"),
         &dir.join("teachers"),
         false,
@@ -97,7 +125,7 @@ fn toy_cd_one_step_approaches_the_teacher() {
         sw(&two.x),
     );
     println!(
-        "toy CD ({secs:.0}s incl. teacher): sliced W2 to held-out: data {data_d:.4}, teacher Heun-35 {heun_d:.4}, \
+        "toy CD, {tag} pairs ({secs:.0}s incl. teacher): sliced W2 to held-out: data {data_d:.4}, teacher Heun-35 {heun_d:.4}, \
          teacher Euler-1 {euler_d:.4}, CD 1-step {one_d:.4} ({:.2}x Heun), CD 2-step {two_d:.4} ({:.2}x Heun)",
         one_d / heun_d,
         two_d / heun_d
