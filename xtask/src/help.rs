@@ -87,7 +87,7 @@ COMMANDS:
              Consistency training from data alone, no teacher: iCT (default)
              or CT from configs/ct/<preset>-<recipe>.toml into
              runs/<recipe>-<preset>: grids, report.md, model card model.toml.
-             Fashion-MNIST iCT takes ~50 min on 2 cores; `--preset toy` ~25 s.
+             Fashion-MNIST iCT takes ~35 min on 2 idle cores; `--preset toy` ~25 s.
     ct-ablation
              The CT -> iCT ablation on 2-D toy data (configs/ct/toy-{ct,ict}.toml):
              every rung, 3 seeds, exact distances; runs/ct-ablation/ablation.md.
