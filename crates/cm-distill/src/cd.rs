@@ -49,18 +49,30 @@ pub struct CdConfig {
 }
 
 /// How consistency distillation draws its pairs (`[cd.pairs]`, by `kind`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CdPairs {
     /// Adjacent points of the recipe's training grid: `N(k)` and the target
     /// EMA `mu(k)` from `recipe.schedule`, the index from `recipe.noise`
     /// (CM Eq. 5, iCT Eq. 10).
-    #[default]
-    Grid,
-    /// ECT's continuous pairs; `recipe.schedule` and `recipe.noise` must
-    /// stay unset (they would not be used).
+    Grid(GridPairs),
+    /// ECT's continuous pairs. `recipe.schedule` and `recipe.noise` are not
+    /// used and must stay at their defaults (N = 18, mu = 0.95, uniform):
+    /// any other value is refused rather than ignored.
     Ect(EctPairs),
 }
+
+impl Default for CdPairs {
+    fn default() -> Self {
+        CdPairs::Grid(GridPairs {})
+    }
+}
+
+/// `[cd.pairs] kind = "grid"` takes no other keys (a table, so that stray
+/// keys are refused instead of skipped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridPairs {}
 
 /// ECT's pair distribution for CD (`[cd.pairs] kind = "ect"`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,7 +183,7 @@ impl Default for CdConfig {
             recipe: ConsistencyRecipe::cd(),
             solver: Solver::Heun,
             two_step_tau: 0.821,
-            pairs: CdPairs::Grid,
+            pairs: CdPairs::default(),
         }
     }
 }
@@ -188,14 +200,20 @@ impl CdConfig {
                 return Err(CoreError::invalid(
                     format!("{prefix}recipe.schedule"),
                     "a schedule",
-                    format!("no [{prefix}recipe.schedule] with {prefix}pairs.kind = \"ect\" (ECT's stages replace it)"),
+                    format!(
+                        "the default schedule (fixed, n = 18, mu = 0.95), which {prefix}pairs.kind = \"ect\" \
+                         does not use: ECT's stages set the pairs and the target is the online network"
+                    ),
                 ));
             }
             if self.recipe.noise != unset.noise {
                 return Err(CoreError::invalid(
                     format!("{prefix}recipe.noise"),
                     "a pair sampler",
-                    format!("no [{prefix}recipe.noise] with {prefix}pairs.kind = \"ect\" (its lognormal is [{prefix}pairs])"),
+                    format!(
+                        "the default pair sampler (uniform), which {prefix}pairs.kind = \"ect\" does not use: \
+                         its lognormal is [{prefix}pairs] p_mean, p_std"
+                    ),
                 ));
             }
         }
@@ -248,7 +266,8 @@ impl CdObjective {
         })
     }
 
-    /// The target network `theta-`.
+    /// The target network `theta-` (with ECT's pairs the target is the
+    /// online network itself, and this copy stays at the initial weights).
     pub fn target(&self) -> &Model {
         self.core.target()
     }
@@ -267,7 +286,7 @@ impl Objective for CdObjective {
     fn loss(&mut self, online: &Model, batch: &Batch, step: u64) -> Result<Tensor> {
         let x0 = &batch.x;
         let (t_n, t_next) = match &self.config.pairs {
-            CdPairs::Grid => self.core.pairs(x0, step)?,
+            CdPairs::Grid(_) => self.core.pairs(x0, step)?,
             CdPairs::Ect(pairs) => pairs.draw(
                 self.core.recipe(),
                 x0.size()[0],
@@ -322,6 +341,7 @@ mod tests {
 
     #[test]
     fn ect_pairs_follow_the_authors_mapping_and_tighten_by_stage() {
+        let _rng = cm_runtime::lock_global_rng();
         let recipe = ConsistencyRecipe::cd();
         let eps = recipe.consistency.sigma_min;
         let pairs = EctPairs {
@@ -389,8 +409,23 @@ mod tests {
             panic!("{:?}", config.pairs)
         };
         assert_eq!((p.p_mean, p.p_std, p.stages.stage_steps), (-1.0, 2.0, 350));
-        assert_eq!(CdConfig::default().pairs, CdPairs::Grid);
-        let err = toml::from_str::<CdConfig>("[pairs]\nkind = \"ect\"\nq = 2.0\n").unwrap_err();
-        assert!(err.to_string().contains("q"), "{err}");
+        // Without [pairs], and with kind = "grid": the grid.
+        let grid = CdPairs::Grid(GridPairs {});
+        assert_eq!(toml::from_str::<CdConfig>("").unwrap().pairs, grid);
+        let config: CdConfig = toml::from_str("[pairs]\nkind = \"grid\"\n").unwrap();
+        assert_eq!(config.pairs, grid);
+        // Stray keys are refused, for either kind; so is a missing kind.
+        for (text, want) in [
+            ("[pairs]\nkind = \"ect\"\nq = 2.0\n", "unknown field `q`"),
+            (
+                "[pairs]\nkind = \"grid\"\np_mean = -1.0\n",
+                "unknown field `p_mean`",
+            ),
+            ("[pairs]\np_mean = -1.0\n", "missing field `kind`"),
+            ("[pairs]\nkind = \"lattice\"\n", "unknown variant `lattice`"),
+        ] {
+            let err = toml::from_str::<CdConfig>(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 }

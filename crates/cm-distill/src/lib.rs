@@ -29,7 +29,7 @@ pub mod pd;
 pub mod pd_pipeline;
 pub mod pipeline;
 
-pub use cd::{CdConfig, CdObjective, CdPairs, EctPairs};
+pub use cd::{CdConfig, CdObjective, CdPairs, EctPairs, GridPairs};
 pub use lcd::{LcdConfig, LcdObjective, LcdTarget};
 pub use lcm_pipeline::{
     autoencoder_dir, run_lcd, run_lcm, LcdMethod, LcdOutcome, LcdRunConfig, LcmOutcome,

@@ -153,7 +153,7 @@ impl Method for CdMethod<'_> {
         ];
         let recipe = self.config.cd.recipe.describe();
         match &self.config.cd.pairs {
-            CdPairs::Grid => lines.extend(recipe),
+            CdPairs::Grid(_) => lines.extend(recipe),
             // The recipe's first two lines are its grid and its pair index.
             CdPairs::Ect(pairs) => {
                 lines.push(pairs.describe());

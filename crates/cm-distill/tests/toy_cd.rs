@@ -47,6 +47,8 @@ fn toy_cd_with_ect_pairs_approaches_the_teacher() {
 }
 
 fn distill_and_measure(config: &CdRunConfig, tag: &str) {
+    // The trainer reseeds libtorch's global generator: one test at a time.
+    let _rng = cm_runtime::lock_global_rng();
     let dir = std::env::temp_dir().join(format!("cm-distill-toy-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let started = std::time::Instant::now();

@@ -496,6 +496,11 @@ fn seeds(target: &str, dir: &Path) -> Result<Vec<Seed>> {
             Seed::Text(include_str!("../../../configs/ct/toy-ict.toml").into()),
             Seed::Text(include_str!("../../../configs/ct/toy-ct.toml").into()),
             Seed::Text(include_str!("../../../configs/cd/toy.toml").into()),
+            // CD with ECT's continuous pairs (its grid settings at their defaults).
+            Seed::Text(format!(
+                "{}\n[cd.pairs]\nkind = \"ect\"\np_mean = -1.1\n\n[cd.pairs.stages]\nstage_steps = 200\n",
+                include_str!("../../../configs/cd/toy.toml")
+            )),
             Seed::Text(include_str!("../../../configs/ect/toy.toml").into()),
             Seed::Text(include_str!("../../../configs/pd/toy.toml").into()),
             Seed::Text(include_str!("../../../configs/lcd/toy.toml").into()),
