@@ -28,6 +28,11 @@ use crate::error::{CoreError, Result};
 /// allowed is far below float32 resolution long before.
 pub const MAX_ECT_STAGE: u32 = 64;
 
+/// The smallest `q^-(max_stage+1)` a config may reach: `t - r` is that
+/// share of `t - sigma_min` (or more), and float32 resolves about 1e-7 of
+/// `t`; 1e-5 keeps two orders of margin (q = 2: stages 0 to 15).
+pub const MIN_DECAY: f64 = 1e-5;
+
 /// The mapping `t -> r` (ECT's `sigmoid` adjustment).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,6 +91,25 @@ impl EctMapping {
         let adj = (t * -self.b).sigmoid() * self.k + 1.0;
         let ratio = adj * -self.decay(stage) + 1.0;
         ((t - sigma_min) * ratio + sigma_min).clamp_min(sigma_min)
+    }
+
+    /// Checks that the last stage's step `q^-(max_stage+1)` stays above
+    /// [`MIN_DECAY`]: below float32's resolution the pair `(r, t)` collapses
+    /// to one point and teaches nothing. `field` names `max_stage`.
+    pub fn check_last_stage(&self, max_stage: u32, field: String) -> Result<()> {
+        let decay = self.decay(max_stage);
+        if decay < MIN_DECAY {
+            return Err(CoreError::invalid(
+                field,
+                max_stage,
+                format!(
+                    "a last stage whose step q^-(max_stage+1) = {decay:.1e} stays above {MIN_DECAY:e} \
+                     (float32 cannot tell t from r below it; q = {})",
+                    self.q
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// [`EctMapping::r`] of one `t`, in f64.
@@ -167,6 +191,22 @@ impl TruncatedLognormal {
     /// The probability mass the untruncated lognormal puts in `(lo, hi)`.
     pub fn kept_mass(&self) -> f64 {
         self.cdf(self.hi) - self.cdf(self.lo)
+    }
+
+    /// Checks that the interval keeps some mass (at least 1e-6) of the
+    /// lognormal; `field` names the distribution's settings.
+    pub fn check_mass(&self, field: String) -> Result<()> {
+        if self.kept_mass() < 1e-6 {
+            return Err(CoreError::invalid(
+                field,
+                format!("p_mean = {}, p_std = {}", self.p_mean, self.p_std),
+                format!(
+                    "a lognormal with mass in (sigma_min, sigma_max] = ({}, {}]",
+                    self.lo, self.hi
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Draws `batch` values (shape `[batch]`, dtype `kind`). The inverse CDF

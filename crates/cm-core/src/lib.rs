@@ -49,7 +49,7 @@ pub use config::{
     read_bounded_text, same_file, ConsistencyConfig, ConsistencyRecipe, EdmConfig,
     IndexSamplerConfig, ScheduleConfig, Validate, MAX_CONFIG_BYTES, MAX_METRICS_BYTES,
 };
-pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE};
+pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE, MIN_DECAY};
 pub use error::{CoreError, Result};
 pub use guidance::{ClassifierFreeGuidance, PerExampleGuidance};
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};

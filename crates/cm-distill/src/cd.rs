@@ -137,29 +137,9 @@ impl EctPairs {
         .validate(prefix)?;
         self.mapping.validate_at(&format!("{prefix}mapping."))?;
         self.stages.validate_at(&format!("{prefix}stages."))?;
-        let decay = self.mapping.decay(self.stages.max_stage);
-        if decay < cm_train::ect::MIN_DECAY {
-            return Err(CoreError::invalid(
-                format!("{prefix}stages.max_stage"),
-                self.stages.max_stage,
-                format!(
-                    "a last stage whose step q^-(max_stage+1) = {decay:.1e} stays above {:e} \
-                     (float32 cannot tell t from r below it)",
-                    cm_train::ect::MIN_DECAY
-                ),
-            ));
-        }
-        if self.truncated(recipe).kept_mass() < 1e-6 {
-            return Err(CoreError::invalid(
-                format!("{prefix}p_mean"),
-                format!("p_mean = {}, p_std = {}", self.p_mean, self.p_std),
-                format!(
-                    "a lognormal with mass in (sigma_min, sigma_max] = ({}, {}]",
-                    recipe.consistency.sigma_min, recipe.consistency.sigma_max
-                ),
-            ));
-        }
-        Ok(())
+        self.mapping
+            .check_last_stage(self.stages.max_stage, format!("{prefix}stages.max_stage"))?;
+        self.truncated(recipe).check_mass(format!("{prefix}p_mean"))
     }
 
     /// The pairs in words and numbers.

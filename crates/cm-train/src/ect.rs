@@ -30,10 +30,7 @@ use cm_sample::consistency_sample;
 use crate::error::Result;
 use crate::objective::{Batch, Objective};
 
-/// The smallest `q^-(max_stage+1)` a config may reach: `t - r` is that
-/// share of `t - sigma_min` (or more), and float32 resolves about 1e-7 of
-/// `t`; 1e-5 keeps two orders of margin (q = 2: stages 0 to 15).
-pub const MIN_DECAY: f64 = 1e-5;
+pub use cm_core::MIN_DECAY;
 
 /// The adaptive weighting `d / (d + c)^p` of ECT (`p = 0.5` is the
 /// authors' CIFAR-10 choice: it behaves like a pseudo-Huber of L2).
@@ -106,20 +103,8 @@ impl EctConfig {
         self.mapping.validate_at(&format!("{prefix}mapping."))?;
         self.stages.validate_at(&format!("{prefix}stages."))?;
         self.metric.validate(&format!("{prefix}metric."))?;
-        // t - r = (t - sigma_min) q^-(s+1) (1 + ...): below float32's
-        // resolution the pair collapses to one point and teaches nothing.
-        let decay = self.mapping.decay(self.stages.max_stage);
-        if decay < MIN_DECAY {
-            return Err(CoreError::invalid(
-                format!("{prefix}stages.max_stage"),
-                self.stages.max_stage,
-                format!(
-                    "a last stage whose step q^-(max_stage+1) = {decay:.1e} stays above {MIN_DECAY:e} \
-                     (float32 cannot tell t from r below it; q = {})",
-                    self.mapping.q
-                ),
-            ));
-        }
+        self.mapping
+            .check_last_stage(self.stages.max_stage, format!("{prefix}stages.max_stage"))?;
         let a = &self.adaptive;
         if !(0.0..=1.0).contains(&a.p) {
             return Err(CoreError::invalid(
@@ -145,20 +130,7 @@ impl EctConfig {
                 ),
             ));
         }
-        if self.truncated().kept_mass() < 1e-6 {
-            return Err(CoreError::invalid(
-                format!("{prefix}noise"),
-                format!(
-                    "p_mean = {}, p_std = {}",
-                    self.noise.p_mean, self.noise.p_std
-                ),
-                format!(
-                    "a lognormal with mass in (sigma_min, sigma_max] = ({}, {}]",
-                    c.sigma_min, c.sigma_max
-                ),
-            ));
-        }
-        Ok(())
+        self.truncated().check_mass(format!("{prefix}noise"))
     }
 
     /// The `t` distribution.
