@@ -56,8 +56,9 @@ COMMANDS:
     train-cd [--preset {cd}] [--config FILE] [--run-dir DIR] [--resume]
              The main job: consistency distillation on Fashion-MNIST (default).
              Trains the EDM teacher (or reuses a finished one with the same
-             config from runs/teachers/), distills it, writes 1-step and
-             2-step grids and runs/cd-<preset>/report.md. ~50 min on 2 cores;
+             config from runs/teachers/), distills it, chooses the 2-step
+             time by FID ([search], stored in model.toml), writes 1-step and
+             2-step grids and runs/cd-<preset>/report.md. ~55 min on 2 cores;
              `--preset smoke` under 2 minutes.
     train-pd [--preset {pd}] [--config FILE] [--run-dir DIR] [--resume]
              Progressive distillation (Salimans & Ho 2022), the papers'

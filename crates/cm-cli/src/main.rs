@@ -176,9 +176,10 @@ enum Command {
     /// checkpoint; --resume continues.
     TrainAutoencoder(RunArgs),
     /// Consistency distillation (Song et al. 2023, Algorithm 2): train or
-    /// reuse the teacher of the config's [teacher] section, distill it, write
-    /// 1-step and 2-step grids beside the teacher's and a report.md. Ctrl-C
-    /// saves a checkpoint; --resume continues.
+    /// reuse the teacher of the config's [teacher] section, distill it, with
+    /// a [search] section choose the 2-step time by FID (stored in
+    /// model.toml), write 1-step and 2-step grids beside the teacher's and a
+    /// report.md. Ctrl-C saves a checkpoint; --resume continues.
     Distill(DistillArgs),
     /// Progressive distillation (Salimans & Ho 2022), the papers' baseline:
     /// train or reuse the teacher of the config's [teacher] section, then

@@ -10,6 +10,7 @@
 //! and the noise settings the student shares with its teacher
 //! (`sigma_data`, `sigma_min`, `sigma_max`, `rho`) are checked to agree.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -21,9 +22,9 @@ use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::ModelCard;
 use cm_train::{
-    check_student_noise, consistency_report_samplers, run_from_teacher, teacher_report_samplers,
-    LoaderOptions, Method, Observer, ReadyTeacher, ReportSampler, RunConfig, RunContext,
-    TeacherConfig, TrainConfig,
+    check_student_noise, consistency_report_samplers, run_from_teacher, search_times,
+    teacher_report_samplers, LoaderOptions, Method, Observer, ReadyTeacher, ReportSampler,
+    RunConfig, RunContext, TeacherConfig, TimestepSearchConfig, TrainConfig,
 };
 
 use crate::cd::{CdConfig, CdObjective, CdPairs};
@@ -44,6 +45,12 @@ pub struct CdRunConfig {
     /// The CD objective.
     #[serde(default)]
     pub cd: CdConfig,
+    /// The FID search of the few-step times once distillation ends (CM
+    /// Section 6); the times found replace `cd.two_step_tau` in the model
+    /// card and the report's 2-step grid. Absent: the card keeps
+    /// `cd.two_step_tau`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<TimestepSearchConfig>,
 }
 
 impl Validate for CdRunConfig {
@@ -51,6 +58,19 @@ impl Validate for CdRunConfig {
         self.teacher.validate_at("teacher.")?;
         self.train.validate_at("train.")?;
         self.cd.validate_at("cd.")?;
+        if let Some(search) = &self.search {
+            search.validate_at("search.")?;
+            // FID needs images and the feature network of their data set;
+            // refused now rather than after a long distillation.
+            if matches!(self.teacher.data, DataSource::Toy(_)) || self.teacher.latent.is_some() {
+                return Err(cm_core::CoreError::invalid(
+                    "search",
+                    "a [search] section",
+                    "a teacher on an image data set in pixel space (the search measures FID in \
+                     the data set's feature space; 2-D toy points and latent teachers have none)",
+                ));
+            }
+        }
         // The student starts from the teacher's weights and follows its
         // PF-ODE: both must mean the same thing by a noise level.
         check_student_noise(
@@ -89,12 +109,28 @@ pub type CdOutcome = cm_train::FromTeacherOutcome;
 pub struct CdMethod<'a> {
     config: &'a CdRunConfig,
     teacher: ReadyTeacher,
+    /// The card's few-step times: `cd.two_step_tau` for 2 steps until the
+    /// `[search]` stage replaces them.
+    timesteps: BTreeMap<String, Vec<f64>>,
 }
 
 impl<'a> CdMethod<'a> {
     /// The method for `config`, distilling `teacher`.
     pub fn new(config: &'a CdRunConfig, teacher: ReadyTeacher) -> Self {
-        CdMethod { config, teacher }
+        let timesteps = [("2".to_string(), vec![config.cd.two_step_tau])].into();
+        CdMethod {
+            config,
+            teacher,
+            timesteps,
+        }
+    }
+
+    /// The 2-step time of the report's grid and the card.
+    fn two_step_tau(&self) -> f64 {
+        self.timesteps
+            .get("2")
+            .and_then(|t| t.first().copied())
+            .unwrap_or(self.config.cd.two_step_tau)
     }
 }
 
@@ -161,8 +197,13 @@ impl Method for CdMethod<'_> {
             }
         }
         lines.push(format!(
-            "2-step sampling re-noises to tau = {}",
-            self.config.cd.two_step_tau
+            "2-step sampling re-noises to tau = {}{}",
+            self.config.cd.two_step_tau,
+            if self.config.search.is_some() {
+                " during training; the grids and the card use the searched time below"
+            } else {
+                ""
+            }
         ));
         lines
     }
@@ -181,7 +222,7 @@ impl Method for CdMethod<'_> {
         samplers.extend(consistency_report_samplers(
             eval,
             &self.config.cd.recipe.consistency,
-            self.config.cd.two_step_tau,
+            self.two_step_tau(),
             "CD, ",
             "cd_",
         ));
@@ -192,12 +233,32 @@ impl Method for CdMethod<'_> {
         ModelCard::Consistency {
             weights,
             consistency: self.config.cd.recipe.consistency,
-            timesteps: [("2".to_string(), vec![self.config.cd.two_step_tau])].into(),
+            timesteps: self.timesteps.clone(),
             scheduler: None,
             autoencoder: None,
             guidance: None,
             lora: Vec::new(),
         }
+    }
+
+    /// The `[search]` stage: the few-step times by FID on the evaluation
+    /// network, kept for the report's grids and the card.
+    fn finish(
+        &mut self,
+        eval: &Model,
+        data: &cm_data::Dataset,
+        observer: &mut dyn Observer,
+    ) -> cm_train::Result<Vec<String>> {
+        let Some(search) = &self.config.search else {
+            return Ok(Vec::new());
+        };
+        // The card the search samples from; its weights path is not read.
+        let card = self.card(PathBuf::new());
+        let found = search_times(search, &card, eval, data, observer)?;
+        if let ModelCard::Consistency { timesteps, .. } = found.card {
+            self.timesteps = timesteps;
+        }
+        Ok(found.lines)
     }
 }
 

@@ -54,8 +54,9 @@ fn cd_metric_ablation_presets_change_only_the_metric() {
 /// The default CD preset is the CM paper's recipe (`cd/fmnist-1k.toml`) on
 /// iCT's schedule: the N curriculum with no target EMA, lognormal pairs and
 /// 1/(t_(n+1) - t_n) weights, 3,000 steps, and twice the learning rate
-/// (4e-4, iCT's); nothing else differs (same teacher, metric, optimizer
-/// settings otherwise, EMA and 2-step time).
+/// (4e-4, iCT's), and the search of the 2-step time after training;
+/// nothing else differs (same teacher, metric, optimizer settings
+/// otherwise, EMA and the 2-step time of the training grids).
 #[test]
 fn cd_default_preset_is_the_paper_recipe_on_icts_schedule() {
     use cm_core::{IndexSamplerConfig, ScheduleConfig, Weighting};
@@ -79,6 +80,13 @@ fn cd_default_preset_is_the_paper_recipe_on_icts_schedule() {
     same.cd.recipe.weighting = paper.cd.recipe.weighting;
     same.train.steps = paper.train.steps;
     same.train.checkpoint_every = paper.train.checkpoint_every;
+    // The preset ends with the FID search of its 2-step time (CM Section 6),
+    // at `cm search-timesteps`' settings; the paper's recipe keeps 0.821.
+    let search = same
+        .search
+        .take()
+        .expect("cd/fmnist.toml: a [search] section");
+    assert_eq!(search, cm_train::TimestepSearchConfig::default());
     assert_eq!(same, paper, "cd/fmnist.toml differs beyond the schedule");
 }
 
@@ -110,4 +118,31 @@ fn bad_cd_values_name_the_field() {
     );
     let err = load_smoke_variant(&bad).unwrap_err();
     assert!(err.to_string().contains("cd.two_step_tau"), "{err}");
+}
+
+/// `[search]` is checked when the config loads, before any training: its
+/// sizes by field, and that the teacher's data are images in pixel space.
+#[test]
+fn search_settings_are_checked_on_load() {
+    use cm_core::Validate;
+    let mut toy: CdRunConfig = cm_core::load_toml(configs().join("cd/toy.toml")).unwrap();
+    toy.search = Some(cm_train::TimestepSearchConfig::default());
+    let err = toy.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("search") && err.contains("image data set"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(configs().join("cd/smoke.toml")).unwrap();
+    let ok = format!("{text}\n[search]\nsamples = 64\n");
+    let config = load_smoke_variant(&ok).unwrap();
+    assert_eq!(config.search.map(|s| (s.samples, s.rounds)), Some((64, 10)));
+    for (bad, field) in [
+        ("[search]\nsamples = 1", "search.samples"),
+        ("[search]\nrounds = 31", "search.rounds"),
+        ("[search]\nmax_steps = 9", "search.max_steps"),
+        ("[search]\nsample = 64", "sample"),
+    ] {
+        let err = load_smoke_variant(&format!("{text}\n{bad}\n")).unwrap_err();
+        assert!(err.to_string().contains(field), "{bad}: {err}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The smoke preset of `cargo xtask train-cd` runs end to end (teacher,
 //! distillation, grids, report), and a second run reuses the finished
-//! teacher.
+//! teacher and ends with the `[search]` stage (the 2-step time by FID,
+//! stored in the card and used by the report's grid).
 
 use std::sync::atomic::AtomicBool;
 
@@ -42,8 +43,21 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
         );
     }
     assert!(report.contains("| CD, 1 step | 1 |"), "{report}");
+    // The second run adds the search stage, on a small feature network.
+    let mut searched = config.clone();
+    searched.search = Some(cm_train::TimestepSearchConfig {
+        samples: 64,
+        rounds: 2,
+        classifier: cm_eval::ClassifierConfig {
+            channels: [4, 8, 8],
+            features: 16,
+            steps: 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     let again = run_cd(
-        &config,
+        &searched,
         &dir.join("cd2"),
         &dir.join("teachers"),
         false,
@@ -53,5 +67,46 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
     )
     .unwrap();
     assert!(again.teacher_reused, "the finished teacher was not reused");
+    // The card holds the best of the probes the report lists, and the
+    // report's 2-step grid was drawn at that time.
+    let card = cm_sample::ModelCard::load(again.card.unwrap()).unwrap();
+    let cm_sample::ModelCard::Consistency { timesteps, .. } = card else {
+        panic!("expected a consistency card");
+    };
+    let tau = timesteps["2"][0];
+    let report = std::fs::read_to_string(again.report.unwrap()).unwrap();
+    assert!(
+        report.contains("few-step times searched by FID"),
+        "{report}"
+    );
+    let probes = report
+        .lines()
+        .find_map(|l| l.split("probes (taus -> FID): ").nth(1))
+        .expect("the report lists the probes");
+    let probes: Vec<(f64, f64)> = probes
+        .split(", ")
+        .map(|p| {
+            let (t, f) = p.split_once(" -> ").unwrap();
+            (t.parse().unwrap(), f.trim().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(probes.len(), 2 + 2, "rounds + 2 probes: {probes:?}");
+    // (Times and FIDs are rounded in the report: any probe at the lowest
+    // FID may be the one kept.)
+    let lowest = probes.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    assert!(
+        probes
+            .iter()
+            .any(|p| p.1 == lowest && (p.0 - tau).abs() <= 1e-4 * (1.0 + tau)),
+        "card {tau}, probes {probes:?}"
+    );
+    assert!(tau > 0.01 && tau < config.cd.recipe.consistency.sigma_max / 2.0);
+    assert!(
+        report.contains(&format!(
+            "2-step sampling re-noises to tau = {}",
+            config.cd.two_step_tau
+        )),
+        "{report}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

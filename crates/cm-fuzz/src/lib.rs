@@ -501,6 +501,11 @@ fn seeds(target: &str, dir: &Path) -> Result<Vec<Seed>> {
                 "{}\n[cd.pairs]\nkind = \"ect\"\np_mean = -1.1\n\n[cd.pairs.stages]\nstage_steps = 200\n",
                 include_str!("../../../configs/cd/toy.toml")
             )),
+            // CD with the search stage (refused on toy data: its paths still parse).
+            Seed::Text(format!(
+                "{}\n[search]\nsamples = 64\nrounds = 2\n\n[search.classifier]\nsteps = 10\n",
+                include_str!("../../../configs/cd/toy.toml")
+            )),
             Seed::Text(include_str!("../../../configs/ect/toy.toml").into()),
             Seed::Text(include_str!("../../../configs/pd/toy.toml").into()),
             Seed::Text(include_str!("../../../configs/lcd/toy.toml").into()),
