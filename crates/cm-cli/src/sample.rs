@@ -422,9 +422,16 @@ pub struct SearchArgs {
     /// Lower end of the searched times.
     #[arg(long, default_value_t = 0.01)]
     pub lower: f64,
-    /// Upper end of the searched times (default sigma_max / 2).
+    /// Upper end of the searched times (default sigma_max / 2, or half the
+    /// searched start time).
     #[arg(long)]
     pub upper: Option<f64>,
+    /// First search the 1-step start time T in [START_LOWER, sigma_max] by
+    /// 1-step FID (sigma_max kept unless a smaller T measures better) and
+    /// write it as the card's sigma_max, where sampling starts; the
+    /// few-step times are then searched below it.
+    #[arg(long)]
+    pub start_lower: Option<f64>,
     /// Seed of the probes' samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -450,6 +457,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         rounds: args.rounds,
         lower: args.lower,
         upper: args.upper,
+        start_lower: args.start_lower,
         seed: args.seed,
         ..SearchOptions::default()
     };
@@ -515,6 +523,12 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         };
         write_line_plot(&series, &axes, &plot)
             .with_context(|| format!("writing {}", plot.display()))?;
+    }
+    if let Some(start) = &out.start {
+        eprintln!(
+            "1-step start time: T = {:.4}, FID {:.3} (from sigma_max {}: {:.3})",
+            start.start, start.score, start.probes[0].0, out.one_step
+        );
     }
     for (k, best) in out.best() {
         eprintln!("{k}-step: taus {:?}, FID {:.3}", best.taus, best.score);

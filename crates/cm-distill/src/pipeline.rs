@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use cm_core::Validate;
+use cm_core::{ConsistencyConfig, Validate};
 use cm_data::DataSource;
 use cm_nets::Model;
 use cm_sample::ModelCard;
@@ -60,6 +60,7 @@ impl Validate for CdRunConfig {
         self.cd.validate_at("cd.")?;
         if let Some(search) = &self.search {
             search.validate_at("search.")?;
+            search.check_start_in("search.", self.cd.recipe.consistency.range())?;
             // FID needs images and the feature network of their data set;
             // refused now rather than after a long distillation.
             if matches!(self.teacher.data, DataSource::Toy(_)) || self.teacher.latent.is_some() {
@@ -90,8 +91,11 @@ impl RunConfig for CdRunConfig {
         &self.train
     }
 
+    /// The search after training may change too: it reads the finished
+    /// model and writes only the card and the report.
     fn take_steps_of(&mut self, new: &Self) {
         self.train.steps = new.train.steps;
+        self.search = new.search.clone();
     }
 
     /// The teacher's latent space, if it has one (CD of a latent teacher).
@@ -112,6 +116,10 @@ pub struct CdMethod<'a> {
     /// The card's few-step times: `cd.two_step_tau` for 2 steps until the
     /// `[search]` stage replaces them.
     timesteps: BTreeMap<String, Vec<f64>>,
+    /// The card's consistency settings: the recipe's, with `sigma_max` (where
+    /// sampling starts) replaced when `[search] start_lower` finds a better
+    /// start.
+    consistency: ConsistencyConfig,
 }
 
 impl<'a> CdMethod<'a> {
@@ -122,6 +130,7 @@ impl<'a> CdMethod<'a> {
             config,
             teacher,
             timesteps,
+            consistency: config.cd.recipe.consistency,
         }
     }
 
@@ -221,7 +230,7 @@ impl Method for CdMethod<'_> {
         );
         samplers.extend(consistency_report_samplers(
             eval,
-            &self.config.cd.recipe.consistency,
+            &self.consistency,
             self.two_step_tau(),
             "CD, ",
             "cd_",
@@ -232,7 +241,7 @@ impl Method for CdMethod<'_> {
     fn card(&self, weights: PathBuf) -> ModelCard {
         ModelCard::Consistency {
             weights,
-            consistency: self.config.cd.recipe.consistency,
+            consistency: self.consistency,
             timesteps: self.timesteps.clone(),
             scheduler: None,
             autoencoder: None,
@@ -255,8 +264,14 @@ impl Method for CdMethod<'_> {
         // The card the search samples from; its weights path is not read.
         let card = self.card(PathBuf::new());
         let found = search_times(search, &card, eval, data, observer)?;
-        if let ModelCard::Consistency { timesteps, .. } = found.card {
+        if let ModelCard::Consistency {
+            timesteps,
+            consistency,
+            ..
+        } = found.card
+        {
             self.timesteps = timesteps;
+            self.consistency = consistency;
         }
         Ok(found.lines)
     }

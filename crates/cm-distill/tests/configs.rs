@@ -140,7 +140,10 @@ fn search_settings_are_checked_on_load() {
         ("[search]\nsamples = 1", "search.samples"),
         ("[search]\nrounds = 31", "search.rounds"),
         ("[search]\nmax_steps = 9", "search.max_steps"),
-        ("[search]\nsample = 64", "sample"),
+        ("[search]\nstart_lower = 80.0", "search.start_lower"),
+        ("[search]\nstart_lower = 0.001", "search.start_lower"),
+        ("[search]\nstart_lower = -1.0", "search.start_lower"),
+        ("[search]\nsample = 64", "unknown field `sample`"),
     ] {
         let err = load_smoke_variant(&format!("{text}\n{bad}\n")).unwrap_err();
         assert!(err.to_string().contains(field), "{bad}: {err}");

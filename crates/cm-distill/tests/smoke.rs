@@ -48,6 +48,7 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
     searched.search = Some(cm_train::TimestepSearchConfig {
         samples: 64,
         rounds: 2,
+        start_lower: Some(20.0),
         classifier: cm_eval::ClassifierConfig {
             channels: [4, 8, 8],
             features: 16,
@@ -67,10 +68,14 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
     )
     .unwrap();
     assert!(again.teacher_reused, "the finished teacher was not reused");
-    // The card holds the best of the probes the report lists, and the
-    // report's 2-step grid was drawn at that time.
+    // The card holds the best of the probes the report lists.
     let card = cm_sample::ModelCard::load(again.card.unwrap()).unwrap();
-    let cm_sample::ModelCard::Consistency { timesteps, .. } = card else {
+    let cm_sample::ModelCard::Consistency {
+        timesteps,
+        consistency,
+        ..
+    } = card
+    else {
         panic!("expected a consistency card");
     };
     let tau = timesteps["2"][0];
@@ -79,17 +84,33 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
         report.contains("few-step times searched by FID"),
         "{report}"
     );
-    let probes = report
-        .lines()
-        .find_map(|l| l.split("probes (taus -> FID): ").nth(1))
-        .expect("the report lists the probes");
-    let probes: Vec<(f64, f64)> = probes
-        .split(", ")
-        .map(|p| {
-            let (t, f) = p.split_once(" -> ").unwrap();
-            (t.parse().unwrap(), f.trim().parse().unwrap())
-        })
-        .collect();
+    let listed = |label: &str| -> Vec<(f64, f64)> {
+        report
+            .lines()
+            .find_map(|l| l.split(label).nth(1))
+            .unwrap_or_else(|| panic!("the report lists {label}"))
+            .split(", ")
+            .map(|p| {
+                let (t, f) = p.split_once(" -> ").unwrap();
+                (t.parse().unwrap(), f.trim().parse().unwrap())
+            })
+            .collect()
+    };
+    // The start time: sigma_max probed first, the card's sigma_max the
+    // best start probe, in [start_lower, sigma_max].
+    let starts = listed("start probes (T -> FID): ");
+    assert_eq!(starts.len(), 1 + 2 + 2, "{starts:?}");
+    assert_eq!(starts[0].0, config.cd.recipe.consistency.sigma_max);
+    let start = consistency.sigma_max;
+    assert!((20.0..=80.0).contains(&start), "{start}");
+    let lowest = starts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    assert!(
+        starts
+            .iter()
+            .any(|p| p.1 == lowest && (p.0 - start).abs() <= 1e-4 * (1.0 + start)),
+        "card {start}, probes {starts:?}"
+    );
+    let probes = listed("probes (taus -> FID): ");
     assert_eq!(probes.len(), 2 + 2, "rounds + 2 probes: {probes:?}");
     // (Times and FIDs are rounded in the report: any probe at the lowest
     // FID may be the one kept.)
@@ -100,7 +121,10 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
             .any(|p| p.1 == lowest && (p.0 - tau).abs() <= 1e-4 * (1.0 + tau)),
         "card {tau}, probes {probes:?}"
     );
-    assert!(tau > 0.01 && tau < config.cd.recipe.consistency.sigma_max / 2.0);
+    assert!(
+        tau > 0.01 && tau < start / 2.0 + 1e-9,
+        "{tau} for start {start}"
+    );
     assert!(
         report.contains(&format!(
             "2-step sampling re-noises to tau = {}",

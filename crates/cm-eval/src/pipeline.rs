@@ -112,7 +112,18 @@ pub struct ModelEntry {
     /// `(sigma_min, sigma_max)`; that step count must be in `steps`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taus: Vec<f64>,
+    /// Consistency cards only: where sampling starts (1-step sampling
+    /// `f(T z, T)`, and the first step of k-step sampling), in place of the
+    /// card's `sigma_max`: e.g. 80, CM's start, on a card whose search
+    /// stored another (`[search] start_lower`). Above the card's
+    /// `sigma_min`, at most [`MAX_START`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<f64>,
 }
+
+/// Largest `start` of a model row (the EDM and CM papers' `sigma_max` is
+/// 80; far above it the network is extrapolating).
+pub const MAX_START: f64 = 1000.0;
 
 impl ModelEntry {
     /// Samples per row of this model.
@@ -250,6 +261,15 @@ impl Validate for EvalConfig {
                     format!("{:?}", m.steps),
                     "a non-empty list of step counts >= 1",
                 ));
+            }
+            if let Some(t) = m.start {
+                if !(t > 0.0 && t <= MAX_START) {
+                    return Err(CoreError::invalid(
+                        format!("models[{i}].start"),
+                        t,
+                        format!("a time in (0, {MAX_START}] (above the card's sigma_min)"),
+                    ));
+                }
             }
             if !m.taus.is_empty() {
                 if m.taus.len() >= cm_sample::MAX_SAMPLER_STEPS {
@@ -554,6 +574,49 @@ pub fn evaluate_cached(
         }
         let mut card = ModelCard::load(&entry.card)?;
         card.push_lora(&entry.lora)?;
+        if let Some(start) = entry.start {
+            card = match &card {
+                ModelCard::Consistency {
+                    consistency,
+                    scheduler: None,
+                    timesteps,
+                    ..
+                } if start > consistency.sigma_min => {
+                    let dropped: Vec<&String> = timesteps
+                        .iter()
+                        .filter(|(_, taus)| taus.iter().any(|&t| t >= start))
+                        .map(|(k, _)| k)
+                        .collect();
+                    if !dropped.is_empty() {
+                        notes.push(format!(
+                            "`{}` starts at {start}: the card's stored times for {dropped:?} steps \
+                             are not below it and were not used",
+                            entry.name
+                        ));
+                    }
+                    crate::timestep_search::with_start(&card, start)
+                }
+                _ => {
+                    return Err(CoreError::invalid(
+                        format!("models[{index}].start"),
+                        start,
+                        format!(
+                            "a start time above the card's sigma_min, on a consistency card with \
+                             continuous times (`{}` is {})",
+                            entry.name,
+                            match &card {
+                                ModelCard::Edm { .. } => "an EDM card".to_string(),
+                                ModelCard::Consistency {
+                                    scheduler: Some(_), ..
+                                } => "a diffusers card".to_string(),
+                                c => format!("sigma_min {}", c.range().sigma_min),
+                            }
+                        ),
+                    )
+                    .into())
+                }
+            };
+        }
         let model = card.load_model(device)?;
         // A latent model's samples are decoded by its autoencoder.
         let codec = card.load_codec(device)?;
@@ -581,11 +644,19 @@ pub fn evaluate_cached(
             if let Some(w) = entry.guidance.or(card.embedded_guidance()) {
                 sampler.push_str(&format!(", guidance w = {w}"));
             }
+            if let Some(start) = entry.start {
+                sampler.push_str(&format!(", start T = {start}"));
+            }
             let key = identity.as_ref().map(|id| {
-                let sampler_id = format!(
+                let mut sampler_id = format!(
                     "{plan:?}|{steps}|{n}|{}|{}|{device:?}|{:?}",
                     config.seed, config.batch_size, entry.guidance
                 );
+                // The card file's text is in `id`; a start set here is not
+                // (rows without one keep their keys).
+                if let Some(start) = entry.start {
+                    sampler_id.push_str(&format!("|start {start}"));
+                }
                 let mut parts: Vec<&[u8]> = vec![
                     id.as_bytes(),
                     sampler_id.as_bytes(),

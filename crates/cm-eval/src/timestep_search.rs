@@ -14,9 +14,12 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 use cm_core::CoreError;
+use cm_core::NoiseRange;
 use cm_data::ImageDataset;
 use cm_nets::Model;
-use cm_sample::search::{search_timesteps, Probe, SearchConfig, SearchResult};
+use cm_sample::search::{
+    search_start, search_timesteps, Probe, SearchConfig, SearchResult, StartSearch,
+};
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
 
 use crate::classifier::{feature_space, ClassifierConfig};
@@ -47,8 +50,16 @@ pub struct SearchOptions {
     pub rounds: usize,
     /// Lower end of the searched times (above the card's `sigma_min`).
     pub lower: f64,
-    /// Upper end of the searched times (default `sigma_max / 2`).
+    /// Upper end of the searched times (default `sigma_max / 2`, or half
+    /// the searched start time).
     pub upper: Option<f64>,
+    /// With a value, first search the 1-step start time `T` in
+    /// `[start_lower, sigma_max]` ([`search_start`]: `sigma_max` kept unless
+    /// a smaller time gives a lower FID), store it as the card's
+    /// `sigma_max` (where sampling starts) and search the few-step times
+    /// below it. `None` (the default): sampling starts at `sigma_max`, as
+    /// in CM.
+    pub start_lower: Option<f64>,
     /// Seed of the probes' samples.
     pub seed: u64,
     /// Samples per sampler call.
@@ -67,6 +78,7 @@ impl Default for SearchOptions {
             rounds: 8,
             lower: 0.01,
             upper: None,
+            start_lower: None,
             seed: 0,
             batch_size: 250,
             classifier: ClassifierConfig::default(),
@@ -78,32 +90,61 @@ impl SearchOptions {
     /// Checks the sizes against the documented limits (the bracket is
     /// checked against the card's noise range by [`run`]).
     pub fn validate(&self) -> Result<()> {
+        Ok(self.validate_at("")?)
+    }
+
+    /// [`SearchOptions::validate`] with `prefix` before each field name
+    /// (e.g. `search.` for a run config's `[search]`).
+    pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
         let check = |field: &str, value: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&value) {
                 Ok(())
             } else {
-                Err(CoreError::invalid(field, value, format!("{lo} to {hi}")))
+                Err(CoreError::invalid(
+                    format!("{prefix}{field}"),
+                    value,
+                    format!("{lo} to {hi}"),
+                ))
             }
         };
         check("max_steps", self.max_steps, 2, MAX_SEARCH_STEPS)?;
         check("rounds", self.rounds, 1, MAX_ROUNDS)?;
         check("samples", self.samples, 2, MAX_SAMPLES)?;
         check("batch_size", self.batch_size, 1, MAX_SAMPLES)?;
+        if let Some(lower) = self.start_lower {
+            if !(lower.is_finite() && lower > 0.0) {
+                return Err(CoreError::invalid(
+                    format!("{prefix}start_lower"),
+                    lower,
+                    "a positive time below the card's sigma_max",
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// Probes the search makes: the 1-step reference, then `rounds + 2`
-    /// for each step count from 2 to `max_steps`.
+    /// Probes the search makes: the 1-step reference, `rounds + 2` for
+    /// the start time when searched, then `rounds + 2` for each step count
+    /// from 2 to `max_steps`.
     pub fn probes(&self) -> u64 {
-        1 + (self.max_steps.saturating_sub(1) * (self.rounds + 2)) as u64
+        let start = if self.start_lower.is_some() {
+            self.rounds + 2
+        } else {
+            0
+        };
+        1 + (start + self.max_steps.saturating_sub(1) * (self.rounds + 2)) as u64
     }
 }
 
 /// What [`run`] found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchOutcome {
-    /// FID of 1-step sampling on the same seeds (the reference point).
+    /// FID of 1-step sampling from `sigma_max` on the same seeds (the
+    /// reference point).
     pub one_step: f64,
+    /// The start-time search, when [`SearchOptions::start_lower`] asked
+    /// for it.
+    pub start: Option<StartSearch>,
     /// Every probe and the best times per step count.
     pub result: SearchResult,
     /// Samples per probe.
@@ -116,9 +157,15 @@ pub struct SearchOutcome {
 
 impl SearchOutcome {
     /// The probes as CSV (`steps,taus,fid`; the 1-step reference first,
-    /// times separated by spaces).
+    /// then the start-time probes as 1-step rows with the start time in
+    /// `taus`, then the few-step probes, times separated by spaces).
     pub fn csv(&self) -> String {
         let mut csv = format!("steps,taus,fid\n1,,{}\n", self.one_step);
+        if let Some(start) = &self.start {
+            for (t, fid) in start.probes.iter().skip(1) {
+                csv.push_str(&format!("1,{t},{fid}\n"));
+            }
+        }
         for p in &self.result.probes {
             let taus: Vec<String> = p.taus.iter().map(|t| format!("{t}")).collect();
             csv.push_str(&format!(
@@ -178,7 +225,7 @@ pub fn run(
                 .into(),
         ));
     };
-    let (sigma_min, sigma_max) = (consistency.sigma_min, consistency.sigma_max);
+    let (sigma_min, mut sigma_max) = (consistency.sigma_min, consistency.sigma_max);
     let shape = model.config().sample_shape();
     if shape != data.shape().map(|s| s as i64) {
         return Err(EvalError::InvalidInput(format!(
@@ -188,25 +235,43 @@ pub fn run(
             shape
         )));
     }
-    let config = SearchConfig {
-        rounds: options.rounds,
-        lower: options.lower,
-        upper: options.upper.unwrap_or(sigma_max / 2.0),
+    let bracket = |sigma_max: f64| -> Result<SearchConfig> {
+        let config = SearchConfig {
+            rounds: options.rounds,
+            lower: options.lower,
+            upper: options.upper.unwrap_or(sigma_max / 2.0),
+        };
+        if !(config.lower > sigma_min && config.lower < config.upper && config.upper < sigma_max) {
+            return Err(CoreError::invalid(
+                "lower / upper",
+                format!("[{}, {}]", config.lower, config.upper),
+                format!("sigma_min = {sigma_min} < lower < upper < sigma_max = {sigma_max}"),
+            )
+            .into());
+        }
+        Ok(config)
     };
-    if !(config.lower > sigma_min && config.lower < config.upper && config.upper < sigma_max) {
-        return Err(CoreError::invalid(
-            "lower / upper",
-            format!("[{}, {}]", config.lower, config.upper),
-            format!("sigma_min = {sigma_min} < lower < upper < sigma_max = {sigma_max}"),
-        )
-        .into());
+    // Checked before any work, against the lowest start the search can
+    // choose (golden-section never returns its bracket's lower end), so an
+    // explicit `upper` cannot fail after the start probes; checked again
+    // below the start found.
+    bracket(options.start_lower.unwrap_or(sigma_max))?;
+    if let Some(lower) = options.start_lower {
+        if !(lower > sigma_min && lower < sigma_max) {
+            return Err(CoreError::invalid(
+                "start_lower",
+                lower,
+                format!("a time in (sigma_min, sigma_max) = ({sigma_min}, {sigma_max})"),
+            )
+            .into());
+        }
     }
     let space = feature_space(data, &options.classifier, None, device, progress)?;
     let reference = &space.reference.stats;
     let codec = card.load_codec(device)?;
     progress.start("search", options.probes());
     let started = Instant::now();
-    let mut fid_of = |taus: &[f64]| -> Result<f64> {
+    let mut fid_of = |card: &ModelCard, taus: &[f64]| -> Result<f64> {
         let gen = GenerateConfig {
             count: options.samples,
             batch_size: options.batch_size,
@@ -231,18 +296,58 @@ pub fn run(
         let fid = frechet_distance(&stats, reference)?;
         progress.advance(1);
         progress.message(&format!(
-            "taus {:?}: FID {fid:.3}",
+            "start {}, taus {:?}: FID {fid:.3}",
+            (card.sigma_max() * 1e4).round() / 1e4,
             taus.iter()
                 .map(|t| (t * 1e4).round() / 1e4)
                 .collect::<Vec<_>>()
         ));
         Ok(fid)
     };
-    let one_step = fid_of(&[])?;
-    let result = search_timesteps(options.max_steps, consistency.range(), &config, &mut fid_of)?;
+    let one_step = fid_of(card, &[])?;
+    let mut card = card.clone();
+    let start = match options.start_lower {
+        None => None,
+        Some(lower) => {
+            let found = search_start(
+                NoiseRange {
+                    sigma_min,
+                    sigma_max,
+                },
+                lower,
+                options.rounds,
+                &mut |t| {
+                    if t == sigma_max {
+                        // The reference, already measured on these seeds.
+                        return Ok(one_step);
+                    }
+                    fid_of(&with_start(&card, t), &[])
+                },
+            )?;
+            if found.start != sigma_max {
+                // Times stored for another start were chosen for it: the
+                // searched step counts get new ones, the others none.
+                card = with_start(&card, found.start);
+                if let ModelCard::Consistency { timesteps, .. } = &mut card {
+                    timesteps.clear();
+                }
+            }
+            sigma_max = found.start;
+            Some(found)
+        }
+    };
+    let config = bracket(sigma_max)?;
+    let result = search_timesteps(
+        options.max_steps,
+        NoiseRange {
+            sigma_min,
+            sigma_max,
+        },
+        &config,
+        &mut |taus| fid_of(&card, taus),
+    )?;
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let mut card = card.clone();
     if let ModelCard::Consistency { timesteps, .. } = &mut card {
         for (k, best) in &result.best {
             timesteps.insert(k.to_string(), best.taus.clone());
@@ -250,11 +355,28 @@ pub fn run(
     }
     Ok(SearchOutcome {
         one_step,
+        start,
         result,
         samples: options.samples,
         seconds,
         card,
     })
+}
+
+/// `card` with sampling starting at `start` (its `sigma_max`); stored
+/// few-step times at or above `start` are dropped (they no longer fit).
+pub(crate) fn with_start(card: &ModelCard, start: f64) -> ModelCard {
+    let mut card = card.clone();
+    if let ModelCard::Consistency {
+        consistency,
+        timesteps,
+        ..
+    } = &mut card
+    {
+        consistency.sigma_max = start;
+        timesteps.retain(|_, taus| taus.iter().all(|&t| t < start));
+    }
+    card
 }
 
 #[cfg(test)]
@@ -267,6 +389,22 @@ mod tests {
         let ok = SearchOptions::default();
         ok.validate().unwrap();
         assert_eq!(ok.probes(), 1 + 2 * 10);
+        let with_start = SearchOptions {
+            start_lower: Some(5.0),
+            ..ok.clone()
+        };
+        with_start.validate().unwrap();
+        assert_eq!(with_start.probes(), 1 + 10 + 2 * 10);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = SearchOptions {
+                start_lower: Some(bad),
+                ..ok.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("start_lower"), "{bad}: {e}");
+        }
         for (bad, field) in [
             (
                 SearchOptions {
@@ -324,6 +462,11 @@ mod tests {
         };
         let out = SearchOutcome {
             one_step: 9.0,
+            start: Some(StartSearch {
+                start: 40.0,
+                score: 8.5,
+                probes: vec![(80.0, 9.0), (40.0, 8.5), (20.0, 8.75)],
+            }),
             result: SearchResult {
                 best: vec![(2, probe(&[0.5], 3.0)), (3, probe(&[0.5, 0.1], 2.0))],
                 probes: vec![
@@ -347,8 +490,9 @@ mod tests {
         };
         assert_eq!(
             out.csv(),
-            "steps,taus,fid\n1,,9\n2,1,4\n2,0.5,3\n3,0.5 0.2,2.5\n3,0.5 0.1,2\n"
+            "steps,taus,fid\n1,,9\n1,40,8.5\n1,20,8.75\n2,1,4\n2,0.5,3\n3,0.5 0.2,2.5\n3,0.5 0.1,2\n"
         );
+        // The curves are the few-step ones only.
         assert_eq!(
             out.curves(),
             vec![

@@ -154,6 +154,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         optional: false,
         lora: Vec::new(),
         taus: Vec::new(),
+        start: None,
     };
     config.models = vec![
         entry("tiny", card_path.clone(), vec![1, 2]),
@@ -161,16 +162,33 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
             taus: vec![1.5],
             ..entry("tiny at given times", card_path.clone(), vec![2])
         },
+        // A start time: the card's own (80) gives the same samples, 40
+        // other ones from the same latents.
+        ModelEntry {
+            start: Some(80.0),
+            ..entry("tiny from 80", card_path.clone(), vec![1])
+        },
+        ModelEntry {
+            start: Some(40.0),
+            ..entry("tiny from 40", card_path.clone(), vec![1])
+        },
         ModelEntry {
             optional: true,
             ..entry("absent", dir.path().join("none/model.toml"), vec![1])
         },
     ];
     let out = evaluate(&config, Device::Cpu, &mut Log).unwrap();
-    assert_eq!(out.rows.len(), 4);
+    assert_eq!(out.rows.len(), 6);
     assert_eq!(
         out.rows.iter().map(|r| r.nfe).collect::<Vec<_>>(),
-        [0, 1, 2, 2]
+        [0, 1, 2, 2, 1, 1]
+    );
+    assert_eq!(out.rows[4].fid, out.rows[1].fid, "{:?}", out.rows);
+    assert!(out.rows[5].fid != out.rows[1].fid, "{:?}", out.rows);
+    assert!(
+        out.rows[5].sampler.contains("start T = 40"),
+        "{}",
+        out.rows[5].sampler
     );
     // Given times replace the default ones: another re-noising level, other
     // samples from the same latents.
@@ -203,7 +221,7 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
     assert!(md.contains("skipped `absent`"));
     assert!(md.contains("class accuracy"), "{md}");
     let csv = results_csv(&out);
-    assert_eq!(csv.lines().count(), 5);
+    assert_eq!(csv.lines().count(), 7);
     assert!(
         csv.starts_with("model,sampler,")
             && csv
@@ -227,8 +245,16 @@ fn evaluate_runs_end_to_end_on_a_model_card() {
         .to_string();
     assert!(e.contains("models[1].taus"), "{e}");
     config.models.remove(1);
+    // A start at or below the card's sigma_min (0.002) is an error naming
+    // the entry.
+    config.models[2].start = Some(0.001);
+    let e = evaluate(&config, Device::Cpu, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("models[2].start"), "{e}");
+    config.models[2].start = Some(40.0);
     // The same missing card without `optional` is an error naming it.
-    config.models[1].optional = false;
+    config.models.last_mut().unwrap().optional = false;
     let e = evaluate(&config, Device::Cpu, &mut Silent)
         .unwrap_err()
         .to_string();

@@ -2,7 +2,7 @@
 
 use cm_core::CoreError;
 use cm_core::NoiseRange;
-use cm_sample::search::{search_timesteps, SearchConfig};
+use cm_sample::search::{search_start, search_timesteps, SearchConfig};
 
 /// CM's noise range `[0.002, 80]`.
 const RANGE: NoiseRange = NoiseRange {
@@ -94,4 +94,49 @@ fn bad_settings_and_metric_errors() {
     })
     .unwrap_err();
     assert!(e.to_string().contains("metric"), "{e}");
+}
+
+#[test]
+fn start_search_finds_an_inner_minimum_and_keeps_sigma_max_otherwise() {
+    // A minimum inside [5, 80]: found to within the last bracket.
+    for optimum in [10.0, 40.0] {
+        let mut calls = 0;
+        let found = search_start::<CoreError>(RANGE, 5.0, 10, &mut |t| {
+            calls += 1;
+            assert!((5.0..=80.0).contains(&t), "{t}");
+            Ok((t.ln() - f64::ln(optimum)).powi(2))
+        })
+        .unwrap();
+        // ln 80 - ln 5 = 2.77 wide; 0.618^10 of it = 0.023.
+        assert!(
+            (found.start / optimum).ln().abs() < 0.025,
+            "{optimum}: {found:?}"
+        );
+        assert_eq!(calls, 1 + 2 + 10);
+        assert_eq!(found.probes.len(), calls);
+        assert_eq!(found.probes[0].0, RANGE.sigma_max);
+        let min = found
+            .probes
+            .iter()
+            .map(|p| p.1)
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(found.score, min);
+    }
+    // A metric falling all the way to sigma_max: the paper's start is kept
+    // (golden-section never probes the bracket's ends; sigma_max is probed).
+    let found = search_start::<CoreError>(RANGE, 5.0, 6, &mut |t| Ok(-t)).unwrap();
+    assert_eq!((found.start, found.score), (80.0, -80.0));
+    // Ties keep sigma_max too.
+    let found = search_start::<CoreError>(RANGE, 5.0, 6, &mut |_| Ok(1.0)).unwrap();
+    assert_eq!(found.start, 80.0);
+}
+
+#[test]
+fn start_search_refuses_a_bracket_outside_the_range() {
+    for lower in [0.001, 80.0, 100.0, f64::NAN] {
+        let err = search_start::<CoreError>(RANGE, lower, 5, &mut |_| Ok(0.0)).unwrap_err();
+        assert!(err.to_string().contains("start_lower"), "{lower}: {err}");
+    }
+    let err = search_start::<CoreError>(RANGE, 5.0, 0, &mut |_| Ok(0.0)).unwrap_err();
+    assert!(err.to_string().contains("rounds"), "{err}");
 }

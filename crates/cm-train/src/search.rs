@@ -12,7 +12,7 @@
 //! against the test split, golden-section over `ln tau`.
 
 use cm_data::Dataset;
-use cm_eval::timestep_search::{self, MAX_ROUNDS, MAX_SAMPLES, MAX_SEARCH_STEPS};
+use cm_eval::timestep_search;
 use cm_eval::{ClassifierConfig, SearchOptions};
 use cm_nets::Model;
 use cm_sample::ModelCard;
@@ -27,15 +27,23 @@ use crate::observer::Observer;
 #[serde(deny_unknown_fields, default)]
 pub struct TimestepSearchConfig {
     /// Search the time of 2-step sampling, then greedily 3-step, ... up to
-    /// this many steps (2 to [`MAX_SEARCH_STEPS`]).
+    /// this many steps (2 to [`timestep_search::MAX_SEARCH_STEPS`]).
     pub max_steps: usize,
     /// Samples per probe, the same seeds for every probe (2 to
-    /// [`MAX_SAMPLES`]; 1,000 gives a probe-to-probe FID noise well under
+    /// [`timestep_search::MAX_SAMPLES`]; 1,000 gives a probe-to-probe FID noise well under
     /// the differences that matter, with common random numbers).
     pub samples: usize,
-    /// Golden-section rounds per time (1 to [`MAX_ROUNDS`]; 10 shrink the
+    /// Golden-section rounds per time (1 to [`timestep_search::MAX_ROUNDS`]; 10 shrink the
     /// bracket `[0.01, sigma_max / 2]` to within 7% of the optimum's time).
     pub rounds: usize,
+    /// With a value, first search the 1-step start time `T` in
+    /// `[start_lower, sigma_max]` by 1-step FID (`sigma_max`, CM's start,
+    /// is kept unless a smaller time measures better), store it as the
+    /// card's `sigma_max` (where sampling starts), and search the few-step
+    /// times below it. Absent (the default): sampling starts at
+    /// `sigma_max`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_lower: Option<f64>,
     /// Seed of the probes' samples. 1, not the evaluation's 0, so that an
     /// N = 5,000 evaluation of seed 0 is not measured on the samples the
     /// time was chosen on.
@@ -54,6 +62,7 @@ impl Default for TimestepSearchConfig {
             max_steps: 2,
             samples: 1000,
             rounds: 10,
+            start_lower: None,
             seed: 1,
             classifier: ClassifierConfig::default(),
         }
@@ -64,21 +73,26 @@ impl TimestepSearchConfig {
     /// Checks the sizes against their documented limits; `prefix` is the
     /// dotted path of the section.
     pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
-        let check = |field: &str, value: usize, lo: usize, hi: usize| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
+        self.options().validate_at(prefix)?;
+        self.classifier.validate_at(&format!("{prefix}classifier."))
+    }
+
+    /// Checks `start_lower` against the model's noise range: the start
+    /// searched lies in `(sigma_min, sigma_max)`.
+    pub fn check_start_in(&self, prefix: &str, range: cm_core::NoiseRange) -> cm_core::Result<()> {
+        match self.start_lower {
+            Some(lower) if !(lower > range.sigma_min && lower < range.sigma_max) => {
                 Err(cm_core::CoreError::invalid(
-                    format!("{prefix}{field}"),
-                    value,
-                    format!("{lo} to {hi}"),
+                    format!("{prefix}start_lower"),
+                    lower,
+                    format!(
+                        "a time in (sigma_min, sigma_max) = ({}, {})",
+                        range.sigma_min, range.sigma_max
+                    ),
                 ))
             }
-        };
-        check("max_steps", self.max_steps, 2, MAX_SEARCH_STEPS)?;
-        check("samples", self.samples, 2, MAX_SAMPLES)?;
-        check("rounds", self.rounds, 1, MAX_ROUNDS)?;
-        self.classifier.validate_at(&format!("{prefix}classifier."))
+            _ => Ok(()),
+        }
     }
 
     /// cm-eval's options for these settings (bracket `[0.01, sigma_max /
@@ -88,6 +102,7 @@ impl TimestepSearchConfig {
             max_steps: self.max_steps,
             samples: self.samples,
             rounds: self.rounds,
+            start_lower: self.start_lower,
             seed: self.seed,
             classifier: self.classifier.clone(),
             ..SearchOptions::default()
@@ -154,6 +169,24 @@ pub fn search_times(
          {:.0} s; 1 step on these samples: FID {:.3}",
         out.samples, config.seed, config.rounds, out.seconds, out.one_step
     )];
+    if let Some(start) = &out.start {
+        lines.push(format!(
+            "1-step start time searched in [{}, {}]: T = {}, FID {:.3} (at sigma_max {}: FID {:.3}), \
+             stored as the card's sigma_max",
+            config.start_lower.unwrap_or(f64::NAN),
+            start.probes[0].0,
+            round4(start.start),
+            start.score,
+            start.probes[0].0,
+            out.one_step
+        ));
+        let probes: Vec<String> = start
+            .probes
+            .iter()
+            .map(|(t, fid)| format!("{} -> {fid:.3}", round4(*t)))
+            .collect();
+        lines.push(format!("start probes (T -> FID): {}", probes.join(", ")));
+    }
     for (k, best) in out.best() {
         lines.push(format!(
             "{k} steps: searched taus {:?}, FID {:.3} (stored in the model card)",
@@ -200,14 +233,14 @@ mod tests {
             ),
             (
                 TimestepSearchConfig {
-                    max_steps: MAX_SEARCH_STEPS + 1,
+                    max_steps: timestep_search::MAX_SEARCH_STEPS + 1,
                     ..Default::default()
                 },
                 "search.max_steps",
             ),
             (
                 TimestepSearchConfig {
-                    samples: MAX_SAMPLES + 1,
+                    samples: timestep_search::MAX_SAMPLES + 1,
                     ..Default::default()
                 },
                 "search.samples",
@@ -224,6 +257,16 @@ mod tests {
             let err = config.validate_at("search.").unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+        for lower in [0.0, -5.0, f64::NAN] {
+            let err = TimestepSearchConfig {
+                start_lower: Some(lower),
+                ..Default::default()
+            }
+            .validate_at("search.")
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("search.start_lower"), "{err}");
+        }
         let mut bad = TimestepSearchConfig::default();
         bad.classifier.features = 0;
         let err = bad.validate_at("search.").unwrap_err().to_string();
@@ -236,6 +279,7 @@ mod tests {
             max_steps: 3,
             samples: 500,
             rounds: 7,
+            start_lower: Some(10.0),
             seed: 9,
             classifier: ClassifierConfig {
                 steps: 5,
@@ -245,6 +289,7 @@ mod tests {
         let o = config.options();
         assert_eq!((o.max_steps, o.samples, o.rounds, o.seed), (3, 500, 7, 9));
         assert_eq!(o.classifier, config.classifier);
+        assert_eq!(o.start_lower, Some(10.0));
         assert!(o.validate().is_ok());
     }
 }
