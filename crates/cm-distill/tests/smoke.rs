@@ -103,24 +103,10 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
     assert_eq!(starts[0].0, config.cd.recipe.consistency.sigma_max);
     let start = consistency.sigma_max;
     assert!((20.0..=80.0).contains(&start), "{start}");
-    let lowest = starts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    assert!(
-        starts
-            .iter()
-            .any(|p| p.1 == lowest && (p.0 - start).abs() <= 1e-4 * (1.0 + start)),
-        "card {start}, probes {starts:?}"
-    );
+    assert_kept_the_best(&starts, start);
     let probes = listed("probes (taus -> FID): ");
     assert_eq!(probes.len(), 2 + 2, "rounds + 2 probes: {probes:?}");
-    // (Times and FIDs are rounded in the report: any probe at the lowest
-    // FID may be the one kept.)
-    let lowest = probes.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    assert!(
-        probes
-            .iter()
-            .any(|p| p.1 == lowest && (p.0 - tau).abs() <= 1e-4 * (1.0 + tau)),
-        "card {tau}, probes {probes:?}"
-    );
+    assert_kept_the_best(&probes, tau);
     assert!(
         tau > 0.01 && tau < start / 2.0 + 1e-9,
         "{tau} for start {start}"
@@ -133,4 +119,17 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
         "{report}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `kept` (the card's time) is a probe at the lowest FID of `probes`
+/// (`(time, FID)` as the report rounds them: any probe at the lowest FID
+/// may be the one kept).
+fn assert_kept_the_best(probes: &[(f64, f64)], kept: f64) {
+    let lowest = probes.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    assert!(
+        probes
+            .iter()
+            .any(|p| p.1 == lowest && (p.0 - kept).abs() <= 1e-4 * (1.0 + kept)),
+        "card {kept}, probes {probes:?}"
+    );
 }
