@@ -241,14 +241,13 @@ pub fn run(
             lower: options.lower,
             upper: options.upper.unwrap_or(sigma_max / 2.0),
         };
-        if !(config.lower > sigma_min && config.lower < config.upper && config.upper < sigma_max) {
-            return Err(CoreError::invalid(
-                "lower / upper",
-                format!("[{}, {}]", config.lower, config.upper),
-                format!("sigma_min = {sigma_min} < lower < upper < sigma_max = {sigma_max}"),
-            )
-            .into());
-        }
+        config.check_bracket(
+            NoiseRange {
+                sigma_min,
+                sigma_max,
+            },
+            "lower / upper",
+        )?;
         Ok(config)
     };
     // Checked before any work, against the lowest start the search can

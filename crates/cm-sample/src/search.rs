@@ -38,6 +38,25 @@ impl SearchConfig {
     }
 }
 
+impl SearchConfig {
+    /// Checks `sigma_min < lower < upper < sigma_max`; `field` names the
+    /// bracket in the error.
+    pub fn check_bracket(&self, range: NoiseRange, field: &str) -> Result<(), CoreError> {
+        let NoiseRange {
+            sigma_min,
+            sigma_max,
+        } = range;
+        if self.lower > sigma_min && self.lower < self.upper && self.upper < sigma_max {
+            return Ok(());
+        }
+        Err(CoreError::invalid(
+            field,
+            format!("[{}, {}]", self.lower, self.upper),
+            format!("sigma_min = {sigma_min} < lower < upper < sigma_max = {sigma_max}"),
+        ))
+    }
+}
+
 /// One evaluated candidate: the intermediate times and the metric there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Probe {
@@ -77,18 +96,7 @@ pub fn search_timesteps<E: From<CoreError>>(
         .into());
     }
     range.validate()?;
-    let NoiseRange {
-        sigma_min,
-        sigma_max,
-    } = range;
-    if !(config.lower > sigma_min && config.lower < config.upper && config.upper < sigma_max) {
-        return Err(CoreError::invalid(
-            "search bracket",
-            format!("[{}, {}]", config.lower, config.upper),
-            format!("sigma_min = {sigma_min} < lower < upper < sigma_max = {sigma_max}"),
-        )
-        .into());
-    }
+    config.check_bracket(range, "search bracket")?;
     if config.rounds == 0 {
         return Err(CoreError::invalid("rounds", 0, "at least 1").into());
     }
