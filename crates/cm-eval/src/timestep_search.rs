@@ -18,7 +18,8 @@ use cm_core::NoiseRange;
 use cm_data::ImageDataset;
 use cm_nets::Model;
 use cm_sample::search::{
-    search_start, search_timesteps, Probe, SearchConfig, SearchResult, StartSearch,
+    check_start_lower, search_start, search_timesteps, Probe, SearchConfig, SearchResult,
+    StartSearch,
 };
 use cm_sample::{generate, ClassChoice, GenerateConfig, ModelCard};
 
@@ -256,14 +257,14 @@ pub fn run(
     // below the start found.
     bracket(options.start_lower.unwrap_or(sigma_max))?;
     if let Some(lower) = options.start_lower {
-        if !(lower > sigma_min && lower < sigma_max) {
-            return Err(CoreError::invalid(
-                "start_lower",
-                lower,
-                format!("a time in (sigma_min, sigma_max) = ({sigma_min}, {sigma_max})"),
-            )
-            .into());
-        }
+        check_start_lower(
+            lower,
+            NoiseRange {
+                sigma_min,
+                sigma_max,
+            },
+            "start_lower",
+        )?;
     }
     let space = feature_space(data, &options.classifier, None, device, progress)?;
     let reference = &space.reference.stats;

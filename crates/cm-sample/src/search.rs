@@ -154,6 +154,22 @@ pub struct StartSearch {
     pub probes: Vec<(f64, f64)>,
 }
 
+/// Checks the lower end of the start-time search, `field` in the error:
+/// inside `(sigma_min, sigma_max)`.
+pub fn check_start_lower(lower: f64, range: NoiseRange, field: &str) -> Result<(), CoreError> {
+    if lower > range.sigma_min && lower < range.sigma_max {
+        return Ok(());
+    }
+    Err(CoreError::invalid(
+        field,
+        lower,
+        format!(
+            "a time in (sigma_min, sigma_max) = ({}, {})",
+            range.sigma_min, range.sigma_max
+        ),
+    ))
+}
+
 /// Search of the 1-step start time `T`: where 1-step sampling `f(T z, T)`
 /// begins. CM starts at `sigma_max`, where `N(0, T^2 I)` is the noisy
 /// marginal to within `sigma_data^2 / (2 T^2)` of its standard deviation; a somewhat
@@ -170,17 +186,7 @@ pub fn search_start<E: From<CoreError>>(
     metric: &mut dyn FnMut(f64) -> Result<f64, E>,
 ) -> Result<StartSearch, E> {
     range.validate()?;
-    if !(lower > range.sigma_min && lower < range.sigma_max) {
-        return Err(CoreError::invalid(
-            "start_lower",
-            lower,
-            format!(
-                "a time in (sigma_min, sigma_max) = ({}, {})",
-                range.sigma_min, range.sigma_max
-            ),
-        )
-        .into());
-    }
+    check_start_lower(lower, range, "start_lower")?;
     if rounds == 0 {
         return Err(CoreError::invalid("rounds", 0, "at least 1").into());
     }

@@ -81,17 +81,10 @@ impl TimestepSearchConfig {
     /// searched lies in `(sigma_min, sigma_max)`.
     pub fn check_start_in(&self, prefix: &str, range: cm_core::NoiseRange) -> cm_core::Result<()> {
         match self.start_lower {
-            Some(lower) if !(lower > range.sigma_min && lower < range.sigma_max) => {
-                Err(cm_core::CoreError::invalid(
-                    format!("{prefix}start_lower"),
-                    lower,
-                    format!(
-                        "a time in (sigma_min, sigma_max) = ({}, {})",
-                        range.sigma_min, range.sigma_max
-                    ),
-                ))
+            Some(lower) => {
+                cm_sample::search::check_start_lower(lower, range, &format!("{prefix}start_lower"))
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
