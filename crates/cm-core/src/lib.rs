@@ -53,7 +53,9 @@ pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE, MIN_DECA
 pub use error::{CoreError, Result};
 pub use guidance::{ClassifierFreeGuidance, PerExampleGuidance};
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
-pub use noise::{IndexSampler, LognormalIndex, LognormalSigma, UniformIndex};
+pub use noise::{
+    skipping_probabilities, IndexSampler, LognormalIndex, LognormalSigma, UniformIndex,
+};
 pub use ode::{euler_to_denoiser, ode_derivative, Denoiser, OdeSolver, Solver};
 pub use precond::{
     append_dims, ConsistencyParameterization, EdmPreconditioning, NoiseConditioning,

@@ -86,6 +86,32 @@ impl IndexSampler for LognormalIndex {
     }
 }
 
+/// The probability of each skipping-step pair `(t_n, t_{n+k})` of an
+/// ascending grid, `n` in `0..N-k` (LCM's skipping step, Luo et al. 2023,
+/// Section 4.3, drawn by any [`IndexSampler`]): the pair takes the mass of
+/// the `k` adjacent pairs it spans, `p_k(n) ∝ p(n) + ... + p(n + k - 1)`,
+/// normalised. For the iCT lognormal this is the mass between `t_n` and
+/// `t_{n+k}` (the erf differences telescope); a uniform sampler stays
+/// uniform over the `N - k` pairs; `k = 1` is the sampler's own
+/// distribution. `skip` is clamped to `1..N-1`.
+pub fn skipping_probabilities<S: IndexSampler + ?Sized>(
+    sampler: &S,
+    grid: &[f64],
+    skip: usize,
+) -> Vec<f64> {
+    let adjacent = sampler.probabilities(grid);
+    let k = skip.clamp(1, adjacent.len().max(1));
+    if k == 1 {
+        return adjacent;
+    }
+    let spans: Vec<f64> = adjacent.windows(k).map(|w| w.iter().sum()).collect();
+    let total: f64 = spans.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return vec![1.0 / spans.len().max(1) as f64; spans.len().max(1)];
+    }
+    spans.into_iter().map(|p| p / total).collect()
+}
+
 /// `erf(b) - erf(a)` for `a <= b`, computed through `erfc` in the upper tail
 /// where both `erf` values round to 1 and their difference would cancel.
 fn erf_difference(a: f64, b: f64) -> f64 {

@@ -5,10 +5,11 @@
 
 mod common;
 
+use cm_core::skipping_probabilities;
 use cm_core::{
     ConsistencyParameterization, CtAdaptiveSchedule, DiscretizationSchedule, DistanceMetric,
     EdmPreconditioning, IctExponentialSchedule, IndexSampler, KarrasGrid, LognormalIndex,
-    NoiseConditioning, Parameterization, PseudoHuber, SquaredL2, L1,
+    NoiseConditioning, Parameterization, PseudoHuber, SquaredL2, UniformIndex, L1,
 };
 use common::{assert_close, fixtures, floats, to_vec};
 use serde_json::Value;
@@ -229,6 +230,54 @@ fn lognormal_pair_probabilities_match_erf_formula() {
             &format!("lognormal probs n={n}"),
         );
     }
+}
+
+/// The skipping-step pair probabilities against an independent computation:
+/// the lognormal density of `ln t` integrated by Simpson's rule from `t_n`
+/// to `t_{n+k}` (no erf), normalised over `n` in `0..N-k`; a uniform sampler
+/// stays uniform over the `N - k` pairs; `k = 1` is the sampler itself.
+#[test]
+fn skipping_pair_probabilities_are_the_mass_between_t_n_and_t_n_plus_k() {
+    let sampler = LognormalIndex {
+        p_mean: -0.4,
+        p_std: 2.0,
+    };
+    let density = |u: f64| {
+        let z = (u - sampler.p_mean) / sampler.p_std;
+        (-0.5 * z * z).exp() / (sampler.p_std * (2.0 * std::f64::consts::PI).sqrt())
+    };
+    let simpson = |a: f64, b: f64| {
+        let m = 2000;
+        let h = (b - a) / m as f64;
+        let inner: f64 = (1..m)
+            .map(|i| density(a + i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 })
+            .sum();
+        (density(a) + density(b) + inner) * h / 3.0
+    };
+    let grid = KarrasGrid::default().training_sigmas(41).unwrap();
+    for k in [1usize, 2, 3, 7] {
+        let got = skipping_probabilities(&sampler, &grid, k);
+        assert_eq!(got.len(), grid.len() - k, "k = {k}");
+        let mass: Vec<f64> = (0..grid.len() - k)
+            .map(|n| simpson(grid[n].ln(), grid[n + k].ln()))
+            .collect();
+        let total: f64 = mass.iter().sum();
+        let want: Vec<f64> = mass.iter().map(|m| m / total).collect();
+        assert_close(&got, &want, 1e-9, 1e-12, &format!("skip k = {k}"));
+        let uniform = skipping_probabilities(&UniformIndex {}, &grid, k);
+        let n_pairs = (grid.len() - k) as f64;
+        assert_close(
+            &uniform,
+            &vec![1.0 / n_pairs; grid.len() - k],
+            1e-12,
+            1e-15,
+            &format!("uniform, skip k = {k}"),
+        );
+    }
+    assert_eq!(
+        skipping_probabilities(&sampler, &grid, 1),
+        sampler.probabilities(&grid)
+    );
 }
 
 #[test]

@@ -33,8 +33,10 @@ use cm_train::{Batch, ConsistencyCore, Objective, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LcdConfig {
-    /// Parameterization, grid size `N` and target EMA `mu`, weighting,
-    /// metric (pair sampling is the skipping step's, uniform).
+    /// Parameterization, the schedule of grid size `N` and target EMA `mu`
+    /// (LCM's fixed grid, or iCT's growing one with `mu = 0`), the pair
+    /// sampler (uniform over `n` as LCM, or iCT's lognormal, each
+    /// skipping-step pair taking the mass it spans), weighting, metric.
     pub recipe: ConsistencyRecipe,
     /// The skipping step `k`: pairs `(t_n, t_{n+k})` of the `N`-point grid.
     pub skip: usize,
@@ -92,26 +94,14 @@ impl LcdConfig {
     /// Checks the ranges; `prefix` is the dotted path of the section.
     pub fn validate_at(&self, prefix: &str) -> cm_core::Result<()> {
         self.recipe.validate_at(&format!("{prefix}recipe."))?;
-        if !matches!(self.recipe.schedule, cm_core::ScheduleConfig::Fixed(_)) {
-            return Err(CoreError::invalid(
-                format!("{prefix}recipe.schedule.kind"),
-                "a growing schedule",
-                "\"fixed\": the card's sampling times come from the one N-point grid LCD trains on",
-            ));
-        }
-        if self.recipe.noise != cm_core::IndexSamplerConfig::default() {
-            return Err(CoreError::invalid(
-                format!("{prefix}recipe.noise"),
-                format!("{:?}", self.recipe.noise),
-                "the default (LCD draws n uniformly in 0..N-k)",
-            ));
-        }
+        // N never shrinks (fixed, CT's and iCT's schedules), so the first
+        // grid is the smallest the skipping step must fit in.
         let n = self.recipe.schedule.at(0).n;
         if self.skip == 0 || self.skip >= n {
             return Err(CoreError::invalid(
                 format!("{prefix}skip"),
                 self.skip,
-                format!("a skipping step in 1..{n} (the recipe's grid has N = {n} points)"),
+                format!("a skipping step in 1..{n} (the recipe's first grid has N = {n} points)"),
             ));
         }
         for (name, w) in [
@@ -138,9 +128,10 @@ impl LcdConfig {
     }
 
     /// The times of `steps`-step sampling on the skipping-step grid
-    /// ([`cm_core::lcm_times`]), the first being `sigma_max`.
+    /// ([`cm_core::lcm_times`]) of the schedule's last training grid (the
+    /// only grid when the schedule is fixed), the first being `sigma_max`.
     pub fn times(&self, steps: usize) -> cm_core::Result<Vec<f64>> {
-        let n = self.recipe.schedule.at(0).n;
+        let n = self.recipe.schedule.at(u64::MAX).n;
         let grid = self.recipe.consistency.grid().training_sigmas(n)?;
         cm_core::lcm_times(&grid, self.skip, steps)
     }
@@ -157,7 +148,9 @@ pub struct LcdObjective {
     teacher_edm: EdmConfig,
     null_class: i64,
     core: ConsistencyCore,
-    grids: HashMap<usize, Tensor>,
+    /// Per `N`: the grid and, for a non-uniform pair sampler, the pair
+    /// probabilities.
+    grids: HashMap<usize, (Tensor, Option<Tensor>)>,
     /// Whether the student embeds `w` (LCM); without (LCM-LoRA) it learns
     /// the one fixed scale.
     embedded: bool,
@@ -224,19 +217,32 @@ impl LcdObjective {
         self.core.target()
     }
 
-    /// Draws `(t_n, t_{n+k})` per example: `n` uniform in `0..N-k` on the
-    /// step's `N`-point grid.
+    /// Draws `(t_n, t_{n+k})` per example on the step's `N`-point grid:
+    /// `n` uniform in `0..N-k` (LCM), or by the recipe's pair sampler with
+    /// each pair taking the mass it spans
+    /// ([`cm_core::skipping_probabilities`]; iCT's lognormal).
     fn pairs(&mut self, b: i64, step: u64, device: Device) -> Result<(Tensor, Tensor)> {
         let n = self.config.recipe.schedule.at(step).n;
-        let k = self.config.skip.min(n - 1) as i64;
+        let k = self.config.skip.min(n - 1);
         if !self.grids.contains_key(&n) {
             let values = self.config.recipe.consistency.grid().training_sigmas(n)?;
+            let probs = match self.config.recipe.noise {
+                // randint, as LCM draws, keeps the uniform runs' random
+                // streams as they were.
+                cm_core::IndexSamplerConfig::Uniform(_) => None,
+                sampler => Some(Tensor::from_slice(&cm_core::skipping_probabilities(
+                    &sampler, &values, k,
+                ))),
+            };
             self.grids
-                .insert(n, grid_tensor(&values, Kind::Float, device));
+                .insert(n, (grid_tensor(&values, Kind::Float, device), probs));
         }
-        let grid = &self.grids[&n];
-        let index = Tensor::randint(n as i64 - k, [b], (Kind::Int64, device));
-        Ok(cm_core::skipping_pairs(grid, &index, k))
+        let (grid, probs) = &self.grids[&n];
+        let index = match probs {
+            None => Tensor::randint((n - k) as i64, [b], (Kind::Int64, device)),
+            Some(p) => p.multinomial(b, true).to_device(device),
+        };
+        Ok(cm_core::skipping_pairs(grid, &index, k as i64))
     }
 
     /// Class labels cycling through the classes (`0..null_class`) and the

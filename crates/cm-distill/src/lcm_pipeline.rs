@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, Validate};
+use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, ScheduleConfig, Validate};
 use cm_data::DataSource;
 use cm_nets::{LoraConfig, Model, NetConfig, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler, ModelCard};
@@ -56,6 +56,24 @@ impl Validate for LcdRunConfig {
         self.teacher.validate_at("teacher.")?;
         self.train.validate_at("train.")?;
         self.lcd.validate_at("lcd.")?;
+        // The card's times come from the schedule's last grid
+        // (`LcdConfig::times`): the run must reach it.
+        let schedule_steps = match self.lcd.recipe.schedule {
+            ScheduleConfig::Fixed(_) => None,
+            ScheduleConfig::CtAdaptive(s) => Some(s.total_steps),
+            ScheduleConfig::IctExponential(s) => Some(s.total_steps),
+        };
+        if let Some(total) = schedule_steps.filter(|&t| t > self.train.steps) {
+            return Err(CoreError::invalid(
+                "lcd.recipe.schedule.total_steps",
+                total,
+                format!(
+                    "at most train.steps = {} (the card's sampling times come from the \
+                     schedule's last grid, which the run must reach)",
+                    self.train.steps
+                ),
+            ));
+        }
         if self.teacher.net.num_classes() == 0 {
             return Err(CoreError::invalid(
                 "teacher.net.num_classes",
@@ -250,7 +268,15 @@ impl Method for LcdMethod<'_> {
     fn describe(&self) -> Vec<String> {
         let t = &self.teacher;
         let l = &self.config.lcd;
-        let n = cm_core::DiscretizationSchedule::at(&l.recipe.schedule, 0).n;
+        let (first, last) = (
+            cm_core::DiscretizationSchedule::at(&l.recipe.schedule, 0).n,
+            cm_core::DiscretizationSchedule::at(&l.recipe.schedule, u64::MAX).n,
+        );
+        let n = if first == last {
+            format!("N = {first}")
+        } else {
+            format!("N = {first} -> {last}")
+        };
         let mut lines = vec![
             format!(
                 "{}, guided by classifier-free guidance D_c + w (D_c - D_u)",
@@ -259,13 +285,13 @@ impl Method for LcdMethod<'_> {
             match &self.config.lora {
                 None => format!(
                     "objective: latent consistency distillation (LCM Alg. 1), skipping step k = {} on \
-                     the N = {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, w ~ U[{}, {}] per \
+                     the {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, w ~ U[{}, {}] per \
                      example, embedded by the student",
                     l.skip, l.solver, l.w_min, l.w_max
                 ),
                 Some(lora) => format!(
                     "objective: LCM-LoRA (LCD of LCM Alg. 1 with the student = frozen teacher + LoRA \
-                     rank {} alpha {} on {:?}), skipping step k = {} on the N = {n} grid, one guided \
+                     rank {} alpha {} on {:?}), skipping step k = {} on the {n} grid, one guided \
                      teacher {:?} step t_(n+k) -> t_n, fixed w = {}, target {:?}",
                     lora.rank, lora.alpha, lora.targets, l.skip, l.solver, l.w_min, l.target
                 ),

@@ -52,14 +52,15 @@ fn cd_metric_ablation_presets_change_only_the_metric() {
 }
 
 /// The default CD preset is the CM paper's recipe (`cd/fmnist-1k.toml`) on
-/// iCT's schedule: the N curriculum with no target EMA, lognormal pairs and
-/// 1/(t_(n+1) - t_n) weights, 3,000 steps, and twice the learning rate
-/// (4e-4, iCT's), and the search of the 2-step time after training;
-/// nothing else differs (same teacher, metric, optimizer settings
-/// otherwise, EMA and the 2-step time of the training grids).
+/// iCT's schedule: the N curriculum with no target EMA, lognormal pairs
+/// (P_mean moved from iCT's -1.1 to -0.6) and 1/(t_(n+1) - t_n) weights,
+/// 3,000 steps, three times the learning rate (6e-4), the evaluation EMA
+/// 0.998 without warm-up, and the search of the 1-step start time and the
+/// 2-step time after training; nothing else differs (same teacher, metric,
+/// optimizer settings otherwise, and the 2-step time of the training grids).
 #[test]
 fn cd_default_preset_is_the_paper_recipe_on_icts_schedule() {
-    use cm_core::{IndexSamplerConfig, ScheduleConfig, Weighting};
+    use cm_core::{IndexSamplerConfig, LognormalIndex, ScheduleConfig, Weighting};
     let paper: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist-1k.toml")).unwrap();
     let default: CdRunConfig = cm_core::load_toml(configs().join("cd/fmnist.toml")).unwrap();
     let ScheduleConfig::IctExponential(s) = default.cd.recipe.schedule else {
@@ -67,26 +68,42 @@ fn cd_default_preset_is_the_paper_recipe_on_icts_schedule() {
     };
     assert_eq!((s.s0, s.s1, s.total_steps), (10, 320, default.train.steps));
     assert_eq!(default.train.steps, 3000);
-    assert!(matches!(
+    assert_eq!(
         default.cd.recipe.noise,
-        IndexSamplerConfig::Lognormal(_)
-    ));
+        IndexSamplerConfig::Lognormal(LognormalIndex {
+            p_mean: -0.6,
+            p_std: 2.0
+        })
+    );
     assert_eq!(default.cd.recipe.weighting, Weighting::InverseStep);
-    assert_eq!(default.train.optimizer.lr, 2.0 * paper.train.optimizer.lr);
+    assert_eq!(default.train.optimizer.lr, 3.0 * paper.train.optimizer.lr);
+    assert_eq!(
+        (default.train.ema_rates.as_slice(), default.train.ema_warmup),
+        ([0.998].as_slice(), false)
+    );
     let mut same = default.clone();
     same.train.optimizer.lr = paper.train.optimizer.lr;
+    same.train.ema_rates = paper.train.ema_rates.clone();
+    same.train.ema_warmup = paper.train.ema_warmup;
     same.cd.recipe.schedule = paper.cd.recipe.schedule;
     same.cd.recipe.noise = paper.cd.recipe.noise;
     same.cd.recipe.weighting = paper.cd.recipe.weighting;
     same.train.steps = paper.train.steps;
     same.train.checkpoint_every = paper.train.checkpoint_every;
-    // The preset ends with the FID search of its 2-step time (CM Section 6),
-    // at `cm search-timesteps`' settings; the paper's recipe keeps 0.821.
+    // The preset ends with the FID search of its 1-step start time in
+    // [10, 80] and of its 2-step time below it (CM Section 6), at `cm
+    // search-timesteps`' settings; the paper's recipe keeps 80 and 0.821.
     let search = same
         .search
         .take()
         .expect("cd/fmnist.toml: a [search] section");
-    assert_eq!(search, cm_train::TimestepSearchConfig::default());
+    assert_eq!(
+        search,
+        cm_train::TimestepSearchConfig {
+            start_lower: Some(10.0),
+            ..Default::default()
+        }
+    );
     assert_eq!(same, paper, "cd/fmnist.toml differs beyond the schedule");
 }
 

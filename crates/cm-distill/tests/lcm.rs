@@ -102,9 +102,28 @@ fn configs_that_cannot_work_are_refused_by_field() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("lcd.w_min"), "{err}");
     let mut c = preset("smoke");
-    c.lcd.recipe.schedule = toml::from_str("kind = \"ct_adaptive\"").unwrap();
+    // A growing grid must fit the skipping step (k = 4) from its first N.
+    c.lcd.recipe.schedule =
+        toml::from_str("kind = \"ict_exponential\"\ns0 = 2\ns1 = 320\ntotal_steps = 100").unwrap();
     let err = c.validate().unwrap_err().to_string();
-    assert!(err.contains("lcd.recipe.schedule.kind"), "{err}");
+    assert!(
+        err.contains("lcd.skip") && err.contains("first grid has N = 3"),
+        "{err}"
+    );
+    c.lcd.recipe.schedule = toml::from_str(&format!(
+        "kind = \"ict_exponential\"\ns0 = 4\ns1 = 320\ntotal_steps = {}",
+        c.train.steps
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    // ... and be reached by the run (the card's times come from its last grid).
+    c.lcd.recipe.schedule = toml::from_str(&format!(
+        "kind = \"ict_exponential\"\ns0 = 4\ns1 = 320\ntotal_steps = {}",
+        c.train.steps + 1
+    ))
+    .unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("lcd.recipe.schedule.total_steps"), "{err}");
     let mut c = preset("smoke");
     c.teacher.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
     let err = c.validate().unwrap_err().to_string();

@@ -9,7 +9,10 @@
 
 use std::sync::atomic::AtomicBool;
 
-use cm_core::Solver;
+use cm_core::{
+    IctExponentialSchedule, IndexSamplerConfig, LognormalIndex, ScheduleConfig, Solver, Validate,
+    Weighting,
+};
 use cm_distill::{run_lcd, LcdRunConfig};
 use cm_eval::sliced_wasserstein;
 use cm_sample::{ClassChoice, GenerateConfig, ModelCard, Pipeline};
@@ -42,16 +45,49 @@ fn per_class_distance(a: &Tensor, b: &Tensor) -> f64 {
         / 2.0
 }
 
+fn toy_config() -> LcdRunConfig {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/lcd/toy.toml");
+    cm_core::load_toml(path).unwrap()
+}
+
 #[test]
 fn toy_lcd_lands_closer_to_the_guided_teacher_than_its_two_step_sampler() {
     let _rng = cm_runtime::lock_global_rng();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/lcd/toy.toml");
-    let config: LcdRunConfig = cm_core::load_toml(path).unwrap();
-    let dir = std::env::temp_dir().join(format!("cm-distill-toy-lcd-{}", std::process::id()));
+    distil_and_check(&toy_config(), "lcm");
+}
+
+/// LCD on iCT's recipe (the N = 11 -> 321 doubling grid with no target EMA,
+/// lognormal skipping-step pairs, 1 / (t_(n+k) - t_n) weights) with a
+/// skipping step of 2 meets the same bars as LCM's fixed grid.
+#[test]
+fn toy_lcd_on_icts_schedule_with_lognormal_skipping_pairs_meets_the_same_bars() {
+    let _rng = cm_runtime::lock_global_rng();
+    let mut config = toy_config();
+    config.lcd.skip = 2;
+    config.lcd.recipe.schedule = ScheduleConfig::IctExponential(IctExponentialSchedule {
+        s0: 10,
+        s1: 320,
+        total_steps: config.train.steps,
+    });
+    // iCT's P_mean = -1.1 at sigma_data = 0.5, moved by ln 2 for the toy's
+    // sigma_data = 1 (the same t / sigma_data).
+    config.lcd.recipe.noise = IndexSamplerConfig::Lognormal(LognormalIndex {
+        p_mean: -0.4,
+        p_std: 2.0,
+    });
+    config.lcd.recipe.weighting = Weighting::InverseStep;
+    config.validate().unwrap();
+    distil_and_check(&config, "ict");
+}
+
+/// Distils `config` into a fresh folder and checks the bars of the module
+/// doc; `tag` names the folder and the printed figures.
+fn distil_and_check(config: &LcdRunConfig, tag: &str) {
+    let dir = std::env::temp_dir().join(format!("cm-distill-toy-lcd-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let started = std::time::Instant::now();
     let out = run_lcd(
-        &config,
+        config,
         &dir.join("lcd"),
         &dir.join("teachers"),
         false,
@@ -86,7 +122,7 @@ fn toy_lcd_lands_closer_to_the_guided_teacher_than_its_two_step_sampler() {
         d(&sample(&lcm, 4, w, 2)),
     );
     println!(
-        "toy LCD ({secs:.0}s incl. teacher), w = {w}: per-class sliced W2 to the guided teacher's \
+        "toy LCD, {tag} ({secs:.0}s incl. teacher), w = {w}: per-class sliced W2 to the guided teacher's \
          Heun-35: teacher Heun-35 with other noise {floor:.4}, teacher 2-step Heun {heun2:.4}, \
          Euler {euler2:.4}; LCD 1-step {d1:.4}, 2-step {d2:.4}, 4-step {d4:.4}"
     );
