@@ -203,6 +203,41 @@ fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
     let err = pipe.generate(2, 1, 0).unwrap_err().to_string();
     assert!(err.contains("classes"), "{err}");
 
+    // `cm search-timesteps` on the latent card: FID compares the decoded
+    // 1x28x28 images with the data set's, not the 4x7x7 latents; the time
+    // found is the best probe's, inside the searched bracket.
+    let cm_data::Dataset::Images(images) = config.autoencoder.data.load(None).unwrap() else {
+        panic!("images")
+    };
+    let options = cm_eval::SearchOptions {
+        samples: 64,
+        rounds: 2,
+        classifier: cm_eval::ClassifierConfig {
+            channels: [4, 8, 8],
+            features: 16,
+            steps: 20,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let found = cm_eval::timestep_search::run(
+        pipe.card(),
+        pipe.model(),
+        &images,
+        &options,
+        Device::Cpu,
+        &mut cm_eval::Silent,
+    )
+    .unwrap();
+    let (steps, best) = &found.best()[0];
+    assert_eq!(*steps, 2);
+    let tau = found.card.taus(2).unwrap()[0];
+    assert_eq!(tau, best.taus[0]);
+    assert!(
+        tau >= options.lower && tau <= pipe.card().sigma_max() / 2.0,
+        "{tau}"
+    );
+
     // The LCM-LoRA smoke preset reuses the autoencoder and the teacher
     // (same stage configs) and distills adapters on the frozen teacher.
     let lora_config: LcmRunConfig = cm_core::load_toml(

@@ -227,7 +227,12 @@ pub fn run(
         ));
     };
     let (sigma_min, mut sigma_max) = (consistency.sigma_min, consistency.sigma_max);
-    let shape = model.config().sample_shape();
+    // A latent model's samples are compared as the images its decoder makes.
+    let codec = card.load_codec(device)?;
+    let shape = match &codec {
+        Some(codec) => codec.image_shape(),
+        None => model.config().sample_shape(),
+    };
     if shape != data.shape().map(|s| s as i64) {
         return Err(EvalError::InvalidInput(format!(
             "the data set {} has images {:?}, the model makes {:?}: pass the data set it was trained on",
@@ -268,7 +273,6 @@ pub fn run(
     }
     let space = feature_space(data, &options.classifier, None, device, progress)?;
     let reference = &space.reference.stats;
-    let codec = card.load_codec(device)?;
     progress.start("search", options.probes());
     let started = Instant::now();
     let mut fid_of = |card: &ModelCard, taus: &[f64]| -> Result<f64> {
