@@ -297,7 +297,15 @@ impl Method for LcdMethod<'_> {
                 ),
             },
         ];
-        lines.extend(l.recipe.describe());
+        // The recipe's words name CD's adjacent pair (t_n, t_(n+1)); LCD's
+        // pair is k points apart, and so are the weight's two times.
+        lines.extend(l.recipe.describe().into_iter().map(|line| {
+            if l.skip > 1 {
+                line.replace("t_{n+1}", "t_{n+k}")
+            } else {
+                line
+            }
+        }));
         lines.push(format!(
             "grids: classes cycling, w = {}; LCM times on the skipping-step grid: 2 steps {:?}, 4 steps {:?}",
             l.guidance,
