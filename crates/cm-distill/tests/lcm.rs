@@ -5,6 +5,8 @@
 //! adapters, and a style LoRA fine-tuned on the same teacher stacks on its
 //! card; configs that cannot work are refused by field.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -212,12 +214,7 @@ fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
     let options = cm_eval::SearchOptions {
         samples: 64,
         rounds: 2,
-        classifier: cm_eval::ClassifierConfig {
-            channels: [4, 8, 8],
-            features: 16,
-            steps: 20,
-            ..Default::default()
-        },
+        classifier: common::tiny_feature_network(),
         ..Default::default()
     };
     let found = cm_eval::timestep_search::run(

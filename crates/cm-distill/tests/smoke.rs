@@ -3,6 +3,8 @@
 //! teacher and ends with the `[search]` stage (the 2-step time by FID,
 //! stored in the card and used by the report's grid).
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
 use cm_distill::{run_cd, CdRunConfig};
@@ -49,12 +51,7 @@ fn smoke_pipeline_runs_and_reuses_its_teacher() {
         samples: 64,
         rounds: 2,
         start_lower: Some(20.0),
-        classifier: cm_eval::ClassifierConfig {
-            channels: [4, 8, 8],
-            features: 16,
-            steps: 20,
-            ..Default::default()
-        },
+        classifier: common::tiny_feature_network(),
         ..Default::default()
     });
     let again = run_cd(
