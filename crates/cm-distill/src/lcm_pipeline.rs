@@ -16,7 +16,10 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use cm_core::{ClassifierFreeGuidance, Conditioning, CoreError, ScheduleConfig, Validate};
+use cm_core::{
+    ClassifierFreeGuidance, Conditioning, CoreError, DiscretizationSchedule, ScheduleConfig,
+    Validate,
+};
 use cm_data::DataSource;
 use cm_nets::{LoraConfig, Model, NetConfig, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler, ModelCard};
@@ -57,20 +60,25 @@ impl Validate for LcdRunConfig {
         self.train.validate_at("train.")?;
         self.lcd.validate_at("lcd.")?;
         // The card's times come from the schedule's last grid
-        // (`LcdConfig::times`): the run must reach it.
-        let schedule_steps = match self.lcd.recipe.schedule {
+        // (`LcdConfig::times`): the last trained step, train.steps - 1, must
+        // be on it (a schedule may first reach it at total_steps itself).
+        let schedule = &self.lcd.recipe.schedule;
+        let total_steps = match schedule {
             ScheduleConfig::Fixed(_) => None,
             ScheduleConfig::CtAdaptive(s) => Some(s.total_steps),
             ScheduleConfig::IctExponential(s) => Some(s.total_steps),
         };
-        if let Some(total) = schedule_steps.filter(|&t| t > self.train.steps) {
+        let trained = DiscretizationSchedule::at(schedule, self.train.steps.saturating_sub(1)).n;
+        let last = DiscretizationSchedule::at(schedule, u64::MAX).n;
+        if let Some(total) = total_steps.filter(|_| trained != last) {
             return Err(CoreError::invalid(
                 "lcd.recipe.schedule.total_steps",
                 total,
                 format!(
-                    "at most train.steps = {} (the card's sampling times come from the \
-                     schedule's last grid, which the run must reach)",
-                    self.train.steps
+                    "a schedule whose last grid (N = {last}) the run reaches: its last step \
+                     (train.steps - 1 = {}) trains on N = {trained}, and the card's sampling \
+                     times come from the last grid; lower total_steps",
+                    self.train.steps.saturating_sub(1)
                 ),
             ));
         }
@@ -269,8 +277,8 @@ impl Method for LcdMethod<'_> {
         let t = &self.teacher;
         let l = &self.config.lcd;
         let (first, last) = (
-            cm_core::DiscretizationSchedule::at(&l.recipe.schedule, 0).n,
-            cm_core::DiscretizationSchedule::at(&l.recipe.schedule, u64::MAX).n,
+            DiscretizationSchedule::at(&l.recipe.schedule, 0).n,
+            DiscretizationSchedule::at(&l.recipe.schedule, u64::MAX).n,
         );
         let n = if first == last {
             format!("N = {first}")
@@ -300,10 +308,12 @@ impl Method for LcdMethod<'_> {
         // The recipe's words name CD's adjacent pair (t_n, t_(n+1)); LCD's
         // pair is k points apart, and so are the weight's two times.
         lines.extend(l.recipe.describe().into_iter().map(|line| {
-            if l.skip > 1 {
-                line.replace("t_{n+1}", "t_{n+k}")
-            } else {
+            if l.skip == 1 {
                 line
+            } else if line.starts_with("pairs: discrete lognormal") {
+                format!("{line}, each (t_n, t_(n+k)) pair taking the mass between its two times")
+            } else {
+                line.replace("t_{n+1}", "t_{n+k}")
             }
         }));
         lines.push(format!(

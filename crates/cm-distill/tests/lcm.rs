@@ -118,14 +118,38 @@ fn configs_that_cannot_work_are_refused_by_field() {
     ))
     .unwrap();
     c.validate().unwrap();
-    // ... and be reached by the run (the card's times come from its last grid).
+    // ... and be reached by the run (the card's times come from its last
+    // grid): over ten times the run's steps, it ends on N = 5, not 321.
     c.lcd.recipe.schedule = toml::from_str(&format!(
         "kind = \"ict_exponential\"\ns0 = 4\ns1 = 320\ntotal_steps = {}",
-        c.train.steps + 1
+        10 * c.train.steps
     ))
     .unwrap();
     let err = c.validate().unwrap_err().to_string();
-    assert!(err.contains("lcd.recipe.schedule.total_steps"), "{err}");
+    assert!(
+        err.contains("lcd.recipe.schedule.total_steps") && err.contains("(N = 321)"),
+        "{err}"
+    );
+    // Reaching total_steps is not enough: with s1 / s0 < 2 the one doubling
+    // comes at step total_steps = train.steps, which never runs (steps are
+    // 0..train.steps), so the last trained grid is N = 33, not 49.
+    c.lcd.recipe.schedule = toml::from_str(&format!(
+        "kind = \"ict_exponential\"\ns0 = 32\ns1 = 48\ntotal_steps = {}",
+        c.train.steps
+    ))
+    .unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("lcd.recipe.schedule.total_steps") && err.contains("trains on N = 33"),
+        "{err}"
+    );
+    // One step earlier it is reached.
+    c.lcd.recipe.schedule = toml::from_str(&format!(
+        "kind = \"ict_exponential\"\ns0 = 32\ns1 = 48\ntotal_steps = {}",
+        c.train.steps - 1
+    ))
+    .unwrap();
+    c.validate().unwrap();
     let mut c = preset("smoke");
     c.teacher.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
     let err = c.validate().unwrap_err().to_string();
