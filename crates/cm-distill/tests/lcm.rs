@@ -83,6 +83,16 @@ fn lcm_lora_presets_validate_and_fit_the_teacher() {
     }
 }
 
+/// iCT's exponential grid schedule, `N` from `s0 + 1` to `s1 + 1` over
+/// `total_steps`.
+fn ict_schedule(s0: u64, s1: u64, total_steps: u64) -> cm_core::ScheduleConfig {
+    cm_core::ScheduleConfig::IctExponential(cm_core::IctExponentialSchedule {
+        s0,
+        s1,
+        total_steps,
+    })
+}
+
 #[test]
 fn configs_that_cannot_work_are_refused_by_field() {
     let mut c = preset("smoke");
@@ -105,26 +115,17 @@ fn configs_that_cannot_work_are_refused_by_field() {
     assert!(err.contains("lcd.w_min"), "{err}");
     let mut c = preset("smoke");
     // A growing grid must fit the skipping step (k = 4) from its first N.
-    c.lcd.recipe.schedule =
-        toml::from_str("kind = \"ict_exponential\"\ns0 = 2\ns1 = 320\ntotal_steps = 100").unwrap();
+    c.lcd.recipe.schedule = ict_schedule(2, 320, 100);
     let err = c.validate().unwrap_err().to_string();
     assert!(
         err.contains("lcd.skip") && err.contains("first grid has N = 3"),
         "{err}"
     );
-    c.lcd.recipe.schedule = toml::from_str(&format!(
-        "kind = \"ict_exponential\"\ns0 = 4\ns1 = 320\ntotal_steps = {}",
-        c.train.steps
-    ))
-    .unwrap();
+    c.lcd.recipe.schedule = ict_schedule(4, 320, c.train.steps);
     c.validate().unwrap();
     // ... and be reached by the run (the card's times come from its last
     // grid): over ten times the run's steps, it ends on N = 5, not 321.
-    c.lcd.recipe.schedule = toml::from_str(&format!(
-        "kind = \"ict_exponential\"\ns0 = 4\ns1 = 320\ntotal_steps = {}",
-        10 * c.train.steps
-    ))
-    .unwrap();
+    c.lcd.recipe.schedule = ict_schedule(4, 320, 10 * c.train.steps);
     let err = c.validate().unwrap_err().to_string();
     assert!(
         err.contains("lcd.recipe.schedule.total_steps") && err.contains("(N = 321)"),
@@ -133,22 +134,14 @@ fn configs_that_cannot_work_are_refused_by_field() {
     // Reaching total_steps is not enough: with s1 / s0 < 2 the one doubling
     // comes at step total_steps = train.steps, which never runs (steps are
     // 0..train.steps), so the last trained grid is N = 33, not 49.
-    c.lcd.recipe.schedule = toml::from_str(&format!(
-        "kind = \"ict_exponential\"\ns0 = 32\ns1 = 48\ntotal_steps = {}",
-        c.train.steps
-    ))
-    .unwrap();
+    c.lcd.recipe.schedule = ict_schedule(32, 48, c.train.steps);
     let err = c.validate().unwrap_err().to_string();
     assert!(
         err.contains("lcd.recipe.schedule.total_steps") && err.contains("trains on N = 33"),
         "{err}"
     );
     // One step earlier it is reached.
-    c.lcd.recipe.schedule = toml::from_str(&format!(
-        "kind = \"ict_exponential\"\ns0 = 32\ns1 = 48\ntotal_steps = {}",
-        c.train.steps - 1
-    ))
-    .unwrap();
+    c.lcd.recipe.schedule = ict_schedule(32, 48, c.train.steps - 1);
     c.validate().unwrap();
     let mut c = preset("smoke");
     c.teacher.net = cm_nets::NetConfig::preset("fmnist-unet").unwrap();
