@@ -118,8 +118,9 @@ pub struct SampleArgs {
     #[arg(long)]
     pub balanced: bool,
     /// Classifier-free guidance scale w (class-conditional models, with
-    /// --class or --balanced), in LCM's form D = D_c + w (D_c - D_u): 0 is
-    /// the plain conditional model; diffusers' guidance_scale is 1 + w. Each
+    /// --class or --balanced), in LCM's form D = D_c + w (D_c - D_u), from -1
+    /// to 100: 0 is the plain conditional model, -1 the unconditional one;
+    /// diffusers' guidance_scale is 1 + w. Each
     /// evaluation then runs the network twice (one batch of 2B), except for
     /// an LCM (a card with `guidance`): its network takes w as an input, one
     /// evaluation per step, and the card's w is the default.

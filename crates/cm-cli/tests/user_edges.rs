@@ -183,9 +183,12 @@ fn guided_sampling_doubles_the_evaluations_and_needs_classes() {
     let (code, err) = run(&["--guidance", "2"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("guidance") && err.contains("class"), "{err}");
-    let (code, err) = run(&["--class", "3", "--guidance=-1"]);
+    let (code, err) = run(&["--class", "3", "--guidance=-1.5"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("guidance") && err.contains("w >= 0"), "{err}");
+    assert!(
+        err.contains("guidance") && err.contains("[-1, 100]"),
+        "{err}"
+    );
 }
 
 #[test]

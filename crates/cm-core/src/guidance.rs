@@ -8,6 +8,32 @@ use crate::cond::Conditioning;
 use crate::error::{CoreError, Result};
 use crate::ode::Denoiser;
 
+/// The smallest guidance scale: `w = -1` is the unconditional model
+/// (`D = D_c + w (D_c - D_u) = D_u`; diffusers' `guidance_scale = 1 + w =
+/// 0`), and `-1 < w < 0` interpolates between the unconditional and the
+/// conditional model. LCD may draw `w` below 0 so that `w = 0` lies inside
+/// the student's training range rather than on its edge.
+pub const MIN_GUIDANCE: f64 = -1.0;
+
+/// The largest guidance scale `w` a config, card or sampling call may name.
+pub const MAX_GUIDANCE: f64 = 100.0;
+
+/// Checks a guidance scale `w` named `field`: finite and in
+/// [`MIN_GUIDANCE`]`..=`[`MAX_GUIDANCE`].
+pub fn check_guidance_scale(field: impl Into<String>, w: f64) -> Result<()> {
+    if w.is_finite() && (MIN_GUIDANCE..=MAX_GUIDANCE).contains(&w) {
+        return Ok(());
+    }
+    Err(CoreError::invalid(
+        field,
+        w,
+        format!(
+            "a guidance scale w in [{MIN_GUIDANCE}, {MAX_GUIDANCE}] (LCM's convention: 0 = the \
+             plain conditional model, -1 = the unconditional one)"
+        ),
+    ))
+}
+
 /// Classifier-free guidance around a class-conditional denoiser:
 /// `D_w(x; sigma, c) = D(x; sigma, c) + w (D(x; sigma, c) - D(x; sigma, null))`
 /// (LCM's convention: `w = 0` is the plain conditional model; diffusers'
@@ -32,17 +58,11 @@ impl std::fmt::Debug for ClassifierFreeGuidance<'_> {
 impl<'d> ClassifierFreeGuidance<'d> {
     /// Guidance of scale `w = scale` around `inner` (a class-conditional
     /// denoiser trained with label dropout), whose null-class label is
-    /// `null_class` (`num_classes` in cm-nets). Checks `scale` (finite,
-    /// `>= 0`) and `null_class` (`>= 1`: a model with at least one real
-    /// class).
+    /// `null_class` (`num_classes` in cm-nets). Checks `scale`
+    /// ([`check_guidance_scale`]) and `null_class` (`>= 1`: a model with at
+    /// least one real class).
     pub fn new(inner: &'d dyn Denoiser, scale: f64, null_class: i64) -> Result<Self> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(CoreError::invalid(
-                "guidance_scale",
-                scale,
-                "a finite w >= 0 (LCM's convention: 0 = no guidance)",
-            ));
-        }
+        check_guidance_scale("guidance_scale", scale)?;
         if null_class < 1 {
             return Err(CoreError::invalid(
                 "null_class",
@@ -117,8 +137,9 @@ impl std::fmt::Debug for PerExampleGuidance<'_> {
 }
 
 impl<'d> PerExampleGuidance<'d> {
-    /// Guidance of scales `scales` (`[B]`, finite, `>= 0`) around `inner`,
-    /// whose null-class label is `null_class` (`>= 1`).
+    /// Guidance of scales `scales` (`[B]`, each passing
+    /// [`check_guidance_scale`]) around `inner`, whose null-class label is
+    /// `null_class` (`>= 1`).
     pub fn new(inner: &'d dyn Denoiser, scales: &'d Tensor, null_class: i64) -> Result<Self> {
         if scales.dim() != 1 || !scales.is_floating_point() {
             return Err(CoreError::invalid(
@@ -127,15 +148,17 @@ impl<'d> PerExampleGuidance<'d> {
                 "a floating-point tensor [B]",
             ));
         }
-        let ok = scales.numel() == 0
-            || (bool::try_from(scales.isfinite().all()).unwrap_or(false)
-                && f64::try_from(scales.min()).unwrap_or(-1.0) >= 0.0);
-        if !ok {
-            return Err(CoreError::invalid(
-                "guidance scales",
-                "negative or non-finite",
-                "finite w >= 0 (LCM's convention: 0 = no guidance)",
-            ));
+        if scales.numel() > 0 {
+            if !bool::try_from(scales.isfinite().all()).unwrap_or(false) {
+                return Err(CoreError::invalid(
+                    "guidance scales",
+                    "non-finite",
+                    "finite guidance scales",
+                ));
+            }
+            for w in [scales.min(), scales.max()] {
+                check_guidance_scale("guidance scales", f64::try_from(w).unwrap_or(f64::NAN))?;
+            }
         }
         if null_class < 1 {
             return Err(CoreError::invalid(

@@ -51,7 +51,9 @@ pub use config::{
 };
 pub use ect::{EctMapping, EctStages, TruncatedLognormal, MAX_ECT_STAGE, MIN_DECAY};
 pub use error::{CoreError, Result};
-pub use guidance::{ClassifierFreeGuidance, PerExampleGuidance};
+pub use guidance::{
+    check_guidance_scale, ClassifierFreeGuidance, PerExampleGuidance, MAX_GUIDANCE, MIN_GUIDANCE,
+};
 pub use metric::{DistanceMetric, MetricConfig, PseudoHuber, SquaredL2, L1};
 pub use noise::{
     skipping_probabilities, IndexSampler, LognormalIndex, LognormalSigma, UniformIndex,

@@ -1,7 +1,8 @@
 //! Conditioning and classifier-free guidance: `D_w = D_c + w (D_c - D_u)`
 //! (LCM's convention) computed in one batch of `2B` equals the two
-//! evaluations written out by hand; `w = 0` is the conditional model; no
-//! labels means no guidance; bad scales are refused.
+//! evaluations written out by hand; `w = 0` is the conditional model and
+//! `w = -1` the unconditional one; no labels means no guidance; bad scales
+//! are refused.
 
 use std::cell::Cell;
 
@@ -75,6 +76,29 @@ fn zero_scale_and_no_labels_are_the_plain_model() {
 }
 
 #[test]
+fn minus_one_is_the_unconditional_model_and_between_interpolates() {
+    let x = Tensor::from_slice(&[1.0f64, -2.0, 0.5, 3.0]).view([2, 2]);
+    let sigma = Tensor::from_slice(&[0.5f64, 2.0]);
+    let labels = Tensor::from_slice(&[2i64, 4]);
+    let inner = net();
+    let null = Tensor::from_slice(&[9i64, 9]);
+    let d_u = inner.denoise(&x, &sigma, Conditioning::class(&null));
+    let d_c = inner.denoise(&x, &sigma, Conditioning::class(&labels));
+    let at = |w: f64| {
+        ClassifierFreeGuidance::new(&inner, w, 9).unwrap().denoise(
+            &x,
+            &sigma,
+            Conditioning::class(&labels),
+        )
+    };
+    let max_abs = |t: Tensor| f64::try_from(t.abs().max()).unwrap();
+    // D_c + (-1)(D_c - D_u) = D_u; D_c - 0.25 (D_c - D_u) = 0.75 D_c + 0.25 D_u.
+    assert!(max_abs(at(-1.0) - &d_u) < 1e-12);
+    assert!(max_abs(at(-0.25) - (&d_c * 0.75 + &d_u * 0.25)) < 1e-12);
+    assert_eq!(cm_core::MIN_GUIDANCE, -1.0);
+}
+
+#[test]
 fn guidance_scale_is_repeated_for_both_halves() {
     struct Echo;
     impl Denoiser for Echo {
@@ -101,7 +125,8 @@ fn guidance_scale_is_repeated_for_both_halves() {
 fn bad_guidance_settings_name_the_field() {
     let inner = net();
     for (w, null, field) in [
-        (-1.0, 9, "guidance_scale"),
+        (-1.5, 9, "guidance_scale"),
+        (100.5, 9, "guidance_scale"),
         (f64::NAN, 9, "guidance_scale"),
         (1.0, 0, "null_class"),
     ] {
@@ -165,10 +190,17 @@ fn per_example_scales_match_the_formula_row_by_row() {
         .denoise(&x, &sigma, Conditioning::class(&labels));
     assert!(f64::try_from((a - b).abs().max()).unwrap() < 1e-12);
     // Bad scales are refused by name.
-    let bad = Tensor::from_slice(&[1.0f64, -0.5]);
+    let bad = Tensor::from_slice(&[1.0f64, -1.5]);
     let err = PerExampleGuidance::new(&inner, &bad, 9)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("guidance scales"), "{err}");
+    assert!(
+        err.contains("guidance scales") && err.contains("-1.5"),
+        "{err}"
+    );
+    let nan = Tensor::from_slice(&[1.0f64, f64::NAN]);
+    assert!(PerExampleGuidance::new(&inner, &nan, 9).is_err());
+    let unconditional = Tensor::from_slice(&[-1.0f64, -1.0, -1.0]);
+    assert!(PerExampleGuidance::new(&inner, &unconditional, 9).is_ok());
     assert!(PerExampleGuidance::new(&inner, &w, 0).is_err());
 }

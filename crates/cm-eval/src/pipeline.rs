@@ -247,13 +247,7 @@ impl Validate for EvalConfig {
                 }
             }
             if let Some(w) = m.guidance {
-                if !(w.is_finite() && (0.0..=cm_sample::MAX_GUIDANCE).contains(&w)) {
-                    return Err(CoreError::invalid(
-                        format!("models[{i}].guidance"),
-                        w,
-                        format!("a guidance scale w in [0, {}]", cm_sample::MAX_GUIDANCE),
-                    ));
-                }
+                cm_core::check_guidance_scale(format!("models[{i}].guidance"), w)?;
             }
             if m.steps.is_empty() || m.steps.contains(&0) {
                 return Err(CoreError::invalid(

@@ -72,8 +72,8 @@ pub enum TauSource {
     Scheduler,
 }
 
-/// The largest guidance scale `w` a card or a sampling call may name.
-pub const MAX_GUIDANCE: f64 = 100.0;
+/// The largest guidance scale `w` a card or a sampling call may name (cm-core's).
+pub use cm_core::MAX_GUIDANCE;
 
 /// What kind of model a card describes and how to sample from it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,13 +207,7 @@ impl Validate for ModelCard {
             } => {
                 consistency.validate_at("consistency.")?;
                 if let Some(w) = *guidance {
-                    if !(w.is_finite() && (0.0..=MAX_GUIDANCE).contains(&w)) {
-                        return Err(CoreError::invalid(
-                            "guidance",
-                            w,
-                            format!("a guidance scale w in [0, {MAX_GUIDANCE}]"),
-                        ));
-                    }
+                    cm_core::check_guidance_scale("guidance", w)?;
                 }
                 if let Some(scheduler) = scheduler {
                     scheduler.validate()?;

@@ -182,14 +182,7 @@ pub fn generate<E: From<crate::SampleError>>(
                 )
                 .into());
             }
-            if !(w.is_finite() && w >= 0.0) {
-                return Err(CoreError::invalid(
-                    "guidance",
-                    w,
-                    "a finite w >= 0 (LCM's convention: 0 = the plain conditional model)",
-                )
-                .into());
-            }
+            cm_core::check_guidance_scale("guidance", w)?;
         }
         match (card, &config.taus) {
             (ModelCard::Consistency { consistency, .. }, Some(taus)) => {
@@ -263,16 +256,7 @@ pub fn generate<E: From<crate::SampleError>>(
         }
     }
     if let Some(w) = embedded {
-        if !(w.is_finite() && (0.0..=crate::card::MAX_GUIDANCE).contains(&w)) {
-            return Err(E::from(
-                CoreError::invalid(
-                    "guidance",
-                    w,
-                    format!("a guidance scale w in [0, {}]", crate::card::MAX_GUIDANCE),
-                )
-                .into(),
-            ));
-        }
+        cm_core::check_guidance_scale("guidance", w).map_err(|e| E::from(e.into()))?;
     }
     let guided = match config.guidance.filter(|_| embedded.is_none()) {
         // The null class is `num_classes` (cm-nets' label dropout).
