@@ -26,7 +26,7 @@ use cm_core::{
     EdmConfig, OdeSolver, PerExampleGuidance, Solver,
 };
 use cm_nets::{Model, Preconditioned};
-use cm_sample::{consistency_sample, MAX_GUIDANCE};
+use cm_sample::consistency_sample;
 use cm_train::{Batch, ConsistencyCore, Objective, Result};
 
 /// Settings of latent consistency distillation (`[lcd]`).
@@ -51,6 +51,12 @@ pub struct LcdConfig {
     /// What the student is pulled towards: an EMA of it (LCM), or itself
     /// without gradient (LCM-LoRA).
     pub target: LcdTarget,
+    /// The student's w-embedding also gates its class embedding,
+    /// `e_c + s(w) (e_c - e_null)` (cm-nets `guidance_class_gate`), so the
+    /// class's effect can scale with `w` down to the unconditional model.
+    /// Not LCM's; docs/lcm.md measures it. Written only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub class_gate: bool,
 }
 
 /// The consistency target of LCD.
@@ -86,6 +92,7 @@ impl Default for LcdConfig {
             w_max: 3.0,
             guidance: 1.5,
             target: LcdTarget::Ema,
+            class_gate: false,
         }
     }
 }
@@ -109,13 +116,7 @@ impl LcdConfig {
             ("w_max", self.w_max),
             ("guidance", self.guidance),
         ] {
-            if !(w.is_finite() && (0.0..=MAX_GUIDANCE).contains(&w)) {
-                return Err(CoreError::invalid(
-                    format!("{prefix}{name}"),
-                    w,
-                    format!("a guidance scale in [0, {MAX_GUIDANCE}]"),
-                ));
-            }
+            cm_core::check_guidance_scale(format!("{prefix}{name}"), w)?;
         }
         if self.w_min > self.w_max {
             return Err(CoreError::invalid(
@@ -220,8 +221,9 @@ impl LcdObjective {
     /// Draws `(t_n, t_{n+k})` per example on the step's `N`-point grid:
     /// `n` uniform in `0..N-k` (LCM), or by the recipe's pair sampler with
     /// each pair taking the mass it spans
-    /// ([`cm_core::skipping_probabilities`]; iCT's lognormal).
-    fn pairs(&mut self, b: i64, step: u64, device: Device) -> Result<(Tensor, Tensor)> {
+    /// ([`cm_core::skipping_probabilities`]; iCT's lognormal). Returns
+    /// `(t_n, t_{n+k})`, each `[b]`; `k` is clamped to `N - 1`.
+    pub fn draw_pairs(&mut self, b: i64, step: u64, device: Device) -> Result<(Tensor, Tensor)> {
         let n = self.config.recipe.schedule.at(step).n;
         let k = self.config.skip.min(n - 1);
         if !self.grids.contains_key(&n) {
@@ -285,7 +287,7 @@ impl Objective for LcdObjective {
             )
             .into());
         };
-        let (t_n, t_next) = self.pairs(b, step, x0.device())?;
+        let (t_n, t_next) = self.draw_pairs(b, step, x0.device())?;
         let x_next = x0 + x0.randn_like() * append_dims(&t_next, x0.dim());
         let w = Tensor::rand([b], (Kind::Float, x0.device()))
             * (self.config.w_max - self.config.w_min)

@@ -106,11 +106,18 @@ impl Validate for LcdRunConfig {
         }
         match &self.lora {
             None => {
-                student_config(&self.teacher.net)?;
+                student_config(&self.teacher.net, self.lcd.class_gate)?;
             }
             Some(lora) => {
                 lora.validate_at("lora.")?;
                 let l = &self.lcd;
+                if l.class_gate {
+                    return Err(CoreError::invalid(
+                        "lcd.class_gate",
+                        true,
+                        "false with [lora]: LCM-LoRA's student has no w-embedding to gate with",
+                    ));
+                }
                 if l.w_min != l.w_max || l.guidance != l.w_min {
                     return Err(CoreError::invalid(
                         "lcd.w_max",
@@ -191,7 +198,8 @@ impl<'a> LcdMethod<'a> {
         let device = teacher.device();
         match &self.config.lora {
             None => {
-                let mut student = Model::new(student_config(teacher.config())?, device)?;
+                let config = student_config(teacher.config(), self.config.lcd.class_gate)?;
+                let mut student = Model::new(config, device)?;
                 let fresh = student.copy_matching_from(teacher)?;
                 observer.on_message(&format!(
                     "student = teacher + w-embedding ({} new variables, zero-initialised projection)",
@@ -211,15 +219,18 @@ impl<'a> LcdMethod<'a> {
 }
 
 /// The student's network: the teacher's with the w-embedding (U-Net, or the
-/// residual MLP of 2-D toy data).
-pub fn student_config(teacher: &NetConfig) -> cm_core::Result<NetConfig> {
+/// residual MLP of 2-D toy data), and with `class_gate` the w-gate on the
+/// class embedding (`[lcd] class_gate`).
+pub fn student_config(teacher: &NetConfig, class_gate: bool) -> cm_core::Result<NetConfig> {
     match teacher {
         NetConfig::Unet(c) => Ok(NetConfig::Unet(cm_nets::UNetConfig {
             guidance_embedding: true,
+            guidance_class_gate: class_gate,
             ..c.clone()
         })),
         NetConfig::Mlp(c) => Ok(NetConfig::Mlp(cm_nets::MlpConfig {
             guidance_embedding: true,
+            guidance_class_gate: class_gate,
             ..c.clone()
         })),
         other => Err(CoreError::invalid(

@@ -33,7 +33,7 @@ fn presets_parse_validate_and_build() {
         Model::new(c.autoencoder.net.clone(), Device::Cpu).unwrap();
         let teacher = Model::new(c.teacher.net.clone(), Device::Cpu).unwrap();
         let student = Model::new(
-            cm_distill::lcm_pipeline::student_config(&c.teacher.net).unwrap(),
+            cm_distill::lcm_pipeline::student_config(&c.teacher.net, c.lcd.class_gate).unwrap(),
             Device::Cpu,
         )
         .unwrap();

@@ -65,6 +65,12 @@ pub struct UNetConfig {
     /// keyed by their hash) of networks without it are unchanged.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub guidance_embedding: bool,
+    /// With `guidance_embedding`: also gate the class embedding by `w`,
+    /// `e_c + s(w) (e_c - e_null)` with `s` a zero-initialised projection
+    /// of the w features (cm-nets `GuidanceEmbed`), so the class's effect
+    /// can scale with `w` as guidance's does. Written only when set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub guidance_class_gate: bool,
 }
 
 impl Default for UNetConfig {
@@ -87,6 +93,7 @@ impl Default for UNetConfig {
             skip_scale: 1.0,
             scale_shift: true,
             guidance_embedding: false,
+            guidance_class_gate: false,
         }
     }
 }
@@ -166,6 +173,9 @@ pub struct MlpConfig {
     /// [`UNetConfig::guidance_embedding`]); written only when set.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub guidance_embedding: bool,
+    /// The class gate, as [`UNetConfig::guidance_class_gate`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub guidance_class_gate: bool,
 }
 
 impl Default for MlpConfig {
@@ -181,6 +191,7 @@ impl Default for MlpConfig {
             dropout: 0.0,
             num_classes: 0,
             guidance_embedding: false,
+            guidance_class_gate: false,
         }
     }
 }
@@ -502,6 +513,21 @@ fn check_positive(field: &str, value: usize) -> cm_core::Result<()> {
     Ok(())
 }
 
+/// The class gate needs the w-embedding it projects and classes to gate.
+fn check_class_gate(gate: bool, embedding: bool, num_classes: usize) -> cm_core::Result<()> {
+    if gate && !(embedding && num_classes > 0) {
+        return Err(invalid(
+            "guidance_class_gate",
+            gate,
+            format!(
+                "false unless guidance_embedding = true and num_classes > 0 (found {embedding} \
+                 and {num_classes}): the gate projects the w-embedding onto the class embedding"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_num_classes(value: usize) -> cm_core::Result<()> {
     if value > MAX_DIM {
         return Err(invalid("num_classes", value, format!("0 to {MAX_DIM}")));
@@ -638,6 +664,11 @@ impl Validate for UNetConfig {
         check_positive("emb_mult", self.emb_mult)?;
         check_positive("resolution", self.resolution)?;
         check_num_classes(self.num_classes)?;
+        check_class_gate(
+            self.guidance_class_gate,
+            self.guidance_embedding,
+            self.num_classes,
+        )?;
         if self.channel_mult.is_empty()
             || self.channel_mult.len() > 8
             || self.channel_mult.iter().any(|&m| m == 0 || m > 64)
@@ -796,6 +827,11 @@ impl Validate for MlpConfig {
         check_positive("depth", self.depth)?;
         check_positive("emb_channels", self.emb_channels)?;
         check_num_classes(self.num_classes)?;
+        check_class_gate(
+            self.guidance_class_gate,
+            self.guidance_embedding,
+            self.num_classes,
+        )?;
         check_params(self.approx_params())?;
         if self.emb_channels == 0 || !self.emb_channels.is_multiple_of(2) {
             return Err(invalid(

@@ -66,16 +66,37 @@ impl NoiseEmbed {
 /// Luo et al. 2023: the w-condition of guided distillation). Its variables
 /// live at `map_guidance` (the frequencies) and `map_guidance_proj` under
 /// the network's path.
+///
+/// With the class gate (`guidance_class_gate`), a second zero-initialised
+/// projection of the same features, `s(w)` at `map_guidance_gate`, also
+/// moves the class embedding along the direction classifier-free guidance
+/// moves the output: `e_c + s(w) (e_c - e_null)` per channel. An additive
+/// w-embedding cannot make the class embedding's effect depend on `w` (the
+/// guided target `D_c + w (D_c - D_u)` does: at `w = -1` it ignores the
+/// class); the gate gives the student that product directly, and `s = -1`
+/// is the null class's embedding exactly. It starts at `s = 0`, the plain
+/// class embedding, so the student still starts equal to the teacher.
 #[derive(Debug)]
 pub struct GuidanceEmbed {
     embed: NoiseEmbed,
     proj: nn::Linear,
+    gate: Option<nn::Linear>,
 }
 
 impl GuidanceEmbed {
-    /// `channels` sinusoidal features (even) projected to `emb` channels.
-    pub fn new(p: &nn::Path, channels: i64, emb: i64, macs: &mut MacCounter) -> Self {
+    /// `channels` sinusoidal features (even) projected to `emb` channels;
+    /// `class_gate` adds the class gate (see the type).
+    pub fn new(
+        p: &nn::Path,
+        channels: i64,
+        emb: i64,
+        class_gate: bool,
+        macs: &mut MacCounter,
+    ) -> Self {
         macs.linear(channels, emb, 1);
+        if class_gate {
+            macs.linear(channels, emb, 1);
+        }
         GuidanceEmbed {
             embed: NoiseEmbed::new(
                 &(p / "map_guidance"),
@@ -84,22 +105,70 @@ impl GuidanceEmbed {
                 1.0,
             ),
             proj: zero_linear(p / "map_guidance_proj", channels, emb),
+            gate: class_gate.then(|| zero_linear(p / "map_guidance_gate", channels, emb)),
         }
+    }
+
+    /// The sinusoidal features of `1000 w`, `[batch, channels]`; no `w`
+    /// means `w = 0` (the plain conditional model).
+    fn features(&self, guidance: Option<&Tensor>, batch: i64, device: Device) -> Tensor {
+        let w = match guidance {
+            Some(w) => w.to_kind(Kind::Float).expand([batch], false) * 1000.0,
+            None => Tensor::zeros([batch], (Kind::Float, device)),
+        };
+        self.embed.forward(&w)
     }
 
     /// `[batch, emb]` for per-example or shared scales `w`; no `w` means
     /// `w = 0` (the plain conditional model).
     pub fn forward(&self, guidance: Option<&Tensor>, batch: i64, device: Device) -> Tensor {
-        let w = match guidance {
-            Some(w) => w.to_kind(Kind::Float).expand([batch], false) * 1000.0,
-            None => Tensor::zeros([batch], (Kind::Float, device)),
-        };
-        self.proj.forward(&self.embed.forward(&w))
+        self.proj.forward(&self.features(guidance, batch, device))
+    }
+
+    /// Whether the class gate is on.
+    pub fn gates_class(&self) -> bool {
+        self.gate.is_some()
+    }
+
+    /// The class embedding under the gate, `e_c + s(w) (e_c - e_null)`
+    /// (`[batch, emb]` each); `e_c` unchanged without the gate.
+    pub fn gated_class(&self, guidance: Option<&Tensor>, e_c: Tensor, e_null: &Tensor) -> Tensor {
+        match &self.gate {
+            None => e_c,
+            Some(gate) => {
+                let s = gate.forward(&self.features(guidance, e_c.size()[0], e_c.device()));
+                &e_c + s * (&e_c - e_null)
+            }
+        }
     }
 
     /// The trainable weights (for version-counter caches).
     pub fn weights(&self) -> impl Iterator<Item = &Tensor> {
-        std::iter::once(&self.proj.ws).chain(self.proj.bs.iter())
+        std::iter::once(&self.proj.ws)
+            .chain(self.proj.bs.iter())
+            .chain(
+                self.gate
+                    .iter()
+                    .flat_map(|g| std::iter::once(&g.ws).chain(g.bs.iter())),
+            )
+    }
+}
+
+/// The class embedding of `labels` (or the null class) plus, with a
+/// w-embedding that gates the class ([`GuidanceEmbed::gated_class`]), its
+/// guidance-gated form: what U-Net and MLP add to the noise embedding.
+pub fn class_embedding(
+    labels: &ClassEmbed,
+    guidance: Option<&GuidanceEmbed>,
+    class: Option<&Tensor>,
+    w: Option<&Tensor>,
+    batch: i64,
+) -> Tensor {
+    let e_c = labels.forward(class, batch);
+    match guidance.filter(|g| g.gates_class()) {
+        Some(g) if class.is_some() => g.gated_class(w, e_c, &labels.forward(None, batch)),
+        // No labels: the null class, where e_c - e_null = 0.
+        _ => e_c,
     }
 }
 

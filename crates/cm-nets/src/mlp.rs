@@ -80,7 +80,7 @@ impl ResidualMlp {
                 .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb)),
             map_guidance: cfg
                 .guidance_embedding
-                .then(|| GuidanceEmbed::new(p, emb, emb, macs)),
+                .then(|| GuidanceEmbed::new(p, emb, emb, cfg.guidance_class_gate, macs)),
             input: adapted_linear(
                 &(p / "input"),
                 nn::linear(p / "input", dim, hidden, Default::default()),
@@ -108,7 +108,13 @@ impl Network for ResidualMlp {
             .map_layer
             .forward_t(&self.map_noise.forward(c_noise), train);
         if let Some(labels) = &self.map_label {
-            emb += labels.forward(cond.class, x.size()[0]);
+            emb += crate::layers::class_embedding(
+                labels,
+                self.map_guidance.as_ref(),
+                cond.class,
+                cond.guidance,
+                x.size()[0],
+            );
         }
         if let Some(guidance) = &self.map_guidance {
             emb += guidance.forward(cond.guidance, x.size()[0], x.device());

@@ -341,7 +341,7 @@ impl UNet {
             .then(|| ClassEmbed::new(p / "map_label", cfg.num_classes as i64, emb));
         let map_guidance = cfg
             .guidance_embedding
-            .then(|| GuidanceEmbed::new(p, mc, emb, macs));
+            .then(|| GuidanceEmbed::new(p, mc, emb, cfg.guidance_class_gate, macs));
 
         let res0 = cfg.resolution as i64;
         let attn_at = |res: i64| cfg.attn_resolutions.contains(&(res as usize));
@@ -482,7 +482,13 @@ impl UNet {
             train,
         );
         if let Some(labels) = &self.map_label {
-            emb += labels.forward(cond.class, batch);
+            emb += layers::class_embedding(
+                labels,
+                self.map_guidance.as_ref(),
+                cond.class,
+                cond.guidance,
+                batch,
+            );
         }
         if let Some(guidance) = &self.map_guidance {
             emb += guidance.forward(cond.guidance, batch, c_noise.device());

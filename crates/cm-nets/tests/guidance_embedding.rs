@@ -162,3 +162,109 @@ fn guidance_inputs_are_checked_and_copies_must_fit() {
         .to_string();
     assert!(err.contains("guidance_embedding"), "{err}");
 }
+
+/// The class gate (`guidance_class_gate`): zero-initialised, the student
+/// still starts equal to its teacher; with the gate's output held at `s`
+/// (bias `s`, weights 0) the student is the teacher whose class rows were
+/// moved by hand to `e_c + s (e_c - e_null)`: `s = -1` is the teacher's
+/// null class (the unconditional model) for every label.
+#[test]
+fn the_class_gate_starts_closed_and_moves_the_class_towards_or_from_null() {
+    let unet = |e, g| {
+        NetConfig::Unet(UNetConfig {
+            guidance_embedding: e,
+            guidance_class_gate: g,
+            ..teacher_config()
+        })
+    };
+    let mlp = |e, g| {
+        NetConfig::Mlp(MlpConfig {
+            guidance_embedding: e,
+            guidance_class_gate: g,
+            ..mlp_config()
+        })
+    };
+    class_gate_matches_edited_tables(unet(false, false), unet(true, true), &[3, 4, 8, 8]);
+    class_gate_matches_edited_tables(mlp(false, false), mlp(true, true), &[3, 2]);
+    for config in [unet(false, true), mlp(false, true)] {
+        let err = Model::new(config, Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("guidance_class_gate"), "{err}");
+    }
+    let unconditional = NetConfig::Unet(UNetConfig {
+        guidance_embedding: true,
+        guidance_class_gate: true,
+        num_classes: 0,
+        ..teacher_config()
+    });
+    assert!(Model::new(unconditional, Device::Cpu).is_err());
+}
+
+fn class_gate_matches_edited_tables(teacher: NetConfig, student: NetConfig, shape: &[i64]) {
+    let _rng = cm_runtime::lock_global_rng();
+    tch::manual_seed(12);
+    let teacher = Model::new(teacher, Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in teacher.var_store().variables() {
+            let _ = v.g_add_(&(v.randn_like() * 0.05));
+        }
+    });
+    let mut student = Model::new(student, Device::Cpu).unwrap();
+    let mut missing = student.copy_matching_from(&teacher).unwrap();
+    missing.sort();
+    assert!(
+        missing.contains(&"map_guidance_gate.weight".to_string()),
+        "{missing:?}"
+    );
+    assert!(
+        missing.contains(&"map_guidance_gate.bias".to_string()),
+        "{missing:?}"
+    );
+    let x = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let c = Tensor::from_slice(&[0.1f32, -0.5, 1.2]);
+    let labels = Tensor::from_slice(&[0i64, 2, 1]);
+    let nulls = Tensor::from_slice(&[3i64, 3, 3]);
+    let ws = Tensor::from_slice(&[-1.0f32, 0.7, 4.0]);
+    let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+    let _guard = tch::no_grad_guard();
+    let student_out = |student: &Model| {
+        student.forward_t(
+            &x,
+            &c,
+            Conditioning::class(&labels).with_guidance(&ws),
+            false,
+        )
+    };
+    let want = teacher.forward_t(&x, &c, Conditioning::class(&labels), false);
+    assert_eq!(max_diff(&student_out(&student), &want), 0.0, "closed gate");
+    for s in [-1.0f64, 0.5] {
+        for (name, mut v) in student.var_store().variables() {
+            if name == "map_guidance_gate.bias" {
+                let _ = v.fill_(s);
+            }
+        }
+        let got = student_out(&student);
+        // The teacher with every class row moved by hand.
+        let mut edited = Model::new(teacher.config().clone(), Device::Cpu).unwrap();
+        edited.copy_matching_from(&teacher).unwrap();
+        for (name, mut v) in edited.var_store().variables() {
+            if name == "map_label.weight" {
+                let null = v.get(3);
+                let moved = &v * (1.0 + s) - null.unsqueeze(0) * s;
+                let _ = v.copy_(&moved);
+            }
+        }
+        let want = edited.forward_t(&x, &c, Conditioning::class(&labels), false);
+        assert!(
+            max_diff(&got, &want) < 1e-5,
+            "s = {s}: {}",
+            max_diff(&got, &want)
+        );
+        if s == -1.0 {
+            let unconditional = teacher.forward_t(&x, &c, Conditioning::class(&nulls), false);
+            assert!(
+                max_diff(&got, &unconditional) < 1e-5,
+                "s = -1 is the null class"
+            );
+        }
+    }
+}
