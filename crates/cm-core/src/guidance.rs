@@ -86,6 +86,16 @@ impl<'d> ClassifierFreeGuidance<'d> {
     pub fn null_class(&self) -> i64 {
         self.null_class
     }
+
+    /// Network evaluations per call with class labels: 1 at `w = 0` (the
+    /// conditional model) and `w = -1` (the unconditional one), else 2.
+    pub fn evaluations_per_call(&self) -> usize {
+        if self.scale == 0.0 || self.scale == MIN_GUIDANCE {
+            1
+        } else {
+            2
+        }
+    }
 }
 
 impl Denoiser for ClassifierFreeGuidance<'_> {
@@ -97,6 +107,11 @@ impl Denoiser for ClassifierFreeGuidance<'_> {
             return self.inner.denoise(x, sigma, cond);
         }
         let b = x.size()[0];
+        if self.scale == MIN_GUIDANCE {
+            // D_c - (D_c - D_u) = D_u: the unconditional model, one evaluation.
+            let null = class.full_like(self.null_class).to_kind(Kind::Int64);
+            return self.inner.denoise(x, sigma, cond.with_class(Some(&null)));
+        }
         // A scalar noise level stands for the whole batch.
         let sigma = &sigma.expand([b], false);
         let null = class.full_like(self.null_class).to_kind(Kind::Int64);

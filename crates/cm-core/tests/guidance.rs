@@ -96,6 +96,18 @@ fn minus_one_is_the_unconditional_model_and_between_interpolates() {
     assert!(max_abs(at(-1.0) - &d_u) < 1e-12);
     assert!(max_abs(at(-0.25) - (&d_c * 0.75 + &d_u * 0.25)) < 1e-12);
     assert_eq!(cm_core::MIN_GUIDANCE, -1.0);
+    // w = -1 and w = 0 take one evaluation of B rows; others one of 2B.
+    for (w, calls, rows) in [(-1.0, 1, 2), (0.0, 1, 2), (-0.25, 1, 4), (2.0, 1, 4)] {
+        let fresh = net();
+        let g = ClassifierFreeGuidance::new(&fresh, w, 9).unwrap();
+        let _ = g.denoise(&x, &sigma, Conditioning::class(&labels));
+        assert_eq!(
+            (fresh.calls.get(), fresh.rows.get()),
+            (calls, rows),
+            "w = {w}"
+        );
+        assert_eq!(g.evaluations_per_call(), rows as usize / 2, "w = {w}");
+    }
 }
 
 #[test]

@@ -898,11 +898,9 @@ fn sample_row(
         }
         None => None,
     };
-    let evaluations = if guided.as_ref().is_some_and(|g| g.scale() > 0.0) {
-        2
-    } else {
-        1
-    };
+    let evaluations = guided
+        .as_ref()
+        .map_or(1, cm_core::ClassifierFreeGuidance::evaluations_per_call);
     let denoiser: &dyn cm_core::Denoiser = match &guided {
         Some(g) => g,
         None => plain.as_ref(),

@@ -270,12 +270,11 @@ pub fn generate<E: From<crate::SampleError>>(
         Some(g) => g,
         None => plain.as_ref(),
     };
-    // The guided denoiser runs the network twice, except at w = 0 (the
-    // plain conditional model, one evaluation).
-    let evaluations_per_call = match (embedded, config.guidance) {
-        (None, Some(w)) if w > 0.0 => 2,
-        _ => 1,
-    };
+    // The guided denoiser runs the network twice, except at w = 0 and
+    // w = -1 (the conditional and the unconditional model, one evaluation).
+    let evaluations_per_call = guided
+        .as_ref()
+        .map_or(1, ClassifierFreeGuidance::evaluations_per_call);
     let is_image = shape.len() == 3 || codec.is_some();
     let _guard = tch::no_grad_guard();
     let mut seconds = 0.0;
