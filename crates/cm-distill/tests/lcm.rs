@@ -80,6 +80,11 @@ fn lcm_lora_presets_validate_and_fit_the_teacher() {
         bad.lcd.w_max = bad.lcd.w_min + 1.0;
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("lcd.w_max") && err.contains("fixed"), "{err}");
+        // ... and has no w-embedding to gate the class with.
+        let mut gated = c.clone();
+        gated.lcd.class_gate = true;
+        let err = gated.validate().unwrap_err().to_string();
+        assert!(err.contains("lcd.class_gate"), "{err}");
     }
 }
 

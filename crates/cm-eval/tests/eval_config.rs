@@ -58,9 +58,14 @@ fn invalid_values_name_the_field() {
     assert!(e.contains("classifier.dropout"), "{e}");
     let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1, 0]\n").unwrap_err();
     assert!(e.contains("models[0].steps"), "{e}");
-    let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.0\n")
+    let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.5\n")
         .unwrap_err();
-    assert!(e.contains("models[0].guidance"), "{e}");
+    assert!(e.contains("models[0].guidance") && e.contains("[-1, 100]"), "{e}");
+    // w = -1 is the unconditional model, a valid scale.
+    assert!(
+        parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.0\n")
+            .is_ok()
+    );
     // Times for 3 steps on an entry without a 3-step row.
     let e =
         parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1, 2]\ntaus = [2.0, 0.5]\n")
