@@ -60,7 +60,10 @@ fn invalid_values_name_the_field() {
     assert!(e.contains("models[0].steps"), "{e}");
     let e = parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.5\n")
         .unwrap_err();
-    assert!(e.contains("models[0].guidance") && e.contains("[-1, 100]"), "{e}");
+    assert!(
+        e.contains("models[0].guidance") && e.contains("[-1, 100]"),
+        "{e}"
+    );
     // w = -1 is the unconditional model, a valid scale.
     assert!(
         parse("[[models]]\nname = \"x\"\ncard = \"m.toml\"\nsteps = [1]\nguidance = -1.0\n")
