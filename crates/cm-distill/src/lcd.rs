@@ -4,8 +4,8 @@
 //! teacher's config; the objective itself works on any data).
 //!
 //! Per example: a pair `(t_n, t_{n+k})` of the training grid `k` points
-//! apart (the skipping step), `w ~ U[w_min, w_max]`, `x_{n+k} = x0 +
-//! t_{n+k} z`, one ODE step of the guided teacher
+//! apart (the skipping step), `w ~ U[w_min, w_max]` (or in two uniform
+//! bands, [`GuidanceSampler`]), `x_{n+k} = x0 + t_{n+k} z`, one ODE step of the guided teacher
 //! `D_w = D_c + w (D_c - D_u)` (LCM Eq. 9) from `t_{n+k}` down to `t_n`
 //! (Euler, LCM's DDIM step in EDM form, or Heun), and the consistency loss
 //! `lambda d(f_theta(x_{n+k}, t_{n+k}, c, w), f_theta-(x^_n, t_n, c, w))`
@@ -42,10 +42,15 @@ pub struct LcdConfig {
     pub skip: usize,
     /// The guided teacher's ODE step `t_{n+k} -> t_n`.
     pub solver: Solver,
-    /// Guidance scales are drawn uniformly from `[w_min, w_max]`.
+    /// Guidance scales are drawn from `[w_min, w_max]` (by `w_sampler`).
     pub w_min: f64,
     /// See `w_min`.
     pub w_max: f64,
+    /// How `w` is spread over `[w_min, w_max]`: uniformly (LCM), or in
+    /// two uniform bands. Written only when not uniform, so the configs of
+    /// uniform runs (and the folders keyed by them) stay as they were.
+    #[serde(skip_serializing_if = "GuidanceSampler::is_uniform")]
+    pub w_sampler: GuidanceSampler,
     /// The default scale of sampling (grids, the model card).
     pub guidance: f64,
     /// What the student is pulled towards: an EMA of it (LCM), or itself
@@ -57,6 +62,79 @@ pub struct LcdConfig {
     /// Not LCM's; docs/lcm.md measures it. Written only when set.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub class_gate: bool,
+}
+
+/// How LCD draws the guidance scale `w` of each example within
+/// `[w_min, w_max]` (`[lcd] w_sampler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GuidanceSampler {
+    /// `w ~ U[w_min, w_max]` (LCM Algorithm 1).
+    #[default]
+    Uniform,
+    /// Two uniform bands split at `at`: `P(w < at) = below`, uniform on
+    /// `[w_min, at)` and on `[at, w_max]`. Not LCM's: the student fits the
+    /// low end of the range more weakly than its teacher (docs/lcm.md), so
+    /// the band below `at` can be given more than its share of the draws.
+    Split {
+        /// The split point, strictly inside `(w_min, w_max)`.
+        at: f64,
+        /// The share of draws below `at`, in `(0, 1)`.
+        below: f64,
+    },
+}
+
+impl GuidanceSampler {
+    /// Whether this is LCM's uniform draw.
+    pub fn is_uniform(&self) -> bool {
+        *self == GuidanceSampler::Uniform
+    }
+
+    /// Checks the parameters against the range; `field` names the section.
+    pub fn validate_at(&self, field: &str, w_min: f64, w_max: f64) -> cm_core::Result<()> {
+        if let GuidanceSampler::Split { at, below } = *self {
+            if !(at > w_min && at < w_max) {
+                return Err(CoreError::invalid(
+                    format!("{field}.at"),
+                    at,
+                    format!("a split point strictly inside (w_min, w_max) = ({w_min}, {w_max})"),
+                ));
+            }
+            if !(below > 0.0 && below < 1.0) {
+                return Err(CoreError::invalid(
+                    format!("{field}.below"),
+                    below,
+                    "a share of the draws in (0, 1)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The draw in words, e.g. `w ~ U[-1, 4.5]`.
+    pub fn describe(&self, w_min: f64, w_max: f64) -> String {
+        match *self {
+            GuidanceSampler::Uniform => format!("w ~ U[{w_min}, {w_max}]"),
+            GuidanceSampler::Split { at, below } => {
+                format!("w ~ U[{w_min}, {at}) with probability {below}, else U[{at}, {w_max}]")
+            }
+        }
+    }
+
+    /// Maps `u ~ U[0, 1)` (any shape) to guidance scales in `[w_min,
+    /// w_max]` by the inverse of this distribution's CDF.
+    pub fn scales(&self, u: &Tensor, w_min: f64, w_max: f64) -> Tensor {
+        match *self {
+            GuidanceSampler::Uniform => u * (w_max - w_min) + w_min,
+            GuidanceSampler::Split { at, below } => {
+                // u < below: w_min + (at - w_min) u / below; else at +
+                // (w_max - at) (u - below) / (1 - below).
+                let low = u * ((at - w_min) / below) + w_min;
+                let high = (u - below) * ((w_max - at) / (1.0 - below)) + at;
+                low.where_self(&u.lt(below), &high)
+            }
+        }
+    }
 }
 
 /// The consistency target of LCD.
@@ -90,6 +168,7 @@ impl Default for LcdConfig {
             solver: Solver::Heun,
             w_min: 0.0,
             w_max: 3.0,
+            w_sampler: GuidanceSampler::Uniform,
             guidance: 1.5,
             target: LcdTarget::Ema,
             class_gate: false,
@@ -125,6 +204,8 @@ impl LcdConfig {
                 format!("at most w_max = {}", self.w_max),
             ));
         }
+        self.w_sampler
+            .validate_at(&format!("{prefix}w_sampler"), self.w_min, self.w_max)?;
         Ok(())
     }
 
@@ -289,9 +370,11 @@ impl Objective for LcdObjective {
         };
         let (t_n, t_next) = self.draw_pairs(b, step, x0.device())?;
         let x_next = x0 + x0.randn_like() * append_dims(&t_next, x0.dim());
-        let w = Tensor::rand([b], (Kind::Float, x0.device()))
-            * (self.config.w_max - self.config.w_min)
-            + self.config.w_min;
+        let w = self.config.w_sampler.scales(
+            &Tensor::rand([b], (Kind::Float, x0.device())),
+            self.config.w_min,
+            self.config.w_max,
+        );
         // One guided teacher ODE step t_{n+k} -> t_n, without autograd.
         let x_hat = tch::no_grad(|| -> Result<Tensor> {
             let teacher = Preconditioned::eval(&self.teacher, self.teacher_edm.preconditioning());

@@ -304,12 +304,11 @@ impl Method for LcdMethod<'_> {
             match &self.config.lora {
                 None => format!(
                     "objective: latent consistency distillation (LCM Alg. 1), skipping step k = {} on \
-                     the {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, w ~ U[{}, {}] per \
-                     example, embedded by the student{}",
+                     the {n} grid, one guided teacher {:?} step t_(n+k) -> t_n, {} per example, \
+                     embedded by the student{}",
                     l.skip,
                     l.solver,
-                    l.w_min,
-                    l.w_max,
+                    l.w_sampler.describe(l.w_min, l.w_max),
                     if l.class_gate {
                         " (and gating its class embedding, e_c + s(w) (e_c - e_null))"
                     } else {
