@@ -55,6 +55,10 @@ pub(crate) struct BenchArgs {
     /// a count.
     #[arg(long, default_value = "auto")]
     threads: cm_runtime::Threads,
+    /// Run inference through libtorch's operations only, without the
+    /// U-Net's small-batch path (for A/B timing; docs/benchmarks.md).
+    #[arg(long)]
+    eager: bool,
     /// Serve the rows over stdin/stdout as JSON lines (the Rust worker of
     /// `cargo xtask bench --vs-pytorch`).
     #[arg(long)]
@@ -297,6 +301,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--reps {}: expected 1 to {MAX_REPS}", args.reps);
     }
     let applied = cm_runtime::apply_threads(args.threads)?;
+    cm_nets::unet::small_batch::set_enabled(!args.eager);
     let rows: Vec<String> = if args.rows.is_empty() {
         ROWS.iter().map(|r| r.to_string()).collect()
     } else {
@@ -339,7 +344,11 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    eprintln!("cm bench: fmnist-unet, {}", applied.describe());
+    eprintln!(
+        "cm bench: fmnist-unet, {}, small-batch path {}",
+        applied.describe(),
+        if args.eager { "off" } else { "on" }
+    );
     println!("| row | median ms | min ms |");
     println!("| --- | ---: | ---: |");
     for row in &rows {

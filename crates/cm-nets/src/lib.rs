@@ -27,6 +27,7 @@ pub mod diffusers;
 pub mod diffusers_export;
 pub mod dit;
 pub mod error;
+mod kernels;
 pub mod layers;
 pub mod limits;
 pub mod lora;

@@ -436,6 +436,16 @@ impl<L: Module> Adapted<L> {
         })
     }
 
+    /// Whether no adapter is applied on the fly (none attached, or all
+    /// merged into the base weights): the layer is its base layer.
+    pub fn is_plain(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .adapters
+            .is_empty()
+    }
+
     /// Version counters of what the output depends on besides the input
     /// (the base variables given, the adapters' weights, the slot's
     /// configuration), for caches of derived values.

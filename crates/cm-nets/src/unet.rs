@@ -11,6 +11,8 @@
 //! Each block's second convolution and attention projection also start at
 //! zero, so a fresh block is the identity on its skip path.
 
+use std::sync::Arc;
+
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -19,6 +21,10 @@ use crate::layers::{self, ClassEmbed, GuidanceEmbed, MacCounter, NoiseEmbed};
 use crate::lora::{adapted_conv, adapted_linear, AdaptedConv2d, AdaptedLinear};
 use crate::network::Network;
 use cm_core::Conditioning;
+
+pub mod small_batch;
+
+use small_batch::{HostEmb, Weights};
 
 /// Multi-head self-attention over the pixels of a feature map.
 #[derive(Debug)]
@@ -295,6 +301,16 @@ struct EmbCache {
     /// update (optimizer, EMA, loading) changes one and misses the cache.
     versions: Vec<i64>,
     params: Vec<EmbParams>,
+    /// The same on the host, for the small-batch path (made on its first
+    /// use).
+    host: Option<Arc<Vec<HostEmb>>>,
+}
+
+/// The small-batch path's derived weights (`None`: this network has
+/// something the path does not run) with the key they were derived for.
+#[derive(Debug, Default)]
+struct SmallBatchState {
+    weights: Option<(Vec<i64>, Option<Weights>)>,
 }
 
 /// The U-Net; see the module docs.
@@ -312,6 +328,7 @@ pub struct UNet {
     out_norm: nn::GroupNorm,
     out_conv: AdaptedConv2d,
     emb_cache: std::sync::Mutex<Option<EmbCache>>,
+    small_batch: std::sync::Mutex<SmallBatchState>,
 }
 
 impl UNet {
@@ -459,6 +476,7 @@ impl UNet {
                 layers::zero_conv_config(3),
             ),
             emb_cache: std::sync::Mutex::new(None),
+            small_batch: std::sync::Mutex::new(SmallBatchState::default()),
         }
     }
 
@@ -515,13 +533,16 @@ impl UNet {
     }
 
     /// The embedding parameters of an inference call, from the cache when
-    /// the same noise levels, labels and weights were seen last time.
-    fn cached_emb_params(
+    /// the same noise levels, labels and weights were seen last time; with
+    /// `host`, also their host copy for the small-batch path (`None` if it
+    /// cannot be made).
+    fn cached_emb(
         &self,
         c_noise: &Tensor,
         cond: Conditioning<'_>,
         batch: i64,
-    ) -> Vec<EmbParams> {
+        host: bool,
+    ) -> (Vec<EmbParams>, Option<Arc<Vec<HostEmb>>>) {
         let key = (
             Vec::<f32>::try_from(&c_noise.to_kind(tch::Kind::Float))
                 .map(|v| v.iter().map(|f| f.to_bits()).collect())
@@ -535,22 +556,61 @@ impl UNet {
             }),
         );
         let versions = self.emb_versions();
+        let to_host = |params: &[EmbParams]| {
+            params
+                .iter()
+                .map(HostEmb::from_params)
+                .collect::<Option<Vec<_>>>()
+                .map(Arc::new)
+        };
         let Ok(mut cache) = self.emb_cache.lock() else {
-            return self.compute_emb_params(c_noise, cond, batch, false);
+            let params = self.compute_emb_params(c_noise, cond, batch, false);
+            let host = if host { to_host(&params) } else { None };
+            return (params, host);
         };
         if let Some(hit) = cache
-            .as_ref()
+            .as_mut()
             .filter(|c| c.key == key && c.versions == versions)
         {
-            return hit.params.iter().map(EmbParams::shallow_clone).collect();
+            if host && hit.host.is_none() {
+                hit.host = to_host(&hit.params);
+            }
+            let params = hit.params.iter().map(EmbParams::shallow_clone).collect();
+            return (params, hit.host.clone().filter(|_| host));
         }
         let params = self.compute_emb_params(c_noise, cond, batch, false);
+        let host_params = if host { to_host(&params) } else { None };
         *cache = Some(EmbCache {
             key,
             versions,
             params: params.iter().map(EmbParams::shallow_clone).collect(),
+            host: host_params.clone(),
         });
-        params
+        (params, host_params)
+    }
+
+    /// The small-batch path's pass (`small_batch`), or `None` when this
+    /// network or call is not one it runs.
+    fn small_batch_forward(
+        &self,
+        x: &Tensor,
+        c_noise: &Tensor,
+        cond: Conditioning<'_>,
+        batch: i64,
+    ) -> Option<Tensor> {
+        let size = x.size();
+        if size.len() != 4 || x.device() != tch::Device::Cpu || x.kind() != tch::Kind::Float {
+            return None;
+        }
+        let key = small_batch::weights_key(self);
+        let mut state = self.small_batch.lock().ok()?;
+        if state.weights.as_ref().is_none_or(|(k, _)| *k != key) {
+            let derived = Weights::derive(self);
+            state.weights = Some((key, derived));
+        }
+        let weights = state.weights.as_ref()?.1.as_ref()?;
+        let (_, host) = self.cached_emb(c_noise, cond, batch, true);
+        Some(small_batch::forward(weights, x, &host?))
     }
 }
 
@@ -573,8 +633,14 @@ impl Network for UNet {
         let batch = x.size()[0];
         // Inference without autograd may reuse the last call's embedding
         // parameters (sampling at fixed noise levels); training never does.
-        let params = if !train && c_noise.device() == tch::Device::Cpu && !grad_mode_enabled() {
-            self.cached_emb_params(c_noise, cond, batch)
+        let inference = !train && c_noise.device() == tch::Device::Cpu && !grad_mode_enabled();
+        if inference && batch <= small_batch::MAX_BATCH && small_batch::enabled() {
+            if let Some(y) = self.small_batch_forward(x, c_noise, cond, batch) {
+                return y;
+            }
+        }
+        let params = if inference {
+            self.cached_emb(c_noise, cond, batch, false).0
         } else {
             self.compute_emb_params(c_noise, cond, batch, train)
         };

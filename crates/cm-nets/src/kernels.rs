@@ -1,0 +1,501 @@
+//! CPU kernels of the U-Net's small-batch inference path
+//! ([`crate::unet`]): fused GroupNorm + affine + SiLU, 3x3 im2col,
+//! 2x2 resampling and channel concatenation on channels-last `f32`
+//! buffers, and slices of libtorch tensors' memory for them.
+//!
+//! Why they exist: at batch 1 the CPU U-Net's activations hold a few
+//! thousand to 40,000 values, and a pass is about 200 libtorch operations,
+//! each with its dispatch, output allocation and a pass over memory. The
+//! GEMMs are the only work worth a library call; everything between them
+//! is fused here into one pass per normalisation (docs/benchmarks.md).
+//!
+//! This is the one module of the workspace that uses `unsafe`: to call the
+//! AVX2 / AVX-512 builds of the loops after checking the CPU has them, and
+//! to read and write the memory of the path's own libtorch tensors. Each
+//! use says why it is sound.
+#![allow(unsafe_code)]
+
+use tch::{Device, Kind, Tensor};
+
+/// Runs `$body` (a call of an `#[inline(always)]` function) compiled for
+/// AVX-512F, AVX2 + FMA, or the baseline, whichever the CPU has.
+macro_rules! multiversion {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) => $body:expr) => {
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { $body }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { $body }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just now).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just now).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
+/// `exp(x)` in `f32` to about 1 ulp (Cephes' `expf`: `x = n ln 2 + r`,
+/// a degree-6 polynomial for `exp(r)`, `2^n` from the exponent bits),
+/// written without branches or library calls so the loops around it
+/// vectorise. Inputs are clamped to `[-86, 89]`: results are normal
+/// floats, or infinity where `exp` overflows `f32` (above about 88.72).
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n * C1 is exact (Cephes).
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-86.0, 89.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // n is an integer in [-124, 128]; 2^(n-1) is a normal float, and the
+    // last doubling overflows to infinity only where exp(x) does.
+    let half = f32::from_bits(((n as i32 + 126) as u32) << 23);
+    (e * half) * 2.0
+}
+
+/// `x sigmoid(x)`.
+#[inline(always)]
+fn silu_f32(x: f32) -> f32 {
+    x / (1.0 + exp_f32(-x))
+}
+
+/// `exp` of each value (for the tests of [`exp_f32`]).
+#[cfg(test)]
+fn exp_all(x: &mut [f32]) {
+    for v in x {
+        *v = exp_f32(*v);
+    }
+}
+
+multiversion!(channel_sums(x: &[f32], c: usize, sum: &mut [f64], sumsq: &mut [f64]) => {
+    channel_sums_impl(x, c, sum, sumsq)
+});
+
+/// Per-channel sums and sums of squares of one sample's `[pixels, c]`
+/// values, accumulated in `f64` (a few thousand `f32` terms per channel).
+#[inline(always)]
+fn channel_sums_impl(x: &[f32], c: usize, sum: &mut [f64], sumsq: &mut [f64]) {
+    let (sum, sumsq) = (&mut sum[..c], &mut sumsq[..c]);
+    sum.fill(0.0);
+    sumsq.fill(0.0);
+    for px in x.chunks_exact(c) {
+        for ((s, q), &v) in sum.iter_mut().zip(sumsq.iter_mut()).zip(px) {
+            let v = f64::from(v);
+            *s += v;
+            *q += v * v;
+        }
+    }
+}
+
+multiversion!(affine_act(x: &[f32], out: &mut [f32], a: &[f32], b: &[f32], silu: bool) => {
+    affine_act_impl(x, out, a, b, silu)
+});
+
+/// `out = act(a x + b)` over rows of `a.len()` values; `a` and `b` are
+/// one channel period repeated (see [`group_norm_act`]) so the inner loop
+/// runs over whole vectors.
+#[inline(always)]
+fn affine_act_impl(x: &[f32], out: &mut [f32], a: &[f32], b: &[f32], silu: bool) {
+    let period = a.len();
+    for (o, px) in out.chunks_mut(period).zip(x.chunks(period)) {
+        if silu {
+            for (((o, &v), &a), &b) in o.iter_mut().zip(px).zip(a).zip(b) {
+                *o = silu_f32(v * a + b);
+            }
+        } else {
+            for (((o, &v), &a), &b) in o.iter_mut().zip(px).zip(a).zip(b) {
+                *o = v * a + b;
+            }
+        }
+    }
+}
+
+/// A GroupNorm's parameters, and the per-sample modulation applied after
+/// it (`(1 + scale, shift)` of a scale-shift block).
+pub(crate) struct NormSpec<'a> {
+    pub groups: usize,
+    pub eps: f64,
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+}
+
+/// GroupNorm of `x` (`[batch, pixels, c]` channels-last), then per sample
+/// `y (1 + scale) + shift` when `modulation` gives `(1 + scale, shift)`
+/// (`[batch, c]` each), then SiLU when `silu`; into `out`.
+///
+/// Statistics as libtorch's: biased variance over each group's
+/// `pixels x c / groups` values, `rstd = 1 / sqrt(var + eps)`; they are
+/// accumulated in `f64` and the whole chain folds into one `a x + b` per
+/// channel, so the result differs from libtorch's three operations only by
+/// rounding.
+pub(crate) fn group_norm_act(
+    x: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    c: usize,
+    norm: &NormSpec<'_>,
+    modulation: Option<(&[f32], &[f32])>,
+    silu: bool,
+) {
+    let per = x.len() / batch;
+    let pixels = per / c;
+    let cpg = c / norm.groups;
+    let count = (pixels * cpg) as f64;
+    let mut sum = vec![0f64; c];
+    let mut sumsq = vec![0f64; c];
+    let mut a = vec![0f32; c];
+    let mut b = vec![0f32; c];
+    // The coefficients repeated to a whole number of 16-lane vectors.
+    let period = c * (16 / gcd(c, 16));
+    let mut a_rep = vec![0f32; period];
+    let mut b_rep = vec![0f32; period];
+    for n in 0..batch {
+        let xs = &x[n * per..(n + 1) * per];
+        channel_sums(xs, c, &mut sum, &mut sumsq);
+        for g in 0..norm.groups {
+            let range = g * cpg..(g + 1) * cpg;
+            let mean = sum[range.clone()].iter().sum::<f64>() / count;
+            let var = (sumsq[range.clone()].iter().sum::<f64>() / count - mean * mean).max(0.0);
+            let rstd = 1.0 / (var + norm.eps).sqrt();
+            for ch in range {
+                let (s1, shift) = match modulation {
+                    Some((s1, shift)) => (f64::from(s1[n * c + ch]), f64::from(shift[n * c + ch])),
+                    None => (1.0, 0.0),
+                };
+                let gain = f64::from(norm.gamma[ch]) * rstd * s1;
+                a[ch] = gain as f32;
+                b[ch] = ((f64::from(norm.beta[ch]) * s1 + shift) - mean * gain) as f32;
+            }
+        }
+        for (i, (ar, br)) in a_rep.iter_mut().zip(b_rep.iter_mut()).enumerate() {
+            *ar = a[i % c];
+            *br = b[i % c];
+        }
+        affine_act(xs, &mut out[n * per..(n + 1) * per], &a_rep, &b_rep, silu);
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The values of a contiguous `f32` CPU tensor.
+///
+/// # Panics
+/// If `t` is not one (the small-batch path makes all its tensors so).
+pub(crate) fn host(t: &Tensor) -> &[f32] {
+    check_host(t);
+    let n = t.numel();
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: `t` is a contiguous f32 CPU tensor of `n` values (checked),
+    // so its data pointer addresses `n` initialised, aligned f32s; the
+    // slice borrows `t`, which keeps the storage alive. The small-batch
+    // path's tensors are fresh and not shared, so nothing writes to them
+    // while the slice lives.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+}
+
+/// [`host`], mutable.
+pub(crate) fn host_mut(t: &mut Tensor) -> &mut [f32] {
+    check_host(t);
+    let n = t.numel();
+    if n == 0 {
+        return &mut [];
+    }
+    // SAFETY: as in `host`; the exclusive borrow of this handle, on a
+    // tensor the path made and shares with no other handle, makes the
+    // slice the only access to the storage while it lives.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+}
+
+fn check_host(t: &Tensor) {
+    assert!(
+        t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous(),
+        "small-batch path: a contiguous f32 CPU tensor was expected"
+    );
+}
+
+/// SiLU in place (for the tests; the path fuses it into [`group_norm_act`]).
+#[cfg(test)]
+fn silu_all(x: &mut [f32]) {
+    for v in x {
+        *v = silu_f32(*v);
+    }
+}
+
+/// 3x3, stride 1, zero padding 1 patches of `x` (`[batch, h, w, c]`) as
+/// rows of `out` (`[batch h w, 9 c]`, column `(ky 3 + kx) c + channel`).
+pub(crate) fn im2col3x3(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    let row = 9 * c;
+    for n in 0..batch {
+        let img = &x[n * h * w * c..(n + 1) * h * w * c];
+        for y in 0..h {
+            for xx in 0..w {
+                let o = &mut out[((n * h + y) * w + xx) * row..][..row];
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let dst = &mut o[(ky * 3 + kx) * c..][..c];
+                        let (sy, sx) = (y + ky, xx + kx);
+                        if sy == 0 || sx == 0 || sy > h || sx > w {
+                            dst.fill(0.0);
+                        } else {
+                            let at = ((sy - 1) * w + (sx - 1)) * c;
+                            dst.copy_from_slice(&img[at..at + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 2x2 average pooling, stride 2 (`[batch, h, w, c]` -> `[batch, h/2,
+/// w/2, c]`), summed in libtorch's order (row by row) and divided by 4.
+pub(crate) fn avg_pool2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    let (ho, wo) = (h / 2, w / 2);
+    for n in 0..batch {
+        for y in 0..ho {
+            for xx in 0..wo {
+                let px = |dy: usize, dx: usize| {
+                    let at = ((n * h + 2 * y + dy) * w + 2 * xx + dx) * c;
+                    &x[at..at + c]
+                };
+                let (a, b, d, e) = (px(0, 0), px(0, 1), px(1, 0), px(1, 1));
+                let o = &mut out[((n * ho + y) * wo + xx) * c..][..c];
+                for ch in 0..c {
+                    o[ch] = (a[ch] + b[ch] + d[ch] + e[ch]) / 4.0;
+                }
+            }
+        }
+    }
+}
+
+/// Nearest-neighbour 2x up-sampling (`[batch, h, w, c]` -> `[batch, 2h,
+/// 2w, c]`).
+pub(crate) fn upsample2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    let (ho, wo) = (2 * h, 2 * w);
+    for n in 0..batch {
+        for y in 0..ho {
+            for xx in 0..wo {
+                let at = ((n * h + y / 2) * w + xx / 2) * c;
+                out[((n * ho + y) * wo + xx) * c..][..c].copy_from_slice(&x[at..at + c]);
+            }
+        }
+    }
+}
+
+/// Channel concatenation of `[pixels, ca]` and `[pixels, cb]` into
+/// `[pixels, ca + cb]`.
+pub(crate) fn cat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize, out: &mut [f32]) {
+    for ((o, a), b) in out
+        .chunks_exact_mut(ca + cb)
+        .zip(a.chunks_exact(ca))
+        .zip(b.chunks_exact(cb))
+    {
+        o[..ca].copy_from_slice(a);
+        o[ca..].copy_from_slice(b);
+    }
+}
+
+/// `out[r] = bias` for every row of `out` (`[rows, bias.len()]`).
+pub(crate) fn fill_rows(out: &mut [f32], bias: &[f32]) {
+    for o in out.chunks_exact_mut(bias.len()) {
+        o.copy_from_slice(bias);
+    }
+}
+
+/// `out += x`, value by value.
+pub(crate) fn add_in_place(out: &mut [f32], x: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o += x;
+    }
+}
+
+/// `out[r] = x[r] + bias` for every row (`[rows, bias.len()]`).
+pub(crate) fn add_rows(x: &[f32], bias: &[f32], out: &mut [f32]) {
+    let c = bias.len();
+    for (o, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
+            *o = x + b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_to_2_ulp() {
+        let mut xs: Vec<f32> = (-8600..=8870).map(|i| i as f32 * 0.01).collect();
+        xs.extend([-1e-7, 1e-7, 0.0, 0.346_573_6, -0.346_573_6]);
+        let mut got = xs.clone();
+        exp_all(&mut got);
+        for (&x, &g) in xs.iter().zip(&got) {
+            let want = (x as f64).exp();
+            if want > f32::MAX as f64 {
+                assert_eq!(g, f32::INFINITY, "exp({x})");
+                continue;
+            }
+            let ulp = (want as f32).abs() * f32::EPSILON;
+            assert!(
+                ((g as f64) - want).abs() <= 2.0 * ulp as f64,
+                "exp({x}) = {g}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn silu_matches_f64_and_saturates() {
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect();
+        let mut got = xs.clone();
+        silu_all(&mut got);
+        for (&x, &g) in xs.iter().zip(&got) {
+            let x64 = x as f64;
+            let want = x64 / (1.0 + (-x64).exp());
+            assert!(
+                ((g as f64) - want).abs() <= 4e-7 * want.abs().max(1e-3),
+                "silu({x}) = {g}, want {want}"
+            );
+        }
+        let mut big = [-1e4f32, 1e4, f32::MAX, -f32::MAX];
+        silu_all(&mut big);
+        assert_eq!(big[1], 1e4);
+        assert!(big[0].abs() < 1e-30 && big[3].abs() < 1e-30 && big[2] == f32::MAX);
+    }
+
+    /// GroupNorm + modulation + SiLU against a direct f64 computation.
+    #[test]
+    fn group_norm_act_matches_reference() {
+        let (batch, pixels, c, groups) = (2, 13, 12, 3);
+        let x: Vec<f32> = (0..batch * pixels * c)
+            .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.3) * 3.0 + 1.5)
+            .collect();
+        let gamma: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let beta: Vec<f32> = (0..c).map(|i| -0.2 + i as f32 * 0.05).collect();
+        let s1: Vec<f32> = (0..batch * c).map(|i| 1.0 + i as f32 * 0.03).collect();
+        let shift: Vec<f32> = (0..batch * c).map(|i| 0.1 - i as f32 * 0.02).collect();
+        let norm = NormSpec {
+            groups,
+            eps: 1e-5,
+            gamma: &gamma,
+            beta: &beta,
+        };
+        let mut out = vec![0f32; x.len()];
+        group_norm_act(&x, &mut out, batch, c, &norm, Some((&s1, &shift)), true);
+        let cpg = c / groups;
+        for n in 0..batch {
+            for g in 0..groups {
+                let vals: Vec<f64> = (0..pixels)
+                    .flat_map(|p| (g * cpg..(g + 1) * cpg).map(move |ch| (p, ch)))
+                    .map(|(p, ch)| x[(n * pixels + p) * c + ch] as f64)
+                    .collect();
+                let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+                let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+                for p in 0..pixels {
+                    for ch in g * cpg..(g + 1) * cpg {
+                        let i = (n * pixels + p) * c + ch;
+                        let y = (x[i] as f64 - mean) / (var + 1e-5).sqrt() * gamma[ch] as f64
+                            + beta[ch] as f64;
+                        let y = y * s1[n * c + ch] as f64 + shift[n * c + ch] as f64;
+                        let want = y / (1.0 + (-y).exp());
+                        assert!(
+                            (out[i] as f64 - want).abs() < 2e-6,
+                            "n {n} p {p} ch {ch}: {} vs {want}",
+                            out[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_pool_upsample_cat_match_index_formulas() {
+        let (b, h, w, c) = (2, 4, 6, 3);
+        let x: Vec<f32> = (0..b * h * w * c).map(|i| i as f32).collect();
+        let at = |n: usize, y: usize, xx: usize, ch: usize| x[((n * h + y) * w + xx) * c + ch];
+        let mut cols = vec![f32::NAN; b * h * w * 9 * c];
+        im2col3x3(&x, b, h, w, c, &mut cols);
+        for n in 0..b {
+            for y in 0..h {
+                for xx in 0..w {
+                    for ky in 0..3i64 {
+                        for kx in 0..3i64 {
+                            for ch in 0..c {
+                                let (sy, sx) = (y as i64 + ky - 1, xx as i64 + kx - 1);
+                                let want = if sy < 0 || sx < 0 || sy >= h as i64 || sx >= w as i64 {
+                                    0.0
+                                } else {
+                                    at(n, sy as usize, sx as usize, ch)
+                                };
+                                let col = (ky as usize * 3 + kx as usize) * c + ch;
+                                assert_eq!(cols[((n * h + y) * w + xx) * 9 * c + col], want);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut pooled = vec![0f32; b * h * w * c / 4];
+        avg_pool2(&x, b, h, w, c, &mut pooled);
+        let mut up = vec![0f32; b * h * w * c * 4];
+        upsample2(&x, b, h, w, c, &mut up);
+        for n in 0..b {
+            for ch in 0..c {
+                for y in 0..h / 2 {
+                    for xx in 0..w / 2 {
+                        let want = (at(n, 2 * y, 2 * xx, ch)
+                            + at(n, 2 * y, 2 * xx + 1, ch)
+                            + at(n, 2 * y + 1, 2 * xx, ch)
+                            + at(n, 2 * y + 1, 2 * xx + 1, ch))
+                            / 4.0;
+                        assert_eq!(pooled[((n * h / 2 + y) * w / 2 + xx) * c + ch], want);
+                    }
+                }
+                for y in 0..2 * h {
+                    for xx in 0..2 * w {
+                        assert_eq!(
+                            up[((n * 2 * h + y) * 2 * w + xx) * c + ch],
+                            at(n, y / 2, xx / 2, ch)
+                        );
+                    }
+                }
+            }
+        }
+        let other: Vec<f32> = (0..b * h * w * 2).map(|i| -(i as f32)).collect();
+        let mut cat = vec![0f32; b * h * w * (c + 2)];
+        cat_channels(&x, c, &other, 2, &mut cat);
+        for p in 0..b * h * w {
+            assert_eq!(&cat[p * (c + 2)..p * (c + 2) + c], &x[p * c..(p + 1) * c]);
+            assert_eq!(
+                &cat[p * (c + 2) + c..(p + 1) * (c + 2)],
+                &other[p * 2..(p + 1) * 2]
+            );
+        }
+    }
+}

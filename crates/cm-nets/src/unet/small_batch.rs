@@ -1,0 +1,541 @@
+//! The U-Net's small-batch inference path: the same function as
+//! [`super::UNet`]'s libtorch forward pass, run as a few large GEMMs
+//! (libtorch's BLAS, on im2col patches) with everything between them fused
+//! into single passes over channels-last buffers ([`crate::kernels`]).
+//!
+//! At batch 1 the CPU preset's pass is about 200 libtorch operations on
+//! activations of 2,000-40,000 values, so dispatch, allocation and the
+//! separate passes of GroupNorm, scale-shift, SiLU and the residual add
+//! cost as much as the convolutions. Here a block is two GroupNorm passes
+//! (statistics, then one `a x + b` with SiLU per value: the norm's affine,
+//! the embedding's scale-shift and the activation folded together), two
+//! or three GEMMs accumulating into one buffer (bias, skip 1x1 and
+//! residual included), and the copies of im2col.
+//!
+//! Used by `UNet::forward_t` for inference without autograd on the CPU at
+//! batch <= [`MAX_BATCH`] when every layer is a plain one (no unmerged
+//! LoRA adapters) and resampling is the box filter; anything else takes
+//! the libtorch path. Outputs agree with it to rounding
+//! (crates/cm-nets/tests/small_batch.rs: within 1e-5).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+use super::{Conv0, EmbParams, Scale, UNet, UNetBlock};
+use crate::kernels::{self, host, host_mut, NormSpec};
+use crate::lora::AdaptedConv2d;
+
+/// The largest batch the path takes; above it the convolutions dominate
+/// and libtorch's own pass is as fast.
+pub const MAX_BATCH: i64 = 4;
+
+/// 3x3 convolutions on maps at least this wide go to oneDNN
+/// (`mkldnn_convolution`: 121-178 GFLOP/s on one AMD EPYC core at 14x14
+/// and 28x28); smaller ones to im2col + GEMM (78-84 against oneDNN's 57-86
+/// at 7x7). Measured in the PyTorch port, batch 1, 1 thread.
+const ONEDNN_MIN_WIDTH: usize = 14;
+
+/// GroupNorm's epsilon in every U-Net norm (`layers::group_norm`, tch's
+/// default).
+const EPS: f64 = 1e-5;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the small-batch path on or off for the whole process (on by
+/// default); off, every pass runs libtorch's operations (for A/B timing
+/// and checks: `cm bench --eager`).
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the small-batch path is on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A convolution's weights as a `[k k cin, cout]` GEMM operand (rows in
+/// im2col's `(ky, kx, channel)` order) and its bias.
+#[derive(Debug)]
+struct ConvW {
+    w: Tensor,
+    bias: Vec<f32>,
+    cout: usize,
+    /// The weights and bias as libtorch's convolution takes them (oneDNN).
+    ws: Tensor,
+    bs: Tensor,
+}
+
+impl ConvW {
+    fn new(conv: &nn::Conv2D, k: i64) -> Option<ConvW> {
+        let size = conv.ws.size();
+        if size.len() != 4 || size[2] != k || size[3] != k {
+            return None;
+        }
+        let (cout, cin) = (size[0], size[1]);
+        let w = conv
+            .ws
+            .to_kind(Kind::Float)
+            .permute([2, 3, 1, 0])
+            .contiguous()
+            .view([k * k * cin, cout]);
+        let bias = match &conv.bs {
+            Some(b) => Vec::<f32>::try_from(&b.to_kind(Kind::Float)).ok()?,
+            None => vec![0.0; cout as usize],
+        };
+        Some(ConvW {
+            w,
+            ws: conv.ws.to_kind(Kind::Float),
+            bs: Tensor::from_slice(&bias),
+            bias,
+            cout: cout as usize,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct NormW {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    groups: usize,
+}
+
+impl NormW {
+    fn new(norm: &nn::GroupNorm) -> Option<NormW> {
+        let c = norm.num_channels as usize;
+        let read = |t: &Option<Tensor>, default: f32| match t {
+            Some(t) => Vec::<f32>::try_from(&t.to_kind(Kind::Float)).ok(),
+            None => Some(vec![default; c]),
+        };
+        Some(NormW {
+            gamma: read(&norm.ws, 1.0)?,
+            beta: read(&norm.bs, 0.0)?,
+            groups: norm.num_groups as usize,
+        })
+    }
+
+    fn spec(&self) -> NormSpec<'_> {
+        NormSpec {
+            groups: self.groups,
+            eps: EPS,
+            gamma: &self.gamma,
+            beta: &self.beta,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttnW {
+    norm: NormW,
+    qkv: ConvW,
+    proj: ConvW,
+    heads: usize,
+}
+
+#[derive(Debug)]
+struct BlockW {
+    norm0: NormW,
+    conv0: ConvW,
+    norm1: NormW,
+    conv1: ConvW,
+    skip: Option<ConvW>,
+    attn: Option<AttnW>,
+    scale: Scale,
+    skip_scale: f32,
+    /// `skip`'s bias plus `conv1`'s: one fill for the block's output.
+    out_bias: Vec<f32>,
+}
+
+/// The weights of the path, derived from the network's variables.
+#[derive(Debug)]
+pub(super) struct Weights {
+    /// How many of `blocks` are the encoder's.
+    enc_len: usize,
+    conv_in: ConvW,
+    blocks: Vec<BlockW>,
+    out_norm: NormW,
+    out_conv: ConvW,
+}
+
+fn plain(conv: &AdaptedConv2d) -> Option<&nn::Conv2D> {
+    conv.is_plain().then_some(&conv.base)
+}
+
+/// What the derived weights depend on: each variable's version counter
+/// (in-place updates) and data address (`set_data`, loading), and the
+/// adapter slots'.
+pub(super) fn weights_key(unet: &UNet) -> Vec<i64> {
+    let mut key = Vec::with_capacity(256);
+    let tensor = |t: &Tensor, key: &mut Vec<i64>| {
+        key.push(t.internal_version());
+        key.push(t.data_ptr() as i64);
+    };
+    let conv = |c: &AdaptedConv2d, key: &mut Vec<i64>| {
+        c.versions(&[], key);
+        tensor(&c.base.ws, key);
+        if let Some(b) = &c.base.bs {
+            tensor(b, key);
+        }
+    };
+    let norm = |n: &nn::GroupNorm, key: &mut Vec<i64>| {
+        for t in n.ws.iter().chain(n.bs.iter()) {
+            key.push(t.internal_version());
+            key.push(t.data_ptr() as i64);
+        }
+    };
+    conv(&unet.conv_in, &mut key);
+    for b in unet.blocks() {
+        norm(&b.norm0, &mut key);
+        if let Conv0::Filtered(c) = &b.conv0 {
+            conv(c, &mut key);
+        }
+        norm(&b.norm1, &mut key);
+        conv(&b.conv1, &mut key);
+        if let Some(s) = &b.skip {
+            conv(s, &mut key);
+        }
+        if let Some(a) = &b.attn {
+            norm(&a.norm, &mut key);
+            conv(&a.qkv, &mut key);
+            conv(&a.proj, &mut key);
+        }
+    }
+    norm(&unet.out_norm, &mut key);
+    conv(&unet.out_conv, &mut key);
+    key
+}
+
+impl Weights {
+    /// The path's weights for `unet`, or `None` when the network has
+    /// something the path does not run (learned resampling, unmerged
+    /// adapters, non-float weights).
+    pub(super) fn derive(unet: &UNet) -> Option<Weights> {
+        let block = |b: &UNetBlock| -> Option<BlockW> {
+            let conv0 = match &b.conv0 {
+                Conv0::Filtered(c) => ConvW::new(plain(c)?, 3)?,
+                _ => return None,
+            };
+            let conv1 = ConvW::new(plain(&b.conv1)?, 3)?;
+            let skip = match &b.skip {
+                Some(s) => Some(ConvW::new(plain(s)?, 1)?),
+                None => None,
+            };
+            let attn = match &b.attn {
+                Some(a) => Some(AttnW {
+                    norm: NormW::new(&a.norm)?,
+                    qkv: ConvW::new(plain(&a.qkv)?, 1)?,
+                    proj: ConvW::new(plain(&a.proj)?, 1)?,
+                    heads: a.heads as usize,
+                }),
+                None => None,
+            };
+            let out_bias = match &skip {
+                Some(s) => s.bias.iter().zip(&conv1.bias).map(|(a, b)| a + b).collect(),
+                None => conv1.bias.clone(),
+            };
+            Some(BlockW {
+                norm0: NormW::new(&b.norm0)?,
+                conv0,
+                norm1: NormW::new(&b.norm1)?,
+                conv1,
+                skip,
+                attn,
+                scale: b.scale,
+                skip_scale: b.skip_scale as f32,
+                out_bias,
+            })
+        };
+        Some(Weights {
+            enc_len: unet.enc.len(),
+            conv_in: ConvW::new(plain(&unet.conv_in)?, 3)?,
+            blocks: unet.blocks().map(block).collect::<Option<Vec<_>>>()?,
+            out_norm: NormW::new(&unet.out_norm)?,
+            out_conv: ConvW::new(plain(&unet.out_conv)?, 3)?,
+        })
+    }
+}
+
+/// A block's embedding parameters on the host, `[batch, C]` each.
+#[derive(Debug)]
+pub(super) enum HostEmb {
+    /// `(1 + scale, shift)`.
+    ScaleShift(Vec<f32>, Vec<f32>),
+    /// The bias added before `norm1`.
+    Add(Vec<f32>),
+}
+
+impl HostEmb {
+    pub(super) fn from_params(p: &EmbParams) -> Option<HostEmb> {
+        let host = |t: &Tensor| Vec::<f32>::try_from(&t.to_kind(Kind::Float).reshape([-1])).ok();
+        Some(match p {
+            EmbParams::ScaleShift { scale1, shift } => {
+                HostEmb::ScaleShift(host(scale1)?, host(shift)?)
+            }
+            EmbParams::Add(t) => HostEmb::Add(host(t)?),
+        })
+    }
+}
+
+/// A channels-last activation: a contiguous `[batch, h, w, c]` tensor.
+struct Act {
+    t: Tensor,
+    batch: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl Act {
+    fn new(batch: usize, h: usize, w: usize, c: usize) -> Act {
+        let size = [batch, h, w, c].map(|d| d as i64);
+        Act {
+            t: Tensor::empty(size, (Kind::Float, Device::Cpu)),
+            batch,
+            h,
+            w,
+            c,
+        }
+    }
+
+    fn like(&self, c: usize) -> Act {
+        Act::new(self.batch, self.h, self.w, c)
+    }
+
+    /// From an `[batch, c, h, w]` tensor (copied unless channels-last).
+    fn from_nchw(t: &Tensor) -> Act {
+        let s = t.size();
+        let t = t.to_kind(Kind::Float).permute([0, 2, 3, 1]).contiguous();
+        Act {
+            t,
+            batch: s[0] as usize,
+            c: s[1] as usize,
+            h: s[2] as usize,
+            w: s[3] as usize,
+        }
+    }
+
+    /// `[batch, c, h, w]` with channels-last strides (a view).
+    fn nchw(&self) -> Tensor {
+        self.t.permute([0, 3, 1, 2])
+    }
+
+    fn rows(&self) -> usize {
+        self.batch * self.h * self.w
+    }
+
+    /// `[rows, c]` (a view).
+    fn matrix(&self) -> Tensor {
+        self.t.view([self.rows() as i64, self.c as i64])
+    }
+
+    fn values(&self) -> &[f32] {
+        host(&self.t)
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        host_mut(&mut self.t)
+    }
+
+    /// `self += a w`, `a` `[rows, k]`, `w` `[k, c]` (BLAS, in place).
+    fn add_product(&mut self, a: &Tensor, w: &Tensor) {
+        let mut m = self.matrix();
+        let _ = m.addmm_(a, w);
+    }
+}
+
+/// One pass of the network: `x` is `[batch, C, H, W]` float on the CPU
+/// (any memory format), `emb` the blocks' embedding parameters in block
+/// order. Returns `[batch, C, H, W]` (channels-last strides).
+pub(super) fn forward(w: &Weights, x: &Tensor, emb: &[HostEmb]) -> Tensor {
+    let input = Act::from_nchw(x);
+    let mut skips = vec![conv3x3(&w.conv_in, &input, None)];
+    let mut emb = emb.iter();
+    let (enc, dec) = w.blocks.split_at(w.enc_len);
+    for b in enc {
+        let next = block(b, skips.last().expect("conv_in"), emb.next().expect("emb"));
+        skips.push(next);
+    }
+    let last = skips.last().expect("conv_in");
+    let mut h = Act {
+        t: last.t.shallow_clone(),
+        ..*last
+    };
+    for b in dec {
+        if h.c != b.norm0.gamma.len() {
+            let skip = skips.pop().expect("one skip per encoder block");
+            let mut cat = h.like(h.c + skip.c);
+            kernels::cat_channels(h.values(), h.c, skip.values(), skip.c, cat.values_mut());
+            h = cat;
+        }
+        h = block(b, &h, emb.next().expect("emb"));
+    }
+    let mut normed = h.like(h.c);
+    kernels::group_norm_act(
+        h.values(),
+        normed.values_mut(),
+        h.batch,
+        h.c,
+        &w.out_norm.spec(),
+        None,
+        true,
+    );
+    conv3x3(&w.out_conv, &normed, None).nchw()
+}
+
+/// A 3x3 convolution (stride 1, zero padding 1) of `x`; with `residual`,
+/// added to it (`residual` then holds the result, and its values already
+/// include this convolution's bias).
+fn conv3x3(cw: &ConvW, x: &Act, residual: Option<Act>) -> Act {
+    if x.w >= ONEDNN_MIN_WIDTH {
+        let bias = if residual.is_some() {
+            None
+        } else {
+            Some(&cw.bs)
+        };
+        let y = x
+            .nchw()
+            .mkldnn_convolution(&cw.ws, bias, [1, 1], [1, 1], [1, 1], 1);
+        let mut y = Act::from_nchw(&y);
+        if let Some(r) = residual {
+            kernels::add_in_place(y.values_mut(), r.values());
+        }
+        return y;
+    }
+    let mut cols = Tensor::empty(
+        [x.rows() as i64, 9 * x.c as i64],
+        (Kind::Float, Device::Cpu),
+    );
+    kernels::im2col3x3(x.values(), x.batch, x.h, x.w, x.c, host_mut(&mut cols));
+    let mut out = match residual {
+        Some(r) => r,
+        None => {
+            let mut a = x.like(cw.cout);
+            kernels::fill_rows(a.values_mut(), &cw.bias);
+            a
+        }
+    };
+    out.add_product(&cols, &cw.w);
+    out
+}
+
+fn resample(x: &Act, scale: Scale) -> Option<Act> {
+    match scale {
+        Scale::Same => None,
+        Scale::Down => {
+            let mut out = Act::new(x.batch, x.h / 2, x.w / 2, x.c);
+            kernels::avg_pool2(x.values(), x.batch, x.h, x.w, x.c, out.values_mut());
+            Some(out)
+        }
+        Scale::Up => {
+            let mut out = Act::new(x.batch, x.h * 2, x.w * 2, x.c);
+            kernels::upsample2(x.values(), x.batch, x.h, x.w, x.c, out.values_mut());
+            Some(out)
+        }
+    }
+}
+
+/// EDM's `UNetBlock` (see [`super::UNetBlock::forward`]), fused.
+fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
+    let batch = x.batch;
+    let cout = b.conv0.cout;
+    // norm0 + SiLU, then the filter resampling.
+    let mut a = x.like(x.c);
+    kernels::group_norm_act(
+        x.values(),
+        a.values_mut(),
+        batch,
+        x.c,
+        &b.norm0.spec(),
+        None,
+        true,
+    );
+    if let Some(r) = resample(&a, b.scale) {
+        a = r;
+    }
+    // conv0; the embedding's bias when it is added (not scale-shift) goes
+    // in before norm1.
+    let mut h0 = conv3x3(&b.conv0, &a, None);
+    if let HostEmb::Add(e) = emb {
+        let per = h0.rows() / batch * cout;
+        let values = h0.values_mut();
+        for n in 0..batch {
+            let rows = &mut values[n * per..(n + 1) * per];
+            let bias = &e[n * cout..(n + 1) * cout];
+            for px in rows.chunks_exact_mut(cout) {
+                kernels::add_in_place(px, bias);
+            }
+        }
+    }
+    // norm1, scale-shift and SiLU in one pass (dropout is off in inference).
+    let mut h1 = h0.like(cout);
+    let modulation = match emb {
+        HostEmb::ScaleShift(s1, shift) => Some((s1.as_slice(), shift.as_slice())),
+        HostEmb::Add(_) => None,
+    };
+    kernels::group_norm_act(
+        h0.values(),
+        h1.values_mut(),
+        batch,
+        cout,
+        &b.norm1.spec(),
+        modulation,
+        true,
+    );
+    // The skip path with both biases, then conv1 accumulated on top.
+    let xs = resample(x, b.scale);
+    let skip_in = xs.as_ref().unwrap_or(x);
+    let mut out = a.like(cout);
+    match &b.skip {
+        Some(s) => {
+            kernels::fill_rows(out.values_mut(), &b.out_bias);
+            out.add_product(&skip_in.matrix(), &s.w);
+        }
+        None => kernels::add_rows(skip_in.values(), &b.out_bias, out.values_mut()),
+    }
+    let mut out = conv3x3(&b.conv1, &h1, Some(out));
+    if b.skip_scale != 1.0 {
+        out.values_mut().iter_mut().for_each(|v| *v *= b.skip_scale);
+    }
+    match &b.attn {
+        None => out,
+        Some(at) => {
+            let mut res = attention(at, &out);
+            if b.skip_scale != 1.0 {
+                res.values_mut().iter_mut().for_each(|v| *v *= b.skip_scale);
+            }
+            res
+        }
+    }
+}
+
+/// `x + attention(x)` (see [`super::SelfAttention::forward`]).
+fn attention(at: &AttnW, x: &Act) -> Act {
+    let c = x.c;
+    let mut a = x.like(c);
+    kernels::group_norm_act(
+        x.values(),
+        a.values_mut(),
+        x.batch,
+        c,
+        &at.norm.spec(),
+        None,
+        false,
+    );
+    let mut qkv = x.like(3 * c);
+    kernels::fill_rows(qkv.values_mut(), &at.qkv.bias);
+    qkv.add_product(&a.matrix(), &at.qkv.w);
+    // Channel (k heads + head) d + i of qkv is element i of head `head`
+    // of q, k or v (k = 0, 1, 2): `[batch, heads, pixels, d]` views.
+    let (b, p, heads) = (x.batch as i64, (x.h * x.w) as i64, at.heads as i64);
+    let d = c as i64 / heads;
+    let qkv5 = qkv.t.view([b, p, 3, heads, d]);
+    let part = |k: i64| qkv5.select(2, k).permute([0, 2, 1, 3]);
+    let o = crate::layers::attention(&part(0), &part(1), &part(2));
+    // Output channel head d + i.
+    let o = o.permute([0, 2, 1, 3]).reshape([b * p, c as i64]);
+    let mut out = x.like(c);
+    kernels::add_rows(x.values(), &at.proj.bias, out.values_mut());
+    out.add_product(&o, &at.proj.w);
+    out
+}
