@@ -15,6 +15,10 @@
 //! use says why it is sound.
 #![allow(unsafe_code)]
 
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
 use tch::{Device, Kind, Tensor};
 
 /// Runs `$body` (a call of an `#[inline(always)]` function) compiled for
@@ -42,6 +46,146 @@ macro_rules! multiversion {
     };
 }
 
+/// libgomp's entry points, looked up in the process (libtorch loads
+/// libgomp; cm-rs does not link it itself).
+struct Omp {
+    parallel: unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint),
+    thread_num: unsafe extern "C" fn() -> c_int,
+    num_threads: unsafe extern "C" fn() -> c_int,
+}
+
+extern "C" {
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+}
+
+fn omp() -> Option<&'static Omp> {
+    static OMP: OnceLock<Option<Omp>> = OnceLock::new();
+    OMP.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: dlsym with RTLD_DEFAULT (null on glibc) looks the
+            // names up among the loaded objects and returns null when one
+            // is missing; a non-null result is the libgomp function of
+            // that name, whose C signature the field types restate
+            // (GOMP_parallel(fn, data, num_threads, flags), omp_get_*()).
+            unsafe {
+                let find = |name: &std::ffi::CStr| dlsym(std::ptr::null_mut(), name.as_ptr());
+                let (p, t, n) = (
+                    find(c"GOMP_parallel"),
+                    find(c"omp_get_thread_num"),
+                    find(c"omp_get_num_threads"),
+                );
+                if p.is_null() || t.is_null() || n.is_null() {
+                    return None;
+                }
+                Some(Omp {
+                    parallel: std::mem::transmute::<
+                        *mut c_void,
+                        unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint),
+                    >(p),
+                    thread_num: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(t),
+                    num_threads: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(n),
+                })
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    })
+    .as_ref()
+}
+
+/// What [`parallel`] hands each thread of the team.
+struct Job<'a> {
+    f: &'a (dyn Fn(usize, usize) + Sync),
+    omp: &'static Omp,
+    panicked: AtomicBool,
+}
+
+extern "C" fn run_job(data: *mut c_void) {
+    // SAFETY: `data` is the `Job` that `parallel` passed to GOMP_parallel,
+    // alive until GOMP_parallel returns (after every thread is done).
+    let job = unsafe { &*(data as *const Job<'_>) };
+    // SAFETY: inside the parallel region libgomp's queries are valid.
+    let (part, parts) = unsafe { ((job.omp.thread_num)(), (job.omp.num_threads)()) };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (job.f)(part.max(0) as usize, parts.max(1) as usize)
+    }));
+    if run.is_err() {
+        job.panicked.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Values of work below which a kernel runs on the calling thread: a
+/// parallel region costs a few microseconds.
+const MIN_PARALLEL_WORK: usize = 16_384;
+
+/// Runs `f(part, parts)` for `part` in `0..parts` on libtorch's OpenMP
+/// team (its threads, already spinning between operations: a second pool
+/// would fight them for the cores), or `f(0, 1)` on this thread when the
+/// work is small, libtorch has one thread, or libgomp is not there.
+fn parallel(work: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let threads = tch::get_num_threads();
+    let omp = omp().filter(|_| threads > 1 && work >= MIN_PARALLEL_WORK);
+    let Some(omp) = omp else {
+        f(0, 1);
+        return;
+    };
+    let job = Job {
+        f,
+        omp,
+        panicked: AtomicBool::new(false),
+    };
+    // SAFETY: GOMP_parallel runs `run_job(&job)` on each thread of a team
+    // of `threads` and returns when all are done, so `job` outlives every
+    // use; `run_job` catches panics (they must not unwind into C).
+    unsafe {
+        (omp.parallel)(
+            run_job,
+            &job as *const Job<'_> as *mut c_void,
+            threads as c_uint,
+            0,
+        );
+    }
+    assert!(
+        !job.panicked.load(Ordering::Relaxed),
+        "a small-batch kernel panicked on an OpenMP thread"
+    );
+}
+
+/// Splits `out` into `parts` pieces whose lengths are multiples of
+/// `align` and runs `f(offset, piece)` on each in parallel ([`parallel`]).
+fn parallel_chunks(out: &mut [f32], align: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let units = out.len() / align;
+    let pieces = Mutex::new(Vec::new());
+    let out = Mutex::new(Some(out));
+    parallel(units * align, &|part, parts| {
+        // The first thread in splits the buffer for all.
+        let mine = {
+            let mut pieces = pieces.lock().unwrap_or_else(|e| e.into_inner());
+            if pieces.is_empty() {
+                let mut rest = out
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_default();
+                let mut offset = 0;
+                for p in 0..parts {
+                    let len = (units * (p + 1) / parts - units * p / parts) * align;
+                    let len = if p + 1 == parts { rest.len() } else { len };
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                    pieces.push(Some((offset, head)));
+                    offset += len;
+                    rest = tail;
+                }
+            }
+            pieces.get_mut(part).and_then(Option::take)
+        };
+        if let Some((offset, piece)) = mine {
+            f(offset, piece);
+        }
+    });
+}
+
 /// `exp(x)` in `f32` to about 1 ulp (Cephes' `expf`: `x = n ln 2 + r`,
 /// a degree-6 polynomial for `exp(r)`, `2^n` from the exponent bits),
 /// written without branches or library calls so the loops around it
@@ -56,7 +200,8 @@ fn exp_f32(x: f32) -> f32 {
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-86.0, 89.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -65,9 +210,13 @@ fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
-    // n is an integer in [-124, 128]; 2^(n-1) is a normal float, and the
-    // last doubling overflows to infinity only where exp(x) does.
-    let half = f32::from_bits(((n as i32 + 126) as u32) << 23);
+    // n, an integer in [-124, 128], sits in the low bits of t (whose
+    // exponent is that of ROUND): integer operations on the bits, not a
+    // float-to-int conversion, which does not vectorise. 2^(n-1) is a
+    // normal float, and the last doubling overflows to infinity only
+    // where exp(x) does.
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let half = f32::from_bits(n_bits.wrapping_add(126) << 23);
     (e * half) * 2.0
 }
 
@@ -159,37 +308,78 @@ pub(crate) fn group_norm_act(
     let pixels = per / c;
     let cpg = c / norm.groups;
     let count = (pixels * cpg) as f64;
-    let mut sum = vec![0f64; c];
-    let mut sumsq = vec![0f64; c];
-    let mut a = vec![0f32; c];
-    let mut b = vec![0f32; c];
     // The coefficients repeated to a whole number of 16-lane vectors.
     let period = c * (16 / gcd(c, 16));
-    let mut a_rep = vec![0f32; period];
-    let mut b_rep = vec![0f32; period];
-    for n in 0..batch {
-        let xs = &x[n * per..(n + 1) * per];
-        channel_sums(xs, c, &mut sum, &mut sumsq);
-        for g in 0..norm.groups {
-            let range = g * cpg..(g + 1) * cpg;
-            let mean = sum[range.clone()].iter().sum::<f64>() / count;
-            let var = (sumsq[range.clone()].iter().sum::<f64>() / count - mean * mean).max(0.0);
-            let rstd = 1.0 / (var + norm.eps).sqrt();
-            for ch in range {
-                let (s1, shift) = match modulation {
-                    Some((s1, shift)) => (f64::from(s1[n * c + ch]), f64::from(shift[n * c + ch])),
-                    None => (1.0, 0.0),
-                };
-                let gain = f64::from(norm.gamma[ch]) * rstd * s1;
-                a[ch] = gain as f32;
-                b[ch] = ((f64::from(norm.beta[ch]) * s1 + shift) - mean * gain) as f32;
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let Scratch {
+            sum,
+            sumsq,
+            a_rep,
+            b_rep,
+        } = &mut *scratch;
+        sum.resize(c, 0.0);
+        sumsq.resize(c, 0.0);
+        a_rep.resize(period, 0.0);
+        b_rep.resize(period, 0.0);
+        for n in 0..batch {
+            let xs = &x[n * per..(n + 1) * per];
+            channel_sums(xs, c, sum, sumsq);
+            for g in 0..norm.groups {
+                let range = g * cpg..(g + 1) * cpg;
+                let mean = sum[range.clone()].iter().sum::<f64>() / count;
+                let var = (sumsq[range.clone()].iter().sum::<f64>() / count - mean * mean).max(0.0);
+                let rstd = 1.0 / (var + norm.eps).sqrt();
+                for ch in range {
+                    let (s1, shift) = match modulation {
+                        Some((s1, shift)) => {
+                            (f64::from(s1[n * c + ch]), f64::from(shift[n * c + ch]))
+                        }
+                        None => (1.0, 0.0),
+                    };
+                    let gain = f64::from(norm.gamma[ch]) * rstd * s1;
+                    let bias = (f64::from(norm.beta[ch]) * s1 + shift) - mean * gain;
+                    for rep in (ch..period).step_by(c) {
+                        a_rep[rep] = gain as f32;
+                        b_rep[rep] = bias as f32;
+                    }
+                }
             }
+            let (a_rep, b_rep) = (&*a_rep, &*b_rep);
+            parallel_chunks(
+                &mut out[n * per..(n + 1) * per],
+                period,
+                &|offset, piece| {
+                    affine_act(&xs[offset..offset + piece.len()], piece, a_rep, b_rep, silu);
+                },
+            );
         }
-        for (i, (ar, br)) in a_rep.iter_mut().zip(b_rep.iter_mut()).enumerate() {
-            *ar = a[i % c];
-            *br = b[i % c];
-        }
-        affine_act(xs, &mut out[n * per..(n + 1) * per], &a_rep, &b_rep, silu);
+    });
+}
+
+/// [`group_norm_act`]'s small buffers, kept per thread.
+#[derive(Default)]
+struct Scratch {
+    sum: Vec<f64>,
+    sumsq: Vec<f64>,
+    a_rep: Vec<f32>,
+    b_rep: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Whether libtorch records operations for autograd on this thread (no
+/// `no_grad` guard in force).
+pub(crate) fn grad_mode_enabled() -> bool {
+    // SAFETY: `at_grad_set_enabled` sets the thread's grad mode and
+    // returns the previous one, catching C++ exceptions (it raises none);
+    // the second call puts the mode back as it was.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
     }
 }
 
@@ -201,42 +391,63 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
-/// The values of a contiguous `f32` CPU tensor.
-///
-/// # Panics
-/// If `t` is not one (the small-batch path makes all its tensors so).
-pub(crate) fn host(t: &Tensor) -> &[f32] {
-    check_host(t);
-    let n = t.numel();
-    if n == 0 {
-        return &[];
-    }
-    // SAFETY: `t` is a contiguous f32 CPU tensor of `n` values (checked),
-    // so its data pointer addresses `n` initialised, aligned f32s; the
-    // slice borrows `t`, which keeps the storage alive. The small-batch
-    // path's tensors are fresh and not shared, so nothing writes to them
-    // while the slice lives.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+/// A contiguous `f32` CPU tensor whose values Rust reads and writes as
+/// slices. Checked once when made; the handle is only lent out as
+/// `&Tensor`, so it cannot be resized or re-pointed (`set_data`) through
+/// this type.
+pub(crate) struct HostTensor {
+    t: Tensor,
+    len: usize,
 }
 
-/// [`host`], mutable.
-pub(crate) fn host_mut(t: &mut Tensor) -> &mut [f32] {
-    check_host(t);
-    let n = t.numel();
-    if n == 0 {
-        return &mut [];
+impl HostTensor {
+    /// # Panics
+    /// If `t` is not a contiguous f32 CPU tensor (the small-batch path
+    /// makes all its tensors so).
+    pub(crate) fn new(t: Tensor) -> HostTensor {
+        assert!(
+            t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous(),
+            "small-batch path: a contiguous f32 CPU tensor was expected"
+        );
+        let len = t.numel();
+        HostTensor { t, len }
     }
-    // SAFETY: as in `host`; the exclusive borrow of this handle, on a
-    // tensor the path made and shares with no other handle, makes the
-    // slice the only access to the storage while it lives.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
-}
 
-fn check_host(t: &Tensor) {
-    assert!(
-        t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous(),
-        "small-batch path: a contiguous f32 CPU tensor was expected"
-    );
+    /// The tensor (for libtorch operations and views).
+    pub(crate) fn tensor(&self) -> &Tensor {
+        &self.t
+    }
+
+    /// The handle back (for the caller, or the pool).
+    pub(crate) fn into_tensor(self) -> Tensor {
+        self.t
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn slice(&self) -> &[f32] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the tensor is a contiguous f32 CPU tensor of `len`
+        // values (checked in `new`; this type never resizes it), so its
+        // data pointer addresses `len` initialised, aligned f32s, and the
+        // borrow of `self` keeps the storage alive. The small-batch path's
+        // tensors are its own (not the caller's), so nothing else writes
+        // to them while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.t.data_ptr() as *const f32, self.len) }
+    }
+
+    pub(crate) fn slice_mut(&mut self) -> &mut [f32] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: as in `slice`; the exclusive borrow of `self` makes this
+        // slice the only access the path has to the storage while it lives.
+        unsafe { std::slice::from_raw_parts_mut(self.t.data_ptr() as *mut f32, self.len) }
+    }
 }
 
 /// SiLU in place (for the tests; the path fuses it into [`group_norm_act`]).
@@ -251,26 +462,31 @@ fn silu_all(x: &mut [f32]) {
 /// rows of `out` (`[batch h w, 9 c]`, column `(ky 3 + kx) c + channel`).
 pub(crate) fn im2col3x3(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
     let row = 9 * c;
-    for n in 0..batch {
-        let img = &x[n * h * w * c..(n + 1) * h * w * c];
-        for y in 0..h {
-            for xx in 0..w {
-                let o = &mut out[((n * h + y) * w + xx) * row..][..row];
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        let dst = &mut o[(ky * 3 + kx) * c..][..c];
-                        let (sy, sx) = (y + ky, xx + kx);
-                        if sy == 0 || sx == 0 || sy > h || sx > w {
-                            dst.fill(0.0);
-                        } else {
-                            let at = ((sy - 1) * w + (sx - 1)) * c;
-                            dst.copy_from_slice(&img[at..at + c]);
-                        }
-                    }
+    parallel_chunks(&mut out[..batch * h * w * row], row, &|offset, piece| {
+        let first = offset / row;
+        for (i, o) in piece.chunks_exact_mut(row).enumerate() {
+            let px = first + i;
+            let (n, y, xx) = (px / (h * w), px / w % h, px % w);
+            let img = &x[n * h * w * c..(n + 1) * h * w * c];
+            // Per kernel row, the three taps are three neighbouring pixels:
+            // one copy of 3c values inside the image, zeros at its edges.
+            for ky in 0..3 {
+                let dst = &mut o[ky * 3 * c..(ky + 1) * 3 * c];
+                let sy = y + ky;
+                if sy == 0 || sy > h {
+                    dst.fill(0.0);
+                    continue;
                 }
+                let src_row = &img[(sy - 1) * w * c..sy * w * c];
+                let (lo, hi) = (xx.saturating_sub(1), (xx + 2).min(w));
+                let skip = if xx == 0 { c } else { 0 };
+                dst[..skip].fill(0.0);
+                let len = (hi - lo) * c;
+                dst[skip..skip + len].copy_from_slice(&src_row[lo * c..hi * c]);
+                dst[skip + len..].fill(0.0);
             }
         }
-    }
+    });
 }
 
 /// 2x2 average pooling, stride 2 (`[batch, h, w, c]` -> `[batch, h/2,

@@ -614,14 +614,6 @@ impl UNet {
     }
 }
 
-/// Whether libtorch records operations for autograd right now (no
-/// `no_grad` guard in force): a leaf that requires a gradient passes it on
-/// to a product only then.
-fn grad_mode_enabled() -> bool {
-    let probe = Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-    (&probe * 1.0).requires_grad()
-}
-
 impl Network for UNet {
     fn forward_t(
         &self,
@@ -633,7 +625,8 @@ impl Network for UNet {
         let batch = x.size()[0];
         // Inference without autograd may reuse the last call's embedding
         // parameters (sampling at fixed noise levels); training never does.
-        let inference = !train && c_noise.device() == tch::Device::Cpu && !grad_mode_enabled();
+        let inference =
+            !train && c_noise.device() == tch::Device::Cpu && !crate::kernels::grad_mode_enabled();
         if inference && batch <= small_batch::MAX_BATCH && small_batch::enabled() {
             if let Some(y) = self.small_batch_forward(x, c_noise, cond, batch) {
                 return y;

@@ -24,7 +24,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::{Conv0, EmbParams, Scale, UNet, UNetBlock};
-use crate::kernels::{self, host, host_mut, NormSpec};
+use crate::kernels::{self, HostTensor, NormSpec};
 use crate::lora::AdaptedConv2d;
 
 /// The largest batch the path takes; above it the convolutions dominate
@@ -32,10 +32,16 @@ use crate::lora::AdaptedConv2d;
 pub const MAX_BATCH: i64 = 4;
 
 /// 3x3 convolutions on maps at least this wide go to oneDNN
-/// (`mkldnn_convolution`: 121-178 GFLOP/s on one AMD EPYC core at 14x14
-/// and 28x28); smaller ones to im2col + GEMM (78-84 against oneDNN's 57-86
-/// at 7x7). Measured in the PyTorch port, batch 1, 1 thread.
+/// (`mkldnn_convolution`) with one libtorch thread, and with more when
+/// they have at least [`ONEDNN_MIN_CHANNELS_MT`] input channels; the rest
+/// to im2col + MKL's GEMM. Batch 1, the PyTorch port's libtorch, AMD EPYC
+/// (us; oneDNN / GEMM): one thread, 28x28 24 -> 24: 67 / 97, 14x14 48 ->
+/// 48: 58 / 76, 7x7 48 -> 48: 35 / 22; two threads, 28x28 24 -> 24: 48 /
+/// 49, 48 -> 48: 87 / 156, 14x14 24 -> 48: 33 / 22, 96 -> 48: 58 / 80.
 const ONEDNN_MIN_WIDTH: usize = 14;
+
+/// See [`ONEDNN_MIN_WIDTH`].
+const ONEDNN_MIN_CHANNELS_MT: usize = 48;
 
 /// GroupNorm's epsilon in every U-Net norm (`layers::group_norm`, tch's
 /// default).
@@ -277,24 +283,66 @@ impl HostEmb {
     }
 }
 
+thread_local! {
+    /// Buffers of this thread's recent passes, for the next (the sizes
+    /// repeat pass after pass), with their sizes; at most
+    /// [`POOL_BUFFERS`] of them. Without it every activation is a fresh
+    /// allocation of 10-300 KB whose free makes glibc consolidate its bins.
+    static POOL: std::cell::RefCell<Vec<HostTensor>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most buffers a thread's pool keeps (a pass of the CPU preset
+/// releases about 100; the largest are a few hundred KB at batch 1).
+const POOL_BUFFERS: usize = 160;
+
+/// A contiguous f32 tensor of `size`, from the pool when one of that many
+/// values is there.
+fn take(size: &[i64]) -> HostTensor {
+    let numel = size.iter().product::<i64>() as usize;
+    let pooled = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|t| t.len() == numel)?;
+        Some(p.swap_remove(i))
+    });
+    match pooled {
+        Some(t) => HostTensor::new(t.into_tensor().view(size)),
+        None => HostTensor::new(Tensor::empty(size, (Kind::Float, Device::Cpu))),
+    }
+}
+
+/// Hands a buffer back to the pool. Only for tensors the path made and
+/// shares with no other handle.
+fn give(t: HostTensor) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_BUFFERS {
+            p.push(t);
+        }
+    });
+}
+
 /// A channels-last activation: a contiguous `[batch, h, w, c]` tensor.
 struct Act {
-    t: Tensor,
+    t: HostTensor,
     batch: usize,
     h: usize,
     w: usize,
     c: usize,
+    /// Whether the storage is the path's alone (then [`Act::release`]
+    /// pools it); not for views of the caller's input or shared handles.
+    owned: bool,
 }
 
 impl Act {
     fn new(batch: usize, h: usize, w: usize, c: usize) -> Act {
         let size = [batch, h, w, c].map(|d| d as i64);
         Act {
-            t: Tensor::empty(size, (Kind::Float, Device::Cpu)),
+            t: take(&size),
             batch,
             h,
             w,
             c,
+            owned: true,
         }
     }
 
@@ -302,22 +350,31 @@ impl Act {
         Act::new(self.batch, self.h, self.w, c)
     }
 
-    /// From an `[batch, c, h, w]` tensor (copied unless channels-last).
-    fn from_nchw(t: &Tensor) -> Act {
+    /// From an `[batch, c, h, w]` tensor (copied unless channels-last);
+    /// `owned` when `t` is the path's own, fresh tensor.
+    fn from_nchw(t: &Tensor, owned: bool) -> Act {
         let s = t.size();
         let t = t.to_kind(Kind::Float).permute([0, 2, 3, 1]).contiguous();
         Act {
-            t,
+            t: HostTensor::new(t),
             batch: s[0] as usize,
             c: s[1] as usize,
             h: s[2] as usize,
             w: s[3] as usize,
+            owned,
+        }
+    }
+
+    /// Done with: back to the pool when the path owns it.
+    fn release(self) {
+        if self.owned {
+            give(self.t);
         }
     }
 
     /// `[batch, c, h, w]` with channels-last strides (a view).
     fn nchw(&self) -> Tensor {
-        self.t.permute([0, 3, 1, 2])
+        self.t.tensor().permute([0, 3, 1, 2])
     }
 
     fn rows(&self) -> usize {
@@ -326,15 +383,15 @@ impl Act {
 
     /// `[rows, c]` (a view).
     fn matrix(&self) -> Tensor {
-        self.t.view([self.rows() as i64, self.c as i64])
+        self.t.tensor().view([self.rows() as i64, self.c as i64])
     }
 
     fn values(&self) -> &[f32] {
-        host(&self.t)
+        self.t.slice()
     }
 
     fn values_mut(&mut self) -> &mut [f32] {
-        host_mut(&mut self.t)
+        self.t.slice_mut()
     }
 
     /// `self += a w`, `a` `[rows, k]`, `w` `[k, c]` (BLAS, in place).
@@ -348,8 +405,9 @@ impl Act {
 /// (any memory format), `emb` the blocks' embedding parameters in block
 /// order. Returns `[batch, C, H, W]` (channels-last strides).
 pub(super) fn forward(w: &Weights, x: &Tensor, emb: &[HostEmb]) -> Tensor {
-    let input = Act::from_nchw(x);
+    let input = Act::from_nchw(x, false);
     let mut skips = vec![conv3x3(&w.conv_in, &input, None)];
+    input.release();
     let mut emb = emb.iter();
     let (enc, dec) = w.blocks.split_at(w.enc_len);
     for b in enc {
@@ -357,8 +415,11 @@ pub(super) fn forward(w: &Weights, x: &Tensor, emb: &[HostEmb]) -> Tensor {
         skips.push(next);
     }
     let last = skips.last().expect("conv_in");
+    // The bottom activation is both the decoder's input and its first
+    // skip: shared, never pooled.
     let mut h = Act {
-        t: last.t.shallow_clone(),
+        t: HostTensor::new(last.t.tensor().shallow_clone()),
+        owned: false,
         ..*last
     };
     for b in dec {
@@ -366,10 +427,15 @@ pub(super) fn forward(w: &Weights, x: &Tensor, emb: &[HostEmb]) -> Tensor {
             let skip = skips.pop().expect("one skip per encoder block");
             let mut cat = h.like(h.c + skip.c);
             kernels::cat_channels(h.values(), h.c, skip.values(), skip.c, cat.values_mut());
+            h.release();
+            skip.release();
             h = cat;
         }
-        h = block(b, &h, emb.next().expect("emb"));
+        let next = block(b, &h, emb.next().expect("emb"));
+        h.release();
+        h = next;
     }
+    skips.into_iter().for_each(Act::release);
     let mut normed = h.like(h.c);
     kernels::group_norm_act(
         h.values(),
@@ -380,14 +446,20 @@ pub(super) fn forward(w: &Weights, x: &Tensor, emb: &[HostEmb]) -> Tensor {
         None,
         true,
     );
-    conv3x3(&w.out_conv, &normed, None).nchw()
+    h.release();
+    // The output is the caller's: not released.
+    let y = conv3x3(&w.out_conv, &normed, None).nchw();
+    normed.release();
+    y
 }
 
 /// A 3x3 convolution (stride 1, zero padding 1) of `x`; with `residual`,
 /// added to it (`residual` then holds the result, and its values already
 /// include this convolution's bias).
 fn conv3x3(cw: &ConvW, x: &Act, residual: Option<Act>) -> Act {
-    if x.w >= ONEDNN_MIN_WIDTH {
+    let use_dnn =
+        x.w >= ONEDNN_MIN_WIDTH && (x.c >= ONEDNN_MIN_CHANNELS_MT || tch::get_num_threads() == 1);
+    if use_dnn {
         let bias = if residual.is_some() {
             None
         } else {
@@ -396,17 +468,15 @@ fn conv3x3(cw: &ConvW, x: &Act, residual: Option<Act>) -> Act {
         let y = x
             .nchw()
             .mkldnn_convolution(&cw.ws, bias, [1, 1], [1, 1], [1, 1], 1);
-        let mut y = Act::from_nchw(&y);
+        let mut y = Act::from_nchw(&y, true);
         if let Some(r) = residual {
             kernels::add_in_place(y.values_mut(), r.values());
+            r.release();
         }
         return y;
     }
-    let mut cols = Tensor::empty(
-        [x.rows() as i64, 9 * x.c as i64],
-        (Kind::Float, Device::Cpu),
-    );
-    kernels::im2col3x3(x.values(), x.batch, x.h, x.w, x.c, host_mut(&mut cols));
+    let mut cols = take(&[x.rows() as i64, 9 * x.c as i64]);
+    kernels::im2col3x3(x.values(), x.batch, x.h, x.w, x.c, cols.slice_mut());
     let mut out = match residual {
         Some(r) => r,
         None => {
@@ -415,7 +485,8 @@ fn conv3x3(cw: &ConvW, x: &Act, residual: Option<Act>) -> Act {
             a
         }
     };
-    out.add_product(&cols, &cw.w);
+    out.add_product(cols.tensor(), &cw.w);
+    give(cols);
     out
 }
 
@@ -451,6 +522,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
         true,
     );
     if let Some(r) = resample(&a, b.scale) {
+        a.release();
         a = r;
     }
     // conv0; the embedding's bias when it is added (not scale-shift) goes
@@ -482,6 +554,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
         modulation,
         true,
     );
+    h0.release();
     // The skip path with both biases, then conv1 accumulated on top.
     let xs = resample(x, b.scale);
     let skip_in = xs.as_ref().unwrap_or(x);
@@ -493,7 +566,12 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
         }
         None => kernels::add_rows(skip_in.values(), &b.out_bias, out.values_mut()),
     }
+    a.release();
+    if let Some(xs) = xs {
+        xs.release();
+    }
     let mut out = conv3x3(&b.conv1, &h1, Some(out));
+    h1.release();
     if b.skip_scale != 1.0 {
         out.values_mut().iter_mut().for_each(|v| *v *= b.skip_scale);
     }
@@ -501,6 +579,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
         None => out,
         Some(at) => {
             let mut res = attention(at, &out);
+            out.release();
             if b.skip_scale != 1.0 {
                 res.values_mut().iter_mut().for_each(|v| *v *= b.skip_scale);
             }
@@ -529,9 +608,12 @@ fn attention(at: &AttnW, x: &Act) -> Act {
     // of q, k or v (k = 0, 1, 2): `[batch, heads, pixels, d]` views.
     let (b, p, heads) = (x.batch as i64, (x.h * x.w) as i64, at.heads as i64);
     let d = c as i64 / heads;
-    let qkv5 = qkv.t.view([b, p, 3, heads, d]);
+    let qkv5 = qkv.t.tensor().view([b, p, 3, heads, d]);
     let part = |k: i64| qkv5.select(2, k).permute([0, 2, 1, 3]);
     let o = crate::layers::attention(&part(0), &part(1), &part(2));
+    drop(qkv5);
+    qkv.release();
+    a.release();
     // Output channel head d + i.
     let o = o.permute([0, 2, 1, 3]).reshape([b * p, c as i64]);
     let mut out = x.like(c);
