@@ -6,7 +6,8 @@
 //! which loads the Rust worker's weights and refuses to run unless its
 //! output matches). Each round asks both for a few repetitions of each row,
 //! alternating who goes first, so that a change in the machine's load hits
-//! both sides alike. The table gives median and minimum milliseconds, the
+//! both sides alike, after a pause that lets the other side's OpenMP
+//! threads stop spinning. The table gives median and minimum milliseconds, the
 //! ratio of medians (PyTorch / cm-rs: above 1 means cm-rs is faster), FLOPs
 //! per image and the achieved GFLOP/s against the CPU's nominal FP32 peak.
 //!
@@ -41,6 +42,14 @@ const ROWS: &[(&str, &str, u64, u64, usize)] = &[
     ("sample_1step_b1", "1-step sampling, batch 1", 1, 1, 40),
     ("sample_1step_b64", "1-step sampling, batch 64", 64, 1, 4),
 ];
+
+/// The pause before each batch of repetitions. Both sides' OpenMP threads
+/// spin for a few milliseconds after their last operation (libgomp's
+/// default wait policy) before they sleep; without the pause the side that
+/// goes second shares the cores with the first side's spinning threads for
+/// its first repetitions (and cm-rs's `--threads auto` may count them as
+/// load), which no single-process user sees.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The PyTorch version the port is compared with (the libtorch cm-rs links).
 const TORCH_VERSION: &str = "2.13.0";
@@ -324,6 +333,8 @@ pub fn run(args: &Args, flavor: Flavor) -> Result<ExitCode, String> {
             let order: [usize; 2] = if (round + i) % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in order {
                 let worker = if side == 0 { &mut rust } else { &mut port };
+                // Let the other side's OpenMP threads stop spinning first.
+                std::thread::sleep(SETTLE);
                 let ms = worker.time(row, reps)?;
                 if round > 0 {
                     times[i][side].extend(ms);

@@ -74,6 +74,22 @@ fn bench_preset(c: &mut Criterion, name: &str, variant: &str, threads: i32, cl: 
                 })
             },
         );
+        // A U-Net at batch 1 takes the small-batch path above; the same
+        // pass through libtorch's operations, for comparison.
+        if batch == 1 && name.contains("unet") {
+            group.bench_with_input(
+                BenchmarkId::new("forward_no_grad_libtorch", batch),
+                &batch,
+                |b, _| {
+                    cm_nets::unet::small_batch::set_enabled(false);
+                    b.iter(|| {
+                        let _guard = tch::no_grad_guard();
+                        model.forward_t(&x, &s, Conditioning::none(), false)
+                    });
+                    cm_nets::unet::small_batch::set_enabled(true);
+                },
+            );
+        }
     }
     let (x, s) = inputs(&model, 64);
     let x = if cl { channels_last(&x) } else { x };
