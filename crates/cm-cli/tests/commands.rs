@@ -136,7 +136,17 @@ fn sample_edit_and_export() {
     let b = images(&dir.path().join("b/samples.safetensors"));
     assert_eq!(a.size(), [5, 1, 28, 28]);
     assert_eq!(a.kind(), Kind::Uint8);
-    assert!(a.equal(&b), "chunking changed the samples");
+    // The noise is drawn per sample, so chunking changes nothing drawn; the
+    // network's float rounding may differ between batch sizes (libtorch
+    // switches convolution algorithms above batch 1, and cm-nets'
+    // small-batch path runs the small chunks), by at most one level in a
+    // rare pixel.
+    let diff = (a.to_kind(Kind::Int16) - b.to_kind(Kind::Int16)).abs();
+    let changed = diff.gt(0).sum(Kind::Int64).int64_value(&[]);
+    assert!(
+        diff.max().int64_value(&[]) <= 1 && changed * 200 <= a.numel() as i64,
+        "chunking changed the samples: {changed} pixels differ"
+    );
     // Samples differ from each other, and the PNGs hold the same pixels.
     assert!(!a.get(0).equal(&a.get(1)));
     let p3 = png(&dir.path().join("a/000003.png"));

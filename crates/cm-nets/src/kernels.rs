@@ -32,8 +32,11 @@ macro_rules! multiversion {
                 unsafe fn avx512($($arg: $ty),*) { $body }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) { $body }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just now).
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just now).
                     return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -434,9 +437,10 @@ impl HostTensor {
         // SAFETY: the tensor is a contiguous f32 CPU tensor of `len`
         // values (checked in `new`; this type never resizes it), so its
         // data pointer addresses `len` initialised, aligned f32s, and the
-        // borrow of `self` keeps the storage alive. The small-batch path's
-        // tensors are its own (not the caller's), so nothing else writes
-        // to them while the slice lives.
+        // borrow of `self` keeps the storage alive. The small-batch path
+        // writes only to tensors it made and shares with nothing; one that
+        // views the caller's input (a channels-last or 1-channel `x`) is
+        // only read, while the caller's call is in progress.
         unsafe { std::slice::from_raw_parts(self.t.data_ptr() as *const f32, self.len) }
     }
 
@@ -444,8 +448,9 @@ impl HostTensor {
         if self.len == 0 {
             return &mut [];
         }
-        // SAFETY: as in `slice`; the exclusive borrow of `self` makes this
-        // slice the only access the path has to the storage while it lives.
+        // SAFETY: as in `slice`; the path takes mutable slices only of
+        // tensors it made and shares with nothing, and the exclusive borrow
+        // of `self` makes this slice the only access while it lives.
         unsafe { std::slice::from_raw_parts_mut(self.t.data_ptr() as *mut f32, self.len) }
     }
 }

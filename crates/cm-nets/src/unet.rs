@@ -599,18 +599,30 @@ impl UNet {
         batch: i64,
     ) -> Option<Tensor> {
         let size = x.size();
-        if size.len() != 4 || x.device() != tch::Device::Cpu || x.kind() != tch::Kind::Float {
+        if size.len() != 4
+            || batch < 1
+            || x.device() != tch::Device::Cpu
+            || x.kind() != tch::Kind::Float
+        {
             return None;
         }
         let key = small_batch::weights_key(self);
-        let mut state = self.small_batch.lock().ok()?;
+        // The state is a cache: a panic while it was held leaves it usable.
+        let mut state = self.small_batch.lock().unwrap_or_else(|e| e.into_inner());
         if state.weights.as_ref().is_none_or(|(k, _)| *k != key) {
             let derived = Weights::derive(self);
             state.weights = Some((key, derived));
         }
         let weights = state.weights.as_ref()?.1.as_ref()?;
+        if !weights.runs(&size) {
+            return None;
+        }
         let (_, host) = self.cached_emb(c_noise, cond, batch, true);
-        Some(small_batch::forward(weights, x, &host?))
+        let host = host?;
+        if !weights.embeddings_fit(&host, batch as usize) {
+            return None;
+        }
+        Some(small_batch::forward(weights, x, &host))
     }
 }
 

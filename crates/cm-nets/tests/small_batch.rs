@@ -1,10 +1,11 @@
 //! The U-Net's small-batch inference path (`cm_nets::unet::small_batch`)
 //! against libtorch's own pass: the same outputs within 1e-5 for every
 //! option it runs (scale-shift or additive embedding, skip scaling,
-//! attention with several heads, classes and w-embedding, batch 1 to 4,
+//! attention with several heads, classes and w-embedding, batch 1 to
+//! `MAX_BATCH`,
 //! channels-last or contiguous input), and the libtorch pass, unchanged,
 //! for what it does not (learned resampling, adapters applied on the fly,
-//! batches above its bound).
+//! batches above its bound, sides that do not halve evenly).
 
 use std::sync::Mutex;
 
@@ -60,9 +61,9 @@ fn input(batch: i64, res: i64) -> (Tensor, Tensor) {
 }
 
 #[test]
-fn preset_matches_libtorch_at_batch_1_to_4() {
+fn preset_matches_libtorch_at_every_batch_it_runs() {
     let net = model(UNetConfig::default());
-    for batch in 1..=4 {
+    for batch in 1..=small_batch::MAX_BATCH {
         let (x, c) = input(batch, 28);
         let (fast, eager) = both(&net, &x, &c, Conditioning::none());
         let d = rel_diff(&fast, &eager);
@@ -144,6 +145,15 @@ fn what_the_path_does_not_run_takes_libtorch() {
     let (x, c) = input(small_batch::MAX_BATCH + 1, 28);
     let (fast, eager) = both(&net, &x, &c, Conditioning::none());
     assert!(fast.equal(&eager));
+    let (x, c) = input(1, 30);
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tch::no_grad(|| net.forward_t(&x, &c, Conditioning::none(), false))
+    }));
+    // libtorch's concatenation refuses 30 -> 15 -> 7 -> 14 (a panic in
+    // tch); the path must not answer instead.
+    assert!(fast.is_err(), "an input libtorch refuses was answered");
+    drop(_switch);
 
     let mut net = model(UNetConfig::default());
     let (x, c) = input(1, 28);

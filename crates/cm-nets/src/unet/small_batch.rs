@@ -13,7 +13,8 @@
 //! residual included), and the copies of im2col.
 //!
 //! Used by `UNet::forward_t` for inference without autograd on the CPU at
-//! batch <= [`MAX_BATCH`] when every layer is a plain one (no unmerged
+//! batch <= [`MAX_BATCH`] (inputs whose sides divide by 2 at every
+//! down-sampling) when every layer is a plain one (no unmerged
 //! LoRA adapters) and resampling is the box filter; anything else takes
 //! the libtorch path. Outputs agree with it to rounding
 //! (crates/cm-nets/tests/small_batch.rs: within 1e-5).
@@ -27,9 +28,11 @@ use super::{Conv0, EmbParams, Scale, UNet, UNetBlock};
 use crate::kernels::{self, HostTensor, NormSpec};
 use crate::lora::AdaptedConv2d;
 
-/// The largest batch the path takes; above it the convolutions dominate
-/// and libtorch's own pass is as fast.
-pub const MAX_BATCH: i64 = 4;
+/// The largest batch the path takes: above it the convolutions dominate
+/// and libtorch's own pass is as fast (CPU preset, 2 threads, ms, path /
+/// libtorch: batch 1 1.84 / 2.51, 2 3.06 / 3.85, 3 4.57 / 5.04, 4 5.91 /
+/// 5.84).
+pub const MAX_BATCH: i64 = 3;
 
 /// 3x3 convolutions on maps at least this wide go to oneDNN
 /// (`mkldnn_convolution`) with one libtorch thread, and with more when
@@ -75,6 +78,10 @@ struct ConvW {
 
 impl ConvW {
     fn new(conv: &nn::Conv2D, k: i64) -> Option<ConvW> {
+        let float_cpu = |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu;
+        if !float_cpu(&conv.ws) || !conv.bs.as_ref().is_none_or(float_cpu) {
+            return None;
+        }
         let size = conv.ws.size();
         if size.len() != 4 || size[2] != k || size[3] != k {
             return None;
@@ -109,6 +116,10 @@ struct NormW {
 
 impl NormW {
     fn new(norm: &nn::GroupNorm) -> Option<NormW> {
+        let float_cpu = |t: &Tensor| t.kind() == Kind::Float && t.device() == Device::Cpu;
+        if !norm.ws.iter().chain(norm.bs.iter()).all(float_cpu) {
+            return None;
+        }
         let c = norm.num_channels as usize;
         let read = |t: &Option<Tensor>, default: f32| match t {
             Some(t) => Vec::<f32>::try_from(&t.to_kind(Kind::Float)).ok(),
@@ -158,6 +169,12 @@ struct BlockW {
 pub(super) struct Weights {
     /// How many of `blocks` are the encoder's.
     enc_len: usize,
+    /// How many blocks halve the resolution (inputs must divide by 2^downs).
+    downs: u32,
+    /// `detach()`ed handles of the variables the weights were derived from:
+    /// they keep the old storage alive, so its address (part of the key)
+    /// cannot be reused by a `set_data` that replaces it.
+    _pins: Vec<Tensor>,
     conv_in: ConvW,
     blocks: Vec<BlockW>,
     out_norm: NormW,
@@ -173,49 +190,82 @@ fn plain(conv: &AdaptedConv2d) -> Option<&nn::Conv2D> {
 /// adapter slots'.
 pub(super) fn weights_key(unet: &UNet) -> Vec<i64> {
     let mut key = Vec::with_capacity(256);
-    let tensor = |t: &Tensor, key: &mut Vec<i64>| {
+    for_each_weight(unet, &mut |t| {
         key.push(t.internal_version());
         key.push(t.data_ptr() as i64);
-    };
-    let conv = |c: &AdaptedConv2d, key: &mut Vec<i64>| {
-        c.versions(&[], key);
-        tensor(&c.base.ws, key);
-        if let Some(b) = &c.base.bs {
-            tensor(b, key);
-        }
-    };
-    let norm = |n: &nn::GroupNorm, key: &mut Vec<i64>| {
-        for t in n.ws.iter().chain(n.bs.iter()) {
-            key.push(t.internal_version());
-            key.push(t.data_ptr() as i64);
-        }
-    };
-    conv(&unet.conv_in, &mut key);
+    });
+    let mut slots = |c: &AdaptedConv2d| c.versions(&[], &mut key);
+    slots(&unet.conv_in);
+    slots(&unet.out_conv);
     for b in unet.blocks() {
-        norm(&b.norm0, &mut key);
         if let Conv0::Filtered(c) = &b.conv0 {
-            conv(c, &mut key);
+            slots(c);
         }
-        norm(&b.norm1, &mut key);
-        conv(&b.conv1, &mut key);
-        if let Some(s) = &b.skip {
-            conv(s, &mut key);
-        }
+        slots(&b.conv1);
+        b.skip.iter().for_each(&mut slots);
         if let Some(a) = &b.attn {
-            norm(&a.norm, &mut key);
-            conv(&a.qkv, &mut key);
-            conv(&a.proj, &mut key);
+            slots(&a.qkv);
+            slots(&a.proj);
         }
     }
-    norm(&unet.out_norm, &mut key);
-    conv(&unet.out_conv, &mut key);
     key
 }
 
+/// Every variable the path's weights are derived from.
+fn for_each_weight(unet: &UNet, f: &mut dyn FnMut(&Tensor)) {
+    let conv = |c: &AdaptedConv2d, f: &mut dyn FnMut(&Tensor)| {
+        f(&c.base.ws);
+        c.base.bs.iter().for_each(&mut *f);
+    };
+    let norm = |n: &nn::GroupNorm, f: &mut dyn FnMut(&Tensor)| {
+        n.ws.iter().chain(n.bs.iter()).for_each(f);
+    };
+    conv(&unet.conv_in, f);
+    for b in unet.blocks() {
+        norm(&b.norm0, f);
+        if let Conv0::Filtered(c) = &b.conv0 {
+            conv(c, f);
+        }
+        norm(&b.norm1, f);
+        conv(&b.conv1, f);
+        if let Some(s) = &b.skip {
+            conv(s, f);
+        }
+        if let Some(a) = &b.attn {
+            norm(&a.norm, f);
+            conv(&a.qkv, f);
+            conv(&a.proj, f);
+        }
+    }
+    norm(&unet.out_norm, f);
+    conv(&unet.out_conv, f);
+}
+
 impl Weights {
+    /// Whether the path runs an input of `size` (`[B, C, H, W]`): `H` and
+    /// `W` divide by 2 at every down-sampling (else libtorch's pass, whose
+    /// concatenation refuses the mismatch).
+    pub(super) fn runs(&self, size: &[i64]) -> bool {
+        let unit = 1i64 << self.downs;
+        size.len() == 4 && size[2] > 0 && size[3] > 0 && size[2] % unit == 0 && size[3] % unit == 0
+    }
+
+    /// Whether every block's embedding parameters hold `batch` rows
+    /// (libtorch's pass broadcasts a single row; the path does not).
+    pub(super) fn embeddings_fit(&self, emb: &[HostEmb], batch: usize) -> bool {
+        emb.len() == self.blocks.len()
+            && emb.iter().zip(&self.blocks).all(|(e, b)| {
+                let n = batch * b.conv0.cout;
+                match e {
+                    HostEmb::ScaleShift(s1, shift) => s1.len() == n && shift.len() == n,
+                    HostEmb::Add(bias) => bias.len() == n,
+                }
+            })
+    }
+
     /// The path's weights for `unet`, or `None` when the network has
     /// something the path does not run (learned resampling, unmerged
-    /// adapters, non-float weights).
+    /// adapters, weights that are not f32 on the CPU).
     pub(super) fn derive(unet: &UNet) -> Option<Weights> {
         let block = |b: &UNetBlock| -> Option<BlockW> {
             let conv0 = match &b.conv0 {
@@ -252,7 +302,11 @@ impl Weights {
                 out_bias,
             })
         };
+        let mut pins = Vec::new();
+        for_each_weight(unet, &mut |t| pins.push(t.detach()));
         Some(Weights {
+            _pins: pins,
+            downs: unet.blocks().filter(|b| b.scale == Scale::Down).count() as u32,
             enc_len: unet.enc.len(),
             conv_in: ConvW::new(plain(&unet.conv_in)?, 3)?,
             blocks: unet.blocks().map(block).collect::<Option<Vec<_>>>()?,
@@ -285,15 +339,17 @@ impl HostEmb {
 
 thread_local! {
     /// Buffers of this thread's recent passes, for the next (the sizes
-    /// repeat pass after pass), with their sizes; at most
-    /// [`POOL_BUFFERS`] of them. Without it every activation is a fresh
+    /// repeat pass after pass), oldest first; at most [`POOL_BUFFERS`] of
+    /// them and [`POOL_VALUES`] values. Without it every activation is a fresh
     /// allocation of 10-300 KB whose free makes glibc consolidate its bins.
     static POOL: std::cell::RefCell<Vec<HostTensor>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The most buffers a thread's pool keeps (a pass of the CPU preset
-/// releases about 100; the largest are a few hundred KB at batch 1).
+/// releases about 100), and the most values in all (16 M: 64 MB); the
+/// oldest go first, so a new batch size or resolution takes over.
 const POOL_BUFFERS: usize = 160;
+const POOL_VALUES: usize = 16 << 20;
 
 /// A contiguous f32 tensor of `size`, from the pool when one of that many
 /// values is there.
@@ -302,7 +358,7 @@ fn take(size: &[i64]) -> HostTensor {
     let pooled = POOL.with(|p| {
         let mut p = p.borrow_mut();
         let i = p.iter().position(|t| t.len() == numel)?;
-        Some(p.swap_remove(i))
+        Some(p.remove(i))
     });
     match pooled {
         Some(t) => HostTensor::new(t.into_tensor().view(size)),
@@ -315,8 +371,10 @@ fn take(size: &[i64]) -> HostTensor {
 fn give(t: HostTensor) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() < POOL_BUFFERS {
-            p.push(t);
+        p.push(t);
+        let mut values: usize = p.iter().map(HostTensor::len).sum();
+        while p.len() > POOL_BUFFERS || values > POOL_VALUES {
+            values -= p.remove(0).len();
         }
     });
 }
@@ -521,12 +579,12 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
         None,
         true,
     );
+    // conv0 (after the filter resampling); the embedding's bias when it is
+    // added (not scale-shift) goes in before norm1.
     if let Some(r) = resample(&a, b.scale) {
         a.release();
         a = r;
     }
-    // conv0; the embedding's bias when it is added (not scale-shift) goes
-    // in before norm1.
     let mut h0 = conv3x3(&b.conv0, &a, None);
     if let HostEmb::Add(e) = emb {
         let per = h0.rows() / batch * cout;
@@ -558,7 +616,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
     // The skip path with both biases, then conv1 accumulated on top.
     let xs = resample(x, b.scale);
     let skip_in = xs.as_ref().unwrap_or(x);
-    let mut out = a.like(cout);
+    let mut out = h1.like(cout);
     match &b.skip {
         Some(s) => {
             kernels::fill_rows(out.values_mut(), &b.out_bias);
