@@ -6,13 +6,15 @@
 //! Why they exist: at batch 1 the CPU U-Net's activations hold a few
 //! thousand to 40,000 values, and a pass is about 200 libtorch operations,
 //! each with its dispatch, output allocation and a pass over memory. The
-//! GEMMs are the only work worth a library call; everything between them
-//! is fused here into one pass per normalisation (docs/benchmarks.md).
+//! convolutions are the only work worth a library call; everything between
+//! them is fused here into one pass per normalisation (docs/benchmarks.md).
 //!
-//! This is the one module of the workspace that uses `unsafe`: to call the
-//! AVX2 / AVX-512 builds of the loops after checking the CPU has them, and
-//! to read and write the memory of the path's own libtorch tensors. Each
-//! use says why it is sound.
+//! This is the one module of the workspace that uses `unsafe` (the
+//! workspace lint denies it elsewhere): to call the AVX2 / AVX-512 builds
+//! of the loops after checking the CPU has them, to read and write the
+//! memory of the path's own libtorch tensors ([`HostTensor`]), to run loops
+//! on libtorch's OpenMP team (`GOMP_parallel`, found with `dlsym`), and to
+//! read libtorch's grad mode. Each use says why it is sound.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
