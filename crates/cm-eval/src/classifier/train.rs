@@ -65,8 +65,19 @@ fn augment_batch(
 }
 
 /// Trains a classifier on `data`'s train split and measures its test
-/// accuracy. Seeds libtorch's global generator with `config.seed`.
+/// accuracy. Seeds libtorch's global generator with `config.seed`. Records
+/// gradients whatever the caller's grad mode (the feature space is trained
+/// on first use, which may be inside a caller's `no_grad` evaluation).
 pub fn train_classifier(
+    config: &ClassifierConfig,
+    data: &ImageDataset,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<(FeatureNet, ClassifierCard)> {
+    tch::with_grad(|| train_classifier_with_grad(config, data, device, progress))
+}
+
+fn train_classifier_with_grad(
     config: &ClassifierConfig,
     data: &ImageDataset,
     device: Device,
