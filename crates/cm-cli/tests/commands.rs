@@ -98,7 +98,7 @@ fn sample_edit_and_export() {
     let card = card.to_str().unwrap();
     let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
 
-    // 5 two-step samples in chunks of 2, then in one chunk of 5: identical.
+    // 5 two-step samples in chunks of 2, then in one chunk of 5.
     let (ok, err) = cm(&[
         "sample",
         "--card",

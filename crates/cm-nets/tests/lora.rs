@@ -149,6 +149,10 @@ fn lcm_lora_targets_cover_the_layers_diffusers_trains() {
 #[test]
 fn a_fresh_adapter_leaves_every_network_unchanged() {
     let _rng = cm_runtime::lock_global_rng();
+    // Both passes through libtorch's operations: the U-Net's small-batch
+    // path runs only adapter-free networks, and its rounding differs from
+    // libtorch's, while a zero adapter adds exactly zero.
+    cm_nets::unet::small_batch::set_enabled(false);
     for net in [unet(), dit(), mlp()] {
         let mut model = build(&net, 1);
         randomize(&model, 2);
