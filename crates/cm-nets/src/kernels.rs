@@ -23,6 +23,9 @@ use std::sync::{Mutex, OnceLock};
 
 use tch::{Device, Kind, Tensor};
 
+mod conv;
+pub(crate) use conv::{conv3x3_direct, direct_available, pad1, DirectConv};
+
 /// Runs `$body` (a call of an `#[inline(always)]` function) compiled for
 /// AVX-512F, AVX2 + FMA, or the baseline, whichever the CPU has.
 macro_rules! multiversion {

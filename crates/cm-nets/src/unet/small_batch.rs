@@ -46,6 +46,12 @@ const ONEDNN_MIN_WIDTH: usize = 14;
 /// See [`ONEDNN_MIN_WIDTH`].
 const ONEDNN_MIN_CHANNELS_MT: usize = 48;
 
+/// 3x3 convolutions with at least this many output channels run the
+/// direct kernel ([`kernels::conv3x3_direct`]) where the CPU has AVX-512;
+/// below it (the 1-channel output convolution) a 16-lane vector of output
+/// channels is mostly empty, and im2col + GEMM is faster.
+const DIRECT_MIN_COUT: usize = 8;
+
 /// GroupNorm's epsilon in every U-Net norm (`layers::group_norm`, tch's
 /// default).
 const EPS: f64 = 1e-5;
@@ -69,6 +75,9 @@ pub fn enabled() -> bool {
 #[derive(Debug)]
 struct ConvW {
     w: Tensor,
+    /// The packed weights of the direct kernel, for 3x3 convolutions with
+    /// at least [`DIRECT_MIN_COUT`] outputs on AVX-512 CPUs.
+    direct: Option<kernels::DirectConv>,
     bias: Vec<f32>,
     cout: usize,
     /// The weights and bias as libtorch's convolution takes them (oneDNN).
@@ -97,8 +106,20 @@ impl ConvW {
             Some(b) => Vec::<f32>::try_from(&b.to_kind(Kind::Float)).ok()?,
             None => vec![0.0; cout as usize],
         };
+        let direct = if k == 3 && cout as usize >= DIRECT_MIN_COUT && kernels::direct_available() {
+            let values = Vec::<f32>::try_from(&w.reshape([-1])).ok()?;
+            Some(kernels::DirectConv::new(
+                &values,
+                &bias,
+                cin as usize,
+                cout as usize,
+            ))
+        } else {
+            None
+        };
         Some(ConvW {
             w,
+            direct,
             ws: conv.ws.to_kind(Kind::Float),
             bs: Tensor::from_slice(&bias),
             bias,
@@ -515,6 +536,25 @@ pub(super) fn forward(w: &Weights, x: &Tensor, emb: &[HostEmb]) -> Tensor {
 /// added to it (`residual` then holds the result, and its values already
 /// include this convolution's bias).
 fn conv3x3(cw: &ConvW, x: &Act, residual: Option<Act>) -> Act {
+    if let Some(direct) = &cw.direct {
+        let mut padded = take(&[(x.batch * (x.h + 2) * (x.w + 2) * x.c) as i64]);
+        kernels::pad1(x.values(), x.batch, x.h, x.w, x.c, padded.slice_mut());
+        let (mut out, accumulate) = match residual {
+            Some(r) => (r, true),
+            None => (x.like(cw.cout), false),
+        };
+        kernels::conv3x3_direct(
+            padded.slice(),
+            x.batch,
+            x.h,
+            x.w,
+            direct,
+            out.values_mut(),
+            accumulate,
+        );
+        give(padded);
+        return out;
+    }
     let use_dnn =
         x.w >= ONEDNN_MIN_WIDTH && (x.c >= ONEDNN_MIN_CHANNELS_MT || tch::get_num_threads() == 1);
     if use_dnn {
