@@ -161,12 +161,18 @@ fn parallel(work: usize, f: &(dyn Fn(usize, usize) + Sync)) {
 }
 
 /// Splits `out` into `parts` pieces whose lengths are multiples of
-/// `align` and runs `f(offset, piece)` on each in parallel ([`parallel`]).
-fn parallel_chunks(out: &mut [f32], align: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+/// `align` and runs `f(offset, piece)` on each in parallel ([`parallel`],
+/// which takes `work` to decide whether a team is worth waking).
+fn parallel_chunks<T: Send>(
+    out: &mut [T],
+    align: usize,
+    work: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
     let units = out.len() / align;
     let pieces = Mutex::new(Vec::new());
     let out = Mutex::new(Some(out));
-    parallel(units * align, &|part, parts| {
+    parallel(work, &|part, parts| {
         // The first thread in splits the buffer for all.
         let mine = {
             let mut pieces = pieces.lock().unwrap_or_else(|e| e.into_inner());
@@ -192,6 +198,20 @@ fn parallel_chunks(out: &mut [f32], align: usize, f: &(dyn Fn(usize, &mut [f32])
             f(offset, piece);
         }
     });
+}
+
+/// Values below which a memory-bound pass (a copy, an add) runs on the
+/// calling thread: waking the team costs about as much as copying this
+/// many values.
+const MIN_PARALLEL_COPY: usize = 65_536;
+
+/// [`parallel_chunks`] for a pass over `out` that costs a copy per value.
+fn parallel_copy(out: &mut [f32], align: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    if out.len() < MIN_PARALLEL_COPY {
+        f(0, out);
+    } else {
+        parallel_chunks(out, align, out.len(), f);
+    }
 }
 
 /// `exp(x)` in `f32` to about 1 ulp (Cephes' `expf`: `x = n ln 2 + r`,
@@ -318,25 +338,47 @@ pub(crate) fn group_norm_act(
     let count = (pixels * cpg) as f64;
     // The coefficients repeated to a whole number of 16-lane vectors.
     let period = c * (16 / gcd(c, 16));
+    // Each sample's pixels in `pieces` parts, so that a batch smaller than
+    // the team still sums in parallel.
+    let threads = tch::get_num_threads().max(1) as usize;
+    let pieces = (2 * threads).div_ceil(batch).clamp(1, pixels.max(1));
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let Scratch {
-            sum,
-            sumsq,
+            partial,
             a_rep,
             b_rep,
         } = &mut *scratch;
-        sum.resize(c, 0.0);
-        sumsq.resize(c, 0.0);
-        a_rep.resize(period, 0.0);
-        b_rep.resize(period, 0.0);
+        // Phase 1: per (sample, piece) channel sums and sums of squares.
+        partial.clear();
+        partial.resize(batch * pieces * 2 * c, 0.0);
+        parallel_chunks(partial, 2 * c, x.len(), &|offset, sums| {
+            for (i, unit) in sums.chunks_exact_mut(2 * c).enumerate() {
+                let u = offset / (2 * c) + i;
+                let (n, j) = (u / pieces, u % pieces);
+                let (lo, hi) = (pixels * j / pieces, pixels * (j + 1) / pieces);
+                let xs = &x[n * per + lo * c..n * per + hi * c];
+                let (sum, sumsq) = unit.split_at_mut(c);
+                channel_sums(xs, c, sum, sumsq);
+            }
+        });
+        // Phase 2: per sample and group, the statistics, folded with the
+        // affine and the modulation into one `a x + b` per channel,
+        // repeated over a period (pieces start at whole pixels, so at
+        // channel 0 of the pattern).
+        a_rep.resize(batch * period, 0.0);
+        b_rep.resize(batch * period, 0.0);
         for n in 0..batch {
-            let xs = &x[n * per..(n + 1) * per];
-            channel_sums(xs, c, sum, sumsq);
+            let units = &partial[n * pieces * 2 * c..(n + 1) * pieces * 2 * c];
             for g in 0..norm.groups {
                 let range = g * cpg..(g + 1) * cpg;
-                let mean = sum[range.clone()].iter().sum::<f64>() / count;
-                let var = (sumsq[range.clone()].iter().sum::<f64>() / count - mean * mean).max(0.0);
+                let (mut s, mut q) = (0.0, 0.0);
+                for unit in units.chunks_exact(2 * c) {
+                    s += unit[range.clone()].iter().sum::<f64>();
+                    q += unit[c + range.start..c + range.end].iter().sum::<f64>();
+                }
+                let mean = s / count;
+                let var = (q / count - mean * mean).max(0.0);
                 let rstd = 1.0 / (var + norm.eps).sqrt();
                 for ch in range {
                     let (s1, shift) = match modulation {
@@ -347,29 +389,40 @@ pub(crate) fn group_norm_act(
                     };
                     let gain = f64::from(norm.gamma[ch]) * rstd * s1;
                     let bias = (f64::from(norm.beta[ch]) * s1 + shift) - mean * gain;
-                    for rep in (ch..period).step_by(c) {
+                    for rep in (n * period + ch..(n + 1) * period).step_by(c) {
                         a_rep[rep] = gain as f32;
                         b_rep[rep] = bias as f32;
                     }
                 }
             }
-            let (a_rep, b_rep) = (&*a_rep, &*b_rep);
-            parallel_chunks(
-                &mut out[n * per..(n + 1) * per],
-                period,
-                &|offset, piece| {
-                    affine_act(&xs[offset..offset + piece.len()], piece, a_rep, b_rep, silu);
-                },
-            );
         }
+        // Phase 3: the pass over the values, split at whole pixels.
+        let (a_rep, b_rep) = (&*a_rep, &*b_rep);
+        parallel_chunks(out, c, x.len(), &|offset, piece| {
+            let mut at = offset;
+            let end = offset + piece.len();
+            while at < end {
+                let n = at / per;
+                let stop = end.min((n + 1) * per);
+                let coef = n * period..(n + 1) * period;
+                affine_act(
+                    &x[at..stop],
+                    &mut piece[at - offset..stop - offset],
+                    &a_rep[coef.clone()],
+                    &b_rep[coef],
+                    silu,
+                );
+                at = stop;
+            }
+        });
     });
 }
 
 /// [`group_norm_act`]'s small buffers, kept per thread.
 #[derive(Default)]
 struct Scratch {
-    sum: Vec<f64>,
-    sumsq: Vec<f64>,
+    /// `[batch, pieces, 2, c]`: sums, then sums of squares.
+    partial: Vec<f64>,
     a_rep: Vec<f32>,
     b_rep: Vec<f32>,
 }
@@ -472,7 +525,8 @@ fn silu_all(x: &mut [f32]) {
 /// rows of `out` (`[batch h w, 9 c]`, column `(ky 3 + kx) c + channel`).
 pub(crate) fn im2col3x3(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
     let row = 9 * c;
-    parallel_chunks(&mut out[..batch * h * w * row], row, &|offset, piece| {
+    let out = &mut out[..batch * h * w * row];
+    parallel_chunks(out, row, out.len(), &|offset, piece| {
         let first = offset / row;
         for (i, o) in piece.chunks_exact_mut(row).enumerate() {
             let px = first + i;
@@ -503,72 +557,89 @@ pub(crate) fn im2col3x3(x: &[f32], batch: usize, h: usize, w: usize, c: usize, o
 /// w/2, c]`), summed in libtorch's order (row by row) and divided by 4.
 pub(crate) fn avg_pool2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
     let (ho, wo) = (h / 2, w / 2);
-    for n in 0..batch {
-        for y in 0..ho {
-            for xx in 0..wo {
-                let px = |dy: usize, dx: usize| {
-                    let at = ((n * h + 2 * y + dy) * w + 2 * xx + dx) * c;
-                    &x[at..at + c]
-                };
-                let (a, b, d, e) = (px(0, 0), px(0, 1), px(1, 0), px(1, 1));
-                let o = &mut out[((n * ho + y) * wo + xx) * c..][..c];
-                for ch in 0..c {
-                    o[ch] = (a[ch] + b[ch] + d[ch] + e[ch]) / 4.0;
-                }
+    let out = &mut out[..batch * ho * wo * c];
+    parallel_copy(out, c, &|offset, piece| {
+        for (i, o) in piece.chunks_exact_mut(c).enumerate() {
+            let px = offset / c + i;
+            let (n, y, xx) = (px / (ho * wo), px / wo % ho, px % wo);
+            let at = |dy: usize, dx: usize| {
+                let at = ((n * h + 2 * y + dy) * w + 2 * xx + dx) * c;
+                &x[at..at + c]
+            };
+            let (a, b, d, e) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+            for ch in 0..c {
+                o[ch] = (a[ch] + b[ch] + d[ch] + e[ch]) / 4.0;
             }
         }
-    }
+    });
 }
 
 /// Nearest-neighbour 2x up-sampling (`[batch, h, w, c]` -> `[batch, 2h,
 /// 2w, c]`).
 pub(crate) fn upsample2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
     let (ho, wo) = (2 * h, 2 * w);
-    for n in 0..batch {
-        for y in 0..ho {
-            for xx in 0..wo {
-                let at = ((n * h + y / 2) * w + xx / 2) * c;
-                out[((n * ho + y) * wo + xx) * c..][..c].copy_from_slice(&x[at..at + c]);
-            }
+    let out = &mut out[..batch * ho * wo * c];
+    parallel_copy(out, c, &|offset, piece| {
+        for (i, o) in piece.chunks_exact_mut(c).enumerate() {
+            let px = offset / c + i;
+            let (n, y, xx) = (px / (ho * wo), px / wo % ho, px % wo);
+            let at = ((n * h + y / 2) * w + xx / 2) * c;
+            o.copy_from_slice(&x[at..at + c]);
         }
-    }
+    });
 }
 
 /// Channel concatenation of `[pixels, ca]` and `[pixels, cb]` into
 /// `[pixels, ca + cb]`.
 pub(crate) fn cat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize, out: &mut [f32]) {
-    for ((o, a), b) in out
-        .chunks_exact_mut(ca + cb)
-        .zip(a.chunks_exact(ca))
-        .zip(b.chunks_exact(cb))
-    {
-        o[..ca].copy_from_slice(a);
-        o[ca..].copy_from_slice(b);
-    }
+    let c = ca + cb;
+    parallel_copy(out, c, &|offset, piece| {
+        let first = offset / c;
+        for (i, o) in piece.chunks_exact_mut(c).enumerate() {
+            let px = first + i;
+            o[..ca].copy_from_slice(&a[px * ca..(px + 1) * ca]);
+            o[ca..].copy_from_slice(&b[px * cb..(px + 1) * cb]);
+        }
+    });
 }
 
 /// `out[r] = bias` for every row of `out` (`[rows, bias.len()]`).
 pub(crate) fn fill_rows(out: &mut [f32], bias: &[f32]) {
-    for o in out.chunks_exact_mut(bias.len()) {
-        o.copy_from_slice(bias);
-    }
+    parallel_copy(out, bias.len(), &|_, piece| {
+        for o in piece.chunks_exact_mut(bias.len()) {
+            o.copy_from_slice(bias);
+        }
+    });
 }
 
 /// `out += x`, value by value.
 pub(crate) fn add_in_place(out: &mut [f32], x: &[f32]) {
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o += x;
-    }
+    parallel_copy(out, 16, &|offset, piece| {
+        for (o, &x) in piece.iter_mut().zip(&x[offset..]) {
+            *o += x;
+        }
+    });
+}
+
+/// `out *= k`, value by value.
+pub(crate) fn scale_in_place(out: &mut [f32], k: f32) {
+    parallel_copy(out, 16, &|_, piece| {
+        for o in piece.iter_mut() {
+            *o *= k;
+        }
+    });
 }
 
 /// `out[r] = x[r] + bias` for every row (`[rows, bias.len()]`).
 pub(crate) fn add_rows(x: &[f32], bias: &[f32], out: &mut [f32]) {
     let c = bias.len();
-    for (o, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
-            *o = x + b;
+    parallel_copy(out, c, &|offset, piece| {
+        for (o, x) in piece.chunks_exact_mut(c).zip(x[offset..].chunks_exact(c)) {
+            for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
+                *o = x + b;
+            }
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -617,7 +688,16 @@ mod tests {
     /// GroupNorm + modulation + SiLU against a direct f64 computation.
     #[test]
     fn group_norm_act_matches_reference() {
-        let (batch, pixels, c, groups) = (2, 13, 12, 3);
+        // Small (one thread), then large enough to split across threads
+        // inside a sample, at a pixel that does not start a 16-lane
+        // coefficient period (12 channels: 4 pixels; 1,003 per sample).
+        for (threads, (batch, pixels, c, groups)) in [(1, (2, 13, 12, 3)), (2, (3, 1003, 12, 3))] {
+            tch::set_num_threads(threads);
+            check_group_norm_act(batch, pixels, c, groups);
+        }
+    }
+
+    fn check_group_norm_act(batch: usize, pixels: usize, c: usize, groups: usize) {
         let x: Vec<f32> = (0..batch * pixels * c)
             .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.3) * 3.0 + 1.5)
             .collect();

@@ -639,7 +639,7 @@ impl Network for UNet {
         // parameters (sampling at fixed noise levels); training never does.
         let inference =
             !train && c_noise.device() == tch::Device::Cpu && !crate::kernels::grad_mode_enabled();
-        if inference && batch <= small_batch::MAX_BATCH && small_batch::enabled() {
+        if inference && batch <= small_batch::max_batch() && small_batch::enabled() {
             if let Some(y) = self.small_batch_forward(x, c_noise, cond, batch) {
                 return y;
             }

@@ -17,7 +17,7 @@
 
 use std::ffi::c_void;
 
-use super::parallel;
+use super::{parallel, parallel_copy};
 
 /// Output channels per weight vector.
 const LANES: usize = 16;
@@ -105,17 +105,21 @@ pub(crate) fn pad1(x: &[f32], batch: usize, h: usize, w: usize, c: usize, out: &
     let (hp, wp) = (h + 2, w + 2);
     assert!(x.len() == batch * h * w * c && out.len() == batch * hp * wp * c);
     let row = w * c;
-    for n in 0..batch {
-        let img = &mut out[n * hp * wp * c..(n + 1) * hp * wp * c];
-        img[..wp * c].fill(0.0);
-        img[(hp - 1) * wp * c..].fill(0.0);
-        for y in 0..h {
-            let o = &mut img[(y + 1) * wp * c..(y + 2) * wp * c];
+    // By padded rows: zeros, or a zero pixel, the input row, a zero pixel.
+    parallel_copy(out, wp * c, &|offset, piece| {
+        for (i, o) in piece.chunks_exact_mut(wp * c).enumerate() {
+            let r = offset / (wp * c) + i;
+            let (n, y) = (r / hp, r % hp);
+            if y == 0 || y == hp - 1 {
+                o.fill(0.0);
+                continue;
+            }
+            let src = (n * h + y - 1) * row;
             o[..c].fill(0.0);
-            o[c..c + row].copy_from_slice(&x[(n * h + y) * row..(n * h + y + 1) * row]);
+            o[c..c + row].copy_from_slice(&x[src..src + row]);
             o[c + row..].fill(0.0);
         }
-    }
+    });
 }
 
 /// The widest tile (pixels) for `nv` vectors.

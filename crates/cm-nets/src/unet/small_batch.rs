@@ -13,7 +13,7 @@
 //! residual included), and the copies of im2col.
 //!
 //! Used by `UNet::forward_t` for inference without autograd on the CPU at
-//! batch <= [`MAX_BATCH`] (inputs whose sides divide by 2 at every
+//! batch <= [`max_batch`] (inputs whose sides divide by 2 at every
 //! down-sampling) when every layer is a plain one (no unmerged
 //! LoRA adapters) and resampling is the box filter; anything else takes
 //! the libtorch path. Outputs agree with it to rounding
@@ -28,11 +28,29 @@ use super::{Conv0, EmbParams, Scale, UNet, UNetBlock};
 use crate::kernels::{self, HostTensor, NormSpec};
 use crate::lora::AdaptedConv2d;
 
-/// The largest batch the path takes: above it the convolutions dominate
-/// and libtorch's own pass is as fast (CPU preset, 2 threads, ms, path /
-/// libtorch: batch 1 1.84 / 2.51, 2 3.06 / 3.85, 3 4.57 / 5.04, 4 5.91 /
-/// 5.84).
+/// The largest batch the path takes where the CPU lacks AVX-512 (its
+/// convolutions are then im2col + GEMM and oneDNN): above it the
+/// convolutions dominate and libtorch's own pass is as fast (CPU preset, 2
+/// threads, ms, path / libtorch: batch 1 1.84 / 2.51, 2 3.06 / 3.85, 3
+/// 4.57 / 5.04, 4 5.91 / 5.84).
 pub const MAX_BATCH: i64 = 3;
+
+/// The largest batch the path takes with the direct convolution kernel
+/// (AVX-512): it is ahead of libtorch's pass at every batch measured, up
+/// to this one (CPU preset, 2 threads, ms, path / libtorch: batch 1 1.02 /
+/// 2.27, 8 6.83 / 8.59, 32 29.3 / 32.1, 64 61.2 / 68.5; 1 thread: 1.18x
+/// at 64). Larger batches were not measured, and go to libtorch.
+pub const MAX_BATCH_DIRECT: i64 = 64;
+
+/// The largest batch the path takes on this CPU: [`MAX_BATCH_DIRECT`]
+/// where the direct convolution runs, else [`MAX_BATCH`].
+pub fn max_batch() -> i64 {
+    if kernels::direct_available() {
+        MAX_BATCH_DIRECT
+    } else {
+        MAX_BATCH
+    }
+}
 
 /// 3x3 convolutions on maps at least this wide go to oneDNN
 /// (`mkldnn_convolution`) with one libtorch thread, and with more when
@@ -671,7 +689,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
     let mut out = conv3x3(&b.conv1, &h1, Some(out));
     h1.release();
     if b.skip_scale != 1.0 {
-        out.values_mut().iter_mut().for_each(|v| *v *= b.skip_scale);
+        kernels::scale_in_place(out.values_mut(), b.skip_scale);
     }
     match &b.attn {
         None => out,
@@ -679,7 +697,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
             let mut res = attention(at, &out);
             out.release();
             if b.skip_scale != 1.0 {
-                res.values_mut().iter_mut().for_each(|v| *v *= b.skip_scale);
+                kernels::scale_in_place(res.values_mut(), b.skip_scale);
             }
             res
         }
