@@ -332,6 +332,12 @@ pub(crate) fn group_norm_act(
     modulation: Option<(&[f32], &[f32])>,
     silu: bool,
 ) {
+    assert!(
+        batch > 0 && c > 0 && x.len() % (batch * c) == 0 && out.len() == x.len(),
+        "group_norm_act: {} values in, {} out, for batch {batch} x {c} channels",
+        x.len(),
+        out.len()
+    );
     let per = x.len() / batch;
     let pixels = per / c;
     let cpg = c / norm.groups;
@@ -593,6 +599,7 @@ pub(crate) fn upsample2(x: &[f32], batch: usize, h: usize, w: usize, c: usize, o
 /// `[pixels, ca + cb]`.
 pub(crate) fn cat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize, out: &mut [f32]) {
     let c = ca + cb;
+    assert!(a.len() / ca == out.len() / c && b.len() / cb == out.len() / c);
     parallel_copy(out, c, &|offset, piece| {
         let first = offset / c;
         for (i, o) in piece.chunks_exact_mut(c).enumerate() {
@@ -614,6 +621,7 @@ pub(crate) fn fill_rows(out: &mut [f32], bias: &[f32]) {
 
 /// `out += x`, value by value.
 pub(crate) fn add_in_place(out: &mut [f32], x: &[f32]) {
+    assert_eq!(out.len(), x.len());
     parallel_copy(out, 16, &|offset, piece| {
         for (o, &x) in piece.iter_mut().zip(&x[offset..]) {
             *o += x;
@@ -633,6 +641,7 @@ pub(crate) fn scale_in_place(out: &mut [f32], k: f32) {
 /// `out[r] = x[r] + bias` for every row (`[rows, bias.len()]`).
 pub(crate) fn add_rows(x: &[f32], bias: &[f32], out: &mut [f32]) {
     let c = bias.len();
+    assert_eq!(out.len(), x.len());
     parallel_copy(out, c, &|offset, piece| {
         for (o, x) in piece.chunks_exact_mut(c).zip(x[offset..].chunks_exact(c)) {
             for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
@@ -691,7 +700,13 @@ mod tests {
         // Small (one thread), then large enough to split across threads
         // inside a sample, at a pixel that does not start a 16-lane
         // coefficient period (12 channels: 4 pixels; 1,003 per sample).
-        for (threads, (batch, pixels, c, groups)) in [(1, (2, 13, 12, 3)), (2, (3, 1003, 12, 3))] {
+        for (threads, (batch, pixels, c, groups)) in [
+            (1, (2, 13, 12, 3)),
+            (2, (3, 1003, 12, 3)),
+            // Batch 1 (4 pieces at 2 threads), and pieces clamped to 2 pixels.
+            (2, (1, 1501, 12, 4)),
+            (2, (1, 2, 12, 3)),
+        ] {
             tch::set_num_threads(threads);
             check_group_norm_act(batch, pixels, c, groups);
         }

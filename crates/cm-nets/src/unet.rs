@@ -614,7 +614,7 @@ impl UNet {
             state.weights = Some((key, derived));
         }
         let weights = state.weights.as_ref()?.1.as_ref()?;
-        if !weights.runs(&size) {
+        if batch > weights.max_batch() || !weights.runs(&size) {
             return None;
         }
         let (_, host) = self.cached_emb(c_noise, cond, batch, true);

@@ -75,6 +75,8 @@ fn preset_matches_libtorch_at_every_batch_it_runs() {
         let (fast, eager) = both(&net, &x, &c, Conditioning::none());
         let d = rel_diff(&fast, &eager);
         assert!(d < 1e-5, "batch {batch}: max |fast - eager| / scale = {d}");
+        // The path ran (a fallback would give libtorch's bits exactly).
+        assert!(!fast.equal(&eager), "batch {batch}: the path did not run");
         // Not a copy of the input or a constant: the network did something.
         assert!(max_diff(&eager, &x) > 1e-2 && eager.std(false).double_value(&[]) > 1e-2);
         // Channels-last input gives the same.
@@ -151,6 +153,21 @@ fn what_the_path_does_not_run_takes_libtorch() {
     let net = model(UNetConfig::default());
     let (x, c) = input(small_batch::max_batch() + 1, 28);
     let (fast, eager) = both(&net, &x, &c, Conditioning::none());
+    assert!(fast.equal(&eager));
+    // A network wider than the direct kernel's batch bound is measured
+    // for: the path up to MAX_BATCH, libtorch above it.
+    let wide = model(UNetConfig {
+        resolution: 8,
+        model_channels: small_batch::DIRECT_WIDE_COUT + 16,
+        channel_mult: vec![1],
+        attn_resolutions: vec![],
+        ..UNetConfig::default()
+    });
+    let (x, c) = input(small_batch::MAX_BATCH, 8);
+    let (fast, eager) = both(&wide, &x, &c, Conditioning::none());
+    assert!(!fast.equal(&eager) && rel_diff(&fast, &eager) < 1e-5);
+    let (x, c) = input(small_batch::MAX_BATCH + 1, 8);
+    let (fast, eager) = both(&wide, &x, &c, Conditioning::none());
     assert!(fast.equal(&eager));
     let (x, c) = input(1, 30);
     let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());

@@ -396,6 +396,8 @@ mod tests {
     #[test]
     fn direct_conv_matches_libtorch_in_f64() {
         if !direct_available() {
+            // The kernel is never called on such a CPU (the path keeps
+            // im2col + GEMM there, tests/small_batch.rs).
             eprintln!("skipped: this CPU has no AVX-512F (the direct kernel does not run here)");
             return;
         }
@@ -412,6 +414,12 @@ mod tests {
             (2, 1, 1, 7, 40),
             (1, 9, 6, 16, 100),
             (1, 4, 17, 5, 17),
+            // The widest tiles: 16 pixels at one vector, 12 at two, 8 at
+            // three; and one vector across both threads.
+            (1, 3, 16, 5, 16),
+            (1, 3, 12, 6, 32),
+            (2, 4, 8, 7, 48),
+            (1, 40, 40, 16, 16),
         ];
         for threads in [1, 2] {
             tch::set_num_threads(threads);

@@ -1,23 +1,25 @@
 //! The U-Net's small-batch inference path: the same function as
-//! [`super::UNet`]'s libtorch forward pass, run as a few large GEMMs
-//! (libtorch's BLAS, on im2col patches) with everything between them fused
-//! into single passes over channels-last buffers ([`crate::kernels`]).
+//! [`super::UNet`]'s libtorch forward pass, run as direct 3x3 convolutions
+//! ([`kernels::conv3x3_direct`], AVX-512; im2col + GEMM or oneDNN on other
+//! CPUs) with everything between them fused into single passes over
+//! channels-last buffers ([`crate::kernels`]).
 //!
 //! At batch 1 the CPU preset's pass is about 200 libtorch operations on
 //! activations of 2,000-40,000 values, so dispatch, allocation and the
 //! separate passes of GroupNorm, scale-shift, SiLU and the residual add
 //! cost as much as the convolutions. Here a block is two GroupNorm passes
 //! (statistics, then one `a x + b` with SiLU per value: the norm's affine,
-//! the embedding's scale-shift and the activation folded together), two
-//! or three GEMMs accumulating into one buffer (bias, skip 1x1 and
-//! residual included), and the copies of im2col.
+//! the embedding's scale-shift and the activation folded together) and
+//! two convolutions accumulating into one buffer (bias, skip 1x1 and
+//! residual included).
 //!
 //! Used by `UNet::forward_t` for inference without autograd on the CPU at
-//! batch <= [`max_batch`] (inputs whose sides divide by 2 at every
-//! down-sampling) when every layer is a plain one (no unmerged
-//! LoRA adapters) and resampling is the box filter; anything else takes
-//! the libtorch path. Outputs agree with it to rounding
-//! (crates/cm-nets/tests/small_batch.rs: within 1e-5).
+//! batch <= [`Weights::max_batch`] (3, or 64 with the direct convolution
+//! on networks at most [`DIRECT_WIDE_COUT`] channels wide), for inputs
+//! whose sides divide by 2 at every down-sampling, when every layer is a
+//! plain one (no unmerged LoRA adapters) and resampling is the box filter;
+//! anything else takes the libtorch path. Outputs agree with it to
+//! rounding (crates/cm-nets/tests/small_batch.rs: within 1e-5).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,14 +38,26 @@ use crate::lora::AdaptedConv2d;
 pub const MAX_BATCH: i64 = 3;
 
 /// The largest batch the path takes with the direct convolution kernel
-/// (AVX-512): it is ahead of libtorch's pass at every batch measured, up
-/// to this one (CPU preset, 2 threads, ms, path / libtorch: batch 1 1.02 /
-/// 2.27, 8 6.83 / 8.59, 32 29.3 / 32.1, 64 61.2 / 68.5; 1 thread: 1.18x
-/// at 64). Larger batches were not measured, and go to libtorch.
+/// (AVX-512) on networks whose convolutions have at most
+/// [`DIRECT_WIDE_COUT`] outputs: it is ahead of libtorch's pass at every
+/// batch measured up to this one (CPU preset, 2 threads, ms, path /
+/// libtorch: batch 1 1.02 / 2.27, 8 6.83 / 8.59, 32 29.3 / 32.1, 64 61.2 /
+/// 68.5; 1 thread: 1.18x at 64; the preset with 32 model channels, 64 at
+/// its widest: 2.10x at batch 1, 1.09x at 16, 1.01x at 64). Larger batches
+/// were not measured, and go to libtorch.
 pub const MAX_BATCH_DIRECT: i64 = 64;
 
-/// The largest batch the path takes on this CPU: [`MAX_BATCH_DIRECT`]
-/// where the direct convolution runs, else [`MAX_BATCH`].
+/// The most output channels of a convolution for [`MAX_BATCH_DIRECT`];
+/// wider networks keep [`MAX_BATCH`]: there MKL and oneDNN's large GEMMs
+/// catch up with the direct kernel from a few images (the preset with 64
+/// model channels, 128 at its widest: 1.38x at batch 1, 1.05x at 4, 0.97x
+/// at 64; `cifar10-unet`, 256 channels: 1.18x at 1, 1.04x at 2, 0.93x at
+/// 4).
+pub const DIRECT_WIDE_COUT: usize = 64;
+
+/// The largest batch the path may take on this CPU (the bound of
+/// [`Weights::max_batch`]): [`MAX_BATCH_DIRECT`] where the direct
+/// convolution runs, else [`MAX_BATCH`].
 pub fn max_batch() -> i64 {
     if kernels::direct_available() {
         MAX_BATCH_DIRECT
@@ -51,7 +65,6 @@ pub fn max_batch() -> i64 {
         MAX_BATCH
     }
 }
-
 /// 3x3 convolutions on maps at least this wide go to oneDNN
 /// (`mkldnn_convolution`) with one libtorch thread, and with more when
 /// they have at least [`ONEDNN_MIN_CHANNELS_MT`] input channels; the rest
@@ -281,6 +294,25 @@ fn for_each_weight(unet: &UNet, f: &mut dyn FnMut(&Tensor)) {
 }
 
 impl Weights {
+    /// The largest batch the path takes for this network:
+    /// [`MAX_BATCH_DIRECT`] when every 3x3 convolution with
+    /// [`DIRECT_MIN_COUT`] outputs or more runs the direct kernel and none
+    /// has more than [`DIRECT_WIDE_COUT`], else [`MAX_BATCH`].
+    pub(super) fn max_batch(&self) -> i64 {
+        let mut convs = vec![&self.conv_in, &self.out_conv];
+        for b in &self.blocks {
+            convs.extend([&b.conv0, &b.conv1]);
+        }
+        let direct = convs.iter().all(|c| {
+            c.cout <= DIRECT_WIDE_COUT && (c.direct.is_some() || c.cout < DIRECT_MIN_COUT)
+        });
+        if direct {
+            MAX_BATCH_DIRECT
+        } else {
+            MAX_BATCH
+        }
+    }
+
     /// Whether the path runs an input of `size` (`[B, C, H, W]`): `H` and
     /// `W` divide by 2 at every down-sampling (else libtorch's pass, whose
     /// concatenation refuses the mismatch).
