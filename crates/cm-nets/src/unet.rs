@@ -601,6 +601,7 @@ impl UNet {
         let size = x.size();
         if size.len() != 4
             || batch < 1
+            || batch > small_batch::batch_bound(self)
             || x.device() != tch::Device::Cpu
             || x.kind() != tch::Kind::Float
         {
@@ -614,7 +615,7 @@ impl UNet {
             state.weights = Some((key, derived));
         }
         let weights = state.weights.as_ref()?.1.as_ref()?;
-        if batch > weights.max_batch() || !weights.runs(&size) {
+        if !weights.runs(&size) {
             return None;
         }
         let (_, host) = self.cached_emb(c_noise, cond, batch, true);

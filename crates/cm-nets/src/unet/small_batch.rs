@@ -14,7 +14,7 @@
 //! residual included).
 //!
 //! Used by `UNet::forward_t` for inference without autograd on the CPU at
-//! batch <= [`Weights::max_batch`] (3, or 64 with the direct convolution
+//! batch <= [`batch_bound`] (3, or 64 with the direct convolution
 //! on networks at most [`DIRECT_WIDE_COUT`] channels wide), for inputs
 //! whose sides divide by 2 at every down-sampling, when every layer is a
 //! plain one (no unmerged LoRA adapters) and resampling is the box filter;
@@ -56,7 +56,7 @@ pub const MAX_BATCH_DIRECT: i64 = 64;
 pub const DIRECT_WIDE_COUT: usize = 64;
 
 /// The largest batch the path may take on this CPU (the bound of
-/// [`Weights::max_batch`]): [`MAX_BATCH_DIRECT`] where the direct
+/// [`batch_bound`]): [`MAX_BATCH_DIRECT`] where the direct
 /// convolution runs, else [`MAX_BATCH`].
 pub fn max_batch() -> i64 {
     if kernels::direct_available() {
@@ -65,6 +65,32 @@ pub fn max_batch() -> i64 {
         MAX_BATCH
     }
 }
+
+/// The largest batch the path takes for `unet`: [`MAX_BATCH_DIRECT`]
+/// where the direct convolution runs and no 3x3 convolution has more than
+/// [`DIRECT_WIDE_COUT`] outputs, else [`MAX_BATCH`]. From the weights'
+/// shapes alone, before any weights are derived: a wide network's
+/// no-grad passes at training batch sizes (a CD or CT target network,
+/// updated every step) must not pack its weights for nothing.
+pub(super) fn batch_bound(unet: &UNet) -> i64 {
+    if !kernels::direct_available() {
+        return MAX_BATCH;
+    }
+    let cout = |c: &AdaptedConv2d| c.base.ws.size().first().copied().unwrap_or(0) as usize;
+    let mut widest = cout(&unet.conv_in).max(cout(&unet.out_conv));
+    for b in unet.blocks() {
+        if let Conv0::Filtered(c) = &b.conv0 {
+            widest = widest.max(cout(c));
+        }
+        widest = widest.max(cout(&b.conv1));
+    }
+    if widest <= DIRECT_WIDE_COUT {
+        MAX_BATCH_DIRECT
+    } else {
+        MAX_BATCH
+    }
+}
+
 /// 3x3 convolutions on maps at least this wide go to oneDNN
 /// (`mkldnn_convolution`) with one libtorch thread, and with more when
 /// they have at least [`ONEDNN_MIN_CHANNELS_MT`] input channels; the rest
@@ -294,25 +320,6 @@ fn for_each_weight(unet: &UNet, f: &mut dyn FnMut(&Tensor)) {
 }
 
 impl Weights {
-    /// The largest batch the path takes for this network:
-    /// [`MAX_BATCH_DIRECT`] when every 3x3 convolution with
-    /// [`DIRECT_MIN_COUT`] outputs or more runs the direct kernel and none
-    /// has more than [`DIRECT_WIDE_COUT`], else [`MAX_BATCH`].
-    pub(super) fn max_batch(&self) -> i64 {
-        let mut convs = vec![&self.conv_in, &self.out_conv];
-        for b in &self.blocks {
-            convs.extend([&b.conv0, &b.conv1]);
-        }
-        let direct = convs.iter().all(|c| {
-            c.cout <= DIRECT_WIDE_COUT && (c.direct.is_some() || c.cout < DIRECT_MIN_COUT)
-        });
-        if direct {
-            MAX_BATCH_DIRECT
-        } else {
-            MAX_BATCH
-        }
-    }
-
     /// Whether the path runs an input of `size` (`[B, C, H, W]`): `H` and
     /// `W` divide by 2 at every down-sampling (else libtorch's pass, whose
     /// concatenation refuses the mismatch).
