@@ -629,6 +629,17 @@ pub(crate) fn add_in_place(out: &mut [f32], x: &[f32]) {
     });
 }
 
+/// `out[r] += bias` for every row of `out` (`[rows, bias.len()]`).
+pub(crate) fn add_bias_rows(out: &mut [f32], bias: &[f32]) {
+    parallel_copy(out, bias.len(), &|_, piece| {
+        for o in piece.chunks_exact_mut(bias.len()) {
+            for (o, &b) in o.iter_mut().zip(bias) {
+                *o += b;
+            }
+        }
+    });
+}
+
 /// `out *= k`, value by value.
 pub(crate) fn scale_in_place(out: &mut [f32], k: f32) {
     parallel_copy(out, 16, &|_, piece| {

@@ -149,21 +149,17 @@ pub(crate) fn conv3x3_direct(
     assert!(direct_available(), "conv3x3_direct needs AVX-512F");
     // Work units: (chunk, sample, row, tile); a row's tiles as even as
     // the widest tile allows (28 = 4 x 7 at 8, not 8 + 8 + 8 + 4).
-    let tiles: Vec<usize> = conv
-        .chunks
-        .iter()
-        .map(|&(_, nv, _)| w.div_ceil(max_tile(nv)))
-        .collect();
-    let units: Vec<usize> = tiles.iter().map(|t| batch * h * t).collect();
-    let total: usize = units.iter().sum();
+    let tiles = |nv: usize| w.div_ceil(max_tile(nv));
+    let total: usize = conv.chunks.iter().map(|c| batch * h * tiles(c.1)).sum();
     let out_ptr = SendPtr(out.as_mut_ptr() as *mut c_void);
     let work = batch * h * w * cout * 9 * cin / LANES;
     parallel(work, &|part, parts| {
         let out = out_ptr;
         let (start, end) = (total * part / parts, total * (part + 1) / parts);
         let mut unit = 0;
-        for (ci, (&(co0, nv, ref lanes), &t)) in conv.chunks.iter().zip(&tiles).enumerate() {
-            let n_units = units[ci];
+        for &(co0, nv, ref lanes) in &conv.chunks {
+            let t = tiles(nv);
+            let n_units = batch * h * t;
             let lo = start.max(unit);
             let hi = end.min(unit + n_units);
             for u in lo..hi {

@@ -688,10 +688,7 @@ fn block(b: &BlockW, x: &Act, emb: &HostEmb) -> Act {
         let values = h0.values_mut();
         for n in 0..batch {
             let rows = &mut values[n * per..(n + 1) * per];
-            let bias = &e[n * cout..(n + 1) * cout];
-            for px in rows.chunks_exact_mut(cout) {
-                kernels::add_in_place(px, bias);
-            }
+            kernels::add_bias_rows(rows, &e[n * cout..(n + 1) * cout]);
         }
     }
     // norm1, scale-shift and SiLU in one pass (dropout is off in inference).
