@@ -62,6 +62,19 @@ pub struct LcdConfig {
     /// Not LCM's; docs/lcm.md measures it. Written only when set.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub class_gate: bool,
+    /// Label swapping at rate `r`: each example's label is replaced by a
+    /// class drawn uniformly with probability `exp(-r (w + 1))` (1 at and
+    /// below `w = -1`), so the labelled data the student is trained on
+    /// looks like the guided teacher's samples, not like the data. At `w =
+    /// -1` the guided target is the unconditional `D_u`, whose samples
+    /// carry no class: a label tied to the data there teaches the student
+    /// a class the teacher does not follow; at `w = 0` a weakly
+    /// conditioned teacher's samples are still partly of other classes.
+    /// The rate is fitted to the teacher's class accuracy against `w`
+    /// (docs/lcm.md). Not LCM's (which trains on the data's labels);
+    /// written only when set, in `(0, 100]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_swap: Option<f64>,
 }
 
 /// How LCD draws the guidance scale `w` of each example within
@@ -172,6 +185,7 @@ impl Default for LcdConfig {
             guidance: 1.5,
             target: LcdTarget::Ema,
             class_gate: false,
+            label_swap: None,
         }
     }
 }
@@ -206,6 +220,15 @@ impl LcdConfig {
         }
         self.w_sampler
             .validate_at(&format!("{prefix}w_sampler"), self.w_min, self.w_max)?;
+        if let Some(rate) = self.label_swap {
+            if !(rate > 0.0 && rate <= 100.0) {
+                return Err(CoreError::invalid(
+                    format!("{prefix}label_swap"),
+                    rate,
+                    "a rate in (0, 100] (the swap probability is exp(-rate (w + 1)))",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -352,6 +375,17 @@ impl LcdObjective {
     }
 }
 
+/// Each label replaced, with probability `exp(-rate max(w + 1, 0))`, by a
+/// class drawn uniformly from `0..classes` (`[lcd] label_swap`).
+pub fn swap_labels(labels: &Tensor, w: &Tensor, rate: f64, classes: i64) -> Tensor {
+    let b = labels.size()[0];
+    let device = labels.device();
+    let p = ((w.to_kind(Kind::Double) + 1.0).clamp_min(0.0) * -rate).exp();
+    let swap = Tensor::rand([b], (Kind::Double, device)).lt_tensor(&p);
+    let random = Tensor::randint(classes, [b], (labels.kind(), device));
+    random.where_self(&swap, labels)
+}
+
 impl Objective for LcdObjective {
     fn name(&self) -> &str {
         "lcd"
@@ -375,6 +409,10 @@ impl Objective for LcdObjective {
             self.config.w_min,
             self.config.w_max,
         );
+        let labels = &match self.config.label_swap {
+            None => labels.shallow_clone(),
+            Some(rate) => swap_labels(labels, &w, rate, self.null_class),
+        };
         // One guided teacher ODE step t_{n+k} -> t_n, without autograd.
         let x_hat = tch::no_grad(|| -> Result<Tensor> {
             let teacher = Preconditioned::eval(&self.teacher, self.teacher_edm.preconditioning());

@@ -30,7 +30,7 @@ pub mod pd_pipeline;
 pub mod pipeline;
 
 pub use cd::{CdConfig, CdObjective, CdPairs, EctPairs, GridPairs};
-pub use lcd::{GuidanceSampler, LcdConfig, LcdObjective, LcdTarget};
+pub use lcd::{swap_labels, GuidanceSampler, LcdConfig, LcdObjective, LcdTarget};
 pub use lcm_pipeline::{
     autoencoder_dir, run_lcd, run_lcm, LcdMethod, LcdOutcome, LcdRunConfig, LcmOutcome,
     LcmRunConfig,
