@@ -4,6 +4,8 @@
 //! LCM's `U[w_min, w_max]` exactly, and bad parameters are refused by
 //! field name.
 
+mod common;
+
 use cm_distill::{GuidanceSampler, LcdConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -27,12 +29,7 @@ fn empirical_cdf(sorted: &[f64], x: f64) -> f64 {
 fn check_cdf(sorted: &[f64], points: &[f64], cdf: impl Fn(f64) -> f64) {
     for &x in points {
         let (want, got) = (cdf(x), empirical_cdf(sorted, x));
-        let se = (want * (1.0 - want) / DRAWS as f64).sqrt().max(1e-6);
-        assert!(
-            (got - want).abs() <= 5.0 * se,
-            "P(w <= {x}): drew {got}, expected {want} (5 se = {})",
-            5.0 * se
-        );
+        common::assert_share_within_5_se(&format!("P(w <= {x})"), got, want, DRAWS as f64);
     }
 }
 

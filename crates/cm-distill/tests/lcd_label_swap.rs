@@ -5,20 +5,16 @@
 //! over the classes, and the rate is read, checked and written only when
 //! set.
 
+mod common;
+
 use cm_distill::{swap_labels, LcdConfig};
 use tch::{Device, Kind, Tensor};
 
 const LABELS: i64 = 200_000;
 const CLASSES: i64 = 10;
 
-/// Within 5 standard errors of a Bernoulli share `want` over `LABELS`.
 fn check_share(what: &str, got: f64, want: f64) {
-    let se = (want * (1.0 - want) / LABELS as f64).sqrt().max(1e-6);
-    assert!(
-        (got - want).abs() <= 5.0 * se,
-        "{what}: {got}, expected {want} (5 se = {})",
-        5.0 * se
-    );
+    common::assert_share_within_5_se(what, got, want, LABELS as f64);
 }
 
 #[test]
