@@ -433,6 +433,12 @@ pub struct SearchArgs {
     /// few-step times are then searched below it.
     #[arg(long)]
     pub start_lower: Option<f64>,
+    /// Search each further time in every gap of the times found so far
+    /// (above the first, between two, below the last; the best gap kept),
+    /// not only below the last as CM does: good 4-step times need not
+    /// extend the 3-step ones downwards (about k - 1 times the probes).
+    #[arg(long)]
+    pub insert: bool,
     /// Seed of the probes' samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -459,6 +465,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
         lower: args.lower,
         upper: args.upper,
         start_lower: args.start_lower,
+        insert: args.insert,
         seed: args.seed,
         ..SearchOptions::default()
     };

@@ -364,6 +364,20 @@ impl LcdObjective {
     pub fn sample_steps(&self, model: &Model, latents: &Tensor, steps: usize) -> Result<Tensor> {
         let c = self.config.recipe.consistency;
         let times = self.config.times(steps)?;
+        self.sample_times(model, latents, c.range(), &times[1..])
+    }
+
+    /// [`LcdObjective::sample_steps`] from `range.sigma_max` through the
+    /// intermediate times `taus` (decreasing; empty: one step), e.g. the
+    /// searched times of a card.
+    pub fn sample_times(
+        &self,
+        model: &Model,
+        latents: &Tensor,
+        range: cm_core::NoiseRange,
+        taus: &[f64],
+    ) -> Result<Tensor> {
+        let c = self.config.recipe.consistency;
         let f = Preconditioned::eval(model, c.parameterization());
         let (classes, w) = self.grid_conditioning(latents.size()[0], latents.device());
         let cond = if self.embedded {
@@ -371,7 +385,7 @@ impl LcdObjective {
         } else {
             Conditioning::class(&classes)
         };
-        Ok(consistency_sample(&f, latents, c.range(), &times[1..], cond)?.x)
+        Ok(consistency_sample(&f, latents, range, taus, cond)?.x)
     }
 }
 

@@ -10,6 +10,7 @@
 //! same noise; the card stores `w`, the skipping-step times and the
 //! autoencoder, so `cm sample --steps 4 --guidance W --class C` samples it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -17,15 +18,16 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use cm_core::{
-    ClassifierFreeGuidance, Conditioning, CoreError, DiscretizationSchedule, ScheduleConfig,
-    Validate,
+    ClassifierFreeGuidance, Conditioning, ConsistencyConfig, CoreError, DiscretizationSchedule,
+    ScheduleConfig, Validate,
 };
 use cm_data::DataSource;
 use cm_nets::{LoraConfig, Model, NetConfig, Preconditioned};
 use cm_sample::{edm_sample, EdmSampler, ModelCard};
 use cm_train::{
     check_student_noise, run_from_teacher, LatentConfig, LoaderOptions, Method, Observer,
-    ReadyTeacher, ReportSampler, RunConfig, RunContext, TeacherConfig, TrainConfig,
+    ReadyTeacher, ReportSampler, RunConfig, RunContext, TeacherConfig, TimestepSearchConfig,
+    TrainConfig,
 };
 
 use crate::lcd::{LcdConfig, LcdObjective};
@@ -52,6 +54,12 @@ pub struct LcdRunConfig {
     /// adapters train.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// The FID search of the few-step times once distillation ends (CM
+    /// Section 6, on the decoded images of a latent run); the times found
+    /// replace the skipping-step times of those step counts in the card and
+    /// the report's grids. Absent: the card keeps LCM's skipping-step times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<TimestepSearchConfig>,
 }
 
 impl Validate for LcdRunConfig {
@@ -131,6 +139,21 @@ impl Validate for LcdRunConfig {
                 }
             }
         }
+        if let Some(search) = &self.search {
+            search.validate_at("search.")?;
+            search.check_start_in("search.", self.lcd.recipe.consistency.range())?;
+            // FID needs images and their data set's feature network, and
+            // the search samples the w-embedding student; refused now
+            // rather than after a long distillation.
+            if matches!(self.teacher.data, DataSource::Toy(_)) || self.lora.is_some() {
+                return Err(CoreError::invalid(
+                    "search",
+                    "a [search] section",
+                    "an LCM on an image data set without [lora] (the search measures FID in \
+                     the data set's feature space; 2-D toy points have none)",
+                ));
+            }
+        }
         for steps in CARD_STEPS {
             self.lcd.times(steps).map_err(|e| {
                 CoreError::invalid(
@@ -157,8 +180,11 @@ impl RunConfig for LcdRunConfig {
         &self.train
     }
 
+    /// The search after training may change too: it reads the finished
+    /// model and writes only the card and the report.
     fn take_steps_of(&mut self, new: &Self) {
         self.train.steps = new.train.steps;
+        self.search = new.search.clone();
     }
 
     fn latent(&self) -> Option<&LatentConfig> {
@@ -175,6 +201,12 @@ pub struct LcdMethod<'a> {
     config: &'a LcdRunConfig,
     teacher: ReadyTeacher,
     run_dir: PathBuf,
+    /// The card's few-step times: LCM's skipping-step times for
+    /// [`CARD_STEPS`] until the `[search]` stage replaces some.
+    timesteps: BTreeMap<String, Vec<f64>>,
+    /// The card's consistency settings: the recipe's, with `sigma_max`
+    /// replaced when `[search] start_lower` finds a better start.
+    consistency: ConsistencyConfig,
 }
 
 /// The adapter's name inside an LCM-LoRA student.
@@ -185,10 +217,17 @@ pub const LCM_LORA_FILE: &str = "lcm_lora.safetensors";
 impl<'a> LcdMethod<'a> {
     /// The method for `config`, distilling `teacher` into `run_dir`.
     pub fn new(config: &'a LcdRunConfig, teacher: ReadyTeacher, run_dir: &Path) -> Self {
+        let l = &config.lcd;
+        let timesteps = CARD_STEPS
+            .iter()
+            .filter_map(|&k| Some((k.to_string(), l.times(k).ok()?[1..].to_vec())))
+            .collect();
         LcdMethod {
             config,
             teacher,
             run_dir: run_dir.to_path_buf(),
+            timesteps,
+            consistency: l.recipe.consistency,
         }
     }
 
@@ -371,13 +410,25 @@ impl Method for LcdMethod<'_> {
                 Ok(out)
             }),
         }];
+        let range = self.consistency.range();
         for steps in [1usize, 2, 4] {
+            // The card's times (searched ones when `[search]` ran).
+            let taus = self
+                .timesteps
+                .get(&steps.to_string())
+                .cloned()
+                .unwrap_or_default();
             samplers.push(ReportSampler {
-                label: format!("LCM, {steps} step{}", if steps == 1 { "" } else { "s" }),
+                label: if steps == 1 {
+                    "LCM, 1 step".to_string()
+                } else {
+                    let shown: Vec<String> = taus.iter().map(|t| format!("{t:.4}")).collect();
+                    format!("LCM, {steps} steps (times {})", shown.join(", "))
+                },
                 file: format!("samples_lcm_{steps}step.png"),
                 sample: Box::new(move |latents: &Tensor| {
                     Ok(cm_sample::Sampled {
-                        x: objective.sample_steps(eval, latents, steps)?,
+                        x: objective.sample_times(eval, latents, range, &taus)?,
                         nfe: steps,
                     })
                 }),
@@ -388,14 +439,11 @@ impl Method for LcdMethod<'_> {
 
     fn card(&self, weights: PathBuf) -> ModelCard {
         let l = &self.config.lcd;
-        let timesteps = CARD_STEPS
-            .iter()
-            .filter_map(|&k| Some((k.to_string(), l.times(k).ok()?[1..].to_vec())))
-            .collect();
+        let timesteps = self.timesteps.clone();
         match &self.config.lora {
             None => ModelCard::Consistency {
                 weights,
-                consistency: l.recipe.consistency,
+                consistency: self.consistency,
                 timesteps,
                 scheduler: None,
                 autoencoder: None,
@@ -421,13 +469,44 @@ impl Method for LcdMethod<'_> {
     }
 
     /// LCM-LoRA: writes the evaluation EMA's adapter as a PEFT-keyed
-    /// adapter file in the run folder.
+    /// adapter file in the run folder. `[search]`: the few-step times by
+    /// FID of the decoded samples against the image data's test split,
+    /// kept for the report's grids and the card.
     fn finish(
         &mut self,
         eval: &Model,
         _data: &cm_data::Dataset,
         observer: &mut dyn Observer,
     ) -> cm_train::Result<Vec<String>> {
+        if let Some(search) = &self.config.search {
+            // The card the search samples from (its weights path is not
+            // read), with the autoencoder that decodes its latents; FID is
+            // measured on images, so the image data set is loaded (the
+            // run's own data are latents).
+            let mut card = self.card(PathBuf::new());
+            if let (ModelCard::Consistency { autoencoder, .. }, Some(latent)) =
+                (&mut card, &self.config.teacher.latent)
+            {
+                *autoencoder = Some(latent.autoencoder.clone());
+            }
+            let images = self
+                .config
+                .teacher
+                .data
+                .load(None)
+                .map_err(|e| cm_train::TrainError::Batch(e.to_string()))?;
+            let found = cm_train::search_times(search, &card, eval, &images, observer)?;
+            if let ModelCard::Consistency {
+                timesteps,
+                consistency,
+                ..
+            } = found.card
+            {
+                self.timesteps = timesteps;
+                self.consistency = consistency;
+            }
+            return Ok(found.lines);
+        }
         if self.config.lora.is_none() {
             return Ok(Vec::new());
         }
@@ -491,6 +570,10 @@ pub struct LcmRunConfig {
     /// student (see [`LcdRunConfig::lora`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// The few-step times searched by FID after LCD (see
+    /// [`LcdRunConfig::search`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<TimestepSearchConfig>,
 }
 
 impl Validate for LcmRunConfig {
@@ -563,6 +646,7 @@ impl LcmRunConfig {
             train: self.train.clone(),
             lcd: self.lcd,
             lora: self.lora.clone(),
+            search: self.search.clone(),
         }
     }
 }

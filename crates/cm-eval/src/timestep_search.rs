@@ -61,6 +61,9 @@ pub struct SearchOptions {
     /// below it. `None` (the default): sampling starts at `sigma_max`, as
     /// in CM.
     pub start_lower: Option<f64>,
+    /// Search each further time in every gap of the times found so far,
+    /// not only below the last ([`cm_sample::search::SearchConfig::insert`]).
+    pub insert: bool,
     /// Seed of the probes' samples.
     pub seed: u64,
     /// Samples per sampler call.
@@ -80,6 +83,7 @@ impl Default for SearchOptions {
             lower: 0.01,
             upper: None,
             start_lower: None,
+            insert: false,
             seed: 0,
             batch_size: 250,
             classifier: ClassifierConfig::default(),
@@ -124,16 +128,22 @@ impl SearchOptions {
         Ok(())
     }
 
-    /// Probes the search makes: the 1-step reference, `rounds + 2` for
-    /// the start time when searched, then `rounds + 2` for each step count
-    /// from 2 to `max_steps`.
+    /// Probes the search makes (at most, with `insert`: a gap too narrow
+    /// to search is skipped): the 1-step reference, `rounds + 2` for the
+    /// start time when searched, then `rounds + 2` for each step count
+    /// from 2 to `max_steps`, times its `k - 1` gaps with `insert`.
     pub fn probes(&self) -> u64 {
         let start = if self.start_lower.is_some() {
             self.rounds + 2
         } else {
             0
         };
-        1 + (start + self.max_steps.saturating_sub(1) * (self.rounds + 2)) as u64
+        let gaps: usize = if self.insert {
+            (2..=self.max_steps).map(|k| k - 1).sum()
+        } else {
+            self.max_steps.saturating_sub(1)
+        };
+        1 + (start + gaps * (self.rounds + 2)) as u64
     }
 }
 
@@ -246,6 +256,7 @@ pub fn run(
             rounds: options.rounds,
             lower: options.lower,
             upper: options.upper.unwrap_or(sigma_max / 2.0),
+            insert: options.insert,
         };
         config.check_bracket(
             NoiseRange {
@@ -399,6 +410,14 @@ mod tests {
         };
         with_start.validate().unwrap();
         assert_eq!(with_start.probes(), 1 + 10 + 2 * 10);
+        // Inserting: 1, 2, then 3 gaps of rounds + 2 = 10 probes for the
+        // 2-, 3- and 4-step times.
+        let inserting = SearchOptions {
+            insert: true,
+            max_steps: 4,
+            ..ok.clone()
+        };
+        assert_eq!(inserting.probes(), 1 + (1 + 2 + 3) * 10);
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let e = SearchOptions {
                 start_lower: Some(bad),

@@ -140,3 +140,71 @@ fn start_search_refuses_a_bracket_outside_the_range() {
     let err = search_start::<CoreError>(RANGE, 5.0, 0, &mut |_| Ok(0.0)).unwrap_err();
     assert!(err.to_string().contains("rounds"), "{err}");
 }
+
+/// Sum over `targets` of the product of the distances in `ln tau` from
+/// the target to every time: 0 exactly when every target is among the
+/// times. As a function of one new time `u` with the others fixed it is
+/// `sum_j c_j |u - ln t_j|`, convex (golden-section finds its minimum in
+/// any gap), `c_j` the product of target `j`'s distances to the other
+/// times: a target already hit weighs nothing, and the new time goes to
+/// the weighted median of the rest.
+fn product_of_distances(taus: &[f64], targets: &[f64]) -> f64 {
+    targets
+        .iter()
+        .map(|t| {
+            taus.iter()
+                .map(|tau| (tau.ln() - t.ln()).abs())
+                .product::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn insertion_finds_times_above_the_earlier_ones_where_cm_order_cannot() {
+    // The shape the LCM measured (docs/lcm.md): 2-step best near 1.27,
+    // then the 4-step set [2.5, 1.27, 0.74] puts a time above it.
+    let targets = [2.5, 1.27, 0.74];
+    let run = |insert: bool| {
+        let config = SearchConfig {
+            insert,
+            rounds: 20,
+            ..config()
+        };
+        search_timesteps::<CoreError>(4, RANGE, &config, &mut |taus| {
+            assert!(
+                taus.windows(2).all(|w| w[0] > w[1]),
+                "times decrease: {taus:?}"
+            );
+            Ok(product_of_distances(taus, &targets))
+        })
+        .unwrap()
+    };
+    let inserted = run(true);
+    // 2 steps: the median target, as CM's order finds too.
+    let two = &inserted.best[0].1;
+    assert!((two.taus[0] / 1.27).ln().abs() < 1e-3, "{:?}", two.taus);
+    // 3 steps: 2.5 (ln 0.68 from 1.27) outweighs 0.74 (0.54), so the new
+    // time goes above the first; 4 steps: the last one below.
+    let three = &inserted.best[1].1;
+    assert!((three.taus[0] / 2.5).ln().abs() < 1e-3, "{:?}", three.taus);
+    let (k, four) = &inserted.best[2];
+    assert_eq!(*k, 4);
+    for (found, want) in four.taus.iter().zip(targets) {
+        assert!((found / want).ln().abs() < 1e-3, "{:?}", four.taus);
+    }
+    assert!(four.score < 3e-3, "{}", four.score);
+    // Each step count searches every gap: 1, 2 then 3 gaps of 22 probes.
+    assert_eq!(inserted.probes.len(), (1 + 2 + 3) * 22);
+    // CM's order searches below the previous time only: 2.5 is never
+    // reached (the cost falls towards it, so each time found sits just
+    // below the one before), and the cost stays far from 0.
+    let cm = run(false);
+    let (_, cm_four) = &cm.best[2];
+    assert!(
+        cm_four.taus.iter().all(|t| *t <= 1.28),
+        "{:?}",
+        cm_four.taus
+    );
+    assert!(cm_four.score > 0.3, "{}", cm_four.score);
+    assert_eq!(cm.probes.len(), 3 * 22);
+}

@@ -44,6 +44,12 @@ pub struct TimestepSearchConfig {
     /// `sigma_max`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_lower: Option<f64>,
+    /// Search each further time in every gap of the times found so far,
+    /// not only below the last as CM does
+    /// ([`cm_sample::search::SearchConfig::insert`]). Written only when
+    /// set, so earlier configs keep their folders' keys.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insert: bool,
     /// Seed of the probes' samples. 1, not the evaluation's 0, so that an
     /// N = 5,000 evaluation of seed 0 is not measured on the samples the
     /// time was chosen on.
@@ -63,6 +69,7 @@ impl Default for TimestepSearchConfig {
             samples: 1000,
             rounds: 10,
             start_lower: None,
+            insert: false,
             seed: 1,
             classifier: ClassifierConfig::default(),
         }
@@ -96,6 +103,7 @@ impl TimestepSearchConfig {
             samples: self.samples,
             rounds: self.rounds,
             start_lower: self.start_lower,
+            insert: self.insert,
             seed: self.seed,
             classifier: self.classifier.clone(),
             ..SearchOptions::default()
@@ -273,6 +281,7 @@ mod tests {
             samples: 500,
             rounds: 7,
             start_lower: Some(10.0),
+            insert: true,
             seed: 9,
             classifier: ClassifierConfig {
                 steps: 5,
@@ -280,9 +289,25 @@ mod tests {
             },
         };
         let o = config.options();
+        assert!(o.insert);
         assert_eq!((o.max_steps, o.samples, o.rounds, o.seed), (3, 500, 7, 9));
         assert_eq!(o.classifier, config.classifier);
         assert_eq!(o.start_lower, Some(10.0));
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn insert_is_written_only_when_set() {
+        // Earlier configs keep their text, and so their run folders' keys.
+        let plain = toml::to_string(&TimestepSearchConfig::default()).unwrap();
+        assert!(!plain.contains("insert"), "{plain}");
+        let inserting = TimestepSearchConfig {
+            insert: true,
+            ..Default::default()
+        };
+        let text = toml::to_string(&inserting).unwrap();
+        assert!(text.contains("insert = true"), "{text}");
+        let back: TimestepSearchConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, inserting);
     }
 }
