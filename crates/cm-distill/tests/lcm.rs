@@ -57,10 +57,27 @@ fn lcm_lora_presets_validate_and_fit_the_teacher() {
         let c: LcmRunConfig = cm_core::load_toml(path).unwrap();
         c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         let lora = c.lora.clone().expect("an LCM-LoRA preset has [lora]");
-        // The same stage configs as the LCM preset: the stages are shared.
+        // The same autoencoder as the LCM preset, and its teacher's network
+        // and recipe; smoke shares the teacher itself, while Fashion-MNIST's
+        // LCM preset trains its teacher 4x longer (LCM-LoRA is measured on
+        // the 4,000-step one, docs/lcm-lora.md).
         let lcm = preset(name);
         assert_eq!(c.autoencoder, lcm.autoencoder, "{name}");
-        assert_eq!(c.teacher, lcm.teacher, "{name}");
+        assert_eq!(c.teacher.net, lcm.teacher.net, "{name}");
+        assert_eq!(c.teacher.edm, lcm.teacher.edm, "{name}");
+        if name == "smoke" {
+            assert_eq!(c.teacher, lcm.teacher, "{name}");
+        } else {
+            assert_eq!(
+                (c.teacher.train.steps, lcm.teacher.train.steps),
+                (4000, 16000)
+            );
+        }
+        // The adapters' card has no w-embedding student to search times for.
+        let mut searched = c.clone();
+        searched.search = Some(Default::default());
+        let err = searched.validate().unwrap_err().to_string();
+        assert!(err.contains("search") && err.contains("[lora]"), "{err}");
         // Adapters hold at most 10% of the teacher's parameters.
         let mut teacher = Model::new(c.teacher.net.clone(), Device::Cpu).unwrap();
         let base = teacher.num_params();
@@ -110,6 +127,13 @@ fn configs_that_cannot_work_are_refused_by_field() {
     });
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.latent.autoencoder"), "{err}");
+    let mut c = preset("smoke");
+    c.search = Some(cm_train::TimestepSearchConfig {
+        max_steps: 9,
+        ..Default::default()
+    });
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("search.max_steps"), "{err}");
     let mut c = preset("smoke");
     c.lcd.skip = 40;
     let err = c.validate().unwrap_err().to_string();
@@ -166,7 +190,18 @@ fn configs_that_cannot_work_are_refused_by_field() {
 #[test]
 fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
     let _rng = cm_runtime::lock_global_rng();
-    let config = preset("smoke");
+    let mut config = preset("smoke");
+    // The [search] stage after LCD, inserting, on a small feature network:
+    // the 2- and 3-step times are searched, the 4- and 8-step ones stay
+    // LCM's skipping-step times.
+    config.search = Some(cm_train::TimestepSearchConfig {
+        max_steps: 3,
+        insert: true,
+        samples: 64,
+        rounds: 2,
+        classifier: common::tiny_feature_network(),
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let teachers = dir.path().join("teachers");
     let run = |name: &str| {
@@ -201,6 +236,30 @@ fn the_smoke_pipeline_runs_and_its_card_samples_guided_images() {
     assert_eq!(
         card.taus(4).unwrap(),
         config.lcd.times(4).unwrap()[1..].to_vec()
+    );
+    // The searched times: the 3-step pair keeps the 2-step time and adds
+    // one in a gap (above or below it), all inside the bracket; the
+    // report lists the 1 + 2 gaps' probes, 4 each (rounds + 2).
+    let two = card.taus(2).unwrap();
+    let three = card.taus(3).unwrap();
+    assert_eq!((two.len(), three.len()), (1, 2));
+    assert!(three.contains(&two[0]), "{two:?} {three:?}");
+    assert!(
+        three[0] > three[1] && three[1] > 0.01 && three[0] < 40.0,
+        "{three:?}"
+    );
+    assert!(
+        report.contains("few-step times searched by FID"),
+        "{report}"
+    );
+    let probes = report
+        .lines()
+        .find_map(|l| l.split("probes (taus -> FID): ").nth(1))
+        .expect("the report lists the probes");
+    assert_eq!(probes.split(", ").count(), (1 + 2) * 4, "{probes}");
+    assert!(
+        report.contains(&format!("LCM, 2 steps (times {:.4})", two[0])),
+        "the report's grid uses the searched time: {report}"
     );
 
     // Sampling through the card: decoded 28x28 images, one evaluation per

@@ -165,47 +165,69 @@ fn eval_configs_name_the_current_teachers() {
     }
 }
 
-#[test]
-fn the_lcm_eval_config_names_the_current_teacher() {
-    // `cargo xtask train-lcm` keeps its stages under runs/teachers; the
-    // teacher's key covers its [latent] card, the autoencoder's folder.
-    let config: cm_distill::LcmRunConfig =
-        cm_core::load_toml(configs().join("lcm/fmnist.toml")).unwrap();
+/// The teacher folder and autoencoder folder `cargo xtask` gives the
+/// pipeline of `preset` (it keeps its stages under runs/teachers; the
+/// teacher's key covers its [latent] card, the autoencoder's folder).
+fn lcm_stage_dirs(
+    preset: &str,
+) -> (
+    cm_distill::LcmRunConfig,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let config: cm_distill::LcmRunConfig = cm_core::load_toml(configs().join(preset)).unwrap();
     let teachers = std::path::Path::new("runs/teachers");
     let ae = cm_distill::autoencoder_dir(teachers, &config.autoencoder);
     let lcd = config.lcd_config(ae.join("model.toml"));
     let dir = cm_train::teacher_dir(teachers, &lcd.teacher);
-    let card = format!("{}/model.toml", dir.display());
-    // The LCM and LCM-LoRA evaluations and the style LoRA (its base and
-    // autoencoder) name the same folders.
+    (config, ae, dir)
+}
+
+/// `file` names the teacher card in `dir` (or, `folder_only`, the folder),
+/// no other teacher folder, and the autoencoder folder `ae`.
+fn assert_names_stages(file: &str, dir: &std::path::Path, ae: &std::path::Path, folder_only: bool) {
+    let text = std::fs::read_to_string(configs().join(file)).unwrap();
+    let folder = dir.display().to_string();
+    let named = if folder_only {
+        folder.clone()
+    } else {
+        format!("{folder}/model.toml")
+    };
+    assert!(text.contains(&named), "{file} does not name {named}");
+    for (at, _) in text.match_indices("runs/teachers/teacher-") {
+        assert_eq!(
+            &text[at..at + folder.len()],
+            folder,
+            "{file}: a stale teacher folder"
+        );
+    }
+    assert!(
+        text.contains(&ae.display().to_string()),
+        "{file}: {}",
+        ae.display()
+    );
+}
+
+#[test]
+fn the_lcm_eval_config_names_the_current_teacher() {
+    let (_, ae, dir) = lcm_stage_dirs("lcm/fmnist.toml");
+    assert_names_stages("eval/lcm-fmnist.toml", &dir, &ae, false);
+}
+
+#[test]
+fn the_lcm_lora_configs_name_the_current_teacher() {
+    // The LCM-LoRA evaluations and the style LoRA (its base and
+    // autoencoder) name the LCM-LoRA pipeline's folders.
+    let (config, ae, dir) = lcm_stage_dirs("lcm-lora/fmnist.toml");
     for file in [
-        "eval/lcm-fmnist.toml",
         "eval/lcm-lora-fmnist.toml",
         "eval/lcm-lora-style.toml",
         "lcm-lora/style/fmnist.toml",
     ] {
-        let text = std::fs::read_to_string(configs().join(file)).unwrap();
-        // The card, or (the style check's training times) the folder.
-        let named = if file.ends_with("lcm-lora-style.toml") {
-            dir.display().to_string()
-        } else {
-            card.clone()
-        };
-        assert!(text.contains(&named), "{file} does not name {named}");
-        for (at, _) in text.match_indices("runs/teachers/teacher-") {
-            let folder = dir.display().to_string();
-            assert_eq!(
-                &text[at..at + folder.len()],
-                folder,
-                "{file}: a stale teacher folder"
-            );
-        }
-        assert!(
-            text.contains(&ae.display().to_string()),
-            "{file}: {}",
-            ae.display()
-        );
+        // The style check's training times name the folder, not the card.
+        assert_names_stages(file, &dir, &ae, file.ends_with("lcm-lora-style.toml"));
     }
+    let card = format!("{}/model.toml", dir.display());
     let style: cm_train::TeacherConfig =
         cm_core::load_toml(configs().join("lcm-lora/style/fmnist.toml")).unwrap();
     assert_eq!(
