@@ -198,8 +198,9 @@ enum Command {
     /// autoencoder ([autoencoder]) and the class-conditional latent teacher
     /// ([teacher], label dropout for classifier-free guidance), then
     /// latent consistency distillation ([lcd]: guided teacher steps with
-    /// w ~ U[w_min, w_max], skipping step k, a student that embeds w);
-    /// decoded 1-, 2- and 4-step grids beside the guided teacher's, a
+    /// w ~ U[w_min, w_max], skipping step k, a student that embeds w) and,
+    /// with [search], the card's few-step times chosen by FID (CM Section
+    /// 6); decoded 1-, 2- and 4-step grids beside the guided teacher's, a
     /// report.md and a card that `cm sample --guidance W --class C --steps
     /// N` reads. With [lora] (LCM-LoRA) the student is the frozen teacher
     /// plus LoRA adapters at one fixed w, written as
