@@ -7,8 +7,10 @@
 //! (`guidance_embedding = true`), started from the teacher's weights. The
 //! report shows the teacher's guided Heun grid beside LCM's 1-, 2- and
 //! 4-step grids (classes cycling, the default `w`), all decoded from the
-//! same noise; the card stores `w`, the skipping-step times and the
-//! autoencoder, so `cm sample --steps 4 --guidance W --class C` samples it.
+//! same noise; the card stores `w`, the skipping-step times (those of the
+//! step counts an optional `[search]` stage searched by FID replaced) and
+//! the autoencoder, so `cm sample --steps 4 --guidance W --class C` samples
+//! it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,6 +153,16 @@ impl Validate for LcdRunConfig {
                     "a [search] section",
                     "an LCM on an image data set without [lora] (the search measures FID in \
                      the data set's feature space; 2-D toy points have none)",
+                ));
+            }
+            // A searched start would drop the card's other step counts'
+            // times (they lie on the grid below sigma_max), and the student
+            // is trained from sigma_max.
+            if let Some(lower) = search.start_lower {
+                return Err(CoreError::invalid(
+                    "search.start_lower",
+                    lower,
+                    "no start_lower for LCD: sampling starts at the schedule's sigma_max",
                 ));
             }
         }
@@ -412,12 +424,17 @@ impl Method for LcdMethod<'_> {
         }];
         let range = self.consistency.range();
         for steps in [1usize, 2, 4] {
-            // The card's times (searched ones when `[search]` ran).
-            let taus = self
-                .timesteps
-                .get(&steps.to_string())
-                .cloned()
-                .unwrap_or_default();
+            // The card's times (searched ones when `[search]` ran), else
+            // the skipping-step times.
+            let taus = match self.timesteps.get(&steps.to_string()) {
+                Some(taus) => taus.clone(),
+                None => self
+                    .config
+                    .lcd
+                    .times(steps)
+                    .map(|t| t[1..].to_vec())
+                    .unwrap_or_default(),
+            };
             samplers.push(ReportSampler {
                 label: if steps == 1 {
                     "LCM, 1 step".to_string()

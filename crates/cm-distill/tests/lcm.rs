@@ -134,6 +134,14 @@ fn configs_that_cannot_work_are_refused_by_field() {
     });
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("search.max_steps"), "{err}");
+    // LCD samples from the schedule's sigma_max: no start search.
+    let mut c = preset("smoke");
+    c.search = Some(cm_train::TimestepSearchConfig {
+        start_lower: Some(10.0),
+        ..Default::default()
+    });
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("search.start_lower"), "{err}");
     let mut c = preset("smoke");
     c.lcd.skip = 40;
     let err = c.validate().unwrap_err().to_string();

@@ -191,17 +191,24 @@ impl SearchOutcome {
 
     /// For each searched step count `k` (2, 3, ...), the points `(searched
     /// time, FID)` of its probes sorted by time: the curves of FID against
-    /// the last time.
+    /// the time each probe added to the best `k - 1`-step times (the last
+    /// time in CM's order; any position with `insert`).
     pub fn curves(&self) -> Vec<(usize, Vec<(f64, f64)>)> {
         let max_steps = self.result.best.iter().map(|(k, _)| *k).max().unwrap_or(1);
         (2..=max_steps)
             .map(|k| {
+                let earlier: &[f64] = self
+                    .result
+                    .best
+                    .iter()
+                    .find(|(j, _)| *j + 1 == k)
+                    .map_or(&[], |(_, p)| &p.taus);
                 let mut points: Vec<(f64, f64)> = self
                     .result
                     .probes
                     .iter()
                     .filter(|p| p.taus.len() + 1 == k)
-                    .map(|p| (*p.taus.last().unwrap_or(&1.0), p.score))
+                    .map(|p| (searched_time(&p.taus, earlier), p.score))
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 (k, points)
@@ -213,6 +220,16 @@ impl SearchOutcome {
     pub fn best(&self) -> &[(usize, Probe)] {
         &self.result.best
     }
+}
+
+/// The time `taus` adds to the `earlier` ones (fixed times are copied into
+/// each probe, so they compare equal); the last time when none differs.
+fn searched_time(taus: &[f64], earlier: &[f64]) -> f64 {
+    taus.iter()
+        .copied()
+        .find(|t| !earlier.contains(t))
+        .or_else(|| taus.last().copied())
+        .unwrap_or(1.0)
 }
 
 /// Runs the search for `card` (a consistency model; `model` its network)
@@ -522,6 +539,19 @@ mod tests {
                 (2, vec![(0.5, 3.0), (1.0, 4.0)]),
                 (3, vec![(0.1, 2.0), (0.2, 2.5)]),
             ]
+        );
+        // With insert, a probe's new time may sit above the earlier ones:
+        // the curve plots the added time, not the last.
+        let mut inserted = out.clone();
+        inserted.result.probes = vec![
+            probe(&[0.5], 3.0),
+            probe(&[2.0, 0.5], 2.2),
+            probe(&[0.9, 0.5], 2.4),
+            probe(&[0.5, 0.1], 2.0),
+        ];
+        assert_eq!(
+            inserted.curves()[1],
+            (3, vec![(0.1, 2.0), (0.9, 2.4), (2.0, 2.2)])
         );
     }
 }

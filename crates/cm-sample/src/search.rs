@@ -27,7 +27,8 @@ pub struct SearchConfig {
     /// one, the earlier times fixed. `true`: into any gap of the times
     /// found so far (above the first, between two, below the last), each
     /// gap searched and the best kept; CM's order is one of the gaps, so
-    /// this never scores worse than CM's order on the same probes. Good
+    /// at each step, given the same earlier times, it scores no worse than
+    /// CM's (later steps then follow their own greedy path). Good
     /// 4-step times need not nest the 2- and 3-step ones from the top: an
     /// LCM's 3-step times `[1.27, 0.74]` gain most from a time above them
     /// (docs/lcm.md).

@@ -166,9 +166,18 @@ pub fn search_times(
     )?;
     let mut lines = vec![format!(
         "few-step times searched by FID (CM Section 6): {} samples of seed {} per probe, \
-         {} golden-section rounds over ln tau, feature-space FID against the test split, \
+         {} golden-section rounds over ln tau{}, feature-space FID against the test split, \
          {:.0} s; 1 step on these samples: FID {:.3}",
-        out.samples, config.seed, config.rounds, out.seconds, out.one_step
+        out.samples,
+        config.seed,
+        config.rounds,
+        if config.insert {
+            ", each further time inserted in the best gap of the earlier ones"
+        } else {
+            ", each further time below the last"
+        },
+        out.seconds,
+        out.one_step
     )];
     if let Some(start) = &out.start {
         lines.push(format!(
