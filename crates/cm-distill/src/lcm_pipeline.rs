@@ -513,16 +513,12 @@ impl Method for LcdMethod<'_> {
                 .load(None)
                 .map_err(|e| cm_train::TrainError::Batch(e.to_string()))?;
             let found = cm_train::search_times(search, &card, eval, &images, observer)?;
-            if let ModelCard::Consistency {
-                timesteps,
-                consistency,
-                ..
-            } = found.card
-            {
+            let lines = found.lines.clone();
+            if let Some((timesteps, consistency)) = found.into_times() {
                 self.timesteps = timesteps;
                 self.consistency = consistency;
             }
-            return Ok(found.lines);
+            return Ok(lines);
         }
         if self.config.lora.is_none() {
             return Ok(Vec::new());

@@ -264,16 +264,12 @@ impl Method for CdMethod<'_> {
         // The card the search samples from; its weights path is not read.
         let card = self.card(PathBuf::new());
         let found = search_times(search, &card, eval, data, observer)?;
-        if let ModelCard::Consistency {
-            timesteps,
-            consistency,
-            ..
-        } = found.card
-        {
+        let lines = found.lines.clone();
+        if let Some((timesteps, consistency)) = found.into_times() {
             self.timesteps = timesteps;
             self.consistency = consistency;
         }
-        Ok(found.lines)
+        Ok(lines)
     }
 }
 

@@ -220,6 +220,27 @@ pub fn search_times(
     })
 }
 
+impl SearchStage {
+    /// The searched card's few-step times and consistency settings (its
+    /// `sigma_max` the searched start when one was searched), for a
+    /// method's card and report; `None` for a card without them.
+    pub fn into_times(
+        self,
+    ) -> Option<(
+        std::collections::BTreeMap<String, Vec<f64>>,
+        cm_core::ConsistencyConfig,
+    )> {
+        match self.card {
+            ModelCard::Consistency {
+                timesteps,
+                consistency,
+                ..
+            } => Some((timesteps, consistency)),
+            ModelCard::Edm { .. } => None,
+        }
+    }
+}
+
 fn round4(t: f64) -> f64 {
     (t * 1e4).round() / 1e4
 }
