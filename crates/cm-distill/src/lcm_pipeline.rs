@@ -216,8 +216,9 @@ pub struct LcdMethod<'a> {
     /// The card's few-step times: LCM's skipping-step times for
     /// [`CARD_STEPS`] until the `[search]` stage replaces some.
     timesteps: BTreeMap<String, Vec<f64>>,
-    /// The card's consistency settings: the recipe's, with `sigma_max`
-    /// replaced when `[search] start_lower` finds a better start.
+    /// The card's consistency settings: the recipe's, as the search
+    /// returns them (LCD refuses `[search] start_lower`, so `sigma_max`
+    /// stays where the student was trained from).
     consistency: ConsistencyConfig,
 }
 
