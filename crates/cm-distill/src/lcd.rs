@@ -359,17 +359,10 @@ impl LcdObjective {
         (classes, w)
     }
 
-    /// `steps`-step LCM samples from `model` (the student or an EMA of it):
-    /// classes cycling, the default `w`, the skipping-step times.
-    pub fn sample_steps(&self, model: &Model, latents: &Tensor, steps: usize) -> Result<Tensor> {
-        let c = self.config.recipe.consistency;
-        let times = self.config.times(steps)?;
-        self.sample_times(model, latents, c.range(), &times[1..])
-    }
-
-    /// [`LcdObjective::sample_steps`] from `range.sigma_max` through the
+    /// LCM samples from `model` (the student or an EMA of it), classes
+    /// cycling, the default `w`: from `range.sigma_max` through the
     /// intermediate times `taus` (decreasing; empty: one step), e.g. the
-    /// searched times of a card.
+    /// card's times.
     pub fn sample_times(
         &self,
         model: &Model,
@@ -464,7 +457,7 @@ impl Objective for LcdObjective {
 
     /// One-step samples at the default `w`, classes cycling.
     fn sample(&self, model: &Model, latents: &Tensor, _: Conditioning<'_>) -> Result<Tensor> {
-        self.sample_steps(model, latents, 1)
+        self.sample_times(model, latents, self.config.recipe.consistency.range(), &[])
     }
 
     /// A multiple of the class count: the grids' classes cycle from 0 in

@@ -425,17 +425,14 @@ impl Method for LcdMethod<'_> {
         }];
         let range = self.consistency.range();
         for steps in [1usize, 2, 4] {
-            // The card's times (searched ones when `[search]` ran), else
-            // the skipping-step times.
-            let taus = match self.timesteps.get(&steps.to_string()) {
-                Some(taus) => taus.clone(),
-                None => self
-                    .config
-                    .lcd
-                    .times(steps)
-                    .map(|t| t[1..].to_vec())
-                    .unwrap_or_default(),
-            };
+            // The card's times (searched ones when `[search]` ran; the
+            // search keeps the step counts it did not search, and 1 step
+            // has none).
+            let taus = self
+                .timesteps
+                .get(&steps.to_string())
+                .cloned()
+                .unwrap_or_default();
             samplers.push(ReportSampler {
                 label: if steps == 1 {
                     "LCM, 1 step".to_string()
@@ -513,9 +510,9 @@ impl Method for LcdMethod<'_> {
                 .data
                 .load(None)
                 .map_err(|e| cm_train::TrainError::Batch(e.to_string()))?;
-            let found = cm_train::search_times(search, &card, eval, &images, observer)?;
-            let lines = found.lines.clone();
-            if let Some((timesteps, consistency)) = found.into_times() {
+            let (times, lines) =
+                cm_train::search_times(search, &card, eval, &images, observer)?.into_parts();
+            if let Some((timesteps, consistency)) = times {
                 self.timesteps = timesteps;
                 self.consistency = consistency;
             }

@@ -263,9 +263,8 @@ impl Method for CdMethod<'_> {
         };
         // The card the search samples from; its weights path is not read.
         let card = self.card(PathBuf::new());
-        let found = search_times(search, &card, eval, data, observer)?;
-        let lines = found.lines.clone();
-        if let Some((timesteps, consistency)) = found.into_times() {
+        let (times, lines) = search_times(search, &card, eval, data, observer)?.into_parts();
+        if let Some((timesteps, consistency)) = times {
             self.timesteps = timesteps;
             self.consistency = consistency;
         }

@@ -91,7 +91,7 @@ pub use run::{
     check_run_folder, run, write_run_config, Method, ReportSampler, RunCard, RunConfig, RunContext,
     RunOutcome, SamplerRow,
 };
-pub use search::{search_times, SearchStage, TimestepSearchConfig};
+pub use search::{search_times, SearchStage, SearchedTimes, TimestepSearchConfig};
 pub use source::{loader_for, LoaderOptions, LoaderSource, TensorSource};
 pub use teacher::{
     check_student_noise, prepare_teacher, run_from_teacher, run_teacher, teacher_dir,

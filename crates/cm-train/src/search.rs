@@ -220,24 +220,27 @@ pub fn search_times(
     })
 }
 
+/// A searched card's few-step times and consistency settings.
+pub type SearchedTimes = (
+    std::collections::BTreeMap<String, Vec<f64>>,
+    cm_core::ConsistencyConfig,
+);
+
 impl SearchStage {
     /// The searched card's few-step times and consistency settings (its
-    /// `sigma_max` the searched start when one was searched), for a
-    /// method's card and report; `None` for a card without them.
-    pub fn into_times(
-        self,
-    ) -> Option<(
-        std::collections::BTreeMap<String, Vec<f64>>,
-        cm_core::ConsistencyConfig,
-    )> {
-        match self.card {
+    /// `sigma_max` the searched start when one was searched), `None` for a
+    /// card without them, and the report lines: what a method keeps for its
+    /// card and report.
+    pub fn into_parts(self) -> (Option<SearchedTimes>, Vec<String>) {
+        let times = match self.card {
             ModelCard::Consistency {
                 timesteps,
                 consistency,
                 ..
             } => Some((timesteps, consistency)),
             ModelCard::Edm { .. } => None,
-        }
+        };
+        (times, self.lines)
     }
 }
 
